@@ -53,9 +53,9 @@ fn build_ebpf(release: bool) -> Result<()> {
 fn test(args: &[String]) -> Result<()> {
     toolchain::bootstrap()?;
     // The end-to-end tests run the agent binary, so build it first.
-    run(Command::new(env!("CARGO")).args(["build", "--workspace", "--bins"]))?;
+    run(Command::new(env!("CARGO")).args(["build", "--bins"]))?;
     run(Command::new(env!("CARGO"))
-        .args(["test", "--workspace"])
+        .args(["test"])
         .args(args))
 }
 
