@@ -106,8 +106,7 @@ unsafe fn load_bytes(ctx: &TcContext, dst: *mut u8, len: u32, cap: u32) -> bool 
     }
     // SAFETY: `dst` has room for `cap >= len` bytes (caller's contract); the helper checks the
     // skb side itself.
-    let ret = unsafe {
-        aya_ebpf::helpers::bpf_skb_load_bytes(ctx.skb.skb.cast(), 0, dst.cast(), len)
-    };
+    let ret =
+        unsafe { aya_ebpf::helpers::bpf_skb_load_bytes(ctx.skb.skb.cast(), 0, dst.cast(), len) };
     ret == 0
 }

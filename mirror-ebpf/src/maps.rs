@@ -42,9 +42,7 @@ pub fn add(counter: Counter, n: u64) {
 
 #[inline(always)]
 pub fn is_target(key: &TargetKey) -> bool {
-    TARGETS
-        .get(Key::new(TargetKey::FULL_BITS, *key))
-        .is_some()
+    TARGETS.get(Key::new(TargetKey::FULL_BITS, *key)).is_some()
 }
 
 /// True for packets the agent itself sent (its shadow connections carry `Config::ignore_mark`).

@@ -54,9 +54,7 @@ fn test(args: &[String]) -> Result<()> {
     toolchain::bootstrap()?;
     // The end-to-end tests run the agent binary, so build it first.
     run(Command::new(env!("CARGO")).args(["build", "--bins"]))?;
-    run(Command::new(env!("CARGO"))
-        .args(["test"])
-        .args(args))
+    run(Command::new(env!("CARGO")).args(["test"]).args(args))
 }
 
 /// Runs a command to completion, failing with the command line if it fails.

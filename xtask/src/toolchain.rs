@@ -20,7 +20,13 @@ pub fn bootstrap() -> Result<()> {
 
 fn ensure_nightly() -> Result<()> {
     let has_rust_src = Command::new("rustup")
-        .args(["component", "list", "--installed", "--toolchain", EBPF_TOOLCHAIN])
+        .args([
+            "component",
+            "list",
+            "--installed",
+            "--toolchain",
+            EBPF_TOOLCHAIN,
+        ])
         .output()
         .map(|out| {
             out.status.success() && String::from_utf8_lossy(&out.stdout).contains("rust-src")
@@ -65,7 +71,11 @@ fn ensure_bpf_linker() -> Result<()> {
         "--force",
     ]))
     .context("installing bpf-linker")?;
-    if Command::new("bpf-linker").arg("--version").output().is_err() {
+    if Command::new("bpf-linker")
+        .arg("--version")
+        .output()
+        .is_err()
+    {
         bail!("bpf-linker was installed but is not on PATH: add ~/.cargo/bin to PATH");
     }
     Ok(())
