@@ -8,6 +8,7 @@ pub mod packet;
 pub mod pcap;
 pub mod privileges;
 pub mod probe;
+pub mod relay;
 pub mod record;
 pub mod ring;
 pub mod session;

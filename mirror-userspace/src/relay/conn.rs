@@ -1,0 +1,206 @@
+//! One shadow connection: writes the queued requests of one captured client connection to
+//! v2, reads and frames v2's responses (counted, then discarded), and resets the connection
+//! if a request cannot be completed, so v2 never receives half a request as a whole one.
+
+use std::{
+    io,
+    net::SocketAddr,
+    sync::{atomic::Ordering::Relaxed, Arc},
+    time::Duration,
+};
+
+use tokio::{
+    io::{AsyncReadExt, AsyncWriteExt},
+    net::{lookup_host, TcpSocket, TcpStream},
+    sync::mpsc,
+    time::{timeout, Instant},
+};
+
+use super::{DropReason, Message, ResponseFramer, Shared};
+use crate::flow::FlowKey;
+
+/// Runs until the dispatcher closes the queue (the client connection ended) and everything
+/// queued is written, or until v2 fails.
+pub(super) async fn run(flow: FlowKey, mut queue: mpsc::Receiver<Message>, shared: Arc<Shared>) {
+    let outcome = match connect(&shared).await {
+        Ok(stream) => {
+            shared.stats.connections_opened.fetch_add(1, Relaxed);
+            relay(stream, &mut queue, &shared).await
+        }
+        Err(error) => {
+            shared.stats.connect_failures.fetch_add(1, Relaxed);
+            shared.mark_down();
+            tracing::debug!(%flow, %error, "shadow connect failed");
+            Err(DropReason::ShadowDown)
+        }
+    };
+    if let Err(reason) = outcome {
+        // Whatever is still queued will not be sent: release its budget and count its
+        // requests under the reason the connection failed.
+        queue.close();
+        while let Some(message) = queue.recv().await {
+            shared.inflight_bytes.fetch_sub(message.len(), Relaxed);
+            if matches!(message, Message::Head(_)) {
+                shared.stats.dropped(reason);
+            }
+        }
+    }
+    shared.live_connections.fetch_sub(1, Relaxed);
+}
+
+async fn connect(shared: &Shared) -> io::Result<TcpStream> {
+    let attempt = async {
+        let mut last_error = io::Error::new(io::ErrorKind::NotFound, "shadow address resolved to nothing");
+        for addr in lookup_host(shared.config.shadow.as_str()).await? {
+            match connect_to(addr, shared.config.mark).await {
+                Ok(stream) => return Ok(stream),
+                Err(error) => last_error = error,
+            }
+        }
+        Err(last_error)
+    };
+    timeout(shared.config.connect_timeout, attempt)
+        .await
+        .unwrap_or_else(|_| Err(io::Error::new(io::ErrorKind::TimedOut, "shadow connect timed out")))
+}
+
+async fn connect_to(addr: SocketAddr, mark: u32) -> io::Result<TcpStream> {
+    let socket = match addr {
+        SocketAddr::V4(_) => TcpSocket::new_v4()?,
+        SocketAddr::V6(_) => TcpSocket::new_v6()?,
+    };
+    if mark != 0 {
+        socket2::SockRef::from(&socket).set_mark(mark)?;
+    }
+    socket.set_nodelay(true)?;
+    socket.connect(addr).await
+}
+
+/// Writes queued requests and reads responses until the queue closes between requests
+/// (`Ok`) or something fails (`Err` with the reason to count queued requests under).
+async fn relay(
+    stream: TcpStream,
+    queue: &mut mpsc::Receiver<Message>,
+    shared: &Shared,
+) -> Result<(), DropReason> {
+    let (mut reader, mut writer) = stream.into_split();
+    let mut framer = ResponseFramer::default();
+    let mut buf = vec![0u8; 16 * 1024];
+    let mut in_request = false;
+    let response_timeout = shared.config.response_timeout;
+    // When v2 must have answered the oldest outstanding request by.
+    let mut deadline: Option<Instant> = None;
+    let result = loop {
+        let wait_response = async {
+            match deadline {
+                Some(deadline) => tokio::time::sleep_until(deadline).await,
+                None => std::future::pending().await,
+            }
+        };
+        tokio::select! {
+            message = queue.recv() => {
+                let Some(message) = message else {
+                    // Closed mid-request: the request can never complete.
+                    break if in_request { Err(DropReason::Aborted) } else { Ok(()) };
+                };
+                let len = message.len();
+                let written = write(&mut writer, &message, response_timeout).await;
+                shared.inflight_bytes.fetch_sub(len, Relaxed);
+                if let Err(error) = written {
+                    tracing::debug!(%error, "shadow write failed");
+                    break fail(true, shared);
+                }
+                shared.stats.bytes_sent.fetch_add(len as u64, Relaxed);
+                match message {
+                    Message::Head(head) => {
+                        in_request = true;
+                        framer.request_sent(head.starts_with(b"HEAD "));
+                    }
+                    Message::Body(_) => {}
+                    Message::End => {
+                        in_request = false;
+                        shared.stats.sent.fetch_add(1, Relaxed);
+                        deadline.get_or_insert_with(|| Instant::now() + response_timeout);
+                    }
+                }
+            }
+            read = reader.read(&mut buf) => {
+                let n = match read {
+                    Ok(0) | Err(_) => {
+                        framer.closed(|status| shared.stats.response(status));
+                        if framer.outstanding() > 0 {
+                            shared.stats.response_errors.fetch_add(1, Relaxed);
+                        }
+                        // v2 closed its side: the connection cannot carry more requests.
+                        break fail(in_request, shared);
+                    }
+                    Ok(n) => n,
+                };
+                let fed = framer.feed(&buf[..n], |status| shared.stats.response(status));
+                if let Err(error) = fed {
+                    tracing::debug!(%error, "unparseable shadow response");
+                    shared.stats.response_errors.fetch_add(1, Relaxed);
+                    break fail(in_request, shared);
+                }
+                deadline = (framer.outstanding() > 0).then(|| Instant::now() + response_timeout);
+            }
+            () = wait_response => {
+                shared.stats.response_timeouts.fetch_add(1, Relaxed);
+                break fail(in_request, shared);
+            }
+        }
+    };
+    match result {
+        Ok(()) => {
+            // Let v2 answer what was sent, within the response timeout, then close.
+            let _ = writer.shutdown().await;
+            let drain = async {
+                while framer.outstanding() > 0 {
+                    match reader.read(&mut buf).await {
+                        Ok(0) | Err(_) => break,
+                        Ok(n) => {
+                            if framer.feed(&buf[..n], |status| shared.stats.response(status)).is_err() {
+                                break;
+                            }
+                        }
+                    }
+                }
+            };
+            if timeout(response_timeout, drain).await.is_err() {
+                shared.stats.response_timeouts.fetch_add(1, Relaxed);
+            }
+        }
+        Err(_) => reset(reader, writer),
+    }
+    result
+}
+
+/// The connection failed: the request being written (if any) is lost, and so is everything
+/// still queued (counted by the caller under the returned reason).
+fn fail(in_request: bool, shared: &Shared) -> Result<(), DropReason> {
+    if in_request {
+        shared.stats.dropped(DropReason::WriteFailed);
+    }
+    Err(DropReason::WriteFailed)
+}
+
+async fn write(
+    writer: &mut tokio::net::tcp::OwnedWriteHalf,
+    message: &Message,
+    limit: Duration,
+) -> io::Result<()> {
+    let bytes = match message {
+        Message::Head(bytes) | Message::Body(bytes) => bytes,
+        Message::End => return Ok(()),
+    };
+    timeout(limit, writer.write_all(bytes))
+        .await
+        .unwrap_or_else(|_| Err(io::Error::new(io::ErrorKind::TimedOut, "shadow write timed out")))
+}
+
+/// Closes with RST (zero linger) so v2 discards a partial request instead of waiting for it.
+fn reset(reader: tokio::net::tcp::OwnedReadHalf, writer: tokio::net::tcp::OwnedWriteHalf) {
+    if let Ok(stream) = reader.reunite(writer) {
+        let _ = socket2::SockRef::from(&stream).set_linger(Some(Duration::ZERO));
+    }
+}

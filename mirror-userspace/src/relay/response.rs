@@ -1,0 +1,265 @@
+//! Frames v2's responses so a shadow connection stays usable and each status is counted.
+//! Sans-IO: bytes in, completed statuses out; the bodies are skipped, never stored.
+
+use std::collections::VecDeque;
+
+/// Response heads larger than this end the shadow connection.
+const MAX_HEAD: usize = 64 * 1024;
+const MAX_HEADERS: usize = 128;
+
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum ResponseError {
+    #[error("malformed response head")]
+    Malformed,
+    #[error("response head over {MAX_HEAD} bytes")]
+    HeadTooLarge,
+    #[error("malformed chunked body")]
+    BadChunk,
+    #[error("a response arrived for no outstanding request")]
+    Unsolicited,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Body {
+    /// Waiting for (more of) a response head.
+    Head,
+    Remaining(u64),
+    /// Inside a chunked body: reading a size line.
+    ChunkSize,
+    /// Inside a chunk's data; `u64` bytes left, then CRLF.
+    ChunkData(u64),
+    ChunkDataEnd,
+    /// After the last chunk: trailer lines until an empty one.
+    Trailers,
+    /// Delimited by the connection closing: everything else is body.
+    UntilClose,
+}
+
+/// Tracks responses on one shadow connection.
+#[derive(Debug)]
+pub struct ResponseFramer {
+    /// For each request sent and not yet answered: was it a HEAD (whose response has no body)?
+    outstanding: VecDeque<bool>,
+    head: Vec<u8>,
+    body: Body,
+    /// Status of the response whose body is being skipped.
+    status: u16,
+}
+
+impl Default for ResponseFramer {
+    fn default() -> Self {
+        ResponseFramer {
+            outstanding: VecDeque::new(),
+            head: Vec::new(),
+            body: Body::Head,
+            status: 0,
+        }
+    }
+}
+
+impl ResponseFramer {
+    /// Records that a request was sent; responses are matched to requests in order.
+    pub fn request_sent(&mut self, is_head: bool) {
+        self.outstanding.push_back(is_head);
+    }
+
+    /// Requests sent and not yet answered.
+    pub fn outstanding(&self) -> usize {
+        self.outstanding.len()
+    }
+
+    /// Consumes response bytes, calling `on_status` for each complete final response.
+    pub fn feed(&mut self, mut input: &[u8], mut on_status: impl FnMut(u16)) -> Result<(), ResponseError> {
+        while !input.is_empty() {
+            input = match self.body {
+                Body::Head => self.feed_head(input, &mut on_status)?,
+                Body::Remaining(left) => {
+                    let take = usize::try_from(left).unwrap_or(usize::MAX).min(input.len());
+                    let left = left - take as u64;
+                    if left == 0 {
+                        self.finish(&mut on_status);
+                    } else {
+                        self.body = Body::Remaining(left);
+                    }
+                    &input[take..]
+                }
+                Body::ChunkSize | Body::Trailers | Body::ChunkDataEnd => {
+                    let Some(end) = find_crlf(&self.head, input) else {
+                        self.buffer(input)?;
+                        return Ok(());
+                    };
+                    let (line_tail, rest) = input.split_at(end);
+                    self.buffer(line_tail)?;
+                    let line = std::mem::take(&mut self.head);
+                    self.on_line(&line, &mut on_status)?;
+                    rest
+                }
+                Body::ChunkData(left) => {
+                    let take = usize::try_from(left).unwrap_or(usize::MAX).min(input.len());
+                    let left = left - take as u64;
+                    self.body = if left == 0 { Body::ChunkDataEnd } else { Body::ChunkData(left) };
+                    &input[take..]
+                }
+                Body::UntilClose => return Ok(()),
+            };
+        }
+        Ok(())
+    }
+
+    /// The connection closed: a close-delimited body is complete.
+    pub fn closed(&mut self, mut on_status: impl FnMut(u16)) {
+        if self.body == Body::UntilClose {
+            self.finish(&mut on_status);
+        }
+    }
+
+    fn buffer(&mut self, bytes: &[u8]) -> Result<(), ResponseError> {
+        if self.head.len() + bytes.len() > MAX_HEAD {
+            return Err(ResponseError::HeadTooLarge);
+        }
+        self.head.extend_from_slice(bytes);
+        Ok(())
+    }
+
+    /// Handles one complete line (with its CRLF) of chunked framing.
+    fn on_line(&mut self, line: &[u8], on_status: &mut impl FnMut(u16)) -> Result<(), ResponseError> {
+        match self.body {
+            Body::ChunkSize => match httparse::parse_chunk_size(line) {
+                Ok(httparse::Status::Complete((_, 0))) => self.body = Body::Trailers,
+                Ok(httparse::Status::Complete((_, size))) => self.body = Body::ChunkData(size),
+                _ => return Err(ResponseError::BadChunk),
+            },
+            Body::ChunkDataEnd if line == b"\r\n" => self.body = Body::ChunkSize,
+            Body::ChunkDataEnd => return Err(ResponseError::BadChunk),
+            Body::Trailers if line == b"\r\n" => self.finish(on_status),
+            Body::Trailers => {}
+            _ => return Err(ResponseError::BadChunk),
+        }
+        Ok(())
+    }
+
+    fn feed_head<'a>(
+        &mut self,
+        input: &'a [u8],
+        on_status: &mut impl FnMut(u16),
+    ) -> Result<&'a [u8], ResponseError> {
+        let already = self.head.len();
+        let take = input.len().min(MAX_HEAD + 1 - already.min(MAX_HEAD));
+        self.head.extend_from_slice(&input[..take]);
+        let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
+        let mut response = httparse::Response::new(&mut headers);
+        let head_len = match response.parse(&self.head) {
+            Ok(httparse::Status::Complete(len)) => len,
+            Ok(httparse::Status::Partial) if self.head.len() > MAX_HEAD => {
+                return Err(ResponseError::HeadTooLarge)
+            }
+            Ok(httparse::Status::Partial) => return Ok(&input[take..]),
+            Err(_) => return Err(ResponseError::Malformed),
+        };
+        let status = response.code.ok_or(ResponseError::Malformed)?;
+        let mut chunked = false;
+        let mut length = None;
+        for header in response.headers.iter() {
+            if header.name.eq_ignore_ascii_case("transfer-encoding") {
+                chunked = header.value.to_ascii_lowercase().ends_with(b"chunked");
+            } else if header.name.eq_ignore_ascii_case("content-length") {
+                let value = std::str::from_utf8(header.value).map_err(|_| ResponseError::Malformed)?;
+                length = Some(value.trim().parse::<u64>().map_err(|_| ResponseError::Malformed)?);
+            }
+        }
+        // Bytes of `input` past the head belong to the body or the next response.
+        let rest = &input[head_len - already..];
+        self.head.clear();
+        self.status = status;
+        if (100..200).contains(&status) && status != 101 {
+            // Interim (100 Continue): the final response follows.
+            return Ok(rest);
+        }
+        let is_head = *self.outstanding.front().ok_or(ResponseError::Unsolicited)?;
+        self.body = if is_head || status == 204 || status == 304 || status == 101 {
+            Body::Remaining(0)
+        } else if chunked {
+            Body::ChunkSize
+        } else if let Some(length) = length {
+            Body::Remaining(length)
+        } else {
+            Body::UntilClose
+        };
+        if self.body == Body::Remaining(0) {
+            self.finish(on_status);
+        }
+        Ok(rest)
+    }
+
+    fn finish(&mut self, on_status: &mut impl FnMut(u16)) {
+        self.outstanding.pop_front();
+        on_status(self.status);
+        self.body = Body::Head;
+    }
+}
+
+/// Position just past the CRLF ending the line that `pending` started, if `input` holds it.
+fn find_crlf(pending: &[u8], input: &[u8]) -> Option<usize> {
+    if pending.last() == Some(&b'\r') && input.first() == Some(&b'\n') {
+        return Some(1);
+    }
+    input.windows(2).position(|w| w == b"\r\n").map(|i| i + 2)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn statuses(framer: &mut ResponseFramer, input: &[u8], split: usize) -> Vec<u16> {
+        let mut seen = Vec::new();
+        let (a, b) = input.split_at(split.min(input.len()));
+        framer.feed(a, |s| seen.push(s)).unwrap();
+        framer.feed(b, |s| seen.push(s)).unwrap();
+        seen
+    }
+
+    const STREAM: &[u8] = b"HTTP/1.1 100 Continue\r\n\r\n\
+        HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nhello\
+        HTTP/1.1 404 Not Found\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n0\r\nX-T: 1\r\n\r\n\
+        HTTP/1.1 200 OK\r\nContent-Length: 9\r\n\r\n\
+        HTTP/1.1 204 No Content\r\n\r\n";
+
+    #[test]
+    fn frames_every_split_of_a_pipelined_stream() {
+        for split in 0..=STREAM.len() {
+            let mut framer = ResponseFramer::default();
+            for is_head in [false, false, true, false] {
+                framer.request_sent(is_head);
+            }
+            assert_eq!(statuses(&mut framer, STREAM, split), vec![200, 404, 200, 204], "split {split}");
+            assert_eq!(framer.outstanding(), 0);
+        }
+    }
+
+    #[test]
+    fn close_delimited_body_ends_at_close() {
+        let mut framer = ResponseFramer::default();
+        framer.request_sent(false);
+        let mut seen = Vec::new();
+        framer.feed(b"HTTP/1.0 200 OK\r\n\r\nbody until close", |s| seen.push(s)).unwrap();
+        assert!(seen.is_empty());
+        framer.closed(|s| seen.push(s));
+        assert_eq!(seen, vec![200]);
+    }
+
+    #[test]
+    fn rejects_garbage_and_unsolicited_responses() {
+        let mut framer = ResponseFramer::default();
+        framer.request_sent(false);
+        assert_eq!(framer.feed(b"SSH-2.0-x\r\n\r\n", |_| {}), Err(ResponseError::Malformed));
+        let mut framer = ResponseFramer::default();
+        assert_eq!(
+            framer.feed(b"HTTP/1.1 200 OK\r\n\r\n", |_| {}),
+            Err(ResponseError::Unsolicited)
+        );
+        let mut framer = ResponseFramer::default();
+        framer.request_sent(false);
+        let huge = vec![b'a'; MAX_HEAD + 10];
+        assert_eq!(framer.feed(&huge, |_| {}), Err(ResponseError::HeadTooLarge));
+    }
+}
