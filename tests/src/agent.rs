@@ -1,0 +1,113 @@
+//! Runs the `mirror` binary inside a test-bed's node namespace, the way a DaemonSet pod runs
+//! it on a node, and reads back what it reported.
+
+use std::{
+    path::PathBuf,
+    time::{Duration, Instant},
+};
+
+use anyhow::{bail, Context as _, Result};
+
+use crate::{Netns, Process};
+
+/// The `mirror` binary built by `cargo build` (`cargo xtask test` builds it first).
+pub fn mirror_binary() -> Result<PathBuf> {
+    let target_dir = std::env::var_os("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target"));
+    let profile = if cfg!(debug_assertions) { "debug" } else { "release" };
+    let binary = target_dir.join(profile).join("mirror");
+    if !binary.exists() {
+        bail!(
+            "{} is missing: build it first (`cargo build --bins`, or run `cargo xtask test`)",
+            binary.display()
+        );
+    }
+    Ok(binary)
+}
+
+/// A running agent. Dropping it kills it (SIGTERM, then SIGKILL).
+#[derive(Debug)]
+pub struct Agent {
+    process: Option<Process>,
+    /// The line it prints to stderr once attached.
+    ready_marker: &'static str,
+}
+
+impl Agent {
+    /// Starts `mirror <args>` in `ns` and waits until it has attached (or fails with its
+    /// stderr). `ready_marker` is the stderr text that says it is capturing.
+    pub fn start(ns: &Netns, label: &str, args: &[String], ready_marker: &'static str) -> Result<Agent> {
+        let mut argv = vec![mirror_binary()?.display().to_string()];
+        argv.extend(args.iter().cloned());
+        let process = ns.spawn(label, &argv)?;
+        let mut agent = Agent {
+            process: Some(process),
+            ready_marker,
+        };
+        agent.wait_for_stderr(agent.ready_marker, Duration::from_secs(20))?;
+        Ok(agent)
+    }
+
+    pub fn process(&self) -> &Process {
+        self.process.as_ref().expect("process is present until stopped")
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.process().pid()
+    }
+
+    pub fn stderr(&self) -> String {
+        std::fs::read_to_string(self.process().stderr_path()).unwrap_or_default()
+    }
+
+    pub fn stdout(&self) -> String {
+        std::fs::read_to_string(self.process().stdout_path()).unwrap_or_default()
+    }
+
+    /// Waits until stderr contains `text`; fails early if the agent exits.
+    pub fn wait_for_stderr(&mut self, text: &str, timeout: Duration) -> Result<()> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if self.stderr().contains(text) {
+                return Ok(());
+            }
+            let process = self.process.as_mut().context("agent already stopped")?;
+            if let Some(status) = process.try_status()? {
+                bail!("mirror exited ({status}) before printing {text:?}:\n{}", self.stderr());
+            }
+            if Instant::now() > deadline {
+                bail!("mirror did not print {text:?} within {timeout:?}:\n{}", self.stderr());
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// Sends `signal` and waits for the agent to exit; returns its stderr.
+    pub fn stop(mut self, signal: i32) -> Result<String> {
+        let process = self.process.take().context("agent already stopped")?;
+        let pid = libc::pid_t::try_from(process.pid()).context("pid")?;
+        // SAFETY: kill(2) with a pid we spawned and have not reaped.
+        if unsafe { libc::kill(pid, signal) } != 0 {
+            bail!("kill {pid}: {}", std::io::Error::last_os_error());
+        }
+        let mut process = process;
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while process.try_status()?.is_none() {
+            if Instant::now() > deadline {
+                bail!("mirror did not exit after signal {signal}");
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        Ok(std::fs::read_to_string(process.stderr_path()).unwrap_or_default())
+    }
+}
+
+/// Reads `name=value` pairs from the agent's summary lines.
+pub fn counter(summary: &str, name: &str) -> Option<u64> {
+    summary
+        .split_whitespace()
+        .filter_map(|field| field.split_once('='))
+        .find(|(key, _)| *key == name)
+        .and_then(|(_, value)| value.parse().ok())
+}
