@@ -1,6 +1,7 @@
 //! The userspace agent: loads the kernel program, reads what it captures, rebuilds requests
 //! and replays them to the shadow.
 
+pub mod attached;
 pub mod capture;
 pub mod clock;
 pub mod flow;
@@ -8,8 +9,8 @@ pub mod packet;
 pub mod pcap;
 pub mod privileges;
 pub mod probe;
-pub mod relay;
 pub mod record;
+pub mod relay;
 pub mod ring;
 pub mod session;
 pub mod target;

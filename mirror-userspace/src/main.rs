@@ -2,7 +2,9 @@
 //! command line, sets up logging and the runtime, and reports errors with anyhow.
 
 use clap::{Parser, Subcommand};
-use mirror_userspace::capture;
+use std::io::Write as _;
+
+use mirror_userspace::{attached, capture};
 use tracing_subscriber::EnvFilter;
 
 #[derive(Parser)]
@@ -16,6 +18,8 @@ struct Cli {
 enum Command {
     /// Print (and optionally save as pcap) the TCP segments the kernel program captures.
     Capture(capture::CaptureArgs),
+    /// List the BPF programs on interfaces' TCX hooks, in run order.
+    Attached(attached::AttachedArgs),
 }
 
 fn main() -> anyhow::Result<()> {
@@ -29,15 +33,32 @@ fn main() -> anyhow::Result<()> {
         )
         .with_writer(std::io::stderr)
         .init();
-    let cli = Cli::parse();
-    let runtime = tokio::runtime::Builder::new_multi_thread()
+    match Cli::parse().command {
+        Command::Capture(args) => runtime()?.block_on(capture::run(args))?,
+        Command::Attached(args) => print_attached(&args)?,
+    }
+    Ok(())
+}
+
+/// The agent's work is I/O bound and small: two worker threads, one per core here.
+fn runtime() -> std::io::Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
-        .build()?;
-    runtime.block_on(async {
-        match cli.command {
-            Command::Capture(args) => capture::run(args).await?,
+        .build()
+}
+
+/// One line per program: `IFACE DIRECTION tcx NAME id ID`.
+fn print_attached(args: &attached::AttachedArgs) -> anyhow::Result<()> {
+    let mut out = std::io::stdout().lock();
+    for iface in &args.ifaces {
+        for program in attached::tcx_programs(iface)? {
+            writeln!(
+                out,
+                "{} {:?} tcx {} id {}",
+                program.iface, program.direction, program.name, program.id
+            )?;
         }
-        anyhow::Ok(())
-    })
+    }
+    Ok(())
 }

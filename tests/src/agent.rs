@@ -15,7 +15,11 @@ pub fn mirror_binary() -> Result<PathBuf> {
     let target_dir = std::env::var_os("CARGO_TARGET_DIR")
         .map(PathBuf::from)
         .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target"));
-    let profile = if cfg!(debug_assertions) { "debug" } else { "release" };
+    let profile = if cfg!(debug_assertions) {
+        "debug"
+    } else {
+        "release"
+    };
     let binary = target_dir.join(profile).join("mirror");
     if !binary.exists() {
         bail!(
@@ -37,7 +41,12 @@ pub struct Agent {
 impl Agent {
     /// Starts `mirror <args>` in `ns` and waits until it has attached (or fails with its
     /// stderr). `ready_marker` is the stderr text that says it is capturing.
-    pub fn start(ns: &Netns, label: &str, args: &[String], ready_marker: &'static str) -> Result<Agent> {
+    pub fn start(
+        ns: &Netns,
+        label: &str,
+        args: &[String],
+        ready_marker: &'static str,
+    ) -> Result<Agent> {
         let mut argv = vec![mirror_binary()?.display().to_string()];
         argv.extend(args.iter().cloned());
         let process = ns.spawn(label, &argv)?;
@@ -50,7 +59,9 @@ impl Agent {
     }
 
     pub fn process(&self) -> &Process {
-        self.process.as_ref().expect("process is present until stopped")
+        self.process
+            .as_ref()
+            .expect("process is present until stopped")
     }
 
     pub fn pid(&self) -> u32 {
@@ -74,10 +85,16 @@ impl Agent {
             }
             let process = self.process.as_mut().context("agent already stopped")?;
             if let Some(status) = process.try_status()? {
-                bail!("mirror exited ({status}) before printing {text:?}:\n{}", self.stderr());
+                bail!(
+                    "mirror exited ({status}) before printing {text:?}:\n{}",
+                    self.stderr()
+                );
             }
             if Instant::now() > deadline {
-                bail!("mirror did not print {text:?} within {timeout:?}:\n{}", self.stderr());
+                bail!(
+                    "mirror did not print {text:?} within {timeout:?}:\n{}",
+                    self.stderr()
+                );
             }
             std::thread::sleep(Duration::from_millis(50));
         }

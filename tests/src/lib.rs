@@ -30,12 +30,14 @@
 //! Needs root, iproute2, nftables, python3 with venv support (for httpbin) and, for the tests,
 //! curl.
 
+pub mod agent;
 pub mod cleanup;
 mod httpbin;
 mod netns;
 mod privileges;
 mod process;
 mod sink;
+pub mod stream;
 mod testbed;
 
 pub use cleanup::{cleanup_stale, remove_all_of_pid, remove_label};

@@ -17,14 +17,15 @@ pub struct CapturedStream {
     pub records: usize,
 }
 
+/// A flow being read: its ISN once the SYN is seen, and its payloads by offset from the ISN.
+type Pending = (Option<u32>, BTreeMap<u64, Vec<u8>>, CapturedStream);
+
 /// Every flow in the file, keyed by its (client to server) key.
 pub fn flows(pcap_path: &Path) -> Result<BTreeMap<FlowKey, CapturedStream>> {
-    let file = std::fs::File::open(pcap_path)
-        .with_context(|| format!("open {}", pcap_path.display()))?;
+    let file =
+        std::fs::File::open(pcap_path).with_context(|| format!("open {}", pcap_path.display()))?;
     let packets = pcap::read_all(std::io::BufReader::new(file))?;
-    // Sequence-ordered payload runs per flow, keyed by offset from the ISN.
-    let mut runs: BTreeMap<FlowKey, (Option<u32>, BTreeMap<u64, Vec<u8>>, CapturedStream)> =
-        BTreeMap::new();
+    let mut runs: BTreeMap<FlowKey, Pending> = BTreeMap::new();
     for captured in &packets {
         if captured.data.len() != captured.orig_len as usize {
             bail!(

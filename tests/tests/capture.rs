@@ -4,7 +4,10 @@
 //! attaches to the node side of the client's veth, where packets leaving the client arrive on
 //! ingress.
 
-use std::{path::PathBuf, time::Duration};
+use std::{
+    path::{Path, PathBuf},
+    time::Duration,
+};
 
 use mirror_tests::{
     agent::{counter, Agent},
@@ -40,7 +43,7 @@ impl Bed {
         self.testbed.log_dir().join(name)
     }
 
-    fn capture(&self, extra: &[String], pcap: &PathBuf) -> Agent {
+    fn capture(&self, extra: &[String], pcap: &Path) -> Agent {
         let mut args = vec![
             "capture".to_owned(),
             "--iface".to_owned(),
@@ -53,7 +56,14 @@ impl Bed {
     }
 
     fn curl(&self, args: &[&str]) -> String {
-        let mut argv = vec!["curl", "-sS", "--max-time", "60", "-H", "User-Agent: mirror-test"];
+        let mut argv = vec![
+            "curl",
+            "-sS",
+            "--max-time",
+            "60",
+            "-H",
+            "User-Agent: mirror-test",
+        ];
         argv.extend_from_slice(args);
         self.client.ns().exec_ok(&argv).expect("curl")
     }
@@ -63,9 +73,14 @@ impl Bed {
     }
 }
 
-fn only_flow(pcap: &PathBuf) -> CapturedStream {
+fn only_flow(pcap: &Path) -> CapturedStream {
     let mut all = flows(pcap).expect("read pcap");
-    assert_eq!(all.len(), 1, "expected one captured flow, got {:?}", all.keys().collect::<Vec<_>>());
+    assert_eq!(
+        all.len(),
+        1,
+        "expected one captured flow, got {:?}",
+        all.keys().collect::<Vec<_>>()
+    );
     all.pop_first().expect("one flow").1
 }
 
@@ -83,17 +98,46 @@ fn curl_get_is_captured_byte_exact() {
     let bed = bed();
     let pcap = bed.pcap("get.pcap");
     let agent = bed.capture(&["--target".into(), bed.server_v4(80)], &pcap);
-    bed.curl(&[&format!("http://{}/exact?x=1", bed.server_v4(80))]);
+    let url = format!("http://{}/exact?x=1", bed.server_v4(80));
+    let verbose = bed
+        .client
+        .ns()
+        .exec(&[
+            "curl",
+            "-sS",
+            "-v",
+            "-o",
+            "/dev/null",
+            "-H",
+            "X-Probe: exact",
+            &url,
+        ])
+        .expect("curl");
+    assert!(verbose.status.success(), "curl failed");
     let summary = stop(agent);
     let stream = only_flow(&pcap);
-    let expected = format!(
-        "GET /exact?x=1 HTTP/1.1\r\nHost: {}\r\nUser-Agent: mirror-test\r\nAccept: */*\r\n\r\n",
-        bed.server.ipv4()
+    // curl -v prints the request head it sent as "> " lines.
+    let expected: String = String::from_utf8_lossy(&verbose.stderr)
+        .lines()
+        .filter_map(|line| line.strip_prefix("> "))
+        .map(|line| format!("{line}\r\n"))
+        .collect();
+    assert!(
+        expected.starts_with("GET /exact?x=1 HTTP/1.1\r\n"),
+        "{expected}"
     );
+    assert!(expected.contains("X-Probe: exact\r\n"), "{expected}");
     assert_eq!(String::from_utf8_lossy(&stream.bytes), expected);
     assert!(stream.saw_syn && stream.saw_fin, "SYN and FIN are emitted");
-    assert_eq!(counter(&summary, "ringbuf_full_drops"), Some(0), "{summary}");
-    assert!(counter(&summary, "pure_acks_skipped").unwrap_or(0) > 0, "{summary}");
+    assert_eq!(
+        counter(&summary, "ringbuf_full_drops"),
+        Some(0),
+        "{summary}"
+    );
+    assert!(
+        counter(&summary, "pure_acks_skipped").unwrap_or(0) > 0,
+        "{summary}"
+    );
 }
 
 fn large_post_is_captured_whole(mib: usize) {
@@ -107,7 +151,10 @@ fn large_post_is_captured_whole(mib: usize) {
     let body_path = bed.testbed.log_dir().join("body.bin");
     std::fs::write(&body_path, &body).expect("write body");
     let pcap = bed.pcap("post.pcap");
-    let agent = bed.capture(&["--target".into(), bed.server_v4(80), "--quiet".into()], &pcap);
+    let agent = bed.capture(
+        &["--target".into(), bed.server_v4(80), "--quiet".into()],
+        &pcap,
+    );
     bed.curl(&[
         "-o",
         "/dev/null",
@@ -119,7 +166,11 @@ fn large_post_is_captured_whole(mib: usize) {
     ]);
     let summary = stop(agent);
     assert_eq!(counter(&summary, "truncations"), Some(0), "{summary}");
-    assert_eq!(counter(&summary, "ringbuf_full_drops"), Some(0), "{summary}");
+    assert_eq!(
+        counter(&summary, "ringbuf_full_drops"),
+        Some(0),
+        "{summary}"
+    );
     let stream = only_flow(&pcap);
     let head_end = stream
         .bytes
@@ -165,7 +216,10 @@ fn other_ports_and_addresses_are_not_captured() {
     let summary = stop(agent);
     assert!(flows(&pcap).expect("pcap").is_empty(), "nothing captured");
     assert_eq!(counter(&summary, "packets_matched"), Some(0), "{summary}");
-    assert!(counter(&summary, "packets_seen").unwrap_or(0) > 0, "{summary}");
+    assert!(
+        counter(&summary, "packets_seen").unwrap_or(0) > 0,
+        "{summary}"
+    );
 }
 
 #[test]

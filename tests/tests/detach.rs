@@ -3,7 +3,10 @@
 
 use std::time::Duration;
 
-use mirror_tests::{agent::Agent, require_root, Host, Sink, Testbed};
+use mirror_tests::{
+    agent::{mirror_binary, Agent},
+    require_root, Host, Sink, Testbed,
+};
 
 const READY: &str = "capturing; Ctrl-C to stop";
 
@@ -45,15 +48,23 @@ impl Bed {
         Agent::start(self.testbed.node(), "mirror", &args, READY).expect("start mirror")
     }
 
-    /// What bpftool (TCX links and tc filters) and tc say is attached to the client's
-    /// node-side veth.
+    /// What is attached to the client's node-side veth: TCX programs (`mirror attached`:
+    /// Debian 12's bpftool predates TCX) and netlink filters (`tc`).
     fn attachments(&self) -> String {
-        let bpftool = self
+        let tcx = self
             .testbed
             .node()
-            .exec_ok(&["bpftool", "net", "show", "dev", self.client.node_ifname()])
-            .expect("bpftool (is it installed?)");
-        format!("{bpftool}\n{}", self.tc_filters())
+            .exec_ok(&[
+                mirror_binary()
+                    .expect("mirror binary")
+                    .display()
+                    .to_string(),
+                "attached".to_owned(),
+                "--iface".to_owned(),
+                self.client.node_ifname().to_owned(),
+            ])
+            .expect("mirror attached");
+        format!("{tcx}\n{}", self.tc_filters())
     }
 
     /// The netlink tc filters on the client's node-side veth.
@@ -136,11 +147,18 @@ fn netlink_filter_left_by_sigkill_is_replaced_at_next_start() {
         .expect("stale filter replaced");
     let filters = bed.tc_filters();
     assert_eq!(
-        filters.matches("mirror_ingress").count(),
+        filters
+            .lines()
+            .filter(|line| line.contains("mirror_ingress"))
+            .count(),
         1,
         "exactly one filter of ours:\n{filters}"
     );
     agent.stop(libc::SIGTERM).expect("stop");
-    assert!(!bed.attachments().contains("mirror_"), "{}", bed.attachments());
+    assert!(
+        !bed.attachments().contains("mirror_"),
+        "{}",
+        bed.attachments()
+    );
     bed.assert_traffic_flows();
 }

@@ -50,7 +50,10 @@ pub(super) async fn run(flow: FlowKey, mut queue: mpsc::Receiver<Message>, share
 
 async fn connect(shared: &Shared) -> io::Result<TcpStream> {
     let attempt = async {
-        let mut last_error = io::Error::new(io::ErrorKind::NotFound, "shadow address resolved to nothing");
+        let mut last_error = io::Error::new(
+            io::ErrorKind::NotFound,
+            "shadow address resolved to nothing",
+        );
         for addr in lookup_host(shared.config.shadow.as_str()).await? {
             match connect_to(addr, shared.config.mark).await {
                 Ok(stream) => return Ok(stream),
@@ -61,7 +64,12 @@ async fn connect(shared: &Shared) -> io::Result<TcpStream> {
     };
     timeout(shared.config.connect_timeout, attempt)
         .await
-        .unwrap_or_else(|_| Err(io::Error::new(io::ErrorKind::TimedOut, "shadow connect timed out")))
+        .unwrap_or_else(|_| {
+            Err(io::Error::new(
+                io::ErrorKind::TimedOut,
+                "shadow connect timed out",
+            ))
+        })
 }
 
 async fn connect_to(addr: SocketAddr, mark: u32) -> io::Result<TcpStream> {
@@ -159,7 +167,10 @@ async fn relay(
                     match reader.read(&mut buf).await {
                         Ok(0) | Err(_) => break,
                         Ok(n) => {
-                            if framer.feed(&buf[..n], |status| shared.stats.response(status)).is_err() {
+                            if framer
+                                .feed(&buf[..n], |status| shared.stats.response(status))
+                                .is_err()
+                            {
                                 break;
                             }
                         }
@@ -195,7 +206,12 @@ async fn write(
     };
     timeout(limit, writer.write_all(bytes))
         .await
-        .unwrap_or_else(|_| Err(io::Error::new(io::ErrorKind::TimedOut, "shadow write timed out")))
+        .unwrap_or_else(|_| {
+            Err(io::Error::new(
+                io::ErrorKind::TimedOut,
+                "shadow write timed out",
+            ))
+        })
 }
 
 /// Closes with RST (zero linger) so v2 discards a partial request instead of waiting for it.

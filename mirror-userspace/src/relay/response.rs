@@ -69,7 +69,11 @@ impl ResponseFramer {
     }
 
     /// Consumes response bytes, calling `on_status` for each complete final response.
-    pub fn feed(&mut self, mut input: &[u8], mut on_status: impl FnMut(u16)) -> Result<(), ResponseError> {
+    pub fn feed(
+        &mut self,
+        mut input: &[u8],
+        mut on_status: impl FnMut(u16),
+    ) -> Result<(), ResponseError> {
         while !input.is_empty() {
             input = match self.body {
                 Body::Head => self.feed_head(input, &mut on_status)?,
@@ -97,7 +101,11 @@ impl ResponseFramer {
                 Body::ChunkData(left) => {
                     let take = usize::try_from(left).unwrap_or(usize::MAX).min(input.len());
                     let left = left - take as u64;
-                    self.body = if left == 0 { Body::ChunkDataEnd } else { Body::ChunkData(left) };
+                    self.body = if left == 0 {
+                        Body::ChunkDataEnd
+                    } else {
+                        Body::ChunkData(left)
+                    };
                     &input[take..]
                 }
                 Body::UntilClose => return Ok(()),
@@ -122,7 +130,11 @@ impl ResponseFramer {
     }
 
     /// Handles one complete line (with its CRLF) of chunked framing.
-    fn on_line(&mut self, line: &[u8], on_status: &mut impl FnMut(u16)) -> Result<(), ResponseError> {
+    fn on_line(
+        &mut self,
+        line: &[u8],
+        on_status: &mut impl FnMut(u16),
+    ) -> Result<(), ResponseError> {
         match self.body {
             Body::ChunkSize => match httparse::parse_chunk_size(line) {
                 Ok(httparse::Status::Complete((_, 0))) => self.body = Body::Trailers,
@@ -163,8 +175,14 @@ impl ResponseFramer {
             if header.name.eq_ignore_ascii_case("transfer-encoding") {
                 chunked = header.value.to_ascii_lowercase().ends_with(b"chunked");
             } else if header.name.eq_ignore_ascii_case("content-length") {
-                let value = std::str::from_utf8(header.value).map_err(|_| ResponseError::Malformed)?;
-                length = Some(value.trim().parse::<u64>().map_err(|_| ResponseError::Malformed)?);
+                let value =
+                    std::str::from_utf8(header.value).map_err(|_| ResponseError::Malformed)?;
+                length = Some(
+                    value
+                        .trim()
+                        .parse::<u64>()
+                        .map_err(|_| ResponseError::Malformed)?,
+                );
             }
         }
         // Bytes of `input` past the head belong to the body or the next response.
@@ -231,7 +249,11 @@ mod tests {
             for is_head in [false, false, true, false] {
                 framer.request_sent(is_head);
             }
-            assert_eq!(statuses(&mut framer, STREAM, split), vec![200, 404, 200, 204], "split {split}");
+            assert_eq!(
+                statuses(&mut framer, STREAM, split),
+                vec![200, 404, 200, 204],
+                "split {split}"
+            );
             assert_eq!(framer.outstanding(), 0);
         }
     }
@@ -241,7 +263,9 @@ mod tests {
         let mut framer = ResponseFramer::default();
         framer.request_sent(false);
         let mut seen = Vec::new();
-        framer.feed(b"HTTP/1.0 200 OK\r\n\r\nbody until close", |s| seen.push(s)).unwrap();
+        framer
+            .feed(b"HTTP/1.0 200 OK\r\n\r\nbody until close", |s| seen.push(s))
+            .unwrap();
         assert!(seen.is_empty());
         framer.closed(|s| seen.push(s));
         assert_eq!(seen, vec![200]);
@@ -251,7 +275,10 @@ mod tests {
     fn rejects_garbage_and_unsolicited_responses() {
         let mut framer = ResponseFramer::default();
         framer.request_sent(false);
-        assert_eq!(framer.feed(b"SSH-2.0-x\r\n\r\n", |_| {}), Err(ResponseError::Malformed));
+        assert_eq!(
+            framer.feed(b"SSH-2.0-x\r\n\r\n", |_| {}),
+            Err(ResponseError::Malformed)
+        );
         let mut framer = ResponseFramer::default();
         assert_eq!(
             framer.feed(b"HTTP/1.1 200 OK\r\n\r\n", |_| {}),

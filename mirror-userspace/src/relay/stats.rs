@@ -91,16 +91,31 @@ impl RelayStats {
             ("bytes_sent".to_owned(), self.bytes_sent.load(Relaxed)),
         ];
         for reason in DropReason::ALL {
-            out.push((format!("dropped_{}", reason.name()), self.dropped_count(reason)));
+            out.push((
+                format!("dropped_{}", reason.name()),
+                self.dropped_count(reason),
+            ));
         }
         for class in 1..=5 {
             out.push((format!("responses_{class}xx"), self.responses(class)));
         }
         out.extend([
-            ("response_timeouts".to_owned(), self.response_timeouts.load(Relaxed)),
-            ("response_errors".to_owned(), self.response_errors.load(Relaxed)),
-            ("connections_opened".to_owned(), self.connections_opened.load(Relaxed)),
-            ("connect_failures".to_owned(), self.connect_failures.load(Relaxed)),
+            (
+                "response_timeouts".to_owned(),
+                self.response_timeouts.load(Relaxed),
+            ),
+            (
+                "response_errors".to_owned(),
+                self.response_errors.load(Relaxed),
+            ),
+            (
+                "connections_opened".to_owned(),
+                self.connections_opened.load(Relaxed),
+            ),
+            (
+                "connect_failures".to_owned(),
+                self.connect_failures.load(Relaxed),
+            ),
         ]);
         out
     }
