@@ -1,26 +1,26 @@
 //! Just enough of Ethernet, IPv4, IPv6 and TCP to find a packet's destination and flags.
 //!
-//! Headers are read with `bpf_skb_load_bytes` (`TcContext::load`), not direct packet access:
-//! on veth the linear part of a GSO skb often holds only the headers, and sometimes less.
+//! Each header is read whole with one `bpf_skb_load_bytes` (`TcContext::load`), not through
+//! direct packet access: on veth the linear part of a GSO skb often holds only the headers,
+//! and sometimes less.
 
 use aya_ebpf::programs::TcContext;
 use mirror_common::{TargetKey, FAMILY_IPV4, FAMILY_IPV6};
+use network_types::{
+    eth::{EthHdr, EtherType},
+    ip::{IpProto, Ipv4Hdr, Ipv6Hdr},
+    tcp::TcpHdr,
+};
 
-const ETH_HLEN: usize = 14;
-const ETH_P_IPV4: u16 = 0x0800;
-const ETH_P_IPV6: u16 = 0x86DD;
-const IPPROTO_TCP: u8 = 6;
-const IPV6_HLEN: usize = 40;
-
-const TCP_FIN: u8 = 0x01;
-const TCP_SYN: u8 = 0x02;
-const TCP_RST: u8 = 0x04;
+/// More-fragments flag and fragment offset bits of IPv4's flags/offset field.
+const IPV4_FRAGMENT_MASK: u16 = 0x3fff;
 
 /// What the classifier needs to know about a TCP packet.
 pub struct Segment {
     /// The destination, as a full-length key of the targets trie.
     pub target: TargetKey,
-    pub tcp_flags: u8,
+    /// SYN, FIN or RST set.
+    pub control: bool,
     pub payload_len: u32,
 }
 
@@ -28,7 +28,7 @@ impl Segment {
     /// Payload, SYN, FIN and RST matter to the stream rebuilder; a pure ACK does not.
     #[inline(always)]
     pub fn carries_stream_data(&self) -> bool {
-        self.payload_len > 0 || self.tcp_flags & (TCP_SYN | TCP_FIN | TCP_RST) != 0
+        self.payload_len > 0 || self.control
     }
 }
 
@@ -36,65 +36,58 @@ impl Segment {
 /// (other protocols, IPv4 fragments, IPv6 extension headers, unreadable headers).
 #[inline(always)]
 pub fn tcp_segment(ctx: &TcContext) -> Option<Segment> {
-    let ether_type = u16::from_be(ctx.load::<u16>(12).ok()?);
+    let eth: EthHdr = ctx.load(0).ok()?;
     let mut target = TargetKey::default();
-    let (l4_offset, l3_end) = match ether_type {
-        ETH_P_IPV4 => {
-            let version_ihl: u8 = ctx.load(ETH_HLEN).ok()?;
-            if version_ihl >> 4 != 4 {
-                return None;
-            }
-            let ihl = usize::from(version_ihl & 0x0f) * 4;
-            if ihl < 20 {
-                return None;
-            }
-            let total_len = u16::from_be(ctx.load::<u16>(ETH_HLEN + 2).ok()?);
-            let frag = u16::from_be(ctx.load::<u16>(ETH_HLEN + 6).ok()?);
-            // More-fragments flag or a fragment offset: not a whole TCP segment.
-            if frag & 0x3fff != 0 {
-                return None;
-            }
-            if ctx.load::<u8>(ETH_HLEN + 9).ok()? != IPPROTO_TCP {
-                return None;
-            }
-            let dst: [u8; 4] = ctx.load(ETH_HLEN + 16).ok()?;
-            target.family = FAMILY_IPV4;
-            target.addr[..4].copy_from_slice(&dst);
-            // BIG TCP IPv4 super-packets carry total length 0: the skb's length rules.
-            let l3_end = if total_len == 0 {
-                ctx.len()
-            } else {
-                (ETH_HLEN as u32 + u32::from(total_len)).min(ctx.len())
-            };
-            (ETH_HLEN + ihl, l3_end)
+    let (l4_offset, l3_end) = if eth.ether_type == EtherType::Ipv4 as u16 {
+        let ip: Ipv4Hdr = ctx.load(EthHdr::LEN).ok()?;
+        let ihl = usize::from(ip.ihl());
+        if ip.version() != 4 || ihl < Ipv4Hdr::LEN || ip.proto != IpProto::Tcp as u8 {
+            return None;
         }
-        ETH_P_IPV6 => {
-            if ctx.load::<u8>(ETH_HLEN).ok()? >> 4 != 6 {
-                return None;
-            }
-            let payload_len = u16::from_be(ctx.load::<u16>(ETH_HLEN + 4).ok()?);
-            if ctx.load::<u8>(ETH_HLEN + 6).ok()? != IPPROTO_TCP {
-                return None;
-            }
-            target.addr = ctx.load(ETH_HLEN + 24).ok()?;
-            target.family = FAMILY_IPV6;
-            // BIG TCP IPv6 super-packets carry payload length 0 as well.
-            let l3_end = if payload_len == 0 {
-                ctx.len()
-            } else {
-                ((ETH_HLEN + IPV6_HLEN) as u32 + u32::from(payload_len)).min(ctx.len())
-            };
-            (ETH_HLEN + IPV6_HLEN, l3_end)
+        if u16::from_be_bytes(ip.frags) & IPV4_FRAGMENT_MASK != 0 {
+            return None;
         }
-        _ => return None,
+        target.family = FAMILY_IPV4;
+        target.addr[..4].copy_from_slice(&ip.dst_addr);
+        let total_len = u32::from(u16::from_be_bytes(ip.tot_len));
+        (
+            EthHdr::LEN + ihl,
+            l3_end(ctx, EthHdr::LEN as u32, total_len),
+        )
+    } else if eth.ether_type == EtherType::Ipv6 as u16 {
+        let ip: Ipv6Hdr = ctx.load(EthHdr::LEN).ok()?;
+        if ip.vcf[0] >> 4 != 6 || ip.next_hdr != IpProto::Tcp as u8 {
+            return None;
+        }
+        target.family = FAMILY_IPV6;
+        target.addr = ip.dst_addr;
+        let payload_len = u32::from(u16::from_be_bytes(ip.payload_len));
+        let l4 = EthHdr::LEN + Ipv6Hdr::LEN;
+        let total_len = if payload_len == 0 {
+            0
+        } else {
+            Ipv6Hdr::LEN as u32 + payload_len
+        };
+        (l4, l3_end(ctx, EthHdr::LEN as u32, total_len))
+    } else {
+        return None;
     };
-    target.port = ctx.load(l4_offset + 2).ok()?;
-    let data_offset = usize::from(ctx.load::<u8>(l4_offset + 12).ok()? >> 4) * 4;
-    let tcp_flags: u8 = ctx.load(l4_offset + 13).ok()?;
-    let payload_start = (l4_offset + data_offset) as u32;
+    let tcp: TcpHdr = ctx.load(l4_offset).ok()?;
+    target.port = tcp.dest;
+    let payload_start = (l4_offset + usize::from(tcp.doff()) * 4) as u32;
     Some(Segment {
         target,
-        tcp_flags,
+        control: tcp.syn() | tcp.fin() | tcp.rst() != 0,
         payload_len: l3_end.saturating_sub(payload_start),
     })
+}
+
+/// Where the IP packet ends. BIG TCP super-packets carry length 0: the skb's length rules.
+#[inline(always)]
+fn l3_end(ctx: &TcContext, l3_offset: u32, ip_len: u32) -> u32 {
+    if ip_len == 0 {
+        ctx.len()
+    } else {
+        (l3_offset + ip_len).min(ctx.len())
+    }
 }
