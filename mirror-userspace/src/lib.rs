@@ -2,3 +2,7 @@
 //! and replays them to the shadow.
 
 pub mod flow;
+pub mod outcome;
+pub mod reassembly;
+pub mod rewrite;
+pub mod sampling;
