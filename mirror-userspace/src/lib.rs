@@ -2,7 +2,10 @@
 //! and replays them to the shadow.
 
 pub mod flow;
+pub mod http;
 pub mod outcome;
 pub mod reassembly;
 pub mod rewrite;
 pub mod sampling;
+#[cfg(test)]
+mod test_support;

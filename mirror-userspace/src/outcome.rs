@@ -55,8 +55,8 @@ counters! {
     gaps,
     /// Sequence space skipped by those gaps.
     gap_bytes,
-    /// Partial request heads discarded because a gap cut them (never handed out).
-    heads_lost_gap,
+    /// Partial request heads discarded, never handed out: cut by a gap, or the flow ended.
+    heads_discarded,
     /// Bytes discarded while looking for the next request line after a gap or a mid-stream join.
     resync_skipped_bytes,
     /// Out-of-order segments dropped because the reassembler had no free hole slot.
