@@ -4,6 +4,7 @@
 pub mod flow;
 pub mod http;
 pub mod outcome;
+pub mod pipeline;
 pub mod reassembly;
 pub mod rewrite;
 pub mod sampling;
