@@ -1,0 +1,241 @@
+//! Where traffic went: one counter per outcome, so every request or byte that was not
+//! mirrored has a named reason that metrics and logs can print.
+
+use std::fmt;
+
+/// Defines [`Counters`] from one list, so the struct, its documentation and the
+/// `(name, value)` iteration can never drift apart.
+macro_rules! counters {
+    ($( $(#[doc = $doc:literal])* $name:ident ),+ $(,)?) => {
+        /// Plain `u64` counters, one per outcome. They only ever grow (wrapping on overflow,
+        /// which at one event per nanosecond takes centuries).
+        #[derive(Clone, Debug, Default, PartialEq, Eq)]
+        pub struct Counters {
+            $( $(#[doc = $doc])* pub $name: u64, )+
+        }
+
+        impl Counters {
+            /// Every counter as `(name, value)`, in declaration order.
+            pub fn iter(&self) -> impl Iterator<Item = (&'static str, u64)> + '_ {
+                [$( (stringify!($name), self.$name) ),+].into_iter()
+            }
+
+            /// Adds `other` into `self`, e.g. to merge per-worker counters.
+            pub fn merge(&mut self, other: &Counters) {
+                $( self.$name = self.$name.wrapping_add(other.$name); )+
+            }
+        }
+    };
+}
+
+counters! {
+    /// Requests handed to the relay completely (head, body, end).
+    requests_mirrored,
+    /// Bytes (rewritten head plus body in wire form) of the requests counted in `requests_mirrored`.
+    bytes_mirrored,
+    /// Requests whose Host was absent or empty: forwarded without rewriting.
+    requests_host_missing,
+    /// Requests skipped whole by sampling (mirror percentage).
+    requests_sampled_out,
+    /// Wire bytes (head and body) of the requests counted in `requests_sampled_out`.
+    bytes_sampled_out,
+    /// Requests whose head was already handed out when capture lost bytes: `RequestAbort`.
+    requests_aborted_gap,
+    /// Requests cut short because the flow ended (FIN, RST, superseding SYN) mid-request.
+    requests_aborted_closed,
+    /// Requests cut short because the flow sat idle past the timeout mid-request.
+    requests_aborted_expired,
+    /// Requests cut short because their flow was evicted to stay within a global cap.
+    requests_aborted_evicted,
+    /// Requests cut short by malformed chunked framing in the body.
+    requests_aborted_invalid,
+    /// Wire bytes handed out for requests that were later aborted.
+    bytes_aborted,
+    /// Gaps: bytes the capture lost (window exceeded, or flow table forced a skip).
+    gaps,
+    /// Sequence space skipped by those gaps.
+    gap_bytes,
+    /// Partial request heads discarded, never handed out: cut by a gap, or the flow ended.
+    heads_discarded,
+    /// Bytes discarded while looking for the next request line after a gap or a mid-stream join.
+    resync_skipped_bytes,
+    /// Out-of-order segments dropped because the reassembler had no free hole slot.
+    segments_dropped_no_slot,
+    /// Bytes of segments that arrived again (retransmission or overlap) and were ignored.
+    duplicate_bytes,
+    /// Flows first seen mid-stream whose first payload began a request line: joined.
+    midstream_joins,
+    /// Segments of flows first seen mid-stream that did not begin a request line: skipped.
+    midstream_segments_skipped,
+    /// Payload bytes of those skipped segments.
+    midstream_bytes_skipped,
+    /// Connections no longer mirrored because a request asked for `Upgrade`.
+    stopped_upgrade,
+    /// Connections no longer mirrored because of a `CONNECT` request.
+    stopped_connect,
+    /// Connections no longer mirrored: request line or header syntax invalid.
+    stopped_invalid_head,
+    /// Connections no longer mirrored: more headers than the parser's fixed table holds.
+    stopped_too_many_headers,
+    /// Connections no longer mirrored: request head larger than the configured cap.
+    stopped_header_too_large,
+    /// Connections no longer mirrored: malformed or conflicting `Content-Length`.
+    stopped_bad_content_length,
+    /// Connections no longer mirrored: `Transfer-Encoding` unsupported, not ending in chunked,
+    /// or sent by HTTP/1.0.
+    stopped_bad_transfer_encoding,
+    /// Connections no longer mirrored: both `Content-Length` and `Transfer-Encoding`.
+    stopped_length_and_encoding,
+    /// Connections no longer mirrored: more than one `Host` header (RFC 9112 section 3.2).
+    stopped_multiple_host,
+    /// Connections no longer mirrored: malformed chunk size line, chunk end or trailer.
+    stopped_bad_chunk,
+    /// Flows started by a SYN.
+    flows_started,
+    /// Flows ended by a FIN once all their data was delivered.
+    flows_ended_fin,
+    /// Flows ended by a RST.
+    flows_ended_rst,
+    /// Flows replaced by a SYN with a new initial sequence number on the same addresses.
+    flows_superseded,
+    /// Flows removed after sitting idle past the timeout.
+    flows_expired,
+    /// Flows evicted (least recently active first) because the flow table was full.
+    flows_evicted_table_full,
+    /// Flows evicted (least recently active first) because buffered bytes exceeded the cap.
+    flows_evicted_memory,
+}
+
+/// Why a request already (partly) handed to the relay will not be completed. The relay must
+/// discard the shadow connection: v2 must never see a truncated request that looks complete.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum AbortReason {
+    /// The capture lost bytes inside this request.
+    Gap,
+    /// The flow ended (FIN, RST or a new SYN) before the request was complete.
+    Closed,
+    /// The flow sat idle past the timeout.
+    Expired,
+    /// The flow was evicted to keep within the flow or memory cap.
+    Evicted,
+    /// The body's chunked framing was malformed.
+    Invalid,
+}
+
+impl AbortReason {
+    /// Counts one aborted request of `bytes` already handed out.
+    pub(crate) fn count(self, counters: &mut Counters, bytes: u64) {
+        let c = match self {
+            Self::Gap => &mut counters.requests_aborted_gap,
+            Self::Closed => &mut counters.requests_aborted_closed,
+            Self::Expired => &mut counters.requests_aborted_expired,
+            Self::Evicted => &mut counters.requests_aborted_evicted,
+            Self::Invalid => &mut counters.requests_aborted_invalid,
+        };
+        *c = c.wrapping_add(1);
+        counters.bytes_aborted = counters.bytes_aborted.wrapping_add(bytes);
+    }
+}
+
+/// Why a connection stopped being mirrored. Whatever follows on it is ignored until it ends.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum StopReason {
+    Upgrade,
+    Connect,
+    InvalidHead,
+    TooManyHeaders,
+    HeaderTooLarge,
+    BadContentLength,
+    BadTransferEncoding,
+    LengthAndEncoding,
+    MultipleHost,
+    BadChunk,
+}
+
+impl StopReason {
+    pub(crate) fn count(self, counters: &mut Counters) {
+        let c = match self {
+            Self::Upgrade => &mut counters.stopped_upgrade,
+            Self::Connect => &mut counters.stopped_connect,
+            Self::InvalidHead => &mut counters.stopped_invalid_head,
+            Self::TooManyHeaders => &mut counters.stopped_too_many_headers,
+            Self::HeaderTooLarge => &mut counters.stopped_header_too_large,
+            Self::BadContentLength => &mut counters.stopped_bad_content_length,
+            Self::BadTransferEncoding => &mut counters.stopped_bad_transfer_encoding,
+            Self::LengthAndEncoding => &mut counters.stopped_length_and_encoding,
+            Self::MultipleHost => &mut counters.stopped_multiple_host,
+            Self::BadChunk => &mut counters.stopped_bad_chunk,
+        };
+        *c = c.wrapping_add(1);
+    }
+}
+
+/// Why a flow ended for the relay (`FlowEnd`): close the shadow connection.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum EndReason {
+    Fin,
+    Rst,
+    /// A SYN with another initial sequence number started a new connection on the same addresses.
+    Superseded,
+    Expired,
+    Evicted,
+    /// Mirroring stopped on this connection; it is ignored until it ends.
+    Stopped(StopReason),
+}
+
+impl fmt::Display for Counters {
+    /// One `name=value` per line, the format logs print at shutdown.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for (name, value) in self.iter() {
+            writeln!(f, "{name}={value}")?;
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn iter_names_every_field_once_with_its_value() {
+        let c = Counters {
+            gaps: 3,
+            flows_evicted_memory: 7,
+            ..Counters::default()
+        };
+        let pairs: Vec<_> = c.iter().collect();
+        assert_eq!(pairs.len(), 37);
+        assert!(pairs.contains(&("gaps", 3)));
+        assert!(pairs.contains(&("flows_evicted_memory", 7)));
+        let mut names: Vec<_> = pairs.iter().map(|p| p.0).collect();
+        names.sort_unstable();
+        names.dedup();
+        assert_eq!(names.len(), pairs.len());
+    }
+
+    #[test]
+    fn merge_adds_fieldwise() {
+        let mut a = Counters {
+            gaps: 1,
+            ..Counters::default()
+        };
+        a.merge(&Counters {
+            gaps: 2,
+            requests_mirrored: 5,
+            ..Counters::default()
+        });
+        assert_eq!((a.gaps, a.requests_mirrored), (3, 5));
+    }
+
+    #[test]
+    fn each_reason_counts_into_its_own_counter() {
+        let mut c = Counters::default();
+        AbortReason::Evicted.count(&mut c, 10);
+        StopReason::MultipleHost.count(&mut c);
+        assert_eq!(c.requests_aborted_evicted, 1);
+        assert_eq!(c.bytes_aborted, 10);
+        assert_eq!(c.stopped_multiple_host, 1);
+        assert_eq!(c.iter().map(|(_, v)| v).sum::<u64>(), 12);
+    }
+}

@@ -1,0 +1,153 @@
+//! Settings of the pipeline, with defaults sized for one agent on one node, and the checks
+//! that refuse settings which would break its guarantees.
+
+use crate::http::FramerConfig;
+use crate::reassembly::MAX_WINDOW;
+use crate::rewrite::{HostRewrite, RewriteError};
+use crate::sampling::SamplingError;
+use thiserror::Error;
+
+const SECOND_NS: u64 = 1_000_000_000;
+
+/// Everything the pipeline can be told. `Default` gives the documented values.
+#[derive(Clone, Debug, PartialEq)]
+pub struct PipelineConfig {
+    /// Flows tracked at once (tombstones of ended flows included); beyond, the least recently
+    /// active is evicted. Default 65 536.
+    pub max_flows: usize,
+    /// Bytes buffered by all flows together (out-of-order data and partial heads); beyond,
+    /// least recently active flows are evicted. Default 256 MiB.
+    pub max_buffered_bytes: usize,
+    /// How far past the next expected byte one flow holds out-of-order data. Default 4 MiB.
+    pub ooo_window: u32,
+    /// A flow with no segment for this long is ended. Default 120 s.
+    pub idle_timeout_ns: u64,
+    /// A hole in front of held out-of-order data that stays unfilled this long is declared
+    /// lost, so a quiet keep-alive connection resumes mirroring without waiting for a full
+    /// window of later data. Default 1 s (a receiver that lacked the bytes would have had them
+    /// retransmitted by then).
+    pub hole_timeout_ns: u64,
+    /// How long an ended flow is remembered, so late retransmissions are not mistaken for a
+    /// new flow joined mid-stream. Default 5 s.
+    pub closed_linger_ns: u64,
+    /// Largest request head, and Host rewrite mode.
+    pub framer: FramerConfig,
+    /// Percentage of requests mirrored, `0.0..=100.0`. Default 100.
+    pub sample_percent: f64,
+    /// Seed of the sampling coin: the same seed and input give the same decisions.
+    pub sample_seed: u64,
+}
+
+impl Default for PipelineConfig {
+    fn default() -> Self {
+        Self {
+            max_flows: 65_536,
+            max_buffered_bytes: 256 << 20,
+            ooo_window: 4 << 20,
+            idle_timeout_ns: 120 * SECOND_NS,
+            hole_timeout_ns: SECOND_NS,
+            closed_linger_ns: 5 * SECOND_NS,
+            framer: FramerConfig::default(),
+            sample_percent: 100.0,
+            sample_seed: 0,
+        }
+    }
+}
+
+#[derive(Debug, Error, PartialEq)]
+pub enum ConfigError {
+    #[error("max_flows must be at least 1")]
+    NoFlows,
+    #[error("ooo_window must be within 1..={MAX_WINDOW}, got {0}")]
+    Window(u32),
+    #[error("max_header_bytes must be at least 64, got {0}")]
+    HeaderCap(usize),
+    #[error(transparent)]
+    Sampling(#[from] SamplingError),
+    #[error(transparent)]
+    Rewrite(#[from] RewriteError),
+}
+
+impl PipelineConfig {
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        if self.max_flows == 0 {
+            return Err(ConfigError::NoFlows);
+        }
+        if self.ooo_window == 0 || self.ooo_window > MAX_WINDOW {
+            return Err(ConfigError::Window(self.ooo_window));
+        }
+        if self.framer.max_header_bytes < 64 {
+            return Err(ConfigError::HeaderCap(self.framer.max_header_bytes));
+        }
+        self.framer.rewrite.validate()?;
+        Ok(())
+    }
+
+    /// The rewrite mode, for callers that only want to change it.
+    pub fn with_rewrite(mut self, rewrite: HostRewrite) -> Self {
+        self.framer.rewrite = rewrite;
+        self
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_are_valid_and_as_documented() {
+        let c = PipelineConfig::default();
+        assert_eq!(c.validate(), Ok(()));
+        assert_eq!(
+            (c.max_flows, c.max_buffered_bytes, c.ooo_window),
+            (65_536, 256 << 20, 4 << 20)
+        );
+        assert_eq!(c.framer.max_header_bytes, 64 * 1024);
+        assert_eq!(c.framer.rewrite, HostRewrite::Suffix("-shadow".into()));
+    }
+
+    #[test]
+    fn bad_settings_are_refused() {
+        let base = PipelineConfig::default;
+        let cases = [
+            (
+                PipelineConfig {
+                    max_flows: 0,
+                    ..base()
+                },
+                ConfigError::NoFlows,
+            ),
+            (
+                PipelineConfig {
+                    ooo_window: 0,
+                    ..base()
+                },
+                ConfigError::Window(0),
+            ),
+            (
+                PipelineConfig {
+                    ooo_window: MAX_WINDOW + 1,
+                    ..base()
+                },
+                ConfigError::Window(MAX_WINDOW + 1),
+            ),
+            (
+                PipelineConfig {
+                    framer: FramerConfig {
+                        max_header_bytes: 10,
+                        ..FramerConfig::default()
+                    },
+                    ..base()
+                },
+                ConfigError::HeaderCap(10),
+            ),
+            (
+                base().with_rewrite(HostRewrite::Fixed("a b".into())),
+                RewriteError::InvalidText("a b".into()).into(),
+            ),
+        ];
+        for (config, want) in cases {
+            assert_eq!(config.validate(), Err(want));
+        }
+    }
+}

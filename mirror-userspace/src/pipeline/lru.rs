@@ -1,0 +1,86 @@
+//! Which flow was active least recently, in amortised O(1) per segment: a queue of
+//! (flow, stamp) with stale entries skipped lazily, instead of a linked list or a scan.
+
+use crate::flow::FlowKey;
+use std::collections::VecDeque;
+
+/// A lazily cleaned recency queue. Each touch appends `(flow, stamp)`; the flow remembers its
+/// latest stamp, so any older entry for it is stale. Entries of removed flows are stale too.
+/// The queue is compacted when stale entries outnumber live flows, which bounds it to about
+/// twice the flow table.
+#[derive(Debug, Default)]
+pub struct Lru {
+    queue: VecDeque<(FlowKey, u64)>,
+    clock: u64,
+}
+
+impl Lru {
+    /// Records activity of `flow`; returns the stamp the flow must remember.
+    pub fn touch(&mut self, flow: FlowKey) -> u64 {
+        self.clock += 1;
+        self.queue.push_back((flow, self.clock));
+        self.clock
+    }
+
+    /// Removes and returns the least recently touched flow for which `current(flow, stamp)`
+    /// holds (the entry is its latest). `None` once no live entry is left.
+    pub fn pop_oldest(&mut self, current: impl Fn(&FlowKey, u64) -> bool) -> Option<FlowKey> {
+        while let Some((flow, stamp)) = self.queue.pop_front() {
+            if current(&flow, stamp) {
+                return Some(flow);
+            }
+        }
+        None
+    }
+
+    /// Drops stale entries once they make up more than half the queue (plus slack).
+    pub fn compact(&mut self, live: usize, current: impl Fn(&FlowKey, u64) -> bool) {
+        if self.queue.len() > 2 * live + 1024 {
+            self.queue.retain(|(flow, stamp)| current(flow, *stamp));
+        }
+    }
+
+    #[cfg(test)]
+    pub fn len(&self) -> usize {
+        self.queue.len()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::HashMap;
+
+    fn key(port: u16) -> FlowKey {
+        FlowKey {
+            src: ([10, 0, 0, 1], port).into(),
+            dst: ([10, 0, 0, 2], 80).into(),
+        }
+    }
+
+    #[test]
+    fn oldest_by_last_touch_skipping_stale_entries() {
+        let mut lru = Lru::default();
+        let mut latest = HashMap::new();
+        for p in [1, 2, 3, 1] {
+            latest.insert(key(p), lru.touch(key(p)));
+        }
+        latest.remove(&key(2));
+        let current = |k: &FlowKey, s: u64| latest.get(k) == Some(&s);
+        assert_eq!(lru.pop_oldest(current), Some(key(3)));
+        assert_eq!(lru.pop_oldest(current), Some(key(1)));
+        assert_eq!(lru.pop_oldest(current), None);
+    }
+
+    #[test]
+    fn compaction_bounds_the_queue() {
+        let mut lru = Lru::default();
+        let mut stamp = 0;
+        for _ in 0..10_000 {
+            stamp = lru.touch(key(1));
+            lru.compact(1, |_, s| s == stamp);
+        }
+        assert!(lru.len() <= 2 + 1024 + 1, "{}", lru.len());
+        assert_eq!(lru.pop_oldest(|_, s| s == stamp), Some(key(1)));
+    }
+}

@@ -1,0 +1,290 @@
+//! Table tests for the reassembler's rules, and property tests against a slow byte-map
+//! reference.
+
+use super::*;
+use proptest::prelude::*;
+use std::collections::BTreeMap;
+
+/// What came out, with adjacent data joined and adjacent gaps summed, so that the same stream
+/// compares equal however it was cut.
+#[derive(Debug, Default, PartialEq, Eq)]
+struct Output(Vec<Piece>);
+
+#[derive(Debug, PartialEq, Eq)]
+enum Piece {
+    Data(Vec<u8>),
+    Gap(u64),
+}
+
+impl Output {
+    fn take(&mut self, d: Delivery<'_>) {
+        match (d, self.0.last_mut()) {
+            (Delivery::Data(b), Some(Piece::Data(v))) => v.extend_from_slice(b),
+            (Delivery::Data(b), _) if !b.is_empty() => self.0.push(Piece::Data(b.to_vec())),
+            (Delivery::Data(_), _) => {}
+            (Delivery::Gap(n), Some(Piece::Gap(g))) => *g += u64::from(n),
+            (Delivery::Gap(n), _) => self.0.push(Piece::Gap(u64::from(n))),
+        }
+    }
+}
+
+fn run(
+    isn: u32,
+    window: u32,
+    segs: &[(u32, &[u8])],
+) -> (Output, Vec<Result<Pushed, ReassemblyError>>) {
+    let mut r = Reassembler::new(isn, window);
+    let mut out = Output::default();
+    let results = segs
+        .iter()
+        .map(|&(off, data)| r.push(isn.wrapping_add(off), data, &mut |d| out.take(d)))
+        .collect();
+    (out, results)
+}
+
+fn data(s: &str) -> Piece {
+    Piece::Data(s.as_bytes().to_vec())
+}
+
+#[test]
+fn in_order_is_delivered_at_once() {
+    let (out, _) = run(1000, 64, &[(0, b"GET "), (4, b"/ HTTP/1.1")]);
+    assert_eq!(out.0, vec![data("GET / HTTP/1.1")]);
+}
+
+#[test]
+fn reordered_is_held_then_delivered() {
+    let (out, res) = run(7, 64, &[(6, b"world"), (0, b"hello ")]);
+    assert_eq!(out.0, vec![data("hello world")]);
+    assert!(res.iter().all(Result::is_ok));
+}
+
+#[test]
+fn retransmissions_and_overlaps_are_deduplicated() {
+    let (out, res) = run(
+        0,
+        64,
+        &[
+            (0, b"abcd"),
+            (0, b"abcd"),
+            (2, b"cdef"),
+            (8, b"ij"),
+            (7, b"hij"),
+            (5, b"fgh"),
+        ],
+    );
+    assert_eq!(out.0, vec![data("abcdefghij")]);
+    let dup: u32 = res.iter().map(|r| r.unwrap().duplicate).sum();
+    // abcd again (4), cd (2), ij (2) inside hij, h (1) inside fgh and f (1) already delivered.
+    assert_eq!(dup, 10);
+}
+
+#[test]
+fn sequence_numbers_wrap() {
+    let isn = u32::MAX - 3;
+    let (out, _) = run(isn, 64, &[(6, b"ghij"), (0, b"abcdef"), (10, b"k")]);
+    assert_eq!(out.0, vec![data("abcdefghijk")]);
+}
+
+#[test]
+fn segment_past_the_window_turns_the_oldest_hole_into_a_gap() {
+    // "cd" is never captured; "ef" is held; "ghijklmnop" would end past a window of 8.
+    let (out, res) = run(0, 8, &[(0, b"ab"), (4, b"ef"), (6, b"ghijklmnop")]);
+    assert_eq!(out.0, vec![data("ab"), Piece::Gap(2), data("efghijklmnop")]);
+    assert_eq!(res[2].unwrap().gap, 2);
+}
+
+#[test]
+fn far_segment_skips_several_holes_only_as_far_as_needed() {
+    // Holds "c" at 2 and "f" at 5 (window 8); then "z" at 9 needs the stream to reach 2.
+    let (out, _) = run(0, 8, &[(2, b"c"), (5, b"f"), (9, b"z"), (6, b"g")]);
+    assert_eq!(out.0, vec![Piece::Gap(2), data("c")]);
+    // "z" at 12 needs the stream to reach 5: [0,2) and [3,5) are lost, "c" and "f" come
+    // out, and "z" is then held at offset 6 rather than losing [6,12) too.
+    let (out, _) = run(0, 8, &[(2, b"c"), (5, b"f"), (12, b"z")]);
+    assert_eq!(
+        out.0,
+        vec![Piece::Gap(2), data("c"), Piece::Gap(2), data("f")]
+    );
+}
+
+#[test]
+fn old_data_is_ignored_without_gap() {
+    let (out, res) = run(0, 8, &[(0, b"abc"), (0, b"a"), (1, b"bc")]);
+    assert_eq!(out.0, vec![data("abc")]);
+    assert_eq!(res[2].unwrap().duplicate, 2);
+}
+
+#[test]
+fn out_of_slots_drops_the_out_of_order_segment_but_never_the_next_expected() {
+    let mut segs: Vec<(u32, &[u8])> = (1..=MAX_RANGES as u32)
+        .map(|i| (i * 2, &b"x"[..]))
+        .collect();
+    segs.push((100, b"y"));
+    segs.push((0, b"00"));
+    let (out, res) = run(0, 1000, &segs);
+    assert_eq!(res[MAX_RANGES], Err(ReassemblyError::NoSlot(TooManyRanges)));
+    assert!(res[MAX_RANGES + 1].is_ok());
+    assert_eq!(out.0, vec![data("00x")]);
+}
+
+#[test]
+fn skip_front_hole_gives_up_on_the_hole() {
+    let mut r = Reassembler::new(0, 64);
+    let mut out = Output::default();
+    r.push(3, b"def", &mut |d| out.take(d)).unwrap();
+    assert!(r.has_held());
+    assert_eq!(r.skip_front_hole(&mut |d| out.take(d)), 3);
+    assert!(!r.has_held());
+    assert_eq!(r.skip_front_hole(&mut |d| out.take(d)), 0);
+    assert_eq!(out.0, vec![Piece::Gap(3), data("def")]);
+    assert_eq!(r.next_seq(), 6);
+}
+
+#[test]
+fn memory_is_released_once_the_hole_fills() {
+    let mut r = Reassembler::new(0, 1 << 22);
+    let big = vec![7u8; 1 << 20];
+    r.push(1, &big, &mut |_| {}).unwrap();
+    assert!(r.memory() > 1 << 20);
+    r.push(0, b"x", &mut |_| {}).unwrap();
+    assert!(r.memory() <= RETAINED_CAPACITY);
+}
+
+/// The reference: a map from absolute stream offset to byte, delivering by walking it one
+/// byte at a time. Slow and obviously right.
+struct Model {
+    next: u64,
+    held: BTreeMap<u64, u8>,
+    window: u64,
+    out: Output,
+}
+
+impl Model {
+    fn push(&mut self, start: u64, data: &[u8]) {
+        let mut start = start;
+        let mut data = data;
+        loop {
+            if start < self.next {
+                let skip = ((self.next - start) as usize).min(data.len());
+                data = &data[skip..];
+                start += skip as u64;
+            }
+            if data.is_empty() {
+                return;
+            }
+            if start == self.next {
+                self.out.take(Delivery::Data(data));
+                self.next += data.len() as u64;
+                self.held.retain(|&k, _| k >= self.next);
+                self.drain();
+                return;
+            }
+            if start + data.len() as u64 - self.next <= self.window {
+                for (i, &b) in data.iter().enumerate() {
+                    self.held.insert(start + i as u64, b);
+                }
+                return;
+            }
+            let to = self.held.keys().next().map_or(start, |&k| k.min(start));
+            self.out.take(Delivery::Gap((to - self.next) as u32));
+            self.next = to;
+            self.drain();
+        }
+    }
+
+    fn drain(&mut self) {
+        while let Some(b) = self.held.remove(&self.next) {
+            self.out.take(Delivery::Data(&[b]));
+            self.next += 1;
+        }
+    }
+}
+
+fn stream(len: usize) -> Vec<u8> {
+    (0..len).map(|i| (i * 31 % 251) as u8).collect()
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(256))]
+
+    /// Any segmentation (with overlaps), reordering within what the slots can track, and
+    /// retransmission of anything already sent gives back the original bytes, no gap.
+    #[test]
+    fn any_cut_reorder_and_duplication_reassembles(
+        len in 1usize..3000,
+        cuts in prop::collection::vec(1usize..200, 1..60),
+        overlaps in prop::collection::vec(0usize..20, 60),
+        perm_keys in prop::collection::vec(any::<u8>(), 60),
+        dups in prop::collection::vec((any::<prop::sample::Index>(), any::<u8>(), any::<u8>()), 0..20),
+        isn in any::<u32>(),
+    ) {
+        let bytes = stream(len);
+        let mut segs = Vec::new();
+        let (mut at, mut i) = (0, 0);
+        while at < len {
+            let end = (at + cuts[i % cuts.len()]).min(len);
+            let ext = (end + overlaps[i % overlaps.len()]).min(len);
+            segs.push((at, ext));
+            at = end;
+            i += 1;
+        }
+        // Shuffle within groups of MAX_RANGES segments: at most that many holes at once.
+        let mut order = Vec::new();
+        for group in (0..segs.len()).collect::<Vec<_>>().chunks(MAX_RANGES) {
+            let mut g = group.to_vec();
+            g.sort_by_key(|&k| perm_keys[k % perm_keys.len()]);
+            order.extend(g);
+        }
+        let mut sent: Vec<(usize, usize)> = Vec::new();
+        let mut wire = Vec::new();
+        for (n, &k) in order.iter().enumerate() {
+            wire.push(segs[k]);
+            sent.push(segs[k]);
+            for &(idx, a, b) in &dups {
+                if usize::from(a) % order.len() == n {
+                    let (s, e) = *idx.get(&sent);
+                    let (x, y) = (s + usize::from(b) % (e - s), e - usize::from(a) % (e - s));
+                    if x < y {
+                        wire.push((x, y));
+                    }
+                }
+            }
+        }
+        let mut r = Reassembler::new(isn, 1 << 20);
+        let mut out = Output::default();
+        for &(s, e) in &wire {
+            let res = r.push(isn.wrapping_add(s as u32), &bytes[s..e], &mut |d| out.take(d));
+            prop_assert!(res.is_ok(), "{res:?}");
+        }
+        prop_assert_eq!(out.0, vec![Piece::Data(bytes)]);
+        prop_assert!(!r.has_held());
+        prop_assert_eq!(r.next_seq(), isn.wrapping_add(len as u32));
+    }
+
+    /// Arbitrary segments, a small window: deliveries and gaps match the reference exactly.
+    #[test]
+    fn matches_reference(
+        segs in prop::collection::vec((0u64..600, 0usize..90), 1..80),
+        window in 16u32..400,
+        isn in prop_oneof![any::<u32>(), (u32::MAX - 300)..=u32::MAX],
+    ) {
+        let bytes = stream(700);
+        let mut r = Reassembler::new(isn, window);
+        let mut model = Model { next: 0, held: BTreeMap::new(), window: u64::from(window), out: Output::default() };
+        let mut out = Output::default();
+        for &(start, len) in &segs {
+            let s = start as usize;
+            let data = &bytes[s..(s + len).min(bytes.len())];
+            // Offsets far behind the stream would read as "ahead" through the wrap; the real
+            // reassembler sees 32-bit sequence space, the model 64-bit offsets: keep within.
+            let seq = isn.wrapping_add(start as u32);
+            match r.push(seq, data, &mut |d| out.take(d)) {
+                Ok(_) => model.push(start, data),
+                Err(ReassemblyError::NoSlot(_)) => {}
+            }
+            prop_assert_eq!(&out, &model.out);
+        }
+        prop_assert_eq!(r.next_seq(), isn.wrapping_add(model.next as u32));
+    }
+}
