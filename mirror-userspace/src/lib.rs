@@ -17,6 +17,7 @@ pub mod record;
 pub mod relay;
 pub mod rewrite;
 pub mod ring;
+pub mod run;
 pub mod sampling;
 pub mod session;
 pub mod target;

@@ -4,7 +4,7 @@
 use clap::{Parser, Subcommand};
 use std::io::Write as _;
 
-use mirror_userspace::{attached, capture};
+use mirror_userspace::{attached, capture, run};
 use tracing_subscriber::EnvFilter;
 
 #[derive(Parser)]
@@ -18,6 +18,8 @@ struct Cli {
 enum Command {
     /// Print (and optionally save as pcap) the TCP segments the kernel program captures.
     Capture(capture::CaptureArgs),
+    /// Mirror: replay every captured request to the shadow, replies discarded.
+    Run(Box<run::RunArgs>),
     /// List the BPF programs on interfaces' TCX hooks, in run order.
     Attached(attached::AttachedArgs),
 }
@@ -35,6 +37,7 @@ fn main() -> anyhow::Result<()> {
         .init();
     match Cli::parse().command {
         Command::Capture(args) => runtime()?.block_on(capture::run(args))?,
+        Command::Run(args) => runtime()?.block_on(run::run(*args))?,
         Command::Attached(args) => print_attached(&args)?,
     }
     Ok(())

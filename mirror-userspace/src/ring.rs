@@ -31,17 +31,22 @@ impl RingReader {
             tokio::select! {
                 biased;
                 () = &mut stop => break,
-                guard = self.fd.readable_mut() => {
-                    let mut guard = guard?;
-                    let ring = guard.get_inner_mut();
-                    while let Some(item) = ring.next() {
-                        on_record(&item);
-                    }
-                    guard.clear_ready();
-                }
+                batch = self.next_batch(&mut on_record) => batch?,
             }
         }
         self.drain(on_record);
+        Ok(())
+    }
+
+    /// Waits until records are ready, then feeds all of them to `on_record`. Cancel-safe:
+    /// dropped while waiting, it has consumed nothing.
+    pub async fn next_batch(&mut self, mut on_record: impl FnMut(&[u8])) -> io::Result<()> {
+        let mut guard = self.fd.readable_mut().await?;
+        let ring = guard.get_inner_mut();
+        while let Some(item) = ring.next() {
+            on_record(&item);
+        }
+        guard.clear_ready();
         Ok(())
     }
 

@@ -25,7 +25,7 @@ pub use self::{
     response::{ResponseError, ResponseFramer},
     stats::{DropReason, RelayStats},
 };
-use crate::flow::FlowKey;
+use crate::{flow::FlowKey, pipeline::Event};
 
 /// How the relay reaches v2 and how much it may hold.
 #[derive(Clone, Debug)]
@@ -116,6 +116,8 @@ struct Flow {
     queue: Option<mpsc::Sender<Message>>,
     /// The current request was dropped: skip its remaining pieces.
     dropping: bool,
+    /// A request has been queued whose end has not: closing now would cut it.
+    in_request: bool,
 }
 
 /// The dispatcher. Lives on the capture task; every method returns at once.
@@ -151,6 +153,17 @@ impl Relay {
         self.shared.live_connections.load(Relaxed)
     }
 
+    /// Acts on one event of the pipeline.
+    pub fn handle(&mut self, event: Event) {
+        match event {
+            Event::RequestHead { flow, head } => self.request_head(flow, head),
+            Event::RequestBody { flow, data } => self.request_body(flow, data),
+            Event::RequestEnd { flow } => self.request_end(flow),
+            Event::RequestAbort { flow, .. } => self.request_abort(flow),
+            Event::FlowEnd { flow, .. } => self.flow_end(flow),
+        }
+    }
+
     /// A new request on `flow`: its complete head (request line and headers, Host rewritten).
     pub fn request_head(&mut self, flow: FlowKey, head: Bytes) {
         self.reap();
@@ -182,6 +195,7 @@ impl Relay {
                 sender
             }
         };
+        entry.in_request = true;
         enqueue(&self.shared, entry, &queue, Message::Head(head));
     }
 
@@ -197,6 +211,7 @@ impl Relay {
     /// The current request on `flow` is complete.
     pub fn request_end(&mut self, flow: FlowKey) {
         if let Some(entry) = self.flows.get_mut(&flow) {
+            entry.in_request = false;
             match (entry.dropping, entry.queue.clone()) {
                 (false, Some(queue)) => enqueue(&self.shared, entry, &queue, Message::End),
                 _ => entry.dropping = false,
@@ -212,6 +227,7 @@ impl Relay {
                 self.shared.stats.dropped(DropReason::Aborted);
             }
             entry.dropping = false;
+            entry.in_request = false;
         }
     }
 
@@ -223,6 +239,11 @@ impl Relay {
 
     /// Ends every flow and waits up to `grace` for queued requests to reach v2.
     pub async fn shutdown(mut self, grace: Duration) {
+        for flow in self.flows.values() {
+            if flow.in_request && !flow.dropping && flow.queue.is_some() {
+                self.shared.stats.dropped(DropReason::Shutdown);
+            }
+        }
         self.flows.clear();
         let drain = async { while self.tasks.join_next().await.is_some() {} };
         if tokio::time::timeout(grace, drain).await.is_err() {

@@ -1,0 +1,201 @@
+//! `mirror run`: capture, rebuild, rewrite and replay to the shadow — the agent itself.
+//!
+//! One task owns the whole capture path (ring buffer reader, pipeline, relay dispatcher), so
+//! nothing on it locks; shadow connections run on their own tasks behind bounded queues.
+
+use std::time::Duration;
+
+use crate::{
+    clock,
+    outcome::Counters,
+    packet,
+    pipeline::{ConfigError, Pipeline, PipelineConfig},
+    record,
+    relay::{Relay, RelayConfig},
+    rewrite::HostRewrite,
+    session::{shutdown_signal, CaptureOptions, Session, SessionError},
+};
+
+/// Marks the agent's shadow sockets (SO_MARK) so the kernel program never captures them.
+pub const DEFAULT_SHADOW_MARK: u32 = 0x6d69_7272;
+
+#[derive(Clone, Debug, clap::Args)]
+pub struct RunArgs {
+    #[command(flatten)]
+    pub capture: CaptureOptions,
+    /// The shadow (v2), HOST:PORT: a name (resolved at each connect) or an address.
+    #[arg(long, value_name = "HOST:PORT")]
+    pub shadow: String,
+    /// Share of requests mirrored, 0 to 100 (fractions allowed), decided per request.
+    #[arg(long, default_value_t = 100.0)]
+    pub percent: f64,
+    /// Text inserted after the Host's name, before its port (Envoy's `-shadow` by default).
+    #[arg(long, default_value = "-shadow", value_name = "TEXT")]
+    pub host_suffix: String,
+    /// Send this fixed Host instead of a suffixed one.
+    #[arg(long, value_name = "HOST", conflicts_with = "keep_host")]
+    pub host: Option<String>,
+    /// Forward the Host header unchanged (for shadows behind virtual hosts).
+    #[arg(long)]
+    pub keep_host: bool,
+    /// SO_MARK of the agent's own shadow connections, which the kernel never captures.
+    #[arg(long, default_value_t = DEFAULT_SHADOW_MARK)]
+    pub shadow_mark: u32,
+    /// Most shadow connections open at once.
+    #[arg(long, default_value_t = 1024)]
+    pub max_shadow_connections: usize,
+    /// Request pieces queued per shadow connection before requests are dropped.
+    #[arg(long, default_value_t = 1024)]
+    pub shadow_queue: usize,
+    /// Request bytes queued for the shadow over all connections, in MiB.
+    #[arg(long, default_value_t = 64)]
+    pub max_inflight_mib: usize,
+    /// Timeout of a connect to the shadow, in milliseconds.
+    #[arg(long, default_value_t = 2000)]
+    pub connect_timeout_ms: u64,
+    /// How long the shadow may take to accept a write or answer, in milliseconds.
+    #[arg(long, default_value_t = 10_000)]
+    pub response_timeout_ms: u64,
+    /// Seconds between the status lines in the log.
+    #[arg(long, default_value_t = 60)]
+    pub log_interval_secs: u64,
+    /// Seconds queued requests get to reach the shadow at shutdown.
+    #[arg(long, default_value_t = 5)]
+    pub grace_secs: u64,
+    /// Seed of the per-request sampling decisions (fixed: reproducible runs).
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum RunError {
+    #[error(transparent)]
+    Session(#[from] SessionError),
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    #[error("reading the ring buffer failed")]
+    Ring(#[source] std::io::Error),
+}
+
+/// What the capture path saw before the pipeline.
+#[derive(Debug, Default)]
+struct Intake {
+    records: u64,
+    malformed_records: u64,
+    undecodable_packets: u64,
+}
+
+impl RunArgs {
+    fn pipeline_config(&self) -> PipelineConfig {
+        let rewrite = if self.keep_host {
+            HostRewrite::Keep
+        } else if let Some(host) = &self.host {
+            HostRewrite::Fixed(host.clone())
+        } else {
+            HostRewrite::Suffix(self.host_suffix.clone())
+        };
+        PipelineConfig {
+            sample_percent: self.percent,
+            sample_seed: self.seed,
+            ..PipelineConfig::default()
+        }
+        .with_rewrite(rewrite)
+    }
+
+    fn relay_config(&self) -> RelayConfig {
+        RelayConfig {
+            shadow: self.shadow.clone(),
+            mark: self.shadow_mark,
+            max_connections: self.max_shadow_connections,
+            queue_depth: self.shadow_queue.max(1),
+            max_inflight_bytes: self.max_inflight_mib.saturating_mul(1 << 20),
+            connect_timeout: Duration::from_millis(self.connect_timeout_ms),
+            response_timeout: Duration::from_millis(self.response_timeout_ms),
+            ..RelayConfig::default()
+        }
+    }
+}
+
+/// Mirrors until SIGINT/SIGTERM, then gives queued requests a grace period.
+pub async fn run(args: RunArgs) -> Result<(), RunError> {
+    let mut pipeline = Pipeline::new(args.pipeline_config())?;
+    let mut session = Session::start(&args.capture, args.shadow_mark)?;
+    let mut relay = Relay::new(args.relay_config());
+    let mut intake = Intake::default();
+    tracing::info!(shadow = %args.shadow, percent = args.percent, "mirroring");
+    eprintln!("mirroring to {}; Ctrl-C to stop", args.shadow);
+
+    let mut expire = tokio::time::interval(Duration::from_millis(250));
+    let mut report = tokio::time::interval(Duration::from_secs(args.log_interval_secs.max(1)));
+    report.tick().await;
+    let stop = shutdown_signal();
+    tokio::pin!(stop);
+    loop {
+        let mut on_record =
+            |item: &[u8]| intake_record(item, &mut intake, &mut pipeline, &mut relay);
+        tokio::select! {
+            biased;
+            () = &mut stop => break,
+            batch = session.reader().next_batch(&mut on_record) => batch.map_err(RunError::Ring)?,
+            _ = expire.tick() => {
+                pipeline.expire(clock::monotonic_ns(), &mut |event| relay.handle(event));
+            }
+            _ = report.tick() => {
+                tracing::info!("{}", status_line(&session, &pipeline, &relay, &intake));
+            }
+        }
+    }
+    session
+        .reader()
+        .drain(|item| intake_record(item, &mut intake, &mut pipeline, &mut relay));
+    let summary = status_line(&session, &pipeline, &relay, &intake);
+    relay.shutdown(Duration::from_secs(args.grace_secs)).await;
+    // The relay's counters move during the grace period: report them after it.
+    eprintln!("{summary}");
+    Ok(())
+}
+
+fn intake_record(item: &[u8], intake: &mut Intake, pipeline: &mut Pipeline, relay: &mut Relay) {
+    intake.records += 1;
+    let Ok(record) = record::decode(item) else {
+        intake.malformed_records += 1;
+        return;
+    };
+    let Ok(segment) = packet::parse_ethernet(record.packet) else {
+        intake.undecodable_packets += 1;
+        return;
+    };
+    pipeline.on_segment(record.header.timestamp_ns, &segment, &mut |event| {
+        relay.handle(event)
+    });
+}
+
+/// One line saying where the traffic went: relay, pipeline outcomes, intake, kernel.
+fn status_line(session: &Session, pipeline: &Pipeline, relay: &Relay, intake: &Intake) -> String {
+    let mut line = String::from("relay:");
+    for (name, value) in relay.stats().snapshot() {
+        line.push_str(&format!(" {name}={value}"));
+    }
+    line.push_str(&format!(" shadow_connections={}", relay.live_connections()));
+    line.push_str(" | pipeline:");
+    push_counters(&mut line, pipeline.counters());
+    line.push_str(&format!(
+        " flows={} buffered_bytes={}",
+        pipeline.flow_count(),
+        pipeline.buffered_bytes()
+    ));
+    line.push_str(&format!(
+        " | intake: records={} malformed_records={} undecodable_packets={} | kernel:",
+        intake.records, intake.malformed_records, intake.undecodable_packets
+    ));
+    for (name, value) in session.kernel_counters() {
+        line.push_str(&format!(" {name}={value}"));
+    }
+    line
+}
+
+fn push_counters(line: &mut String, counters: &Counters) {
+    for (name, value) in counters.iter() {
+        line.push_str(&format!(" {name}={value}"));
+    }
+}
