@@ -8,6 +8,7 @@ use std::ffi::OsStr;
 use std::io::Read as _;
 use std::net::{SocketAddr, TcpStream};
 use std::os::fd::AsRawFd as _;
+use std::os::unix::fs::MetadataExt as _;
 use std::os::unix::process::CommandExt as _;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
@@ -124,7 +125,35 @@ impl Netns {
             .process_group(0)
             .spawn()
             .with_context(|| format!("spawn {description}"))?;
-        Ok(Process::new(child, description, stdout_path, stderr_path))
+        let mut process = Process::new(child, description, stdout_path, stderr_path);
+        self.wait_until_inside(&mut process)?;
+        Ok(process)
+    }
+
+    /// Waits until `process` has entered this namespace (or exited). Until then it is invisible
+    /// to `ip netns pids`, so removing the namespace in that window would miss it and let it
+    /// start afterwards in a namespace nobody removes.
+    fn wait_until_inside(&self, process: &mut Process) -> Result<()> {
+        let want = std::fs::metadata(self.path())
+            .with_context(|| format!("stat {}", self.path().display()))?
+            .ino();
+        let link = PathBuf::from(format!("/proc/{}/ns/net", process.pid()));
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let inside = std::fs::read_link(&link)
+                .is_ok_and(|target| target.to_string_lossy() == format!("net:[{want}]"));
+            if inside || process.try_status()?.is_some() {
+                return Ok(());
+            }
+            if Instant::now() > deadline {
+                bail!(
+                    "process {} did not enter {} in time",
+                    process.pid(),
+                    self.name
+                );
+            }
+            std::thread::sleep(Duration::from_millis(1));
+        }
     }
 
     /// Runs `f` on a new thread that has joined this namespace, and returns its result. Sockets

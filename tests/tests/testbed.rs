@@ -159,6 +159,12 @@ fn httpbin_answers_by_name_and_logs_the_host() {
     );
     assert_eq!(line.host, "httpbin:8000");
     assert_eq!(line.remote, client.ipv4().to_string());
+
+    // Also over IPv6, straight to the pod.
+    curl(client.ns(), &[&format!("http://[{}]/get", v1.ipv6())]);
+    let lines = httpbin.wait_for_access_log(2, WAIT).unwrap();
+    assert_eq!(lines[1].path, "/get");
+    assert_eq!(lines[1].remote, client.ipv6().to_string());
 }
 
 #[test]
