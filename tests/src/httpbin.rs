@@ -140,7 +140,7 @@ impl Httpbin {
 }
 
 impl AccessLogLine {
-    /// Parses a line written with [`ACCESS_LOG_FORMAT`].
+    /// Parses a line of the access log [`Httpbin::start`] configures.
     pub fn parse(line: &str) -> Result<Self> {
         let parsed = (|| {
             let (remote, rest) = line.split_once(" \"")?;
