@@ -48,8 +48,10 @@ fn live() -> std::sync::MutexGuard<'static, BTreeMap<u64, String>> {
 }
 
 /// Installs, once per process, a handler that on SIGINT, SIGTERM or SIGHUP removes every live
-/// test-bed (namespaces, their processes, `/etc/netns` and log directories) and exits with 128 + the signal number, as a shell would report it. Without it an
-/// interrupted test run would leak namespaces and servers until the next run's stale-cleanup.
+/// test-bed (namespaces, their processes, `/etc/netns` and log directories) and exits with
+/// 128 + the signal number, as a shell would report it. Without it an interrupted test run would
+/// leak namespaces and servers until the next run's stale-cleanup. (A namespace being created
+/// at that very moment can still escape; the next run's stale-cleanup removes it.)
 fn install_signal_handler() {
     static ONCE: Once = Once::new();
     ONCE.call_once(|| {

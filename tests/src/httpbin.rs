@@ -5,7 +5,7 @@
 //! parallel (threads or processes) serialise its creation on a lock file.
 
 use std::fs::File;
-use std::net::{Ipv4Addr, SocketAddr};
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::os::fd::AsRawFd as _;
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -43,13 +43,12 @@ const ACCESS_LOG_FORMAT: &str = r#"%(h)s "%(r)s" %(s)s %(b)s host=%({host}i)s"#;
 pub struct Httpbin {
     process: Process,
     access_log: PathBuf,
-    addr: SocketAddr,
 }
 
 /// One request as gunicorn logged it.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct AccessLogLine {
-    /// Client address as gunicorn saw it.
+    /// Client address (an IPv4 client shows as IPv4, not as an IPv4-mapped IPv6 address).
     pub remote: String,
     /// Request method.
     pub method: String,
@@ -62,8 +61,12 @@ pub struct AccessLogLine {
 }
 
 impl Httpbin {
-    /// Starts httpbin on port [`HTTPBIN_PORT`] (all IPv4 addresses) in `host` and waits until it
-    /// accepts connections. Creates the virtualenv first if needed.
+    /// Starts httpbin on port [`HTTPBIN_PORT`] of all of `host`'s IPv4 and IPv6 addresses and waits
+    /// until it accepts connections. Creates the virtualenv first if needed.
+    ///
+    /// It binds `[::]:80` alone, which serves IPv4 too (namespaces start with
+    /// `net.ipv6.bindv6only=0`): gunicorn cannot bind `0.0.0.0:80` beside it, as that port is
+    /// then taken.
     pub fn start(host: &Host) -> Result<Self> {
         let venv = ensure_venv()?;
         let ns = host.ns();
@@ -85,7 +88,7 @@ impl Httpbin {
                 "--access-logformat".as_ref(),
                 ACCESS_LOG_FORMAT.as_ref(),
                 "-b".as_ref(),
-                format!("0.0.0.0:{HTTPBIN_PORT}").as_ref(),
+                format!("[::]:{HTTPBIN_PORT}").as_ref(),
                 "httpbin:app".as_ref(),
             ],
         )?;
@@ -95,13 +98,7 @@ impl Httpbin {
         Ok(Self {
             process,
             access_log,
-            addr: SocketAddr::from((host.ipv4(), HTTPBIN_PORT)),
         })
-    }
-
-    /// The pod address httpbin listens on.
-    pub fn addr(&self) -> SocketAddr {
-        self.addr
     }
 
     /// The gunicorn process (for its pid and logs).
@@ -143,7 +140,7 @@ impl Httpbin {
 }
 
 impl AccessLogLine {
-    /// Parses a line written with [`ACCESS_LOG_FORMAT`].
+    /// Parses a line of the access log [`Httpbin::start`] configures.
     pub fn parse(line: &str) -> Result<Self> {
         let parsed = (|| {
             let (remote, rest) = line.split_once(" \"")?;
@@ -155,8 +152,13 @@ impl AccessLogLine {
             let status = rest.next()?.parse().ok()?;
             let _bytes = rest.next()?;
             let host = rest.next()?.strip_prefix("host=")?;
+            // The dual-stack socket reports IPv4 peers as ::ffff:a.b.c.d.
+            let remote = match remote.parse::<IpAddr>() {
+                Ok(ip) => ip.to_canonical().to_string(),
+                Err(_) => remote.to_owned(),
+            };
             Some(Self {
-                remote: remote.to_owned(),
+                remote,
                 method: method.to_owned(),
                 path: path.to_owned(),
                 status,
@@ -250,5 +252,8 @@ mod tests {
         assert_eq!(line.status, 200);
         assert_eq!(line.host, "httpbin:8000");
         assert!(AccessLogLine::parse("garbage").is_err());
+        let mapped =
+            AccessLogLine::parse(r#"::ffff:198.18.1.2 "GET / HTTP/1.1" 200 1 host=-"#).unwrap();
+        assert_eq!(mapped.remote, "198.18.1.2");
     }
 }

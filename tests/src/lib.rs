@@ -25,10 +25,18 @@
 //! ```
 //!
 //! Nothing is ever created in the root network namespace, so removing a test-bed's namespaces
-//! removes all of it. See [`cleanup`] for naming and for how leftovers are found.
+//! removes all of it. A test-bed is removed when dropped, when the process gets SIGINT, SIGTERM
+//! or SIGHUP, or by the next run's [`cleanup_stale`] if the process died; see [`cleanup`] for
+//! the naming that makes this work.
 //!
-//! Needs root, iproute2, nftables, python3 with venv support (for httpbin) and, for the tests,
-//! curl.
+//! To leave a set-up running after the process exits (`cargo xtask demo`), build it with
+//! [`Testbed::with_label`], [`Process::detach`] the servers and call [`Testbed::keep`];
+//! [`remove_label`] removes it later (`cargo xtask demo --down`).
+//!
+//! Needs root and, on Debian: `iproute2`, `nftables`, `python3-venv` (httpbin's virtualenv,
+//! filled from PyPI on first use) and, for this package's own tests, `curl`. The `mirror-sink`
+//! binary must be built (`cargo test -p mirror-tests` does it; xtask must
+//! `cargo build -p mirror-tests --bin mirror-sink`).
 
 pub mod agent;
 pub mod cleanup;

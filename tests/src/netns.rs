@@ -8,6 +8,7 @@ use std::ffi::OsStr;
 use std::io::Read as _;
 use std::net::{SocketAddr, TcpStream};
 use std::os::fd::AsRawFd as _;
+use std::os::unix::fs::MetadataExt as _;
 use std::os::unix::process::CommandExt as _;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
@@ -79,6 +80,8 @@ impl Netns {
             }
             std::thread::sleep(Duration::from_millis(2));
         };
+        // Background children it left would hold the pipes open (and outlive the test).
+        crate::process::kill_group(child.id(), libc::SIGKILL);
         let stdout = out_reader.join().expect("stdout reader")?;
         let stderr = err_reader.join().expect("stderr reader")?;
         Ok(Output {
@@ -107,10 +110,8 @@ impl Netns {
     /// Starts `argv` inside the namespace in its own process group, with stdout and stderr going
     /// to `<log dir>/<label>.stdout` / `.stderr`. The returned guard kills the whole group on drop.
     pub fn spawn<S: AsRef<OsStr>>(&self, label: &str, argv: &[S]) -> Result<Process> {
-        let stdout_path = self.unused_log_path(label, "stdout");
+        let (stdout_path, stdout) = self.new_log_file(label)?;
         let stderr_path = stdout_path.with_extension("stderr");
-        let stdout = std::fs::File::create(&stdout_path)
-            .with_context(|| format!("create {}", stdout_path.display()))?;
         let stderr = std::fs::File::create(&stderr_path)
             .with_context(|| format!("create {}", stderr_path.display()))?;
         let mut cmd = self.command(argv)?;
@@ -124,7 +125,35 @@ impl Netns {
             .process_group(0)
             .spawn()
             .with_context(|| format!("spawn {description}"))?;
-        Ok(Process::new(child, description, stdout_path, stderr_path))
+        let mut process = Process::new(child, description, stdout_path, stderr_path);
+        self.wait_until_inside(&mut process)?;
+        Ok(process)
+    }
+
+    /// Waits until `process` has entered this namespace (or exited). Until then it is invisible
+    /// to `ip netns pids`, so removing the namespace in that window would miss it and let it
+    /// start afterwards in a namespace nobody removes.
+    fn wait_until_inside(&self, process: &mut Process) -> Result<()> {
+        let want = std::fs::metadata(self.path())
+            .with_context(|| format!("stat {}", self.path().display()))?
+            .ino();
+        let link = PathBuf::from(format!("/proc/{}/ns/net", process.pid()));
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let inside = std::fs::read_link(&link)
+                .is_ok_and(|target| target.to_string_lossy() == format!("net:[{want}]"));
+            if inside || process.try_status()?.is_some() {
+                return Ok(());
+            }
+            if Instant::now() > deadline {
+                bail!(
+                    "process {} did not enter {} in time",
+                    process.pid(),
+                    self.name
+                );
+            }
+            std::thread::sleep(Duration::from_millis(1));
+        }
     }
 
     /// Runs `f` on a new thread that has joined this namespace, and returns its result. Sockets
@@ -237,15 +266,23 @@ impl Netns {
         Ok(cmd)
     }
 
-    fn unused_log_path(&self, label: &str, ext: &str) -> PathBuf {
+    /// Creates `<role>.<label>.stdout`, or `<role>.<label>-<n>.stdout` if taken by an earlier
+    /// spawn with the same label.
+    fn new_log_file(&self, label: &str) -> Result<(PathBuf, std::fs::File)> {
         let base = format!("{}.{label}", self.short_name());
-        let mut path = self.log_dir.join(format!("{base}.{ext}"));
-        let mut n = 1;
-        while path.exists() {
-            n += 1;
-            path = self.log_dir.join(format!("{base}-{n}.{ext}"));
+        for n in 1.. {
+            let name = match n {
+                1 => format!("{base}.stdout"),
+                n => format!("{base}-{n}.stdout"),
+            };
+            let path = self.log_dir.join(name);
+            match std::fs::File::create_new(&path) {
+                Ok(file) => return Ok((path, file)),
+                Err(err) if err.kind() == std::io::ErrorKind::AlreadyExists => continue,
+                Err(err) => return Err(err).with_context(|| format!("create {}", path.display())),
+            }
         }
-        path
+        unreachable!("some numbered log file name is free")
     }
 
     /// The role part of the name (`client` for `mirror-123-0-client`), for log file names.
@@ -285,9 +322,8 @@ fn display_argv<S: AsRef<OsStr>>(argv: &[S]) -> String {
         .join(" ")
 }
 
-/// Runs `ip` with `args` in the current (root-owned, but never root-namespace-modifying) context,
-/// failing with its stderr. Every call this library makes either creates/deletes a named
-/// namespace or uses `-n <ns>` so nothing is configured in the root namespace.
+/// Runs `ip` with `args`, failing with its stderr. Callers only create or delete named
+/// namespaces or pass `-n <ns>`: nothing is ever configured in the root namespace.
 pub(crate) fn ip(args: &[&str]) -> Result<()> {
     let out = Command::new("ip")
         .args(args)

@@ -1,5 +1,6 @@
 //! Deciding whether a test that needs namespaces can run here.
 
+use std::io::Write as _;
 use std::sync::OnceLock;
 
 /// Whether this process can build test-beds. If it cannot: under CI (env `CI` set) it panics,
@@ -14,7 +15,8 @@ pub fn require_root() -> bool {
             panic!("this test needs root and network namespaces, and CI is set: {reason}")
         }
         Err(reason) => {
-            eprintln!("skipped: needs root ({reason})");
+            // Written to the stream itself: libtest captures `eprintln!`, and a skip must be seen.
+            let _ = writeln!(std::io::stderr(), "skipped: needs root ({reason})");
             false
         }
     }

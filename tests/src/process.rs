@@ -68,12 +68,6 @@ impl Process {
         Ok(())
     }
 
-    /// Terminates the process group (SIGTERM, then SIGKILL after a grace period) and returns the
-    /// leader's exit status.
-    pub fn kill(mut self) -> Result<ExitStatus> {
-        self.terminate()
-    }
-
     /// Leaves the process running after the guard is gone (for kept set-ups) and returns its pid.
     /// It still dies when its namespace is removed.
     pub fn detach(mut self) -> u32 {
@@ -84,25 +78,27 @@ impl Process {
         pid
     }
 
-    fn terminate(&mut self) -> Result<ExitStatus> {
+    /// Terminates the process group: SIGTERM, then SIGKILL after a grace period.
+    fn terminate(&mut self) -> Result<()> {
         let child = self.child.as_mut().expect("child present until drop");
-        if let Some(status) = child.try_wait()? {
+        if child.try_wait()?.is_some() {
             // The leader died on its own; its forked workers may not have. While any of them
             // lives the kernel cannot reuse the group id, so this cannot hit a stranger.
             kill_group(child.id(), libc::SIGKILL);
-            return Ok(status);
+            return Ok(());
         }
         kill_group(child.id(), libc::SIGTERM);
         let deadline = Instant::now() + TERM_GRACE;
         loop {
-            if let Some(status) = child.try_wait()? {
+            if child.try_wait()?.is_some() {
                 // Workers that ignored SIGTERM must not outlive their leader.
                 kill_group(child.id(), libc::SIGKILL);
-                return Ok(status);
+                return Ok(());
             }
             if Instant::now() > deadline {
                 kill_group(child.id(), libc::SIGKILL);
-                return Ok(child.wait()?);
+                child.wait()?;
+                return Ok(());
             }
             std::thread::sleep(Duration::from_millis(5));
         }

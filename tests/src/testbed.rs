@@ -149,7 +149,7 @@ impl Testbed {
 
         let node = self.node.name();
         let pod = ns.name();
-        let node_ifname = format!("n{index}-{name}");
+        let node_ifname = node_ifname(index, name);
         let (gw4, ipv4) = (pod_v4(index, 1), pod_v4(index, 2));
         let (gw6, ipv6) = (pod_v6(index, 1), pod_v6(index, 2));
         // Created inside the node namespace with the peer placed straight into the pod, so the
@@ -404,6 +404,13 @@ impl Host {
     }
 }
 
+/// `n<index>-<name>`, cut to the kernel's 15-byte limit; the untruncated index keeps it unique.
+fn node_ifname(index: u8, name: &str) -> String {
+    let mut ifname = format!("n{index}-{name}");
+    ifname.truncate(15);
+    ifname
+}
+
 fn pod_v4(index: u8, last: u8) -> Ipv4Addr {
     Ipv4Addr::new(198, 18, index, last)
 }
@@ -437,4 +444,19 @@ fn write_sysctls(ns: &Netns, settings: &[(&'static str, &'static str)]) -> Resul
         Ok(())
     })?
     .with_context(|| format!("sysctls in {}", ns.name()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn node_ifnames_fit_ifnamsiz_and_stay_unique() {
+        assert_eq!(node_ifname(1, "client"), "n1-client");
+        assert_eq!(node_ifname(254, "abcdefghijkl"), "n254-abcdefghij");
+        assert_ne!(
+            node_ifname(25, "abcdefghijkl"),
+            node_ifname(254, "abcdefghijkl")
+        );
+    }
 }

@@ -97,6 +97,49 @@ fn client_reaches_server_over_ipv4_and_ipv6_through_the_node() {
 }
 
 #[test]
+fn rust_threads_serve_and_connect_inside_namespaces() {
+    if !require_root() {
+        return;
+    }
+    let mut tb = Testbed::new().unwrap();
+    let client = tb.add_host("client").unwrap();
+    let server = tb.add_host("server").unwrap();
+    // Upper-cases the first 4-byte message and returns who sent it; connections closed before
+    // sending (the readiness probe) are skipped.
+    let server_thread = server
+        .ns()
+        .thread(|| -> std::io::Result<IpAddr> {
+            let listener = std::net::TcpListener::bind("[::]:9000")?;
+            loop {
+                let (mut conn, peer) = listener.accept()?;
+                let mut message = [0u8; 4];
+                if conn.read_exact(&mut message).is_ok() {
+                    conn.write_all(&message.to_ascii_uppercase())?;
+                    return Ok(peer.ip().to_canonical());
+                }
+            }
+        })
+        .unwrap();
+    let addr = SocketAddr::new(IpAddr::V6(server.ipv6()), 9000);
+    client.ns().wait_for_tcp(addr, WAIT).unwrap();
+    assert!(!server_thread.is_finished());
+    let reply = client
+        .ns()
+        .run(move || -> std::io::Result<[u8; 4]> {
+            let mut stream = TcpStream::connect_timeout(&addr, WAIT)?;
+            stream.write_all(b"ping")?;
+            let mut reply = [0u8; 4];
+            stream.read_exact(&mut reply)?;
+            Ok(reply)
+        })
+        .unwrap()
+        .unwrap();
+    assert_eq!(&reply, b"PING");
+    let peer = server_thread.join().unwrap().unwrap();
+    assert_eq!(peer, IpAddr::V6(client.ipv6()));
+}
+
+#[test]
 fn service_vip_is_dnated_to_the_backend() {
     if !require_root() {
         return;
@@ -159,6 +202,12 @@ fn httpbin_answers_by_name_and_logs_the_host() {
     );
     assert_eq!(line.host, "httpbin:8000");
     assert_eq!(line.remote, client.ipv4().to_string());
+
+    // Also over IPv6, straight to the pod.
+    curl(client.ns(), &[&format!("http://[{}]/get", v1.ipv6())]);
+    let lines = httpbin.wait_for_access_log(2, WAIT).unwrap();
+    assert_eq!(lines[1].path, "/get");
+    assert_eq!(lines[1].remote, client.ipv6().to_string());
 }
 
 #[test]
