@@ -165,3 +165,142 @@ fn post_bodies_reach_v2_byte_exact_plain_and_chunked() {
         .iter()
         .all(|r| r.host.as_deref() == Some("httpbin-shadow:8000")));
 }
+
+/// v1 and v2 as digest sinks (fast, and they record connection and order).
+fn sinks(scenario: &Scenario, v1: &Host) -> (Sink, Sink) {
+    (
+        Sink::start(v1, 80).expect("v1 sink"),
+        Sink::start(&scenario.v2, 80).expect("v2 sink"),
+    )
+}
+
+#[test]
+fn keep_alive_and_pipelined_requests_arrive_complete_and_in_order() {
+    if !require_root() {
+        return;
+    }
+    let (scenario, v1) = Scenario::new();
+    let (_v1, v2) = sinks(&scenario, &v1);
+    let agent = scenario.agent(&[]);
+    // Keep-alive: curl reuses one connection for the three URLs.
+    scenario.curl(&[
+        "-o",
+        "/dev/null",
+        "http://httpbin:8000/ka-0",
+        "-o",
+        "/dev/null",
+        "http://httpbin:8000/ka-1",
+        "-o",
+        "/dev/null",
+        "http://httpbin:8000/ka-2",
+    ]);
+    // Pipelined: three requests (GET, POST with a body, GET) in one write.
+    let vip = format!("{VIP}:8000");
+    let responses = scenario
+        .client
+        .ns()
+        .run(move || {
+            use std::io::{Read, Write};
+            let mut stream = std::net::TcpStream::connect(vip).expect("connect");
+            stream
+                .write_all(
+                    b"GET /pipe-0 HTTP/1.1\r\nHost: httpbin:8000\r\n\r\n\
+                      POST /pipe-1 HTTP/1.1\r\nHost: httpbin:8000\r\nContent-Length: 5\r\n\r\nhello\
+                      GET /pipe-2 HTTP/1.1\r\nHost: httpbin:8000\r\nConnection: close\r\n\r\n",
+                )
+                .expect("write");
+            let mut out = String::new();
+            stream.read_to_string(&mut out).expect("read");
+            out
+        })
+        .expect("pipelined client");
+    assert_eq!(responses.matches("HTTP/1.1 200").count(), 3, "{responses}");
+    let records = v2
+        .wait_for_records(6, Duration::from_secs(10))
+        .expect("v2 got all six");
+    let summary = agent.stop(libc::SIGTERM).expect("stop");
+    for prefix in ["/ka-", "/pipe-"] {
+        let mut group: Vec<_> = records.iter().filter(|r| r.path.starts_with(prefix)).collect();
+        group.sort_by_key(|r| r.index);
+        let paths: Vec<_> = group.iter().map(|r| r.path.clone()).collect();
+        assert_eq!(
+            paths,
+            (0..3).map(|i| format!("{prefix}{i}")).collect::<Vec<_>>(),
+            "{summary}"
+        );
+        assert!(
+            group.iter().all(|r| r.conn == group[0].conn),
+            "one shadow connection per client connection: {group:?}"
+        );
+        let indexes: Vec<_> = group.iter().map(|r| r.index).collect();
+        assert_eq!(indexes, vec![0, 1, 2]);
+    }
+    let post = records.iter().find(|r| r.path == "/pipe-1").expect("post");
+    assert_eq!(post.sha256, mirror_tests::sha256_hex(b"hello"));
+}
+
+#[test]
+fn percent_50_mirrors_about_half() {
+    if !require_root() {
+        return;
+    }
+    let (scenario, v1) = Scenario::new();
+    let (v1, v2) = sinks(&scenario, &v1);
+    let agent = scenario.agent(&["--percent", "50", "--seed", "7"]);
+    // 400 requests over a few keep-alive connections (curl's URL globbing).
+    for batch in 0..4 {
+        scenario.curl(&[
+            "-o",
+            "/dev/null",
+            &format!("http://httpbin:8000/b{batch}-[1-100]"),
+        ]);
+    }
+    v1.wait_for_records(400, Duration::from_secs(20)).expect("v1 got 400");
+    std::thread::sleep(Duration::from_secs(1));
+    let summary = agent.stop(libc::SIGTERM).expect("stop");
+    let mirrored = v2.records().expect("v2 records").len();
+    assert!(
+        (140..=260).contains(&mirrored),
+        "{mirrored} of 400 mirrored at 50%: {summary}"
+    );
+}
+
+#[test]
+fn connection_opened_before_the_agent_is_mirrored_from_its_next_request() {
+    if !require_root() {
+        return;
+    }
+    let (scenario, v1) = Scenario::new();
+    let (_v1, v2) = sinks(&scenario, &v1);
+    let (go_tx, go_rx) = std::sync::mpsc::channel::<()>();
+    let (first_tx, first_rx) = std::sync::mpsc::channel::<()>();
+    let vip = format!("{VIP}:8000");
+    let client = scenario
+        .client
+        .ns()
+        .thread(move || {
+            use std::io::{Read, Write};
+            let mut stream = std::net::TcpStream::connect(vip).expect("connect");
+            let mut buf = [0u8; 4096];
+            let mut exchange = |path: &str| {
+                let request = format!("GET {path} HTTP/1.1\r\nHost: httpbin:8000\r\n\r\n");
+                stream.write_all(request.as_bytes()).expect("write");
+                let n = stream.read(&mut buf).expect("read");
+                assert!(buf[..n].starts_with(b"HTTP/1.1 200"));
+            };
+            exchange("/before-agent");
+            first_tx.send(()).expect("signal");
+            go_rx.recv().expect("wait for agent");
+            exchange("/after-agent-1");
+            exchange("/after-agent-2");
+        })
+        .expect("client thread");
+    first_rx.recv().expect("first request done");
+    let agent = scenario.agent(&[]);
+    go_tx.send(()).expect("go");
+    client.join().expect("client");
+    let records = v2.wait_for_records(2, Duration::from_secs(10)).expect("v2");
+    let summary = agent.stop(libc::SIGTERM).expect("stop");
+    let paths: Vec<_> = records.iter().map(|r| r.path.as_str()).collect();
+    assert_eq!(paths, vec!["/after-agent-1", "/after-agent-2"], "{summary}");
+}
