@@ -10,8 +10,12 @@ use anyhow::{bail, Context as _, Result};
 
 use crate::{Netns, Process};
 
-/// The `mirror` binary built by `cargo build` (`cargo xtask test` builds it first).
+/// The `mirror` binary: `$MIRROR_BIN` if set (`cargo xtask test` points it at the release
+/// build, so the tests exercise what ships), else the one built alongside these tests.
 pub fn mirror_binary() -> Result<PathBuf> {
+    if let Some(binary) = std::env::var_os("MIRROR_BIN") {
+        return Ok(PathBuf::from(binary));
+    }
     let target_dir = std::env::var_os("CARGO_TARGET_DIR")
         .map(PathBuf::from)
         .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target"));

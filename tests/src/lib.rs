@@ -41,9 +41,11 @@
 pub mod agent;
 pub mod cleanup;
 mod httpbin;
+pub mod load;
 mod netns;
 mod privileges;
 mod process;
+pub mod scenario;
 mod sink;
 pub mod stream;
 mod testbed;

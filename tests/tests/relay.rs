@@ -3,72 +3,19 @@
 
 use std::time::Duration;
 
-use mirror_tests::{agent::Agent, require_root, Host, Httpbin, Sink, Testbed};
-
-const READY: &str = "mirroring to";
-const VIP: &str = "198.19.0.10";
-
-/// client -> service VIP:8000 (DNAT to v1:80) and a shadow v2.
-struct Scenario {
-    testbed: Testbed,
-    client: Host,
-    v2: Host,
-}
-
-impl Scenario {
-    fn new() -> (Scenario, Host) {
-        let mut testbed = Testbed::new().expect("test-bed");
-        let client = testbed.add_host("client").expect("client");
-        let v1 = testbed.add_host("v1").expect("v1");
-        let v2 = testbed.add_host("v2").expect("v2");
-        let vip = testbed
-            .add_service(VIP.parse().expect("vip"), 8000, &v1, 80)
-            .expect("service");
-        testbed
-            .add_hosts_entry(&client, "httpbin", vip.ip())
-            .expect("hosts entry");
-        (
-            Scenario {
-                testbed,
-                client,
-                v2,
-            },
-            v1,
-        )
-    }
-
-    fn agent(&self, extra: &[&str]) -> Agent {
-        let mut args: Vec<String> = [
-            "run",
-            "--iface",
-            self.client.node_ifname(),
-            "--target",
-            &format!("{VIP}:8000"),
-            "--shadow",
-            &format!("{}:80", self.v2.ipv4()),
-            "--grace-secs",
-            "2",
-        ]
-        .iter()
-        .map(|s| s.to_string())
-        .collect();
-        args.extend(extra.iter().map(|s| s.to_string()));
-        Agent::start(self.testbed.node(), "mirror-run", &args, READY).expect("start mirror run")
-    }
-
-    fn curl(&self, args: &[&str]) -> String {
-        let mut argv = vec!["curl", "-sS", "--fail", "--max-time", "60"];
-        argv.extend_from_slice(args);
-        self.client.ns().exec_ok(&argv).expect("curl")
-    }
-}
+use mirror_tests::{
+    require_root,
+    scenario::{Scenario, VIP},
+    Host, Httpbin, Sink,
+};
 
 #[test]
 fn seed_scenario_v2_gets_the_request_with_shadow_host() {
     if !require_root() {
         return;
     }
-    let (scenario, v1) = Scenario::new();
+    let scenario = Scenario::new().expect("scenario");
+    let v1 = scenario.v1.clone();
     let httpbin_v1 = Httpbin::start(&v1).expect("httpbin v1");
     let httpbin_v2 = Httpbin::start(&scenario.v2).expect("httpbin v2");
 
@@ -118,7 +65,8 @@ fn post_bodies_reach_v2_byte_exact_plain_and_chunked() {
     if !require_root() {
         return;
     }
-    let (scenario, v1) = Scenario::new();
+    let scenario = Scenario::new().expect("scenario");
+    let v1 = scenario.v1.clone();
     let _v1 = Sink::start(&v1, 80).expect("v1 sink");
     let v2 = Sink::start(&scenario.v2, 80).expect("v2 sink");
     let agent = scenario.agent(&[]);
@@ -179,7 +127,8 @@ fn keep_alive_and_pipelined_requests_arrive_complete_and_in_order() {
     if !require_root() {
         return;
     }
-    let (scenario, v1) = Scenario::new();
+    let scenario = Scenario::new().expect("scenario");
+    let v1 = scenario.v1.clone();
     let (_v1, v2) = sinks(&scenario, &v1);
     let agent = scenario.agent(&[]);
     // Keep-alive: curl reuses one connection for the three URLs.
@@ -220,7 +169,10 @@ fn keep_alive_and_pipelined_requests_arrive_complete_and_in_order() {
         .expect("v2 got all six");
     let summary = agent.stop(libc::SIGTERM).expect("stop");
     for prefix in ["/ka-", "/pipe-"] {
-        let mut group: Vec<_> = records.iter().filter(|r| r.path.starts_with(prefix)).collect();
+        let mut group: Vec<_> = records
+            .iter()
+            .filter(|r| r.path.starts_with(prefix))
+            .collect();
         group.sort_by_key(|r| r.index);
         let paths: Vec<_> = group.iter().map(|r| r.path.clone()).collect();
         assert_eq!(
@@ -244,7 +196,8 @@ fn percent_50_mirrors_about_half() {
     if !require_root() {
         return;
     }
-    let (scenario, v1) = Scenario::new();
+    let scenario = Scenario::new().expect("scenario");
+    let v1 = scenario.v1.clone();
     let (v1, v2) = sinks(&scenario, &v1);
     let agent = scenario.agent(&["--percent", "50", "--seed", "7"]);
     // 400 requests over a few keep-alive connections (curl's URL globbing).
@@ -255,7 +208,8 @@ fn percent_50_mirrors_about_half() {
             &format!("http://httpbin:8000/b{batch}-[1-100]"),
         ]);
     }
-    v1.wait_for_records(400, Duration::from_secs(20)).expect("v1 got 400");
+    v1.wait_for_records(400, Duration::from_secs(20))
+        .expect("v1 got 400");
     std::thread::sleep(Duration::from_secs(1));
     let summary = agent.stop(libc::SIGTERM).expect("stop");
     let mirrored = v2.records().expect("v2 records").len();
@@ -270,7 +224,8 @@ fn connection_opened_before_the_agent_is_mirrored_from_its_next_request() {
     if !require_root() {
         return;
     }
-    let (scenario, v1) = Scenario::new();
+    let scenario = Scenario::new().expect("scenario");
+    let v1 = scenario.v1.clone();
     let (_v1, v2) = sinks(&scenario, &v1);
     let (go_tx, go_rx) = std::sync::mpsc::channel::<()>();
     let (first_tx, first_rx) = std::sync::mpsc::channel::<()>();
@@ -303,4 +258,60 @@ fn connection_opened_before_the_agent_is_mirrored_from_its_next_request() {
     let summary = agent.stop(libc::SIGTERM).expect("stop");
     let paths: Vec<_> = records.iter().map(|r| r.path.as_str()).collect();
     assert_eq!(paths, vec!["/after-agent-1", "/after-agent-2"], "{summary}");
+}
+
+#[test]
+fn agent_never_captures_its_own_shadow_traffic() {
+    if !require_root() {
+        return;
+    }
+    // The worst case for a loop: v2 is itself the target, and the agent captures on the very
+    // hook its own shadow connections leave through (egress of v2's node-side veth).
+    let scenario = Scenario::new().expect("scenario");
+    let v2 = Sink::start(&scenario.v2, 80).expect("v2 sink");
+    let v2_addr = format!("{}:80", scenario.v2.ipv4());
+    let args: Vec<String> = [
+        "run",
+        "--iface",
+        scenario.v2.node_ifname(),
+        "--direction",
+        "egress",
+        "--target",
+        &v2_addr,
+        "--shadow",
+        &v2_addr,
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
+    let agent = mirror_tests::agent::Agent::start(
+        scenario.testbed.node(),
+        "mirror-loop",
+        &args,
+        mirror_tests::scenario::READY,
+    )
+    .expect("agent");
+    scenario.curl(&["-o", "/dev/null", &format!("http://{v2_addr}/once")]);
+    v2.wait_for_records(2, Duration::from_secs(10))
+        .expect("the request and its mirror");
+    std::thread::sleep(Duration::from_secs(1));
+    let summary = agent.stop(libc::SIGTERM).expect("stop");
+    let records = v2.records().expect("records");
+    assert_eq!(
+        records.len(),
+        2,
+        "no mirror of a mirror: {records:?}\n{summary}"
+    );
+    let hosts: Vec<_> = records
+        .iter()
+        .map(|r| r.host.clone().unwrap_or_default())
+        .collect();
+    assert!(
+        hosts.contains(&format!("{}-shadow", scenario.v2.ipv4())),
+        "{hosts:?}"
+    );
+    assert!(
+        mirror_tests::agent::counter(&summary, "own_traffic_skipped").unwrap_or(0) > 0,
+        "{summary}"
+    );
 }

@@ -67,3 +67,11 @@ pub(crate) fn run(cmd: &mut Command) -> Result<()> {
     }
     Ok(())
 }
+
+/// The workspace root (xtask lives one level below it).
+fn workspace_root() -> std::path::PathBuf {
+    std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .map(std::path::Path::to_path_buf)
+        .unwrap_or_default()
+}

@@ -1,0 +1,63 @@
+//! The seed scenario's topology, shared by the end-to-end tests: a client pod calls a service
+//! VIP (DNAT to v1, as kube-proxy does), and `mirror run` on the node copies to v2.
+
+use anyhow::Result;
+
+use crate::{agent::Agent, Host, Testbed};
+
+/// Printed by `mirror run` once it is attached and mirroring.
+pub const READY: &str = "mirroring to";
+/// The service address; `httpbin` resolves to it in the client.
+pub const VIP: &str = "198.19.0.10";
+
+/// client -> service VIP:8000 (DNAT to v1:80) and a shadow v2.
+pub struct Scenario {
+    pub testbed: Testbed,
+    pub client: Host,
+    pub v1: Host,
+    pub v2: Host,
+}
+
+impl Scenario {
+    pub fn new() -> Result<Scenario> {
+        let mut testbed = Testbed::new()?;
+        let client = testbed.add_host("client")?;
+        let v1 = testbed.add_host("v1")?;
+        let v2 = testbed.add_host("v2")?;
+        let vip = testbed.add_service(VIP.parse()?, 8000, &v1, 80)?;
+        testbed.add_hosts_entry(&client, "httpbin", vip.ip())?;
+        Ok(Scenario {
+            testbed,
+            client,
+            v1,
+            v2,
+        })
+    }
+
+    /// Starts `mirror run` attached to the client's veth, mirroring the VIP to v2:80.
+    pub fn agent(&self, extra: &[&str]) -> Agent {
+        let mut args: Vec<String> = [
+            "run",
+            "--iface",
+            self.client.node_ifname(),
+            "--target",
+            &format!("{VIP}:8000"),
+            "--shadow",
+            &format!("{}:80", self.v2.ipv4()),
+            "--grace-secs",
+            "2",
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+        args.extend(extra.iter().map(|s| s.to_string()));
+        Agent::start(self.testbed.node(), "mirror-run", &args, READY).expect("start mirror run")
+    }
+
+    /// curl from the client; fails the test on any error.
+    pub fn curl(&self, args: &[&str]) -> String {
+        let mut argv = vec!["curl", "-sS", "--fail", "--max-time", "60"];
+        argv.extend_from_slice(args);
+        self.client.ns().exec_ok(&argv).expect("curl")
+    }
+}

@@ -1,0 +1,144 @@
+//! End to end: whatever v2 does (refuse, black-hole, crawl), the client sees no error, its
+//! p99 latency stays within 10% of a run without the agent, and the agent's memory stays
+//! bounded. The tests here measure latency, so they take turns (one at a time in this binary).
+
+use std::{net::SocketAddr, sync::Mutex, time::Duration};
+
+use mirror_tests::{
+    agent::counter,
+    load::{fixed_rate, peak_rss, LoadReport},
+    require_root,
+    scenario::{Scenario, VIP},
+    Sink,
+};
+
+/// Latency comparisons are meaningless while another test loads the same two cores.
+static ONE_AT_A_TIME: Mutex<()> = Mutex::new(());
+
+const RATE: u32 = 300;
+const CONNECTIONS: u32 = 4;
+const RUN: Duration = Duration::from_secs(4);
+/// Far above what the agent needs (ring buffer pages it touched, the 64 MiB queue budget),
+/// far below what unbounded buffering of seconds of traffic would take.
+const MEMORY_CAP: u64 = 256 << 20;
+
+fn load(scenario: &Scenario) -> LoadReport {
+    let vip: SocketAddr = format!("{VIP}:8000").parse().expect("vip");
+    fixed_rate(
+        scenario.client.ns(),
+        vip,
+        "httpbin:8000",
+        RATE,
+        RUN,
+        CONNECTIONS,
+    )
+    .expect("load")
+}
+
+/// Runs the load without and with the agent (`break_v2` has made v2 misbehave), twice each,
+/// interleaved, and compares the better p99 of each pair. Returns the agent's summary.
+fn primary_unaffected(scenario: &Scenario, agent_args: &[&str]) -> String {
+    let mut without = Vec::new();
+    let mut with = Vec::new();
+    let mut summaries = Vec::new();
+    let mut peak = 0;
+    for _ in 0..2 {
+        without.push(load(scenario));
+        let agent = scenario.agent(agent_args);
+        with.push(load(scenario));
+        peak = peak.max(peak_rss(agent.pid()).expect("agent memory"));
+        summaries.push(agent.stop(libc::SIGTERM).expect("stop agent"));
+    }
+    let summary = summaries.join("\n");
+    for report in without.iter().chain(&with) {
+        assert_eq!(report.errors, 0, "client errors; agent: {summary}");
+        assert!(
+            report.latencies.len() as u32 >= RATE * 3,
+            "too few requests"
+        );
+    }
+    let best = |runs: &[LoadReport]| {
+        runs.iter()
+            .map(|r| r.percentile(99.0))
+            .min()
+            .expect("two runs")
+    };
+    let (p99_without, p99_with) = (best(&without), best(&with));
+    eprintln!(
+        "p99 without agent {p99_without:?}, with agent {p99_with:?}; agent peak RSS {peak} bytes"
+    );
+    assert!(
+        p99_with.as_secs_f64() <= p99_without.as_secs_f64() * 1.10,
+        "p99 {p99_with:?} with the agent vs {p99_without:?} without; agent: {summary}"
+    );
+    assert!(peak < MEMORY_CAP, "agent peak RSS {peak} bytes");
+    summary
+}
+
+#[test]
+fn v2_refusing_connections() {
+    if !require_root() {
+        return;
+    }
+    let _turn = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
+    let scenario = Scenario::new().expect("scenario");
+    let _v1 = Sink::start(&scenario.v1, 80).expect("v1");
+    // Nothing listens on v2:80: every connect is refused.
+    let summary = primary_unaffected(&scenario, &[]);
+    assert!(
+        counter(&summary, "connect_failures").unwrap_or(0) > 0,
+        "{summary}"
+    );
+    assert!(
+        counter(&summary, "dropped_shadow_down").unwrap_or(0) > 0,
+        "{summary}"
+    );
+}
+
+#[test]
+fn v2_black_holed() {
+    if !require_root() {
+        return;
+    }
+    let _turn = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
+    let scenario = Scenario::new().expect("scenario");
+    let _v1 = Sink::start(&scenario.v1, 80).expect("v1");
+    let _v2 = Sink::start(&scenario.v2, 80).expect("v2");
+    // Every packet to v2 vanishes: connects hang until the agent's timeout.
+    scenario
+        .v2
+        .ns()
+        .exec_ok(&["nft", "add table inet blackhole; add chain inet blackhole input { type filter hook input priority 0; policy drop; }"])
+        .expect("black-hole v2");
+    let summary = primary_unaffected(&scenario, &["--connect-timeout-ms", "500"]);
+    assert!(
+        counter(&summary, "connect_failures").unwrap_or(0) > 0,
+        "{summary}"
+    );
+}
+
+#[test]
+fn v2_slow() {
+    if !require_root() {
+        return;
+    }
+    let _turn = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
+    let scenario = Scenario::new().expect("scenario");
+    let _v1 = Sink::start(&scenario.v1, 80).expect("v1");
+    let _v2 = Sink::start(&scenario.v2, 80).expect("v2");
+    // Everything v2 sends (SYN-ACKs, ACKs, responses) squeezes through 8 kbit/s with up to
+    // 3 s of queueing: seconds of delay. (This kernel has no netem; tbf does the job.)
+    scenario
+        .v2
+        .ns()
+        .exec_ok(&[
+            "tc", "qdisc", "add", "dev", "eth0", "root", "tbf", "rate", "8kbit", "burst", "1600",
+            "latency", "3s",
+        ])
+        .expect("slow v2");
+    let summary = primary_unaffected(
+        &scenario,
+        &["--response-timeout-ms", "1000", "--shadow-queue", "64"],
+    );
+    assert!(counter(&summary, "sent").is_some(), "{summary}");
+}
