@@ -52,9 +52,15 @@ fn build_ebpf(release: bool) -> Result<()> {
 
 fn test(args: &[String]) -> Result<()> {
     toolchain::bootstrap()?;
-    // The end-to-end tests run the agent binary, so build it first.
+    // The end-to-end tests run the agent (release: what ships, and what the latency tests
+    // should measure) and the test sink, so build both first.
     run(Command::new(env!("CARGO")).args(["build", "--bins"]))?;
-    run(Command::new(env!("CARGO")).args(["test"]).args(args))
+    run(Command::new(env!("CARGO")).args(["build", "--release", "--bin", "mirror"]))?;
+    let agent = workspace_root().join("target/release/mirror");
+    run(Command::new(env!("CARGO"))
+        .args(["test"])
+        .args(args)
+        .env("MIRROR_BIN", agent))
 }
 
 /// Runs a command to completion, failing with the command line if it fails.
