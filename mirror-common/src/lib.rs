@@ -100,6 +100,10 @@ pub struct Config {
     pub ignore_mark: u32,
     /// Nonzero enables aya-log diagnostics from the kernel program (off the hot path).
     pub log_enabled: u32,
+    /// Zero: wake the reader for every record (the ring buffer's adaptive default). Otherwise
+    /// wake it only once this many bytes wait unread; the reader polls on a timer in between,
+    /// so a busy node pays one wake-up per batch, not one per packet.
+    pub wakeup_bytes: u32,
 }
 
 /// Indices of the per-CPU counters.
@@ -168,4 +172,4 @@ mod pod {
 
 const _: () = assert!(RECORD_HEADER_LEN == 32);
 const _: () = assert!(core::mem::size_of::<TargetKey>() == 20);
-const _: () = assert!(core::mem::size_of::<Config>() == 8);
+const _: () = assert!(core::mem::size_of::<Config>() == 12);

@@ -4,13 +4,17 @@
 //! classes: the packet goes into the smallest class that holds it whole, and only a packet
 //! larger than the largest class (`MAX_CAPTURE_BYTES`) is cut, flagged and counted.
 
-use aya_ebpf::{helpers::bpf_ktime_get_ns, programs::TcContext};
+use aya_ebpf::{
+    bindings::{BPF_RB_AVAIL_DATA, BPF_RB_FORCE_WAKEUP, BPF_RB_NO_WAKEUP},
+    helpers::bpf_ktime_get_ns,
+    programs::TcContext,
+};
 use aya_log_ebpf::warn;
 use mirror_common::{
     Counter, RecordHeader, MAX_CAPTURE_BYTES, RECORD_HEADER_LEN, RECORD_TRUNCATED,
 };
 
-use crate::maps::{add, count, log_enabled, EVENTS};
+use crate::maps::{add, count, log_enabled, wakeup_bytes, EVENTS};
 
 /// One ring buffer record of a size class: header, then up to `N` packet bytes.
 #[repr(C)]
@@ -84,13 +88,27 @@ fn emit<const N: usize>(ctx: &TcContext, direction: u32, len: u32) {
     if loaded {
         add(Counter::BytesEmitted, u64::from(cap_len));
         count(Counter::Emitted);
-        entry.submit(0);
+        entry.submit(wakeup_flags());
     } else {
         count(Counter::LoadError);
         if log_enabled() {
             warn!(ctx, "bpf_skb_load_bytes failed for a {} byte packet", len);
         }
         entry.discard(0);
+    }
+}
+
+/// Ring buffer submit flags: the default adaptive wake-up, or (when userspace asked for
+/// batching) no wake-up until enough bytes wait.
+#[inline(always)]
+fn wakeup_flags() -> u64 {
+    let threshold = wakeup_bytes();
+    if threshold == 0 {
+        0
+    } else if EVENTS.query(u64::from(BPF_RB_AVAIL_DATA)) >= u64::from(threshold) {
+        u64::from(BPF_RB_FORCE_WAKEUP)
+    } else {
+        u64::from(BPF_RB_NO_WAKEUP)
     }
 }
 

@@ -60,3 +60,9 @@ pub fn is_own_traffic(ctx: &TcContext) -> bool {
 pub fn log_enabled() -> bool {
     CONFIG.get(0).is_some_and(|config| config.log_enabled != 0)
 }
+
+/// See `Config::wakeup_bytes`.
+#[inline(always)]
+pub fn wakeup_bytes() -> u32 {
+    CONFIG.get(0).map_or(0, |config| config.wakeup_bytes)
+}

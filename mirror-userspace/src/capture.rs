@@ -52,7 +52,7 @@ struct Tally {
 
 /// Captures until SIGINT/SIGTERM; prints the counters to stderr at the end.
 pub async fn run(args: CaptureArgs) -> Result<(), CaptureError> {
-    let mut session = Session::start(&args.capture, 0)?;
+    let mut session = Session::start(&args.capture, 0, 0)?;
     let io_error = |what: String| move |source| CaptureError::Io { what, source };
     let mut pcap = match &args.pcap {
         Some(path) => Some(

@@ -37,7 +37,10 @@ fn main() -> anyhow::Result<()> {
         .init();
     match Cli::parse().command {
         Command::Capture(args) => runtime()?.block_on(capture::run(args))?,
-        Command::Run(args) => runtime()?.block_on(run::run(*args))?,
+        Command::Run(args) => {
+            run::set_nice(args.nice)?;
+            runtime()?.block_on(run::run(*args))?
+        }
         Command::Attached(args) => print_attached(&args)?,
     }
     Ok(())

@@ -16,6 +16,9 @@ use crate::{
     session::{shutdown_signal, CaptureOptions, Session, SessionError},
 };
 
+/// With `--poll-ms`, the kernel wakes the agent early once this much waits in the ring.
+const BATCH_WAKEUP_BYTES: u32 = 256 << 10;
+
 /// Marks the agent's shadow sockets (SO_MARK) so the kernel program never captures them.
 pub const DEFAULT_SHADOW_MARK: u32 = 0x6d69_7272;
 
@@ -62,6 +65,15 @@ pub struct RunArgs {
     /// Seconds queued requests get to reach the shadow at shutdown.
     #[arg(long, default_value_t = 5)]
     pub grace_secs: u64,
+    /// Read the ring buffer every this many milliseconds, and have the kernel wake the agent
+    /// only when 256 KiB wait unread: one wake-up per batch instead of one per packet, so the
+    /// agent takes less CPU from the node's workloads. 0: wake for every packet.
+    #[arg(long, default_value_t = 5)]
+    pub poll_ms: u64,
+    /// Scheduling niceness of the agent (0 to 19): mirroring is best effort, so the node's
+    /// own workloads, the primary among them, get the CPU first.
+    #[arg(long, default_value_t = 10, value_parser = clap::value_parser!(i32).range(0..=19))]
+    pub nice: i32,
     /// Seed of the per-request sampling decisions (fixed: reproducible runs).
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
@@ -116,16 +128,31 @@ impl RunArgs {
     }
 }
 
+/// Lowers the calling thread's priority; threads it starts afterwards inherit it, so call it
+/// before building the runtime.
+pub fn set_nice(nice: i32) -> std::io::Result<()> {
+    // SAFETY: setpriority(2) on the calling thread (who = 0) with a plain integer.
+    if unsafe { libc::setpriority(libc::PRIO_PROCESS, 0, nice) } != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(())
+}
+
 /// Mirrors until SIGINT/SIGTERM, then gives queued requests a grace period.
 pub async fn run(args: RunArgs) -> Result<(), RunError> {
     let mut pipeline = Pipeline::new(args.pipeline_config())?;
-    let mut session = Session::start(&args.capture, args.shadow_mark)?;
+    let wakeup_bytes = if args.poll_ms == 0 { 0 } else { BATCH_WAKEUP_BYTES };
+    let mut session = Session::start(&args.capture, args.shadow_mark, wakeup_bytes)?;
     let mut relay = Relay::new(args.relay_config());
     let mut intake = Intake::default();
     tracing::info!(shadow = %args.shadow, percent = args.percent, "mirroring");
     eprintln!("mirroring to {}; Ctrl-C to stop", args.shadow);
 
     let mut expire = tokio::time::interval(Duration::from_millis(250));
+    // Without wake-ups the ring is drained on this timer (with them, it never fires usefully
+    // but costs nothing).
+    let mut poll = tokio::time::interval(Duration::from_millis(args.poll_ms.max(1)));
+    poll.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut report = tokio::time::interval(Duration::from_secs(args.log_interval_secs.max(1)));
     report.tick().await;
     let stop = shutdown_signal();
@@ -137,6 +164,9 @@ pub async fn run(args: RunArgs) -> Result<(), RunError> {
             biased;
             () = &mut stop => break,
             batch = session.reader().next_batch(&mut on_record) => batch.map_err(RunError::Ring)?,
+            _ = poll.tick(), if args.poll_ms > 0 => {
+                session.reader().drain(&mut on_record);
+            }
             _ = expire.tick() => {
                 pipeline.expire(clock::monotonic_ns(), &mut |event| relay.handle(event));
             }

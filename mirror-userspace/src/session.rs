@@ -73,8 +73,14 @@ pub struct Session {
 }
 
 impl Session {
-    /// Loads and attaches; must run inside a tokio runtime.
-    pub fn start(options: &CaptureOptions, ignore_mark: u32) -> Result<Session, SessionError> {
+    /// Loads and attaches; must run inside a tokio runtime. `ignore_mark`: see
+    /// `Config::ignore_mark`; `wakeup_bytes`: see `Config::wakeup_bytes` (non-zero obliges the
+    /// caller to also drain the ring on a timer).
+    pub fn start(
+        options: &CaptureOptions,
+        ignore_mark: u32,
+        wakeup_bytes: u32,
+    ) -> Result<Session, SessionError> {
         let source = TargetSource {
             fixed: options.targets.clone(),
             file: options.targets_file.clone(),
@@ -89,6 +95,7 @@ impl Session {
             config: Config {
                 ignore_mark,
                 log_enabled: u32::from(options.kernel_log),
+                wakeup_bytes,
             },
         })?;
         if options.kernel_log {
