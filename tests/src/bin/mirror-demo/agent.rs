@@ -90,8 +90,8 @@ const STORY_COUNTERS: &[(&str, &[&str])] = &[
     ),
 ];
 
-/// Prints [`STORY_COUNTERS`] from the agent's summary line, plus the sum of its `dropped_*`
-/// counters.
+/// Prints [`STORY_COUNTERS`] from the agent's summary line, plus its `dropped_*` counters in
+/// one sum with the reasons that are not zero.
 pub fn show_counters(summary: &str) {
     for (part, names) in STORY_COUNTERS {
         let mut line = format!("{part}:");
@@ -102,20 +102,29 @@ pub fn show_counters(summary: &str) {
             }
         }
         if *part == "relay" {
-            line.push_str(&format!(" dropped={}", dropped(summary)));
+            line.push_str(&dropped(summary));
         }
         say(format!("    {line}"));
     }
 }
 
-/// Requests the relay dropped, over all reasons.
-fn dropped(summary: &str) -> u64 {
-    summary
+/// ` dropped=N`, followed by ` (reason=n, ...)` when N is not zero.
+fn dropped(summary: &str) -> String {
+    let reasons: Vec<(&str, u64)> = summary
         .split_whitespace()
         .filter_map(|field| field.split_once('='))
-        .filter(|(name, _)| name.starts_with("dropped_"))
-        .filter_map(|(_, value)| value.parse::<u64>().ok())
-        .sum()
+        .filter_map(|(name, value)| Some((name.strip_prefix("dropped_")?, value.parse().ok()?)))
+        .filter(|(_, value)| *value > 0)
+        .collect();
+    let total: u64 = reasons.iter().map(|(_, value)| value).sum();
+    if total == 0 {
+        return " dropped=0".to_owned();
+    }
+    let listed: Vec<String> = reasons
+        .iter()
+        .map(|(reason, value)| format!("{reason}={value}"))
+        .collect();
+    format!(" dropped={total} ({})", listed.join(", "))
 }
 
 #[cfg(test)]
@@ -123,9 +132,9 @@ mod tests {
     use super::*;
 
     #[test]
-    fn dropped_sums_every_reason() {
-        let summary = "relay: sent=3 dropped_queue_full=1 dropped_shutdown=2 | kernel: x=1";
-        assert_eq!(dropped(summary), 3);
-        assert_eq!(dropped("relay: sent=3"), 0);
+    fn dropped_sums_and_names_the_reasons() {
+        let summary = "relay: sent=3 dropped_queue_full=1 dropped_aborted=0 dropped_shutdown=2";
+        assert_eq!(dropped(summary), " dropped=3 (queue_full=1, shutdown=2)");
+        assert_eq!(dropped("relay: sent=3 dropped_aborted=0"), " dropped=0");
     }
 }

@@ -48,33 +48,25 @@ pub fn create(label: &str) -> Result<Cluster> {
 
     say("");
     say("The cluster, one network namespace per pod, each joined to the node by a veth pair:");
-    block(&format!(
-        "{:<12} {:<26} {:<12} {}\n\
-         {:<12} {:<26} {:<12} {}\n\
-         {:<12} {:<26} {:<12} {}\n\
-         {:<12} {:<26} {:<12} {}\n\
-         {:<12} {:<26} {:<12} {}",
-        "pod",
-        "namespace",
-        "address",
-        "runs",
-        "sleep",
-        sleep.ns().name(),
-        sleep.ipv4(),
-        "the client: curl",
-        "httpbin-v1",
-        v1.ns().name(),
-        v1.ipv4(),
-        format!("httpbin under gunicorn, port {HTTPBIN_PORT}"),
-        "httpbin-v2",
-        v2.ns().name(),
-        v2.ipv4(),
-        format!("httpbin under gunicorn, port {HTTPBIN_PORT}"),
-        "(the node)",
-        testbed.node().name(),
-        "",
-        "routing, the service, and later the mirror agent",
-    ));
+    let pod_runs = format!("httpbin under gunicorn, port {HTTPBIN_PORT}");
+    let rows = [
+        ["pod", "namespace", "address", "runs"].map(str::to_owned),
+        row("sleep", &sleep, "the client: curl"),
+        row("httpbin-v1", &v1, &pod_runs),
+        row("httpbin-v2", &v2, &pod_runs),
+        [
+            "(the node)",
+            testbed.node().name(),
+            "",
+            "routing, the service, and later the mirror agent",
+        ]
+        .map(str::to_owned),
+    ];
+    let table: Vec<String> = rows
+        .iter()
+        .map(|[pod, ns, addr, runs]| format!("{pod:<12} {ns:<26} {addr:<12} {runs}"))
+        .collect();
+    block(&table.join("\n"));
     say("(The test-bed names pods with at most 12 lowercase letters or digits, so httpbin-v1 is");
     say("`httpbinv1` and httpbin-v2 is `httpbinv2`.)");
     say(format!(
@@ -101,6 +93,16 @@ pub fn create(label: &str) -> Result<Cluster> {
         httpbin_v2,
         testbed,
     })
+}
+
+/// A line of the cluster table: the pod's name in the task, its namespace, address and role.
+fn row(pod: &str, host: &Host, runs: &str) -> [String; 4] {
+    [
+        pod.to_owned(),
+        host.ns().name().to_owned(),
+        host.ipv4().to_string(),
+        runs.to_owned(),
+    ]
 }
 
 fn add_pod(testbed: &mut Testbed, name: &str) -> Result<Host> {

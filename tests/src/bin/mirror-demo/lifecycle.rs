@@ -10,7 +10,7 @@ use mirror_tests::remove_label;
 
 use crate::cli::Options;
 use crate::cluster::Cluster;
-use crate::narrate::{heading, say};
+use crate::narrate::say;
 
 /// Where `ip netns exec` finds the per-namespace `/etc` files the test-bed writes.
 const NETNS_ETC_DIR: &str = "/etc/netns";
@@ -31,7 +31,7 @@ pub fn refuse_if_present(options: &Options) -> Result<()> {
 }
 
 /// Leaves the cluster and the agent running and tells how to use them.
-pub fn keep(cluster: Cluster, agent: Agent, options: &Options) -> Result<()> {
+pub fn keep(cluster: Cluster, agent: Agent, options: &Options) {
     let sleep_ns = cluster.sleep.ns().name().to_owned();
     let v1_log = cluster.httpbin_v1.access_log_path().to_owned();
     let v2_log = cluster.httpbin_v2.access_log_path().to_owned();
@@ -41,7 +41,6 @@ pub fn keep(cluster: Cluster, agent: Agent, options: &Options) -> Result<()> {
     let v2_pid = cluster.httpbin_v2.detach();
     let kept = cluster.testbed.keep();
 
-    heading("The set-up stays up (--keep)");
     say(format!("namespaces: {}", kept.namespaces.join(" ")));
     say(format!(
         "running: agent pid {agent_pid} (mirroring 100%), httpbin-v1 pid {v1_pid}, httpbin-v2 \
@@ -57,7 +56,6 @@ pub fn keep(cluster: Cluster, agent: Agent, options: &Options) -> Result<()> {
     say("The agent's log (its counters every 10 s):");
     say(format!("    tail -f {}", agent_log.display()));
     say(format!("Remove it all with: {}", options.down_command()));
-    Ok(())
 }
 
 /// Removes a kept set-up (`--down`) and checks that it is gone.

@@ -61,8 +61,10 @@ fn play(options: &Options) -> Result<()> {
     let sampled = steps::mirror_half(&cluster).context("step 3 (mirroring 50%)")?;
     recap(sampled);
     if options.keep {
+        heading("The set-up stays up (--keep)");
         let agent = steps::mirror_all_again(&cluster).context("restarting the agent for --keep")?;
-        return lifecycle::keep(cluster, agent, options);
+        lifecycle::keep(cluster, agent, options);
+        return Ok(());
     }
     heading("Clean-up");
     let namespaces = cluster.testbed.namespaces();
