@@ -31,7 +31,10 @@ pub fn create(label: &str) -> Result<Cluster> {
     say("(about a minute) and reused afterwards:");
     let venv = progress::run("httpbin virtualenv", ensure_venv)
         .context("the httpbin virtualenv (needs python3-venv and access to PyPI)")?;
-    say(format!("    virtualenv: {}", venv.display()));
+    say(format!(
+        "    virtualenv: {}",
+        venv.canonicalize().unwrap_or(venv).display()
+    ));
 
     let mut testbed = Testbed::with_label(label)
         .context("creating the node namespace (needs root and iproute2)")?;
