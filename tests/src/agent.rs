@@ -68,6 +68,15 @@ impl Agent {
             .expect("process is present until stopped")
     }
 
+    /// Leaves the agent running after this guard is gone (a kept set-up) and returns its pid. It
+    /// still dies when its namespace is removed.
+    pub fn detach(mut self) -> u32 {
+        self.process
+            .take()
+            .expect("process is present until stopped")
+            .detach()
+    }
+
     pub fn pid(&self) -> u32 {
         self.process().pid()
     }

@@ -106,6 +106,17 @@ impl Httpbin {
         &self.process
     }
 
+    /// The access log file, for people to `tail -f` (the demo prints it).
+    pub fn access_log_path(&self) -> &Path {
+        &self.access_log
+    }
+
+    /// Leaves gunicorn running after this guard is gone (a kept set-up) and returns its pid. It
+    /// still dies when its namespace is removed.
+    pub fn detach(self) -> u32 {
+        self.process.detach()
+    }
+
     /// The access log, parsed; lines that do not parse are an error (the format is ours).
     pub fn access_log_lines(&self) -> Result<Vec<AccessLogLine>> {
         let text = std::fs::read_to_string(&self.access_log)

@@ -1,5 +1,6 @@
 //! Project tasks: `cargo xtask <task>`. Each is a thin door onto cargo and the test-bed.
 
+mod demo;
 mod toolchain;
 
 use std::process::Command;
@@ -24,6 +25,8 @@ enum Task {
         #[arg(long)]
         release: bool,
     },
+    /// Play Istio's mirroring task on network namespaces, narrated (needs root).
+    Demo(demo::DemoArgs),
     /// Run every test: unit, property and end-to-end (needs root).
     Test {
         /// Extra arguments passed to `cargo test`.
@@ -36,6 +39,7 @@ fn main() -> Result<()> {
     match Cli::parse().task {
         Task::Bootstrap => toolchain::bootstrap(),
         Task::BuildEbpf { release } => build_ebpf(release),
+        Task::Demo(args) => demo::demo(&args),
         Task::Test { args } => test(&args),
     }
 }
