@@ -141,7 +141,11 @@ pub fn set_nice(nice: i32) -> std::io::Result<()> {
 /// Mirrors until SIGINT/SIGTERM, then gives queued requests a grace period.
 pub async fn run(args: RunArgs) -> Result<(), RunError> {
     let mut pipeline = Pipeline::new(args.pipeline_config())?;
-    let wakeup_bytes = if args.poll_ms == 0 { 0 } else { BATCH_WAKEUP_BYTES };
+    let wakeup_bytes = if args.poll_ms == 0 {
+        0
+    } else {
+        BATCH_WAKEUP_BYTES
+    };
     let mut session = Session::start(&args.capture, args.shadow_mark, wakeup_bytes)?;
     let mut relay = Relay::new(args.relay_config());
     let mut intake = Intake::default();

@@ -106,6 +106,10 @@ async fn relay(
             }
         };
         tokio::select! {
+            // Queued messages first: v2 may answer and close as soon as it has a request's
+            // last byte, before the (empty) end marker of that request is taken from the
+            // queue; handling the marker first keeps the request counted as sent.
+            biased;
             message = queue.recv() => {
                 let Some(message) = message else {
                     // Closed mid-request: the request can never complete.
