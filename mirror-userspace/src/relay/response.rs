@@ -286,7 +286,8 @@ mod tests {
         );
         let mut framer = ResponseFramer::default();
         framer.request_sent(false);
-        let huge = vec![b'a'; MAX_HEAD + 10];
+        let mut huge = b"HTTP/1.1 200 OK\r\nX-Big: ".to_vec();
+        huge.resize(MAX_HEAD + 10, b'a');
         assert_eq!(framer.feed(&huge, |_| {}), Err(ResponseError::HeadTooLarge));
     }
 }
