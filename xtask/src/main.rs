@@ -27,6 +27,12 @@ enum Task {
     },
     /// Play Istio's mirroring task on network namespaces, narrated (needs root).
     Demo(demo::DemoArgs),
+    /// Fuzz TCP reassembly + HTTP framing together for a while (libFuzzer, pinned nightly).
+    Fuzz {
+        /// How long to run, in seconds.
+        #[arg(default_value_t = 30)]
+        seconds: u32,
+    },
     /// Run every test: unit, property and end-to-end (needs root).
     Test {
         /// Extra arguments passed to `cargo test`.
@@ -40,6 +46,7 @@ fn main() -> Result<()> {
         Task::Bootstrap => toolchain::bootstrap(),
         Task::BuildEbpf { release } => build_ebpf(release),
         Task::Demo(args) => demo::demo(&args),
+        Task::Fuzz { seconds } => fuzz(seconds),
         Task::Test { args } => test(&args),
     }
 }
@@ -52,6 +59,15 @@ fn build_ebpf(release: bool) -> Result<()> {
         cmd.arg("--release");
     }
     run(&mut cmd)
+}
+
+fn fuzz(seconds: u32) -> Result<()> {
+    toolchain::bootstrap()?;
+    toolchain::ensure_cargo_fuzz()?;
+    run(
+        Command::new(workspace_root().join("mirror-userspace/fuzz/run.sh"))
+            .arg(seconds.to_string()),
+    )
 }
 
 fn test(args: &[String]) -> Result<()> {

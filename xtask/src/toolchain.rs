@@ -80,3 +80,28 @@ fn ensure_bpf_linker() -> Result<()> {
     }
     Ok(())
 }
+
+/// cargo-fuzz for `cargo xtask fuzz`; only that task needs it, so bootstrap leaves it out.
+pub const CARGO_FUZZ_VERSION: &str = "0.13.2";
+
+pub fn ensure_cargo_fuzz() -> Result<()> {
+    let installed = Command::new("cargo")
+        .args(["fuzz", "--version"])
+        .output()
+        .is_ok_and(|out| {
+            out.status.success()
+                && String::from_utf8_lossy(&out.stdout).contains(CARGO_FUZZ_VERSION)
+        });
+    if installed {
+        return Ok(());
+    }
+    eprintln!("fuzz: installing cargo-fuzz {CARGO_FUZZ_VERSION} (about 1 min)");
+    crate::run(Command::new("cargo").args([
+        "install",
+        "cargo-fuzz",
+        "--version",
+        CARGO_FUZZ_VERSION,
+        "--locked",
+        "--force",
+    ]))
+}
