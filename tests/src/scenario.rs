@@ -3,8 +3,10 @@
 
 use anyhow::Result;
 
-use crate::{agent::Agent, Host, Testbed};
+use crate::{agent::Agent, Host, Sink, Testbed};
 
+/// Printed by `mirror capture` once it is attached.
+pub const CAPTURE_READY: &str = "capturing; Ctrl-C to stop";
 /// Printed by `mirror run` once it is attached and mirroring.
 pub const READY: &str = "mirroring to";
 /// The service address; `httpbin` resolves to it in the client.
@@ -59,5 +61,28 @@ impl Scenario {
         let mut argv = vec!["curl", "-sS", "--fail", "--max-time", "60"];
         argv.extend_from_slice(args);
         self.client.ns().exec_ok(&argv).expect("curl")
+    }
+}
+
+/// The capture tests' topology: a client pod, and a server pod with a sink on port 80.
+pub struct ClientServer {
+    pub testbed: Testbed,
+    pub client: Host,
+    pub server: Host,
+    pub sink: Sink,
+}
+
+impl ClientServer {
+    pub fn new() -> Result<ClientServer> {
+        let mut testbed = Testbed::new()?;
+        let client = testbed.add_host("client")?;
+        let server = testbed.add_host("server")?;
+        let sink = Sink::start(&server, 80)?;
+        Ok(ClientServer {
+            testbed,
+            client,
+            server,
+            sink,
+        })
     }
 }

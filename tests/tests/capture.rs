@@ -12,33 +12,23 @@ use std::{
 use mirror_tests::{
     agent::{counter, Agent},
     require_root,
+    scenario::{ClientServer as Bed, CAPTURE_READY},
     stream::{flows, CapturedStream},
-    Host, Sink, Testbed,
+    Sink,
 };
 
-const READY: &str = "capturing; Ctrl-C to stop";
-
-struct Bed {
-    testbed: Testbed,
-    client: Host,
-    server: Host,
-    _sink: Sink,
-}
-
 fn bed() -> Bed {
-    let mut testbed = Testbed::new().expect("test-bed");
-    let client = testbed.add_host("client").expect("client");
-    let server = testbed.add_host("server").expect("server");
-    let sink = Sink::start(&server, 80).expect("sink on :80");
-    Bed {
-        testbed,
-        client,
-        server,
-        _sink: sink,
-    }
+    Bed::new().expect("client and server")
 }
 
-impl Bed {
+trait CaptureBed {
+    fn pcap(&self, name: &str) -> PathBuf;
+    fn capture(&self, extra: &[String], pcap: &Path) -> Agent;
+    fn curl(&self, args: &[&str]) -> String;
+    fn server_v4(&self, port: u16) -> String;
+}
+
+impl CaptureBed for Bed {
     fn pcap(&self, name: &str) -> PathBuf {
         self.testbed.log_dir().join(name)
     }
@@ -52,7 +42,8 @@ impl Bed {
             pcap.display().to_string(),
         ];
         args.extend(extra.iter().cloned());
-        Agent::start(self.testbed.node(), "mirror-capture", &args, READY).expect("start mirror")
+        Agent::start(self.testbed.node(), "mirror-capture", &args, CAPTURE_READY)
+            .expect("start mirror")
     }
 
     fn curl(&self, args: &[&str]) -> String {

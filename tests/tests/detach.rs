@@ -5,32 +5,22 @@ use std::time::Duration;
 
 use mirror_tests::{
     agent::{mirror_binary, Agent},
-    require_root, Host, Sink, Testbed,
+    require_root,
+    scenario::{ClientServer as Bed, CAPTURE_READY},
 };
 
-const READY: &str = "capturing; Ctrl-C to stop";
-
-struct Bed {
-    testbed: Testbed,
-    client: Host,
-    server: Host,
-    _sink: Sink,
-}
-
 fn bed() -> Bed {
-    let mut testbed = Testbed::new().expect("test-bed");
-    let client = testbed.add_host("client").expect("client");
-    let server = testbed.add_host("server").expect("server");
-    let sink = Sink::start(&server, 80).expect("sink");
-    Bed {
-        testbed,
-        client,
-        server,
-        _sink: sink,
-    }
+    Bed::new().expect("client and server")
 }
 
-impl Bed {
+trait DetachBed {
+    fn start(&self, attach: &str) -> Agent;
+    fn attachments(&self) -> String;
+    fn tc_filters(&self) -> String;
+    fn assert_traffic_flows(&self);
+}
+
+impl DetachBed for Bed {
     fn start(&self, attach: &str) -> Agent {
         let args: Vec<String> = [
             "capture",
@@ -45,7 +35,7 @@ impl Bed {
         .iter()
         .map(|s| s.to_string())
         .collect();
-        Agent::start(self.testbed.node(), "mirror", &args, READY).expect("start mirror")
+        Agent::start(self.testbed.node(), "mirror", &args, CAPTURE_READY).expect("start mirror")
     }
 
     /// What is attached to the client's node-side veth: TCX programs (`mirror attached`:
