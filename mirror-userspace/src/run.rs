@@ -225,6 +225,16 @@ fn status_line(session: &Session, pipeline: &Pipeline, relay: &Relay, intake: &I
     for (name, value) in session.kernel_counters() {
         line.push_str(&format!(" {name}={value}"));
     }
+    // Zero unless `--bpf-stats` turned the kernel's run-time statistics on.
+    for stats in session.run_stats().iter().filter(|stats| stats.runs > 0) {
+        line.push_str(&format!(
+            " | bpf {}: runs={} run_time_ns={} ns_per_run={}",
+            stats.program,
+            stats.runs,
+            stats.run_time_ns,
+            stats.ns_per_run().unwrap_or(0)
+        ));
+    }
     line
 }
 

@@ -36,7 +36,13 @@ fn missing_interface_is_named() {
     if !require_root() {
         return;
     }
-    let output = mirror(&["capture", "--iface", "nonexistent0", "--target", "198.19.0.10:80"]);
+    let output = mirror(&[
+        "capture",
+        "--iface",
+        "nonexistent0",
+        "--target",
+        "198.19.0.10:80",
+    ]);
     assert_fails_saying(&output, "no network interface named \"nonexistent0\"");
 }
 
@@ -47,7 +53,12 @@ fn missing_privileges_are_explained() {
     }
     // Drop to nobody with no capabilities at all.
     let output = Command::new("setpriv")
-        .args(["--reuid=65534", "--regid=65534", "--clear-groups", "--inh-caps=-all"])
+        .args([
+            "--reuid=65534",
+            "--regid=65534",
+            "--clear-groups",
+            "--inh-caps=-all",
+        ])
         .arg(mirror_binary().expect("mirror binary"))
         .args(["capture", "--iface", "lo", "--target", "198.19.0.10:80"])
         .env("RUST_BACKTRACE", "0")
