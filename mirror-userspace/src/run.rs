@@ -11,7 +11,7 @@ use crate::{
     packet,
     pipeline::{ConfigError, Pipeline, PipelineConfig},
     record,
-    relay::{Relay, RelayConfig},
+    relay::{Relay, RelayConfig, RelayStats},
     rewrite::HostRewrite,
     session::{shutdown_signal, CaptureOptions, Session, SessionError},
 };
@@ -175,17 +175,24 @@ pub async fn run(args: RunArgs) -> Result<(), RunError> {
                 pipeline.expire(clock::monotonic_ns(), &mut |event| relay.handle(event));
             }
             _ = report.tick() => {
-                tracing::info!("{}", status_line(&session, &pipeline, &relay, &intake));
+                let line = status_line(
+                    &session,
+                    &pipeline,
+                    &relay.stats(),
+                    relay.live_connections(),
+                    &intake,
+                );
+                tracing::info!("{line}");
             }
         }
     }
     session
         .reader()
         .drain(|item| intake_record(item, &mut intake, &mut pipeline, &mut relay));
-    let summary = status_line(&session, &pipeline, &relay, &intake);
+    let stats = relay.stats();
     relay.shutdown(Duration::from_secs(args.grace_secs)).await;
     // The relay's counters move during the grace period: report them after it.
-    eprintln!("{summary}");
+    eprintln!("{}", status_line(&session, &pipeline, &stats, 0, &intake));
     Ok(())
 }
 
@@ -205,12 +212,18 @@ fn intake_record(item: &[u8], intake: &mut Intake, pipeline: &mut Pipeline, rela
 }
 
 /// One line saying where the traffic went: relay, pipeline outcomes, intake, kernel.
-fn status_line(session: &Session, pipeline: &Pipeline, relay: &Relay, intake: &Intake) -> String {
+fn status_line(
+    session: &Session,
+    pipeline: &Pipeline,
+    relay: &RelayStats,
+    shadow_connections: usize,
+    intake: &Intake,
+) -> String {
     let mut line = String::from("relay:");
-    for (name, value) in relay.stats().snapshot() {
+    for (name, value) in relay.snapshot() {
         line.push_str(&format!(" {name}={value}"));
     }
-    line.push_str(&format!(" shadow_connections={}", relay.live_connections()));
+    line.push_str(&format!(" shadow_connections={shadow_connections}"));
     line.push_str(" | pipeline:");
     push_counters(&mut line, pipeline.counters());
     line.push_str(&format!(

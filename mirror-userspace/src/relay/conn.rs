@@ -19,6 +19,11 @@ use tokio::{
 use super::{DropReason, Message, ResponseFramer, Shared};
 use crate::flow::FlowKey;
 
+/// Most queued messages taken for one write.
+const MAX_BATCH: usize = 64;
+/// Pieces up to this size are copied together before writing; larger ones go out directly.
+const COALESCE_BYTES: usize = 64 * 1024;
+
 /// Runs until the dispatcher closes the queue (the client connection ended) and everything
 /// queued is written, or until v2 fails.
 pub(super) async fn run(flow: FlowKey, mut queue: mpsc::Receiver<Message>, shared: Arc<Shared>) {
@@ -95,6 +100,8 @@ async fn relay(
     let mut framer = ResponseFramer::default();
     let mut buf = vec![0u8; 16 * 1024];
     let mut in_request = false;
+    let mut batch = Vec::with_capacity(MAX_BATCH);
+    let mut scratch = Vec::with_capacity(COALESCE_BYTES);
     let response_timeout = shared.config.response_timeout;
     // When v2 must have answered the oldest outstanding request by.
     let mut deadline: Option<Instant> = None;
@@ -111,28 +118,45 @@ async fn relay(
             // queue; handling the marker first keeps the request counted as sent.
             biased;
             message = queue.recv() => {
-                let Some(message) = message else {
+                let Some(first) = message else {
                     // Closed mid-request: the request can never complete.
                     break if in_request { Err(DropReason::Aborted) } else { Ok(()) };
                 };
-                let len = message.len();
-                let written = write(&mut writer, &message, response_timeout).await;
+                // Take what else is already queued and write it with as few syscalls as
+                // possible: under load, many small requests share one write.
+                batch.clear();
+                batch.push(first);
+                while batch.len() < MAX_BATCH {
+                    match queue.try_recv() {
+                        Ok(message) => batch.push(message),
+                        Err(_) => break,
+                    }
+                }
+                let len: usize = batch.iter().map(Message::len).sum();
+                let written = write_batch(&mut writer, &batch, &mut scratch, response_timeout).await;
                 shared.inflight_bytes.fetch_sub(len, Relaxed);
                 if let Err(error) = written {
                     tracing::debug!(%error, "shadow write failed");
-                    break fail(true, shared);
+                    // Lost: the request being written, and every request the batch started.
+                    let heads = batch.iter().filter(|m| matches!(m, Message::Head(_))).count();
+                    for _ in 0..heads + usize::from(in_request) {
+                        shared.stats.dropped(DropReason::WriteFailed);
+                    }
+                    break Err(DropReason::WriteFailed);
                 }
                 shared.stats.bytes_sent.fetch_add(len as u64, Relaxed);
-                match message {
-                    Message::Head(head) => {
-                        in_request = true;
-                        framer.request_sent(head.starts_with(b"HEAD "));
-                    }
-                    Message::Body(_) => {}
-                    Message::End => {
-                        in_request = false;
-                        shared.stats.sent.fetch_add(1, Relaxed);
-                        deadline.get_or_insert_with(|| Instant::now() + response_timeout);
+                for message in batch.drain(..) {
+                    match message {
+                        Message::Head(head) => {
+                            in_request = true;
+                            framer.request_sent(head.starts_with(b"HEAD "));
+                        }
+                        Message::Body(_) => {}
+                        Message::End => {
+                            in_request = false;
+                            shared.stats.sent.fetch_add(1, Relaxed);
+                            deadline.get_or_insert_with(|| Instant::now() + response_timeout);
+                        }
                     }
                 }
             }
@@ -199,23 +223,42 @@ fn fail(in_request: bool, shared: &Shared) -> Result<(), DropReason> {
     Err(DropReason::WriteFailed)
 }
 
-async fn write(
+/// Writes the bytes of `batch` in order: small pieces are copied together into `scratch`
+/// (reused across calls) and written at once, large ones are written as they are.
+async fn write_batch(
     writer: &mut tokio::net::tcp::OwnedWriteHalf,
-    message: &Message,
+    batch: &[Message],
+    scratch: &mut Vec<u8>,
     limit: Duration,
 ) -> io::Result<()> {
-    let bytes = match message {
-        Message::Head(bytes) | Message::Body(bytes) => bytes,
-        Message::End => return Ok(()),
+    let write = async {
+        scratch.clear();
+        for message in batch {
+            let bytes = match message {
+                Message::Head(bytes) | Message::Body(bytes) => bytes,
+                Message::End => continue,
+            };
+            if scratch.len() + bytes.len() <= COALESCE_BYTES {
+                scratch.extend_from_slice(bytes);
+                continue;
+            }
+            if !scratch.is_empty() {
+                writer.write_all(scratch).await?;
+                scratch.clear();
+            }
+            writer.write_all(bytes).await?;
+        }
+        if !scratch.is_empty() {
+            writer.write_all(scratch).await?;
+        }
+        Ok(())
     };
-    timeout(limit, writer.write_all(bytes))
-        .await
-        .unwrap_or_else(|_| {
-            Err(io::Error::new(
-                io::ErrorKind::TimedOut,
-                "shadow write timed out",
-            ))
-        })
+    timeout(limit, write).await.unwrap_or_else(|_| {
+        Err(io::Error::new(
+            io::ErrorKind::TimedOut,
+            "shadow write timed out",
+        ))
+    })
 }
 
 /// Closes with RST (zero linger) so v2 discards a partial request instead of waiting for it.
