@@ -1,8 +1,8 @@
 //! Just enough of Ethernet, IPv4, IPv6 and TCP to find a packet's destination and flags.
 //!
-//! Each header is read whole with one `bpf_skb_load_bytes` (`TcContext::load`), not through
-//! direct packet access: on veth the linear part of a GSO skb often holds only the headers,
-//! and sometimes less.
+//! Each header is read whole: straight from the packet when it lies in the skb's linear part
+//! (the common case, and the cheapest), else with `bpf_skb_load_bytes`: on veth the linear
+//! part of a GSO skb often holds only the headers, and sometimes less.
 
 use aya_ebpf::programs::TcContext;
 use mirror_common::{TargetKey, FAMILY_IPV4, FAMILY_IPV6};
@@ -36,10 +36,10 @@ impl Segment {
 /// (other protocols, IPv4 fragments, IPv6 extension headers, unreadable headers).
 #[inline(always)]
 pub fn tcp_segment(ctx: &TcContext) -> Option<Segment> {
-    let eth: EthHdr = ctx.load(0).ok()?;
+    let eth: EthHdr = header(ctx, 0)?;
     let mut target = TargetKey::default();
     let (l4_offset, l3_end) = if eth.ether_type == EtherType::Ipv4 as u16 {
-        let ip: Ipv4Hdr = ctx.load(EthHdr::LEN).ok()?;
+        let ip: Ipv4Hdr = header(ctx, EthHdr::LEN)?;
         let ihl = usize::from(ip.ihl());
         if ip.version() != 4 || ihl < Ipv4Hdr::LEN || ip.proto != IpProto::Tcp as u8 {
             return None;
@@ -55,7 +55,7 @@ pub fn tcp_segment(ctx: &TcContext) -> Option<Segment> {
             l3_end(ctx, EthHdr::LEN as u32, total_len),
         )
     } else if eth.ether_type == EtherType::Ipv6 as u16 {
-        let ip: Ipv6Hdr = ctx.load(EthHdr::LEN).ok()?;
+        let ip: Ipv6Hdr = header(ctx, EthHdr::LEN)?;
         if ip.vcf[0] >> 4 != 6 || ip.next_hdr != IpProto::Tcp as u8 {
             return None;
         }
@@ -72,7 +72,7 @@ pub fn tcp_segment(ctx: &TcContext) -> Option<Segment> {
     } else {
         return None;
     };
-    let tcp: TcpHdr = ctx.load(l4_offset).ok()?;
+    let tcp: TcpHdr = header(ctx, l4_offset)?;
     target.port = tcp.dest;
     let payload_start = (l4_offset + usize::from(tcp.doff()) * 4) as u32;
     Some(Segment {
@@ -80,6 +80,19 @@ pub fn tcp_segment(ctx: &TcContext) -> Option<Segment> {
         control: tcp.syn() | tcp.fin() | tcp.rst() != 0,
         payload_len: l3_end.saturating_sub(payload_start),
     })
+}
+
+/// Reads a `T` at `offset`: directly when the linear data holds it, else through the helper.
+#[inline(always)]
+fn header<T: Copy>(ctx: &TcContext, offset: usize) -> Option<T> {
+    let start = ctx.data() + offset;
+    if start + core::mem::size_of::<T>() <= ctx.data_end() {
+        // SAFETY: the bytes lie between `data` and `data_end`, which the kernel guarantees
+        // readable (and the verifier checks this very comparison); `T` is plain data.
+        Some(unsafe { core::ptr::read_unaligned(start as *const T) })
+    } else {
+        ctx.load(offset).ok()
+    }
 }
 
 /// Where the IP packet ends. BIG TCP super-packets carry length 0: the skb's length rules.
