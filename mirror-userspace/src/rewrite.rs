@@ -9,7 +9,7 @@ use thiserror::Error;
 /// A request without `Host` (or with an empty one) is forwarded unchanged in every mode and
 /// counted (`requests_host_missing`): HTTP/1.0 allows it, the relay routes by flow rather than
 /// by Host, and inventing a header would make v2 see a request v1 never got. A request with
-/// more than one `Host` is not mirrored at all (see `docs/protocol-cores.md`).
+/// more than one `Host` is not mirrored at all (see `mirror-userspace/docs/protocol-cores.md`).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum HostRewrite {
     /// Insert this text after the host name, before any port: `api:80` → `api-shadow:80`.
