@@ -1,5 +1,6 @@
 //! Project tasks: `cargo xtask <task>`. Each is a thin door onto cargo and the test-bed.
 
+mod bench;
 mod toolchain;
 
 use std::process::Command;
@@ -30,6 +31,8 @@ enum Task {
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         args: Vec<String>,
     },
+    /// Benchmark the agent against nginx and Envoy mirroring on the test-bed (needs root).
+    Bench(bench::BenchArgs),
 }
 
 fn main() -> Result<()> {
@@ -37,6 +40,7 @@ fn main() -> Result<()> {
         Task::Bootstrap => toolchain::bootstrap(),
         Task::BuildEbpf { release } => build_ebpf(release),
         Task::Test { args } => test(&args),
+        Task::Bench(args) => bench::main(&args),
     }
 }
 
