@@ -16,6 +16,8 @@ pub struct AgentStats {
     /// Runs and total run time of the kernel programs (`--bpf-stats`), over all programs.
     pub bpf_runs: u64,
     pub bpf_run_time_ns: u64,
+    /// The whole line, for the reasons behind drops.
+    pub summary: String,
 }
 
 impl AgentStats {
@@ -48,6 +50,7 @@ impl AgentStats {
             ringbuf_full_drops: get("ringbuf_full_drops")?,
             bpf_runs: sum("runs"),
             bpf_run_time_ns: sum("run_time_ns"),
+            summary: summary.to_owned(),
         })
     }
 
