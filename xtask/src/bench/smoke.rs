@@ -64,9 +64,6 @@ pub fn check(results: &Results) -> Result<()> {
     if !problems.is_empty() {
         bail!("bench smoke failed:\n  {}", problems.join("\n  "));
     }
-    eprintln!(
-        "bench smoke: {} runs passed, 0 failed",
-        results.samples.len()
-    );
+    eprintln!("bench-smoke: {} passed, 0 failed", results.samples.len());
     Ok(())
 }
