@@ -211,7 +211,8 @@ fn intake_record(item: &[u8], intake: &mut Intake, pipeline: &mut Pipeline, rela
     });
 }
 
-/// One line saying where the traffic went: relay, pipeline outcomes, intake, kernel.
+/// One line saying where the traffic went: relay, pipeline outcomes, intake, kernel, and the
+/// kernel programs' run counts and times when `--bpf-stats` is on.
 fn status_line(
     session: &Session,
     pipeline: &Pipeline,
@@ -238,15 +239,23 @@ fn status_line(
     for (name, value) in session.kernel_counters() {
         line.push_str(&format!(" {name}={value}"));
     }
-    // Zero unless `--bpf-stats` turned the kernel's run-time statistics on.
-    for stats in session.run_stats().iter().filter(|stats| stats.runs > 0) {
-        line.push_str(&format!(
-            " | bpf {}: runs={} run_time_ns={} ns_per_run={}",
-            stats.program,
-            stats.runs,
-            stats.run_time_ns,
-            stats.ns_per_run().unwrap_or(0)
-        ));
+    // Only with --bpf-stats: without it the kernel keeps no run times and these stay zero.
+    let programs: Vec<_> = session
+        .run_stats()
+        .into_iter()
+        .filter(|stats| stats.runs > 0)
+        .collect();
+    if !programs.is_empty() {
+        line.push_str(" | bpf:");
+        for stats in programs {
+            line.push_str(&format!(
+                " {} runs={} run_time_ns={} ns_per_run={}",
+                stats.program,
+                stats.runs,
+                stats.run_time_ns,
+                stats.ns_per_run().unwrap_or(0)
+            ));
+        }
     }
     line
 }

@@ -8,7 +8,6 @@
 mod preflight;
 
 use std::io::Write as _;
-use std::os::unix::process::CommandExt as _;
 use std::path::PathBuf;
 use std::process::Command;
 
@@ -32,7 +31,7 @@ pub fn demo(args: &DemoArgs) -> Result<()> {
     let binary = demo_binary();
     if args.down && binary.exists() {
         // Removing needs nothing new: skip the toolchain and build.
-        return exec(binary, &["--down"]);
+        return crate::exec(&binary, ["--down"]);
     }
     preflight::require_tools()?;
     say("mirror demo: Istio's \"Mirroring\" task (httpbin v1 and v2, a sleep client), with a TC");
@@ -57,22 +56,12 @@ pub fn demo(args: &DemoArgs) -> Result<()> {
     if args.down {
         forwarded.push("--down");
     }
-    exec(binary, &forwarded)
-}
-
-/// Replaces this process with the demo, so that Ctrl-C reaches the demo alone and the shell
-/// waits until it has cleaned up.
-fn exec(binary: PathBuf, args: &[&str]) -> Result<()> {
-    let err = Command::new(&binary).args(args).exec();
-    Err(err).with_context(|| format!("could not run {}", binary.display()))
+    crate::exec(&binary, forwarded)
 }
 
 /// Where `cargo build --bins` puts the demo.
 fn demo_binary() -> PathBuf {
-    let target_dir = std::env::var_os("CARGO_TARGET_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target"));
-    target_dir.join("debug/mirror-demo")
+    crate::target_dir().join("debug/mirror-demo")
 }
 
 fn say(text: impl AsRef<str>) {

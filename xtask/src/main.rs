@@ -1,5 +1,6 @@
 //! Project tasks: `cargo xtask <task>`. Each is a thin door onto cargo and the test-bed.
 
+mod bench;
 mod demo;
 mod toolchain;
 
@@ -39,6 +40,8 @@ enum Task {
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         args: Vec<String>,
     },
+    /// Benchmark the agent against nginx and Envoy mirroring on the test-bed (needs root).
+    Bench(bench::BenchArgs),
 }
 
 fn main() -> Result<()> {
@@ -48,6 +51,7 @@ fn main() -> Result<()> {
         Task::Demo(args) => demo::demo(&args),
         Task::Fuzz { seconds } => fuzz(seconds),
         Task::Test { args } => test(&args),
+        Task::Bench(args) => bench::bench(&args),
     }
 }
 
@@ -76,7 +80,7 @@ fn test(args: &[String]) -> Result<()> {
     // should measure) and the test sink, so build both first.
     run(Command::new(env!("CARGO")).args(["build", "--bins"]))?;
     run(Command::new(env!("CARGO")).args(["build", "--release", "--bin", "mirror"]))?;
-    let agent = workspace_root().join("target/release/mirror");
+    let agent = target_dir().join("release/mirror");
     run(Command::new(env!("CARGO"))
         .args(["test"])
         .args(args)
@@ -92,6 +96,24 @@ pub(crate) fn run(cmd: &mut Command) -> Result<()> {
         bail!("{cmd:?} failed: {status}");
     }
     Ok(())
+}
+
+/// Replaces this process with `binary`, so that Ctrl-C reaches it alone and the shell waits
+/// until it has cleaned up.
+pub(crate) fn exec<S: AsRef<std::ffi::OsStr>>(
+    binary: &std::path::Path,
+    args: impl IntoIterator<Item = S>,
+) -> Result<()> {
+    use std::os::unix::process::CommandExt as _;
+    let err = Command::new(binary).args(args).exec();
+    Err(err).with_context(|| format!("could not run {}", binary.display()))
+}
+
+/// Cargo's target directory.
+pub(crate) fn target_dir() -> std::path::PathBuf {
+    std::env::var_os("CARGO_TARGET_DIR")
+        .map(std::path::PathBuf::from)
+        .unwrap_or_else(|| workspace_root().join("target"))
 }
 
 /// The workspace root (xtask lives one level below it).

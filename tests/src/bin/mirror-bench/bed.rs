@@ -1,0 +1,185 @@
+//! The bench's test-bed: client, v1 and v2 pods on one node, each backend running on both
+//! pods, and kube-proxy-like service VIPs leading to v1.
+
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::path::PathBuf;
+
+use anyhow::{Context as _, Result};
+use mirror_tests::{Host, Httpbin, Netns, Sink, Testbed};
+
+use super::nginx::{self, Nginx};
+
+/// Port of the fast (nginx) backend in v1 and v2; httpbin has port 80.
+const FAST_PORT: u16 = 8080;
+/// Port of the digest sink used by the large-body runs.
+pub const SINK_PORT: u16 = 9090;
+/// Port every service VIP exposes, as in the relay tests' `httpbin:8000`.
+pub const SERVICE_PORT: u16 = 8000;
+/// A port of the fast backend's VIP that the agent is not told about: traffic the kernel
+/// program sees but must not match.
+pub const UNMATCHED_PORT: u16 = 9000;
+/// Port of the nginx mirroring proxy on the node (the client's gateway address).
+const NGINX_PROXY_PORT: u16 = 8081;
+/// Port of the Envoy mirroring proxy on the node.
+const ENVOY_PROXY_PORT: u16 = 8082;
+/// Host header every client request carries; the shadow gets it with `-shadow` added.
+pub const HOST_HEADER: &str = "httpbin:8000";
+
+/// The backends the primary and shadow run.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
+pub enum Backend {
+    /// nginx answering 3 bytes: the backend costs little, so mirroring's cost shows.
+    Fast,
+    /// httpbin under one gunicorn worker: a realistic, slow service.
+    Httpbin,
+}
+
+impl Backend {
+    pub fn name(self) -> &'static str {
+        match self {
+            Backend::Fast => "fast",
+            Backend::Httpbin => "httpbin",
+        }
+    }
+
+    fn port(self) -> u16 {
+        match self {
+            Backend::Fast => FAST_PORT,
+            Backend::Httpbin => mirror_tests::HTTPBIN_PORT,
+        }
+    }
+
+    /// The request path the load generators ask for (Istio's task uses `/headers`).
+    pub fn path(self) -> &'static str {
+        match self {
+            Backend::Fast => "/",
+            Backend::Httpbin => "/headers",
+        }
+    }
+
+    fn vip(self) -> Ipv4Addr {
+        match self {
+            Backend::Fast => Ipv4Addr::new(198, 19, 0, 10),
+            Backend::Httpbin => Ipv4Addr::new(198, 19, 0, 11),
+        }
+    }
+}
+
+/// The VIP whose service leads to the sink in v1.
+pub const SINK_VIP: Ipv4Addr = Ipv4Addr::new(198, 19, 0, 12);
+
+/// Everything the runs use. Dropping it stops the servers and removes the namespaces.
+pub struct Bed {
+    // Servers first: they stop before the namespaces go.
+    httpbin: [Httpbin; 2],
+    _fast: [Nginx; 2],
+    pub sinks: [Sink; 2],
+    fast_logs: [PathBuf; 2],
+    pub client: Host,
+    pub v1: Host,
+    pub v2: Host,
+    pub testbed: Testbed,
+}
+
+impl Bed {
+    pub fn new() -> Result<Self> {
+        let mut testbed = Testbed::new()?;
+        let client = testbed.add_host("client")?;
+        let v1 = testbed.add_host("v1")?;
+        let v2 = testbed.add_host("v2")?;
+        for backend in [Backend::Fast, Backend::Httpbin] {
+            let vip = IpAddr::V4(backend.vip());
+            testbed.add_service(vip, SERVICE_PORT, &v1, backend.port())?;
+        }
+        testbed.add_service(Backend::Fast.vip().into(), UNMATCHED_PORT, &v1, FAST_PORT)?;
+        testbed.add_service(SINK_VIP.into(), SERVICE_PORT, &v1, SINK_PORT)?;
+        // nginx's mirror and the connection-close runs leave sockets in TIME_WAIT in the node
+        // and client namespaces; without reuse their ephemeral ports run out within seconds.
+        for ns in [testbed.node(), client.ns()] {
+            tcp_tw_reuse(ns)?;
+        }
+        let (fast1, log1) = start_fast(&testbed, &v1)?;
+        let (fast2, log2) = start_fast(&testbed, &v2)?;
+        let httpbin = [Httpbin::start(&v1)?, Httpbin::start(&v2)?];
+        let sinks = [Sink::start(&v1, SINK_PORT)?, Sink::start(&v2, SINK_PORT)?];
+        Ok(Self {
+            httpbin,
+            _fast: [fast1, fast2],
+            sinks,
+            fast_logs: [log1, log2],
+            client,
+            v1,
+            v2,
+            testbed,
+        })
+    }
+
+    /// The primary's service address for `backend` (what baseline and mirror runs load).
+    pub fn service(&self, backend: Backend) -> SocketAddr {
+        SocketAddr::new(backend.vip().into(), SERVICE_PORT)
+    }
+
+    /// Where `backend` listens in v1 (the proxies' primary upstream).
+    pub fn primary(&self, backend: Backend) -> SocketAddr {
+        SocketAddr::new(self.v1.ipv4().into(), backend.port())
+    }
+
+    /// Where `backend` listens in v2 (the shadow).
+    pub fn shadow(&self, backend: Backend) -> SocketAddr {
+        SocketAddr::new(self.v2.ipv4().into(), backend.port())
+    }
+
+    /// The node's address on the client's veth, where the proxies listen.
+    fn gateway(&self) -> Ipv4Addr {
+        let [a, b, c, _] = self.client.ipv4().octets();
+        Ipv4Addr::new(a, b, c, 1)
+    }
+
+    pub fn nginx_proxy(&self) -> SocketAddr {
+        SocketAddr::new(self.gateway().into(), NGINX_PROXY_PORT)
+    }
+
+    pub fn envoy_proxy(&self) -> SocketAddr {
+        SocketAddr::new(self.gateway().into(), ENVOY_PROXY_PORT)
+    }
+
+    /// Host headers of every request v1 (`pod` 0) or v2 (1) has logged so far for `backend`,
+    /// in order; a run's requests are those past the count taken when it started.
+    pub fn logged_hosts(&self, backend: Backend, pod: usize) -> Result<Vec<String>> {
+        match backend {
+            Backend::Fast => {
+                let path = &self.fast_logs[pod];
+                let text = std::fs::read_to_string(path)
+                    .with_context(|| format!("read {}", path.display()))?;
+                // A line without its newline is still being written.
+                let complete = &text[..text.rfind('\n').map_or(0, |i| i + 1)];
+                Ok(complete.lines().map(str::to_owned).collect())
+            }
+            Backend::Httpbin => Ok(self.httpbin[pod]
+                .access_log_lines()?
+                .into_iter()
+                .map(|line| line.host)
+                .collect()),
+        }
+    }
+}
+
+/// Starts the fast backend in `host`; returns it and its access log.
+fn start_fast(testbed: &Testbed, host: &Host) -> Result<(Nginx, PathBuf)> {
+    let dir = testbed.log_dir().join(format!("nginx-{}", host.name()));
+    let log = dir.join("access.log");
+    std::fs::create_dir_all(&dir).with_context(|| format!("create {}", dir.display()))?;
+    std::fs::write(&log, "").with_context(|| format!("create {}", log.display()))?;
+    let config = nginx::backend_config(&dir, FAST_PORT, &log);
+    let probe = SocketAddr::new(Ipv4Addr::LOCALHOST.into(), FAST_PORT);
+    let server = Nginx::start(host.ns(), "nginx-backend", &dir, &config, probe)?;
+    Ok((server, log))
+}
+
+fn tcp_tw_reuse(ns: &Netns) -> Result<()> {
+    ns.run(|| {
+        std::fs::write("/proc/sys/net/ipv4/tcp_tw_reuse", "1")?;
+        std::fs::write("/proc/sys/net/ipv4/ip_local_port_range", "10000 65000")
+    })?
+    .with_context(|| format!("sysctls in {}", ns.name()))
+}

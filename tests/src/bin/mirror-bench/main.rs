@@ -1,0 +1,307 @@
+//! `mirror-bench` (run by `cargo xtask bench`, which installs the toolchain and builds it in
+//! release first): the agent's overhead, completeness and cost next to nginx's and Envoy's
+//! request mirroring, on the namespace test-bed. See BENCHMARKS.md for what it measures.
+
+mod agent_summary;
+mod bed;
+mod envoy;
+mod large;
+mod load;
+mod measure;
+mod micro;
+mod mode;
+mod nginx;
+mod procstat;
+mod report;
+mod smoke;
+mod tools;
+mod unmatched;
+
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context as _, Result};
+
+use bed::{Backend, Bed};
+use large::LargePlan;
+use load::Conn;
+use measure::{Offered, Plan, Sample};
+use mode::{Mode, MODES};
+use report::Results;
+
+#[derive(Clone, Debug, clap::Parser)]
+#[command(
+    name = "mirror-bench",
+    about = "mirror vs nginx and Envoy mirroring, on namespaces"
+)]
+struct BenchArgs {
+    /// A short check that every mode works (CI): one round of 2 s per mode, small bodies; fails
+    /// if a mode serves nothing, errs, or mirrors far from everything.
+    #[arg(long)]
+    smoke: bool,
+    /// Run only the criterion micro-benchmarks.
+    #[arg(long, conflicts_with = "smoke")]
+    micro: bool,
+    /// Rounds: every mode runs once per round, modes interleaved, so each runs this many times.
+    #[arg(long, default_value_t = 2)]
+    rounds: u32,
+    /// Seconds of load per run.
+    #[arg(long, default_value_t = 6)]
+    seconds: u64,
+    /// Fixed-rate runs offer this fraction of the saturated keep-alive throughput (the lower of
+    /// baseline's and mirror's).
+    #[arg(long, default_value_t = 0.5)]
+    rate_fraction: f64,
+    /// Skip the criterion micro-benchmarks in a full run.
+    #[arg(long)]
+    no_micro: bool,
+}
+
+/// Where the bench writes its JSON results and markdown report.
+fn out_dir(target: &Path) -> PathBuf {
+    target.join("bench")
+}
+
+fn workspace() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("the tests package lives in the workspace")
+        .to_owned()
+}
+
+fn target_dir() -> PathBuf {
+    std::env::var_os("CARGO_TARGET_DIR").map_or_else(|| workspace().join("target"), PathBuf::from)
+}
+
+fn main() -> Result<()> {
+    let args = &<BenchArgs as clap::Parser>::parse();
+    if args.micro {
+        let micro = micro::run(&workspace(), 3)?;
+        for m in &micro {
+            println!(
+                "{}: {} {}",
+                m.name,
+                m.time,
+                m.throughput.as_deref().unwrap_or("")
+            );
+        }
+        if micro.is_empty() {
+            bail!("cargo bench ran no criterion benchmark");
+        }
+        return Ok(());
+    }
+    if cfg!(debug_assertions) {
+        bail!("run the release build (`cargo xtask bench` builds and runs it): a debug agent and sink would be measured");
+    }
+    if !mirror_tests::require_root() {
+        bail!("the bench needs root: it builds network namespaces");
+    }
+    let started = Instant::now();
+    let tools = tools::ensure(&target_dir(), !args.smoke)?;
+    let out = out_dir(&target_dir());
+    std::fs::create_dir_all(&out).with_context(|| format!("create {}", out.display()))?;
+    let bed = Bed::new()?;
+    let work = bed.testbed.log_dir().join("bench");
+    let duration = Duration::from_secs(if args.smoke { 2 } else { args.seconds });
+    let rounds = if args.smoke { 1 } else { args.rounds.max(1) };
+    let conns: &[Conn] = if args.smoke {
+        &[Conn::KeepAlive]
+    } else {
+        &[Conn::KeepAlive, Conn::Close]
+    };
+    let mut samples = Vec::new();
+    for round in 0..rounds {
+        for backend in [Backend::Fast, Backend::Httpbin] {
+            for &conn in conns {
+                for mode in rotated(round) {
+                    run_one(
+                        &bed,
+                        &work,
+                        &mut samples,
+                        Plan {
+                            round,
+                            backend,
+                            mode,
+                            offered: Offered::Saturate(conn),
+                            duration,
+                            oha: None,
+                            envoy: &tools.envoy,
+                        },
+                    )?;
+                }
+            }
+        }
+    }
+    if let Some(oha) = tools.oha.as_deref() {
+        let rates: Vec<(Backend, u64)> = [Backend::Fast, Backend::Httpbin]
+            .into_iter()
+            .map(|backend| (backend, fixed_rate(&samples, backend, args.rate_fraction)))
+            .collect();
+        for round in 0..rounds {
+            for &(backend, rate) in &rates {
+                for mode in rotated(round) {
+                    run_one(
+                        &bed,
+                        &work,
+                        &mut samples,
+                        Plan {
+                            round,
+                            backend,
+                            mode,
+                            offered: Offered::Rate(rate),
+                            duration,
+                            oha: Some(oha),
+                            envoy: &tools.envoy,
+                        },
+                    )?;
+                }
+            }
+        }
+    }
+    let unmatched = unmatched::run(&bed, &work.join("unmatched"), duration)?;
+    let large_plan = if args.smoke {
+        LargePlan {
+            big_bytes: 64 << 20,
+            small_count: 20,
+            small_bytes: 1 << 20,
+        }
+    } else {
+        LargePlan {
+            big_bytes: 1 << 30,
+            small_count: 1000,
+            small_bytes: 1 << 20,
+        }
+    };
+    let large = large::run(&bed, large_plan)?;
+    drop(bed);
+    let micro = if args.smoke || args.no_micro {
+        Vec::new()
+    } else {
+        micro::run(&workspace(), 3)?
+    };
+    let results = Results {
+        command: command_line(),
+        machine: machine(),
+        seconds: started.elapsed().as_secs_f64(),
+        samples,
+        unmatched: Some(unmatched),
+        large: Some(large),
+        micro,
+    };
+    let json = out.join(if args.smoke {
+        "smoke.json"
+    } else {
+        "results.json"
+    });
+    std::fs::write(&json, serde_json::to_string_pretty(&results)?)
+        .with_context(|| format!("write {}", json.display()))?;
+    let md = report::markdown(&results);
+    let md_path = out.join(if args.smoke { "smoke.md" } else { "report.md" });
+    std::fs::write(&md_path, &md).with_context(|| format!("write {}", md_path.display()))?;
+    println!("{md}");
+    eprintln!(
+        "bench: results in {} and {}",
+        json.display(),
+        md_path.display()
+    );
+    if args.smoke {
+        smoke::check(&results)?;
+    }
+    Ok(())
+}
+
+/// Runs one measurement and keeps its sample, saying what it measured as it goes.
+fn run_one(bed: &Bed, work: &Path, samples: &mut Vec<Sample>, plan: Plan<'_>) -> Result<()> {
+    let dir = work.join(format!(
+        "{}-{}-{}",
+        samples.len(),
+        plan.backend.name(),
+        plan.mode.name()
+    ));
+    let sample = measure::run(bed, &plan, &dir).with_context(|| {
+        format!(
+            "{} / {} / {:?}",
+            plan.backend.name(),
+            plan.mode.name(),
+            plan.offered
+        )
+    })?;
+    eprintln!("{}", one_line(&sample));
+    samples.push(sample);
+    Ok(())
+}
+
+/// The mode order of a round: rotated each round so that no mode always runs first (the VM
+/// speeds up and slows down over minutes).
+fn rotated(round: u32) -> impl Iterator<Item = Mode> {
+    let shift = round as usize % MODES.len();
+    MODES.iter().cycle().skip(shift).take(MODES.len()).copied()
+}
+
+/// The offered rate of the fixed-rate runs: a fraction of what the node carried at saturation
+/// with keep-alive in this run, with mirroring on or off, whichever is less. On this machine
+/// v2 shares the node's two cores, so mirroring halves what the node can serve; a rate above
+/// that would measure an overloaded node, not the mirror.
+fn fixed_rate(samples: &[Sample], backend: Backend, fraction: f64) -> u64 {
+    let carried = |mode: Mode| {
+        let rps: Vec<f64> = samples
+            .iter()
+            .filter(|s| {
+                s.mode == mode
+                    && s.backend == backend
+                    && matches!(s.offered, Offered::Saturate(Conn::KeepAlive))
+            })
+            .map(|s| s.load.rps())
+            .collect();
+        rps.iter().sum::<f64>() / rps.len().max(1) as f64
+    };
+    let carried = carried(Mode::Baseline).min(carried(Mode::Mirror));
+    ((carried * fraction) as u64).max(10)
+}
+
+fn one_line(s: &Sample) -> String {
+    format!(
+        "bench: round {} {} {:?} {}: {:.0} req/s p50 {:.0} µs p99 {:.0} µs, errors {}, v1 {} v2 {} ({} shadow), cpu {:?} s{}",
+        s.round,
+        s.backend.name(),
+        s.offered,
+        s.mode.name(),
+        s.load.rps(),
+        s.load.p50_us,
+        s.load.p99_us,
+        s.load.errors,
+        s.v1_requests,
+        s.v2_requests,
+        s.v2_shadow_host,
+        s.cpu_seconds,
+        s.agent.as_ref().map_or(String::new(), |a| format!(", ring drops {}, bpf {:?} ns/pkt", a.ringbuf_full_drops, a.ns_per_packet())),
+    )
+}
+
+fn command_line() -> String {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    format!("cargo xtask {}", args.join(" "))
+}
+
+/// CPU model, cores and kernel, for the report.
+fn machine() -> String {
+    let cpuinfo = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
+    let model = cpuinfo
+        .lines()
+        .find_map(|l| l.strip_prefix("model name"))
+        .and_then(|l| l.split_once(':'))
+        .map_or("unknown CPU", |(_, m)| m.trim())
+        .to_owned();
+    let kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
+    let mem = std::fs::read_to_string("/proc/meminfo").unwrap_or_default();
+    let mem_gib = mem
+        .lines()
+        .find_map(|l| l.strip_prefix("MemTotal:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+        .map_or(0.0, |kib| kib as f64 / f64::from(1u32 << 20));
+    format!(
+        "{model}, {} cores, {mem_gib:.0} GiB, Linux {}",
+        std::thread::available_parallelism().map_or(0, |n| n.get()),
+        kernel.trim()
+    )
+}

@@ -1,0 +1,411 @@
+//! Turns a run's samples into the markdown tables and target verdicts of BENCHMARKS.md.
+//! Every ratio compares a mode with the baseline of the same round, never across rounds.
+
+use std::fmt::Write as _;
+
+use super::agent_summary::AgentStats;
+use super::bed::Backend;
+use super::large::LargeResult;
+use super::load::Conn;
+use super::measure::{Offered, Sample};
+use super::micro::Micro;
+use super::mode::{Mode, MODES};
+use super::unmatched::Unmatched;
+
+/// Everything one `cargo xtask bench` measured.
+#[derive(Debug, serde::Serialize)]
+pub struct Results {
+    pub command: String,
+    pub machine: String,
+    pub seconds: f64,
+    pub samples: Vec<Sample>,
+    pub unmatched: Option<Unmatched>,
+    pub large: Option<LargeResult>,
+    pub micro: Vec<Micro>,
+}
+
+/// Aggregate of one mode over the rounds of one table.
+struct Row {
+    rps: f64,
+    ratio: [f64; 4],
+    errors: u64,
+    requests: u64,
+    completeness: Option<f64>,
+    shadow_share: Option<f64>,
+    cpu_per_1k: Option<f64>,
+    peak_rss_mib: Option<f64>,
+    ns_per_packet: Option<f64>,
+    ring_drops: Option<u64>,
+}
+
+fn mean(values: impl Iterator<Item = f64>) -> Option<f64> {
+    let (sum, n) = values.fold((0.0, 0u32), |(s, n), v| (s + v, n + 1));
+    (n > 0).then(|| sum / f64::from(n))
+}
+
+fn same_table(sample: &Sample, backend: Backend, offered: &Offered) -> bool {
+    sample.backend == backend
+        && match (sample.offered, offered) {
+            (Offered::Saturate(a), Offered::Saturate(b)) => a == *b,
+            (Offered::Rate(_), Offered::Rate(_)) => true,
+            _ => false,
+        }
+}
+
+/// The baseline sample of the same round and table as `sample`.
+fn baseline_of<'a>(samples: &'a [Sample], sample: &Sample) -> Option<&'a Sample> {
+    samples.iter().find(|s| {
+        s.mode == Mode::Baseline
+            && s.round == sample.round
+            && same_table(s, sample.backend, &sample.offered)
+    })
+}
+
+fn row(samples: &[Sample], backend: Backend, offered: &Offered, mode: Mode) -> Option<Row> {
+    let mine: Vec<&Sample> = samples
+        .iter()
+        .filter(|s| s.mode == mode && same_table(s, backend, offered))
+        .collect();
+    if mine.is_empty() {
+        return None;
+    }
+    let ratio = |f: fn(&Sample) -> f64| {
+        mean(
+            mine.iter()
+                .filter_map(|s| Some(f(s) / f(baseline_of(samples, s)?))),
+        )
+        .unwrap_or(f64::NAN)
+    };
+    let v1: u64 = mine.iter().map(|s| s.v1_requests).sum();
+    let v2: u64 = mine.iter().map(|s| s.v2_requests).sum();
+    let shadow: u64 = mine.iter().map(|s| s.v2_shadow_host).sum();
+    let agents: Vec<_> = mine.iter().filter_map(|s| s.agent.as_ref()).collect();
+    let bpf_runs: u64 = agents.iter().map(|a| a.bpf_runs).sum();
+    let bpf_ns: u64 = agents.iter().map(|a| a.bpf_run_time_ns).sum();
+    Some(Row {
+        rps: mean(mine.iter().map(|s| s.load.rps())).unwrap_or(0.0),
+        ratio: [
+            ratio(|s| s.load.rps()),
+            ratio(|s| s.load.p50_us),
+            ratio(|s| s.load.p99_us),
+            ratio(|s| s.load.p999_us),
+        ],
+        errors: mine.iter().map(|s| s.load.errors).sum(),
+        requests: mine.iter().map(|s| s.load.requests).sum(),
+        completeness: (mode != Mode::Baseline && v1 > 0).then(|| v2 as f64 / v1 as f64),
+        shadow_share: (v2 > 0).then(|| shadow as f64 / v2 as f64),
+        cpu_per_1k: mean(mine.iter().filter_map(|s| s.cpu_per_1k())),
+        peak_rss_mib: mine
+            .iter()
+            .filter_map(|s| s.peak_rss_kib)
+            .max()
+            .map(|k| k as f64 / 1024.0),
+        ns_per_packet: (bpf_runs > 0).then(|| bpf_ns as f64 / bpf_runs as f64),
+        ring_drops: (!agents.is_empty()).then(|| agents.iter().map(|a| a.ringbuf_full_drops).sum()),
+    })
+}
+
+fn opt(value: Option<f64>, f: impl Fn(f64) -> String) -> String {
+    value.map_or_else(|| "–".to_owned(), f)
+}
+
+fn table_title(backend: Backend, offered: &Offered, samples: &[Sample]) -> String {
+    match offered {
+        Offered::Saturate(conn) => format!(
+            "{} backend, saturation (wrk, {}, {} connections)",
+            backend.name(),
+            conn.name(),
+            super::load::CONNECTIONS
+        ),
+        Offered::Rate(_) => {
+            let rate = samples.iter().find_map(|s| match s.offered {
+                Offered::Rate(r) if s.backend == backend => Some(r),
+                _ => None,
+            });
+            format!(
+                "{} backend, fixed rate (oha, keep-alive, {} req/s offered)",
+                backend.name(),
+                rate.unwrap_or(0)
+            )
+        }
+    }
+}
+
+/// The tables present in `samples`, in a fixed order.
+fn tables(samples: &[Sample]) -> Vec<(Backend, Offered)> {
+    let mut out = Vec::new();
+    for backend in [Backend::Fast, Backend::Httpbin] {
+        for offered in [
+            Offered::Saturate(Conn::KeepAlive),
+            Offered::Saturate(Conn::Close),
+            Offered::Rate(0),
+        ] {
+            if samples.iter().any(|s| same_table(s, backend, &offered)) {
+                out.push((backend, offered));
+            }
+        }
+    }
+    out
+}
+
+pub fn markdown(results: &Results) -> String {
+    let mut md = String::new();
+    let samples = &results.samples;
+    let rounds = samples.iter().map(|s| s.round + 1).max().unwrap_or(0);
+    let _ = writeln!(
+        md,
+        "Command: `{}`; {} rounds; whole run {:.0} s.\n",
+        results.command, rounds, results.seconds
+    );
+    let _ = writeln!(md, "Machine: {}\n", results.machine);
+    for (backend, offered) in tables(samples) {
+        let _ = writeln!(md, "#### {}\n", table_title(backend, &offered, samples));
+        md.push_str("| mode | req/s | ×base req/s | ×base p50 | ×base p99 | ×base p99.9 | completeness | `-shadow` Host | client errors | CPU s / 1k mirrored | peak RSS MiB | BPF ns/pkt | ring drops |\n");
+        md.push_str("|---|---|---|---|---|---|---|---|---|---|---|---|---|\n");
+        for mode in MODES {
+            let Some(r) = row(samples, backend, &offered, mode) else {
+                continue;
+            };
+            let lat = |i: usize| format!("{:.2}", r.ratio[i]);
+            let _ = writeln!(
+                md,
+                "| {} | {:.0} | {:.2} | {} | {} | {} | {} | {} | {}/{} | {} | {} | {} | {} |",
+                mode.name(),
+                r.rps,
+                r.ratio[0],
+                lat(1),
+                lat(2),
+                lat(3),
+                opt(r.completeness, |c| format!("{:.2}%", c * 100.0)),
+                opt(r.shadow_share, |c| format!("{:.2}%", c * 100.0)),
+                r.errors,
+                r.requests,
+                opt(r.cpu_per_1k, |c| format!("{c:.3}")),
+                opt(r.peak_rss_mib, |m| format!("{m:.1}")),
+                opt(r.ns_per_packet, |n| format!("{n:.0}")),
+                r.ring_drops
+                    .map_or_else(|| "–".to_owned(), |d| d.to_string()),
+            );
+        }
+        if let Some(base) = baseline_latency(samples, backend, &offered) {
+            let _ = writeln!(
+                md,
+                "\nBaseline latency (mean of rounds): p50 {:.0} µs, p99 {:.0} µs, p99.9 {:.0} µs.",
+                base[0], base[1], base[2]
+            );
+        }
+        md.push('\n');
+    }
+    kernel(&mut md, results);
+    large(&mut md, results);
+    micro(&mut md, results);
+    md.push_str(&verdicts(results));
+    md
+}
+
+fn baseline_latency(samples: &[Sample], backend: Backend, offered: &Offered) -> Option<[f64; 3]> {
+    let base: Vec<&Sample> = samples
+        .iter()
+        .filter(|s| s.mode == Mode::Baseline && same_table(s, backend, offered))
+        .collect();
+    Some([
+        mean(base.iter().map(|s| s.load.p50_us))?,
+        mean(base.iter().map(|s| s.load.p99_us))?,
+        mean(base.iter().map(|s| s.load.p999_us))?,
+    ])
+}
+
+/// The agents of the mirror runs on the fast backend with keep-alive: every packet the kernel
+/// program sees there goes to the target, so their run times are per matched packet.
+fn matched_agents(results: &Results) -> Vec<&AgentStats> {
+    results
+        .samples
+        .iter()
+        .filter(|s| {
+            s.mode == Mode::Mirror
+                && s.backend == Backend::Fast
+                && matches!(s.offered, Offered::Saturate(Conn::KeepAlive))
+        })
+        .filter_map(|s| s.agent.as_ref())
+        .collect()
+}
+
+/// Kernel program time per packet: matched and unmatched (the dedicated run).
+fn kernel_costs(results: &Results) -> (Option<f64>, Option<f64>) {
+    let agents = matched_agents(results);
+    let runs: u64 = agents.iter().map(|a| a.bpf_runs).sum();
+    let ns: u64 = agents.iter().map(|a| a.bpf_run_time_ns).sum();
+    let matched = (runs > 0).then(|| ns as f64 / runs as f64);
+    let unmatched = results
+        .unmatched
+        .as_ref()
+        .and_then(|u| u.agent.ns_per_packet());
+    (matched, unmatched)
+}
+
+fn kernel(md: &mut String, results: &Results) {
+    let (matched, unmatched) = kernel_costs(results);
+    let _ = writeln!(md, "#### Kernel program\n");
+    let _ = writeln!(
+        md,
+        "| packets | ns per packet | packets run | matched |\n|---|---|---|---|"
+    );
+    let agents = matched_agents(results);
+    if !agents.is_empty() {
+        let runs: u64 = agents.iter().map(|a| a.bpf_runs).sum();
+        let hit: u64 = agents.iter().map(|a| a.packets_matched).sum();
+        let _ = writeln!(
+            md,
+            "| to the target (fast, keep-alive, saturation) | {} | {runs} | {hit} |",
+            opt(matched, |n| format!("{n:.0}"))
+        );
+    }
+    if let Some(u) = &results.unmatched {
+        let _ = writeln!(
+            md,
+            "| to another port ({:.0} req/s) | {} | {} | {} |",
+            u.load.rps(),
+            opt(unmatched, |n| format!("{n:.0}")),
+            u.agent.bpf_runs,
+            u.agent.packets_matched
+        );
+    }
+    md.push('\n');
+}
+
+fn large(md: &mut String, results: &Results) {
+    let Some(l) = &results.large else { return };
+    let mib = |bytes: u64| bytes as f64 / f64::from(1u32 << 20);
+    let _ = writeln!(
+        md,
+        "#### Large bodies (sink as v1 and v2, agent mirroring)\n"
+    );
+    let _ = writeln!(md, "| upload | client time | v1 got | v2 got | byte-exact at v2 | agent peak RSS after |\n|---|---|---|---|---|---|");
+    let _ = writeln!(
+        md,
+        "| (agent attached, idle) | | | | | {:.1} MiB |",
+        l.rss_idle_kib as f64 / 1024.0
+    );
+    let _ = writeln!(
+        md,
+        "| {} × {:.0} MiB, one keep-alive connection | {:.1} s | | | | {:.1} MiB |",
+        l.plan.small_count,
+        mib(l.plan.small_bytes),
+        l.small_seconds,
+        l.rss_after_small_kib as f64 / 1024.0
+    );
+    let _ = writeln!(
+        md,
+        "| 1 × {:.0} MiB | {:.1} s | | | | {:.1} MiB |",
+        mib(l.plan.big_bytes),
+        l.big_seconds,
+        l.rss_after_big_kib as f64 / 1024.0
+    );
+    let total = l.plan.small_count + 1;
+    let _ = writeln!(
+        md,
+        "| all | | {}/{total} | {}/{total} | {}/{total} | |",
+        l.v1_requests, l.v2_requests, l.v2_exact
+    );
+    let _ = writeln!(
+        md,
+        "\nAgent: sent={} dropped={} ringbuf_full_drops={}.\n",
+        l.agent.sent, l.agent.dropped, l.agent.ringbuf_full_drops
+    );
+}
+
+fn micro(md: &mut String, results: &Results) {
+    if results.micro.is_empty() {
+        return;
+    }
+    let _ = writeln!(
+        md,
+        "#### Micro-benchmarks (criterion)\n\n| benchmark | time | throughput |\n|---|---|---|"
+    );
+    for m in &results.micro {
+        let _ = writeln!(
+            md,
+            "| {} | {} | {} |",
+            m.name,
+            m.time,
+            m.throughput.as_deref().unwrap_or("–")
+        );
+    }
+    md.push('\n');
+}
+
+/// Says, from the numbers, whether each target of the issue is met.
+fn verdicts(results: &Results) -> String {
+    let mut md = String::from("#### Targets\n\n");
+    let samples = &results.samples;
+    let mirror: Vec<&Sample> = samples.iter().filter(|s| s.mode == Mode::Mirror).collect();
+    let worst = mirror
+        .iter()
+        .filter_map(|s| s.completeness())
+        .fold(f64::INFINITY, f64::min);
+    let drops: u64 = mirror
+        .iter()
+        .filter_map(|s| s.agent.as_ref())
+        .map(|a| a.ringbuf_full_drops)
+        .sum();
+    let complete = mirror.iter().all(|s| s.v2_requests == s.v1_requests);
+    let _ = writeln!(
+        md,
+        "- Completeness 100.00% with zero ring-buffer drops at every load: {} (lowest run {:.2}%, ring drops {drops}).",
+        if complete && drops == 0 { "met" } else { "missed" },
+        worst * 100.0
+    );
+    for backend in [Backend::Fast, Backend::Httpbin] {
+        if let Some(r) = row(samples, backend, &Offered::Rate(0), Mode::Mirror) {
+            let ok = r.ratio[1] <= 1.05 && r.ratio[2] <= 1.05;
+            let _ = writeln!(
+                md,
+                "- Fixed rate, {} backend: p50 ×{:.2}, p99 ×{:.2} of baseline (target ≤ 1.05): {}.",
+                backend.name(),
+                r.ratio[1],
+                r.ratio[2],
+                if ok { "met" } else { "missed" }
+            );
+        }
+    }
+    // The issue sets this target on the fast backend, where mirroring's cost is visible; with
+    // httpbin the backend's own cost hides it (its tables show the ratios anyway).
+    let backend = Backend::Fast;
+    for conn in [Conn::KeepAlive, Conn::Close] {
+        let offered = Offered::Saturate(conn);
+        let get = |mode| row(samples, backend, &offered, mode);
+        let (Some(ours), Some(nginx), Some(envoy)) =
+            (get(Mode::Mirror), get(Mode::Nginx), get(Mode::Envoy))
+        else {
+            continue;
+        };
+        let best = nginx.ratio[0].max(envoy.ratio[0]);
+        let factor = ours.ratio[0] / best;
+        let cpu_ok = match (ours.cpu_per_1k, nginx.cpu_per_1k, envoy.cpu_per_1k) {
+            (Some(o), Some(n), Some(e)) => o < n && o < e,
+            _ => false,
+        };
+        let _ = writeln!(
+            md,
+            "- Saturation, {} backend, {}: throughput ×{:.2} vs best proxy ×{best:.2} = {factor:.1}x (target ≥ 3x): {}; CPU per 1k mirrored {} vs nginx {} / Envoy {}: {}.",
+            backend.name(),
+            conn.name(),
+            ours.ratio[0],
+            if factor >= 3.0 { "met" } else { "missed" },
+            opt(ours.cpu_per_1k, |c| format!("{c:.3}")),
+            opt(nginx.cpu_per_1k, |c| format!("{c:.3}")),
+            opt(envoy.cpu_per_1k, |c| format!("{c:.3}")),
+            if cpu_ok { "met" } else { "missed" },
+        );
+    }
+    let (matched, unmatched) = kernel_costs(results);
+    let _ = writeln!(
+        md,
+        "- Kernel program: {} ns per matched packet (target < 1000): {}; {} ns per unmatched packet (target < 100): {}.",
+        opt(matched, |n| format!("{n:.0}")),
+        if matched.is_some_and(|n| n < 1000.0) { "met" } else { "missed" },
+        opt(unmatched, |n| format!("{n:.0}")),
+        if unmatched.is_some_and(|n| n < 100.0) { "met" } else { "missed" },
+    );
+    md
+}

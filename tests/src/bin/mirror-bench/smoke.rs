@@ -1,0 +1,69 @@
+//! What makes the smoke run (CI) fail: a mode that served nothing, erred, or mirrored far from
+//! every request, and large bodies that did not reach v2 intact.
+
+use anyhow::{bail, Result};
+
+use super::mode::Mode;
+use super::report::Results;
+
+/// Least share of requests a mirroring mode must deliver to v2 in the smoke run. Short runs
+/// on a shared CI machine are noisy, so it only catches a broken mode, not a regression.
+const MIN_COMPLETENESS: f64 = 0.95;
+
+pub fn check(results: &Results) -> Result<()> {
+    let mut problems = Vec::new();
+    for s in &results.samples {
+        let what = format!("{} {}", s.backend.name(), s.mode.name());
+        if s.load.requests == 0 || s.v1_requests == 0 {
+            problems.push(format!("{what}: no requests served"));
+        }
+        if s.load.errors * 100 > s.load.requests {
+            problems.push(format!(
+                "{what}: {} client errors in {} requests",
+                s.load.errors, s.load.requests
+            ));
+        }
+        if s.mode == Mode::Baseline {
+            if s.v2_requests > 0 {
+                problems.push(format!(
+                    "{what}: v2 got {} requests with nothing mirroring",
+                    s.v2_requests
+                ));
+            }
+            continue;
+        }
+        match s.completeness() {
+            Some(c) if (MIN_COMPLETENESS..=1.0 / MIN_COMPLETENESS).contains(&c) => {}
+            c => problems.push(format!("{what}: completeness {c:?}")),
+        }
+        if s.v2_shadow_host != s.v2_requests {
+            problems.push(format!(
+                "{what}: {} of {} v2 requests lack the -shadow Host",
+                s.v2_requests - s.v2_shadow_host,
+                s.v2_requests
+            ));
+        }
+    }
+    if let Some(large) = &results.large {
+        let total = large.plan.small_count + 1;
+        if large.v2_exact != total || large.v1_requests != total {
+            problems.push(format!(
+                "large bodies: v1 {} v2 {} exact {} of {total}",
+                large.v1_requests, large.v2_requests, large.v2_exact
+            ));
+        }
+    }
+    if let Some(unmatched) = &results.unmatched {
+        if unmatched.agent.packets_matched > 0 || unmatched.load.requests == 0 {
+            problems.push(format!(
+                "unmatched run: {} packets matched, {} requests",
+                unmatched.agent.packets_matched, unmatched.load.requests
+            ));
+        }
+    }
+    if !problems.is_empty() {
+        bail!("bench smoke failed:\n  {}", problems.join("\n  "));
+    }
+    eprintln!("bench-smoke: {} passed, 0 failed", results.samples.len());
+    Ok(())
+}

@@ -1,0 +1,29 @@
+//! `cargo xtask bench`: installs the pinned toolchain, builds everything in release, then hands
+//! over to `mirror-bench` (tests/src/bin/mirror-bench), which measures the agent next to nginx's
+//! and Envoy's mirroring on the namespace test-bed. Like the demo, the bench is a binary of the
+//! tests package because it links the test-bed, which xtask cannot build before the toolchain
+//! is installed.
+
+use std::process::Command;
+
+use anyhow::Result;
+
+use crate::toolchain;
+
+#[derive(clap::Args)]
+pub struct BenchArgs {
+    /// Arguments for mirror-bench: `--smoke`, `--micro`, `--rounds N`, `--seconds N`,
+    /// `--rate-fraction F`, `--no-micro` (see `target/release/mirror-bench --help`).
+    #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+    args: Vec<String>,
+}
+
+pub fn bench(args: &BenchArgs) -> Result<()> {
+    toolchain::bootstrap()?;
+    // Release: the agent and the sink measured are what ships.
+    crate::run(Command::new(env!("CARGO")).args(["build", "--release", "--bins"]))?;
+    crate::exec(
+        &crate::target_dir().join("release/mirror-bench"),
+        &args.args,
+    )
+}
