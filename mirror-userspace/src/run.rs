@@ -44,8 +44,9 @@ pub struct RunArgs {
     /// SO_MARK of the agent's own shadow connections, which the kernel never captures.
     #[arg(long, default_value_t = DEFAULT_SHADOW_MARK)]
     pub shadow_mark: u32,
-    /// Most shadow connections open at once.
-    #[arg(long, default_value_t = 1024)]
+    /// Most shadow connections open at once (each captured client connection has its own, so
+    /// v2 sees v1's connection pattern; a few KiB each).
+    #[arg(long, default_value_t = 4096)]
     pub max_shadow_connections: usize,
     /// Request pieces queued per shadow connection before requests are dropped.
     #[arg(long, default_value_t = 1024)]

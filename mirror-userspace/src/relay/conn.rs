@@ -98,7 +98,7 @@ async fn relay(
 ) -> Result<(), DropReason> {
     let (mut reader, mut writer) = stream.into_split();
     let mut framer = ResponseFramer::default();
-    let mut buf = vec![0u8; 16 * 1024];
+    let mut buf = vec![0u8; 4 * 1024];
     let mut in_request = false;
     let mut batch = Vec::with_capacity(MAX_BATCH);
     let mut scratch = Vec::with_capacity(COALESCE_BYTES);

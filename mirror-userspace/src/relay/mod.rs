@@ -51,7 +51,7 @@ impl Default for RelayConfig {
         RelayConfig {
             shadow: String::new(),
             mark: 0,
-            max_connections: 1024,
+            max_connections: 4096,
             queue_depth: 1024,
             max_inflight_bytes: 64 << 20,
             connect_timeout: Duration::from_secs(2),

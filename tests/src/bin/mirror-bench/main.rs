@@ -5,6 +5,7 @@
 mod agent_summary;
 mod bed;
 mod envoy;
+mod kernel_isolated;
 mod large;
 mod load;
 mod measure;
@@ -159,6 +160,7 @@ fn main() -> Result<()> {
         }
     }
     let unmatched = unmatched::run(&bed, &work.join("unmatched"), duration)?;
+    let isolated = kernel_isolated::run(&bed, &work.join("kernel-isolated"))?;
     let large_plan = if args.smoke {
         LargePlan {
             big_bytes: 64 << 20,
@@ -185,6 +187,7 @@ fn main() -> Result<()> {
         seconds: started.elapsed().as_secs_f64(),
         samples,
         unmatched: Some(unmatched),
+        isolated: Some(isolated),
         large: Some(large),
         micro,
     };

@@ -5,6 +5,7 @@ use std::fmt::Write as _;
 
 use super::agent_summary::AgentStats;
 use super::bed::Backend;
+use super::kernel_isolated::Isolated;
 use super::large::LargeResult;
 use super::load::Conn;
 use super::measure::{Offered, Sample};
@@ -20,6 +21,7 @@ pub struct Results {
     pub seconds: f64,
     pub samples: Vec<Sample>,
     pub unmatched: Option<Unmatched>,
+    pub isolated: Option<Isolated>,
     pub large: Option<LargeResult>,
     pub micro: Vec<Micro>,
 }
@@ -271,6 +273,17 @@ fn kernel(md: &mut String, results: &Results) {
         );
     }
     md.push('\n');
+    if let Some(isolated) = &results.isolated {
+        let _ = writeln!(
+            md,
+            "In isolation (`bpftool prog run` on the attached program, BPF_PROG_TEST_RUN, \
+             warm caches, no BPF-stats clock reads):\n\n| frame | ns per run |\n|---|---|"
+        );
+        for (what, ns) in &isolated.frames {
+            let _ = writeln!(md, "| {what} | {ns} |");
+        }
+        md.push('\n');
+    }
 }
 
 fn large(md: &mut String, results: &Results) {
@@ -407,5 +420,13 @@ fn verdicts(results: &Results) -> String {
         opt(unmatched, |n| format!("{n:.0}")),
         if unmatched.is_some_and(|n| n < 100.0) { "met" } else { "missed" },
     );
+    if let Some(isolated) = &results.isolated {
+        let listed: Vec<String> = isolated
+            .frames
+            .iter()
+            .map(|(what, ns)| format!("{what} {ns} ns"))
+            .collect();
+        let _ = writeln!(md, "  In isolation: {}.", listed.join(", "));
+    }
     md
 }
