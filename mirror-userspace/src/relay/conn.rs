@@ -30,11 +30,12 @@ pub(super) async fn run(flow: FlowKey, mut queue: mpsc::Receiver<Message>, share
     let outcome = match connect(&shared).await {
         Ok(stream) => {
             shared.stats.connections_opened.fetch_add(1, Relaxed);
+            shared.connected();
             relay(stream, &mut queue, &shared).await
         }
         Err(error) => {
             shared.stats.connect_failures.fetch_add(1, Relaxed);
-            shared.mark_down();
+            shared.connect_failed();
             tracing::debug!(%flow, %error, "shadow connect failed");
             Err(DropReason::ShadowDown)
         }

@@ -12,7 +12,7 @@ mod stats;
 use std::{
     collections::HashMap,
     sync::{
-        atomic::{AtomicU64, AtomicUsize, Ordering::Relaxed},
+        atomic::{AtomicU32, AtomicU64, AtomicUsize, Ordering::Relaxed},
         Arc,
     },
     time::{Duration, Instant},
@@ -26,6 +26,9 @@ pub use self::{
     stats::{DropReason, RelayStats},
 };
 use crate::{flow::FlowKey, pipeline::Event};
+
+/// Connect failures in a row after which v2 counts as down.
+const DOWN_AFTER_FAILURES: u32 = 5;
 
 /// How the relay reaches v2 and how much it may hold.
 #[derive(Clone, Debug)]
@@ -42,7 +45,7 @@ pub struct RelayConfig {
     pub connect_timeout: Duration,
     /// How long v2 may take to accept a write or to answer a request.
     pub response_timeout: Duration,
-    /// After a failed connect, new connections are not tried for this long.
+    /// After several failed connects in a row, new connections are not tried for this long.
     pub down_backoff: Duration,
 }
 
@@ -90,6 +93,8 @@ struct Shared {
     started: Instant,
     /// Milliseconds since `started` before which no connect is tried.
     down_until_ms: AtomicU64,
+    /// Connects that failed since the last one that succeeded.
+    failures_in_a_row: AtomicU32,
 }
 
 impl Shared {
@@ -99,6 +104,20 @@ impl Shared {
 
     fn shadow_down(&self) -> bool {
         self.now_ms() < self.down_until_ms.load(Relaxed)
+    }
+
+    /// A connect succeeded: v2 is up.
+    fn connected(&self) {
+        self.failures_in_a_row.store(0, Relaxed);
+    }
+
+    /// A connect failed. One failure under load (a full SYN backlog, a lost SYN) says little;
+    /// after [`DOWN_AFTER_FAILURES`] in a row, v2 is taken for down and spared new connects
+    /// for `down_backoff`.
+    fn connect_failed(&self) {
+        if self.failures_in_a_row.fetch_add(1, Relaxed) + 1 >= DOWN_AFTER_FAILURES {
+            self.mark_down();
+        }
     }
 
     fn mark_down(&self) {
@@ -138,6 +157,7 @@ impl Relay {
                 live_connections: AtomicUsize::new(0),
                 started: Instant::now(),
                 down_until_ms: AtomicU64::new(0),
+                failures_in_a_row: AtomicU32::new(0),
             }),
             flows: HashMap::new(),
             tasks: JoinSet::new(),

@@ -283,7 +283,9 @@ fn one_line(s: &Sample) -> String {
 
 fn command_line() -> String {
     let args: Vec<String> = std::env::args().skip(1).collect();
-    format!("cargo xtask {}", args.join(" "))
+    format!("cargo xtask bench {}", args.join(" "))
+        .trim_end()
+        .to_owned()
 }
 
 /// CPU model, cores and kernel, for the report.

@@ -52,14 +52,22 @@ pub fn run(workspace: &std::path::Path, measurement_secs: u32) -> Result<Vec<Mic
 fn parse(text: &str) -> Vec<Micro> {
     let mut results: Vec<Micro> = Vec::new();
     let mut pending_name: Option<String> = None;
+    // Criterion follows each result with a `change:` block (against the last run) holding
+    // its own `time:` and `thrpt:` lines, in percent: not results.
+    let mut in_change = false;
     for line in text.lines() {
         let trimmed = line.trim();
-        if let Some((before, rest)) = line.split_once("time:") {
+        if trimmed == "change:" {
+            in_change = true;
+        } else if in_change && line.contains("time:") {
+            continue;
+        } else if let Some((before, rest)) = line.split_once("time:") {
             let name = match before.trim() {
                 "" => pending_name.take(),
                 name => Some(name.to_owned()),
             };
             if let (Some(name), Some(value)) = (name, bracketed(rest)) {
+                in_change = false;
                 results.push(Micro {
                     name,
                     time: value,
@@ -67,10 +75,11 @@ fn parse(text: &str) -> Vec<Micro> {
                 });
             }
         } else if let Some(rest) = trimmed.strip_prefix("thrpt:") {
-            if let Some(last) = results.last_mut() {
+            if let Some(last) = results.last_mut().filter(|_| !in_change) {
                 last.throughput = bracketed(rest);
             }
         } else if !line.starts_with(' ') && !trimmed.is_empty() && !trimmed.contains(':') {
+            in_change = false;
             pending_name = Some(trimmed.to_owned());
         }
     }
@@ -101,5 +110,19 @@ mod tests {
         assert_eq!(got[0].throughput.as_deref(), Some("1.1 GiB/s"));
         assert_eq!(got[1].name, "framing/chunked_body_with_a_long_name");
         assert_eq!(got[1].time, "12 ns");
+    }
+
+    #[test]
+    fn ignores_the_change_block() {
+        let text = "framing/large_body      time:   [135 µs 136 µs 137 µs]\n\
+                    \x20                       thrpt:  [28.3 GiB/s 28.6 GiB/s 28.9 GiB/s]\n\
+                    \x20                change:\n\
+                    \x20                       time:   [+0.32% +1.09% +2.03%] (p = 0.01 < 0.05)\n\
+                    \x20                       thrpt:  [-1.99% -1.08% -0.31%]\n\
+                    Found 1 outliers among 100 measurements (1.00%)\n";
+        let got = parse(text);
+        assert_eq!(got.len(), 1);
+        assert_eq!(got[0].time, "136 µs");
+        assert_eq!(got[0].throughput.as_deref(), Some("28.6 GiB/s"));
     }
 }
