@@ -20,6 +20,13 @@ pub struct LoadReport {
 }
 
 impl LoadReport {
+    /// Adds another run's requests to this one's.
+    pub fn absorb(&mut self, other: LoadReport) {
+        self.latencies.extend(other.latencies);
+        self.latencies.sort();
+        self.errors += other.errors;
+    }
+
     /// The `p`-th percentile (0 to 100) of the latencies; zero when there are none.
     pub fn percentile(&self, p: f64) -> Duration {
         if self.latencies.is_empty() {

@@ -15,9 +15,12 @@ use mirror_tests::{
 /// Latency comparisons are meaningless while another test loads the same two cores.
 static ONE_AT_A_TIME: Mutex<()> = Mutex::new(());
 
-const RATE: u32 = 300;
+const RATE: u32 = 1000;
 const CONNECTIONS: u32 = 4;
-const RUN: Duration = Duration::from_secs(4);
+const RUN: Duration = Duration::from_secs(3);
+/// Interleaved pairs of runs, without and with the agent: this VM's speed drifts, and a p99 of
+/// a few hundred microseconds moves by tens of percent from one run to the next.
+const PAIRS: usize = 3;
 /// Far above what the agent needs (ring buffer pages it touched, the 64 MiB queue budget),
 /// far below what unbounded buffering of seconds of traffic would take.
 const MEMORY_CAP: u64 = 256 << 20;
@@ -35,37 +38,36 @@ fn load(scenario: &Scenario) -> LoadReport {
     .expect("load")
 }
 
-/// Runs the load without and with the agent (`break_v2` has made v2 misbehave), twice each,
-/// interleaved, and compares the better p99 of each pair. Returns the agent's summary.
+/// Runs the load without and with the agent (v2 misbehaving), in interleaved pairs, and
+/// compares the p99 of all requests without the agent with the p99 of all requests with it.
+/// Returns the agent's summaries.
 fn primary_unaffected(scenario: &Scenario, agent_args: &[&str]) -> String {
-    let mut without = Vec::new();
-    let mut with = Vec::new();
+    let mut without = LoadReport::default();
+    let mut with = LoadReport::default();
     let mut summaries = Vec::new();
     let mut peak = 0;
-    for _ in 0..2 {
-        without.push(load(scenario));
+    for _ in 0..PAIRS {
+        without.absorb(load(scenario));
         let agent = scenario.agent(agent_args);
-        with.push(load(scenario));
+        with.absorb(load(scenario));
         peak = peak.max(peak_rss(agent.pid()).expect("agent memory"));
         summaries.push(agent.stop(libc::SIGTERM).expect("stop agent"));
     }
     let summary = summaries.join("\n");
-    for report in without.iter().chain(&with) {
+    for report in [&without, &with] {
         assert_eq!(report.errors, 0, "client errors; agent: {summary}");
+        let expected = RATE as usize * RUN.as_secs() as usize * PAIRS;
         assert!(
-            report.latencies.len() as u32 >= RATE * 3,
+            report.latencies.len() * 10 >= expected * 9,
             "too few requests"
         );
     }
-    let best = |runs: &[LoadReport]| {
-        runs.iter()
-            .map(|r| r.percentile(99.0))
-            .min()
-            .expect("two runs")
-    };
-    let (p99_without, p99_with) = (best(&without), best(&with));
+    let (p99_without, p99_with) = (without.percentile(99.0), with.percentile(99.0));
     eprintln!(
-        "p99 without agent {p99_without:?}, with agent {p99_with:?}; agent peak RSS {peak} bytes"
+        "p99 without agent {p99_without:?}, with agent {p99_with:?} ({} and {} requests); \
+         agent peak RSS {peak} bytes",
+        without.latencies.len(),
+        with.latencies.len()
     );
     assert!(
         p99_with.as_secs_f64() <= p99_without.as_secs_f64() * 1.10,
