@@ -59,6 +59,19 @@ fn run_demo(args: &[&str]) -> Run {
     run
 }
 
+/// Runs the demo and fails the test, with its output, unless it succeeds.
+fn run_demo_ok(args: &[&str]) -> Run {
+    let run = run_demo(args);
+    assert!(
+        run.status.success(),
+        "{}\n{}\n{}",
+        run.status,
+        run.stdout,
+        run.stderr
+    );
+    run
+}
+
 /// The part of the transcript under the heading that starts with `== <title>`.
 fn section<'a>(transcript: &'a str, title: &str) -> &'a str {
     let start = transcript
@@ -148,14 +161,8 @@ fn demo_shows_the_task_and_cleans_up() {
     }
     let label = "demotestrun";
     start_clean(label);
-    let run = run_demo(&["--label", label]);
+    let run = run_demo_ok(&["--label", label]);
     let out = &run.stdout;
-    assert!(
-        run.status.success(),
-        "{}\n{out}\n{}",
-        run.status,
-        run.stderr
-    );
 
     let step1 = section(out, "Step 1");
     let v1 = log_lines(step1, "httpbin-v1");
@@ -182,8 +189,9 @@ fn demo_shows_the_task_and_cleans_up() {
     let step3 = section(out, "Step 3");
     let received = number_after(step3, "v2 received ");
     assert!((30..=70).contains(&received), "{step3}");
-    // Every copy the agent made reached v2. (The relay's own `sent` is not compared: it can
-    // miss a request that v2 answered before the relay dequeued its end.)
+    // Every copy the agent made reached v2. (The relay's own `sent` is not compared: against
+    // gunicorn, which closes every connection after answering, its counters can err towards
+    // reporting a loss.)
     assert_eq!(
         number_after(step3, "requests_mirrored="),
         received,
@@ -203,14 +211,8 @@ fn keep_leaves_a_working_set_up_until_down() {
     }
     let label = "demotestkeep";
     start_clean(label);
-    let run = run_demo(&["--keep", "--label", label]);
+    let run = run_demo_ok(&["--keep", "--label", label]);
     let out = &run.stdout;
-    assert!(
-        run.status.success(),
-        "{}\n{out}\n{}",
-        run.status,
-        run.stderr
-    );
     let kept = section(out, "The set-up stays up");
     let pids: Vec<u32> = ["agent pid ", "httpbin-v1 pid ", "httpbin-v2 pid "]
         .iter()

@@ -110,26 +110,32 @@ fn main() -> Result<()> {
     } else {
         &[Conn::KeepAlive, Conn::Close]
     };
+    // Every mode once, in this round's rotated order, under one backend and load.
+    let run_modes = |samples: &mut Vec<Sample>,
+                     round: u32,
+                     backend: Backend,
+                     offered: Offered,
+                     oha: Option<&Path>|
+     -> Result<()> {
+        for mode in rotated(round) {
+            let plan = Plan {
+                round,
+                backend,
+                mode,
+                offered,
+                duration,
+                oha,
+                envoy: &tools.envoy,
+            };
+            run_one(&bed, &work, samples, plan)?;
+        }
+        Ok(())
+    };
     let mut samples = Vec::new();
     for round in 0..rounds {
         for backend in [Backend::Fast, Backend::Httpbin] {
             for &conn in conns {
-                for mode in rotated(round) {
-                    run_one(
-                        &bed,
-                        &work,
-                        &mut samples,
-                        Plan {
-                            round,
-                            backend,
-                            mode,
-                            offered: Offered::Saturate(conn),
-                            duration,
-                            oha: None,
-                            envoy: &tools.envoy,
-                        },
-                    )?;
-                }
+                run_modes(&mut samples, round, backend, Offered::Saturate(conn), None)?;
             }
         }
     }
@@ -140,22 +146,7 @@ fn main() -> Result<()> {
             .collect();
         for round in 0..rounds {
             for &(backend, rate) in &rates {
-                for mode in rotated(round) {
-                    run_one(
-                        &bed,
-                        &work,
-                        &mut samples,
-                        Plan {
-                            round,
-                            backend,
-                            mode,
-                            offered: Offered::Rate(rate),
-                            duration,
-                            oha: Some(oha),
-                            envoy: &tools.envoy,
-                        },
-                    )?;
-                }
+                run_modes(&mut samples, round, backend, Offered::Rate(rate), Some(oha))?;
             }
         }
     }
