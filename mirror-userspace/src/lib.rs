@@ -1,26 +1,17 @@
-//! The userspace agent: loads the kernel program, reads what it captures, rebuilds requests
-//! and replays them to the shadow.
+//! The `mirror` node agent: the I/O shell around the sans-IO cores of `mirror-cores`.
+//!
+//! One room per layer, arrows pointing down:
+//! - [`agent`]: `mirror run`, wiring capture → pipeline → relay and reporting;
+//! - [`inspect`]: `mirror capture`, which prints what the capture sees;
+//! - [`relay`]: replays framed requests to v2 and discards its answers;
+//! - [`capture`]: the kernel program (load, attach, targets), the ring buffer, records and
+//!   the packets in them.
+//!
+//! The protocol cores (reassembly, framing, rewrite, sampling, the flow table) live in the
+//! `mirror-cores` crate, which has no I/O at all.
 
-pub mod attached;
+pub mod agent;
 pub mod capture;
-pub mod clock;
-pub mod flow;
-pub mod http;
-pub mod outcome;
-pub mod packet;
-pub mod pcap;
-pub mod pipeline;
-pub mod privileges;
-pub mod probe;
-pub mod reassembly;
-pub mod record;
+pub mod inspect;
 pub mod relay;
-pub mod rewrite;
-pub mod ring;
-pub mod run;
-pub mod sampling;
-pub mod session;
-pub mod target;
-pub mod target_set;
-#[cfg(test)]
-mod test_support;
+pub mod shutdown;

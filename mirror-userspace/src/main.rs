@@ -4,7 +4,7 @@
 use clap::{Parser, Subcommand};
 use std::io::Write as _;
 
-use mirror_userspace::{attached, capture, run};
+use mirror_userspace::{agent::run, capture::attached, inspect::dump};
 use tracing_subscriber::EnvFilter;
 
 #[derive(Parser)]
@@ -17,7 +17,7 @@ struct Cli {
 #[derive(Subcommand)]
 enum Command {
     /// Print (and optionally save as pcap) the TCP segments the kernel program captures.
-    Capture(capture::CaptureArgs),
+    Capture(dump::CaptureArgs),
     /// Mirror: replay every captured request to the shadow, replies discarded.
     Run(Box<run::RunArgs>),
     /// List the BPF programs on interfaces' TCX hooks, in run order.
@@ -36,7 +36,7 @@ fn main() -> anyhow::Result<()> {
         .with_writer(std::io::stderr)
         .init();
     match Cli::parse().command {
-        Command::Capture(args) => runtime()?.block_on(capture::run(args))?,
+        Command::Capture(args) => runtime()?.block_on(dump::run(args))?,
         Command::Run(args) => {
             run::set_nice(args.nice)?;
             runtime()?.block_on(run::run(*args))?

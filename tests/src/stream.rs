@@ -5,7 +5,8 @@
 use std::{collections::BTreeMap, path::Path};
 
 use anyhow::{bail, Context as _, Result};
-use mirror_userspace::{flow::FlowKey, packet, pcap};
+use mirror_cores::flow::FlowKey;
+use mirror_userspace::capture::{packet, pcap};
 
 /// What the capture holds for one direction of one connection.
 #[derive(Debug, Default)]

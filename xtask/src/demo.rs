@@ -13,7 +13,7 @@ use std::process::Command;
 
 use anyhow::{Context as _, Result};
 
-use crate::toolchain::{self, BPF_LINKER_VERSION, EBPF_TOOLCHAIN};
+use crate::toolchain::{self, ebpf_toolchain, BPF_LINKER_VERSION};
 
 #[derive(clap::Args)]
 pub struct DemoArgs {
@@ -38,8 +38,9 @@ pub fn demo(args: &DemoArgs) -> Result<()> {
     say("eBPF program and an agent in place of Envoy.");
     say("\n== Set-up: toolchain and build");
     say(format!(
-        "The eBPF program needs {EBPF_TOOLCHAIN} with rust-src and bpf-linker \
-         {BPF_LINKER_VERSION}; they are installed if missing (a minute or two, once)."
+        "The eBPF program needs {} with rust-src and bpf-linker \
+         {BPF_LINKER_VERSION}; they are installed if missing (a minute or two, once).",
+        ebpf_toolchain()
     ));
     toolchain::bootstrap().context(
         "set-up: installing the pinned eBPF toolchain failed (it needs rustup, a C toolchain \

@@ -69,7 +69,7 @@ fn fuzz(seconds: u32) -> Result<()> {
     toolchain::bootstrap()?;
     toolchain::ensure_cargo_fuzz()?;
     run(
-        Command::new(workspace_root().join("mirror-userspace/fuzz/run.sh"))
+        Command::new(workspace_root().join("mirror-userspace/cores/fuzz/run.sh"))
             .arg(seconds.to_string()),
     )
 }

@@ -7,11 +7,25 @@ use std::process::Command;
 
 use anyhow::{bail, Context as _, Result};
 
-/// The nightly that builds the eBPF crate (rustc 1.97, LLVM 22). Keep in step with
-/// `mirror-userspace/build.rs`.
-pub const EBPF_TOOLCHAIN: &str = "nightly-2026-05-20";
+/// The toolchain file that pins the nightly building the eBPF crate (its one pin).
+const EBPF_TOOLCHAIN_FILE: &str = include_str!("../../mirror-ebpf/rust-toolchain.toml");
 /// bpf-linker 0.10 links with rustc's own LLVM 22; later releases need a system LLVM 23.
 pub const BPF_LINKER_VERSION: &str = "0.10.0";
+
+/// The pinned nightly's name, from `mirror-ebpf/rust-toolchain.toml`.
+pub fn ebpf_toolchain() -> &'static str {
+    EBPF_TOOLCHAIN_FILE
+        .lines()
+        .find_map(|line| {
+            let value = line
+                .trim()
+                .strip_prefix("channel")?
+                .trim()
+                .strip_prefix('=')?;
+            Some(value.trim().trim_matches('"'))
+        })
+        .unwrap_or("nightly")
+}
 
 pub fn bootstrap() -> Result<()> {
     ensure_nightly()?;
@@ -25,25 +39,29 @@ fn ensure_nightly() -> Result<()> {
             "list",
             "--installed",
             "--toolchain",
-            EBPF_TOOLCHAIN,
+            ebpf_toolchain(),
         ])
         .output()
         .map(|out| {
-            out.status.success() && String::from_utf8_lossy(&out.stdout).contains("rust-src")
+            let installed = String::from_utf8_lossy(&out.stdout);
+            out.status.success() && installed.contains("rust-src") && installed.contains("clippy")
         })
         .unwrap_or(false);
     if has_rust_src {
         return Ok(());
     }
-    eprintln!("bootstrap: installing {EBPF_TOOLCHAIN} with rust-src (about 10 s)");
+    let toolchain = ebpf_toolchain();
+    eprintln!("bootstrap: installing {toolchain} with rust-src and clippy (about 15 s)");
     crate::run(Command::new("rustup").args([
         "toolchain",
         "install",
-        EBPF_TOOLCHAIN,
+        toolchain,
         "--profile",
         "minimal",
         "--component",
         "rust-src",
+        "--component",
+        "clippy",
     ]))
 }
 

@@ -17,7 +17,7 @@ use tokio::{
 };
 
 use super::{DropReason, Message, ResponseFramer, Shared};
-use crate::flow::FlowKey;
+use mirror_cores::flow::FlowKey;
 
 /// Most queued messages taken for one write.
 const MAX_BATCH: usize = 64;

@@ -6,7 +6,6 @@
 //! whole and counted; the primary path is never touched, whatever v2 does.
 
 mod conn;
-mod response;
 mod stats;
 
 use std::{
@@ -21,11 +20,8 @@ use std::{
 use bytes::Bytes;
 use tokio::{sync::mpsc, task::JoinSet};
 
-pub use self::{
-    response::{ResponseError, ResponseFramer},
-    stats::{DropReason, RelayStats},
-};
-use crate::{flow::FlowKey, pipeline::Event};
+pub use self::stats::{DropReason, RelayStats};
+use mirror_cores::{flow::FlowKey, http::ResponseFramer, pipeline::Event};
 
 /// Connect failures in a row after which v2 counts as down.
 const DOWN_AFTER_FAILURES: u32 = 5;
@@ -130,7 +126,7 @@ impl Shared {
 
 /// One captured client connection, as the dispatcher sees it.
 #[derive(Debug, Default)]
-struct Flow {
+struct ClientConnection {
     /// Queue of its shadow connection, if one is open.
     queue: Option<mpsc::Sender<Message>>,
     /// The current request was dropped: skip its remaining pieces.
@@ -142,7 +138,7 @@ struct Flow {
 /// The dispatcher. Lives on the capture task; every method returns at once.
 pub struct Relay {
     shared: Arc<Shared>,
-    flows: HashMap<FlowKey, Flow>,
+    flows: HashMap<FlowKey, ClientConnection>,
     tasks: JoinSet<()>,
 }
 
@@ -283,7 +279,12 @@ impl Relay {
 
 /// Queues `message` without waiting; if the queue or the byte budget is full, the request is
 /// dropped: the queue is closed mid-request, which makes the task reset the connection.
-fn enqueue(shared: &Shared, entry: &mut Flow, queue: &mpsc::Sender<Message>, message: Message) {
+fn enqueue(
+    shared: &Shared,
+    entry: &mut ClientConnection,
+    queue: &mpsc::Sender<Message>,
+    message: Message,
+) {
     let len = message.len();
     let budget = shared.config.max_inflight_bytes;
     let reserved = shared

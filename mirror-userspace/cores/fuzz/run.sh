@@ -5,7 +5,9 @@
 set -euo pipefail
 cd "$(dirname "$0")"
 seconds="${1:-30}"
+# The nightly pinned for the eBPF crate (its one pin) also has libFuzzer's sanitizer support.
+toolchain="$(sed -n 's/^channel *= *"\(.*\)"/\1/p' ../../../mirror-ebpf/rust-toolchain.toml)"
 mkdir -p corpus/reassembly_framing
-cargo +nightly-2026-05-20 fuzz run reassembly_framing \
+cargo "+$toolchain" fuzz run reassembly_framing \
     corpus/reassembly_framing seeds/reassembly_framing \
     -- -max_total_time="$seconds" -rss_limit_mb=2048

@@ -3,9 +3,11 @@
 
 use std::collections::VecDeque;
 
-/// Response heads larger than this end the shadow connection.
-const MAX_HEAD: usize = 64 * 1024;
-const MAX_HEADERS: usize = 128;
+use super::chunked::Chunked;
+use super::limits::{DEFAULT_MAX_HEAD_BYTES, MAX_HEADERS};
+
+/// Response heads larger than this end the shadow connection; it also bounds trailers.
+const MAX_HEAD: usize = DEFAULT_MAX_HEAD_BYTES;
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum ResponseError {
@@ -24,13 +26,8 @@ enum Body {
     /// Waiting for (more of) a response head.
     Head,
     Remaining(u64),
-    /// Inside a chunked body: reading a size line.
-    ChunkSize,
-    /// Inside a chunk's data; `u64` bytes left, then CRLF.
-    ChunkData(u64),
-    ChunkDataEnd,
-    /// After the last chunk: trailer lines until an empty one.
-    Trailers,
+    /// A chunked body, followed by the same rules as a request's.
+    Chunked(Chunked),
     /// Delimited by the connection closing: everything else is body.
     UntilClose,
 }
@@ -75,38 +72,26 @@ impl ResponseFramer {
         mut on_status: impl FnMut(u16),
     ) -> Result<(), ResponseError> {
         while !input.is_empty() {
-            input = match self.body {
+            input = match &mut self.body {
                 Body::Head => self.feed_head(input, &mut on_status)?,
                 Body::Remaining(left) => {
-                    let take = usize::try_from(left).unwrap_or(usize::MAX).min(input.len());
-                    let left = left - take as u64;
-                    if left == 0 {
+                    let take = usize::try_from(*left)
+                        .unwrap_or(usize::MAX)
+                        .min(input.len());
+                    *left -= take as u64;
+                    if *left == 0 {
                         self.finish(&mut on_status);
-                    } else {
-                        self.body = Body::Remaining(left);
                     }
                     &input[take..]
                 }
-                Body::ChunkSize | Body::Trailers | Body::ChunkDataEnd => {
-                    let Some(end) = find_crlf(&self.head, input) else {
-                        self.buffer(input)?;
-                        return Ok(());
-                    };
-                    let (line_tail, rest) = input.split_at(end);
-                    self.buffer(line_tail)?;
-                    let line = std::mem::take(&mut self.head);
-                    self.on_line(&line, &mut on_status)?;
-                    rest
-                }
-                Body::ChunkData(left) => {
-                    let take = usize::try_from(left).unwrap_or(usize::MAX).min(input.len());
-                    let left = left - take as u64;
-                    self.body = if left == 0 {
-                        Body::ChunkDataEnd
-                    } else {
-                        Body::ChunkData(left)
-                    };
-                    &input[take..]
+                Body::Chunked(chunked) => {
+                    let used = chunked
+                        .advance(input)
+                        .map_err(|_| ResponseError::BadChunk)?;
+                    if chunked.is_done() {
+                        self.finish(&mut on_status);
+                    }
+                    &input[used..]
                 }
                 Body::UntilClose => return Ok(()),
             };
@@ -119,35 +104,6 @@ impl ResponseFramer {
         if self.body == Body::UntilClose {
             self.finish(&mut on_status);
         }
-    }
-
-    fn buffer(&mut self, bytes: &[u8]) -> Result<(), ResponseError> {
-        if self.head.len() + bytes.len() > MAX_HEAD {
-            return Err(ResponseError::HeadTooLarge);
-        }
-        self.head.extend_from_slice(bytes);
-        Ok(())
-    }
-
-    /// Handles one complete line (with its CRLF) of chunked framing.
-    fn on_line(
-        &mut self,
-        line: &[u8],
-        on_status: &mut impl FnMut(u16),
-    ) -> Result<(), ResponseError> {
-        match self.body {
-            Body::ChunkSize => match httparse::parse_chunk_size(line) {
-                Ok(httparse::Status::Complete((_, 0))) => self.body = Body::Trailers,
-                Ok(httparse::Status::Complete((_, size))) => self.body = Body::ChunkData(size),
-                _ => return Err(ResponseError::BadChunk),
-            },
-            Body::ChunkDataEnd if line == b"\r\n" => self.body = Body::ChunkSize,
-            Body::ChunkDataEnd => return Err(ResponseError::BadChunk),
-            Body::Trailers if line == b"\r\n" => self.finish(on_status),
-            Body::Trailers => {}
-            _ => return Err(ResponseError::BadChunk),
-        }
-        Ok(())
     }
 
     fn feed_head<'a>(
@@ -197,7 +153,7 @@ impl ResponseFramer {
         self.body = if is_head || status == 204 || status == 304 || status == 101 {
             Body::Remaining(0)
         } else if chunked {
-            Body::ChunkSize
+            Body::Chunked(Chunked::new(MAX_HEAD))
         } else if let Some(length) = length {
             Body::Remaining(length)
         } else {
@@ -214,14 +170,6 @@ impl ResponseFramer {
         on_status(self.status);
         self.body = Body::Head;
     }
-}
-
-/// Position just past the CRLF ending the line that `pending` started, if `input` holds it.
-fn find_crlf(pending: &[u8], input: &[u8]) -> Option<usize> {
-    if pending.last() == Some(&b'\r') && input.first() == Some(&b'\n') {
-        return Some(1);
-    }
-    input.windows(2).position(|w| w == b"\r\n").map(|i| i + 2)
 }
 
 #[cfg(test)]

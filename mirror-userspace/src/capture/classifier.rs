@@ -1,6 +1,6 @@
 //! The loaded kernel program: its maps, and its attachments to interfaces.
 //!
-//! Dropping a [`Probe`] detaches everything: TCX links close with their file descriptors
+//! Dropping a [`Classifier`] detaches everything: TCX links close with their file descriptors
 //! (even on SIGKILL), and aya detaches netlink filters on drop. A netlink filter left behind
 //! by a killed run is found by program name and replaced at the next start.
 
@@ -19,7 +19,7 @@ use mirror_common::{
     INGRESS_PROGRAM, TARGETS_MAP,
 };
 
-use crate::{privileges, target::Target};
+use super::{privileges, target::Target};
 
 /// The kernel program, built by build.rs from mirror-ebpf.
 static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/mirror"));
@@ -59,7 +59,7 @@ pub enum AttachMode {
 }
 
 #[derive(Debug, thiserror::Error)]
-pub enum ProbeError {
+pub enum ClassifierError {
     #[error(
         "not enough privileges to load BPF programs: run as root, or grant CAP_BPF, \
          CAP_NET_ADMIN and CAP_PERFMON (CAP_SYS_ADMIN on kernels before 5.8)"
@@ -105,14 +105,14 @@ pub enum ProbeError {
 
 /// Load-time settings.
 #[derive(Clone, Debug)]
-pub struct ProbeOptions {
+pub struct ClassifierOptions {
     pub ring_bytes: u32,
     pub config: Config,
 }
 
 /// The loaded program and its maps. The ring buffer is handed out once with
-/// [`Probe::take_ring`]; the rest stays here.
-pub struct Probe {
+/// [`Classifier::take_ring`]; the rest stays here.
+pub struct Classifier {
     ebpf: Ebpf,
     ring: Option<RingBuf<MapData>>,
     targets: LpmTrie<MapData, TargetKey, TargetValue>,
@@ -121,18 +121,18 @@ pub struct Probe {
     config: Array<MapData, Config>,
 }
 
-impl Probe {
+impl Classifier {
     /// Loads the program and its maps into the kernel; attaches nothing yet.
-    pub fn load(options: &ProbeOptions) -> Result<Probe, ProbeError> {
+    pub fn load(options: &ClassifierOptions) -> Result<Classifier, ClassifierError> {
         if !privileges::can_load_bpf() {
-            return Err(ProbeError::NotPrivileged);
+            return Err(ClassifierError::NotPrivileged);
         }
         let ring = options.ring_bytes;
         if !ring.is_power_of_two() || !(2 << 20..=1 << 30).contains(&ring) {
-            return Err(ProbeError::BadRingSize(ring));
+            return Err(ClassifierError::BadRingSize(ring));
         }
         if !aya::sys::is_map_supported(aya::maps::MapType::RingBuf).unwrap_or(false) {
-            return Err(ProbeError::NoRingBuffer);
+            return Err(ClassifierError::NoRingBuffer);
         }
         let mut ebpf = EbpfLoader::new()
             .map_max_entries(EVENTS_MAP, ring)
@@ -141,20 +141,20 @@ impl Probe {
                 EbpfError::MapError(MapError::CreateError { io_error, .. })
                     if io_error.kind() == io::ErrorKind::PermissionDenied =>
                 {
-                    ProbeError::NotPrivileged
+                    ClassifierError::NotPrivileged
                 }
-                _ => ProbeError::Load(error),
+                _ => ClassifierError::Load(error),
             })?;
         for program in [INGRESS_PROGRAM, EGRESS_PROGRAM] {
             classifier(&mut ebpf, program)?
                 .load()
-                .map_err(|source| ProbeError::Program { program, source })?;
+                .map_err(|source| ClassifierError::Program { program, source })?;
         }
         let ring = take_map(&mut ebpf, EVENTS_MAP)?;
         let targets = take_map(&mut ebpf, TARGETS_MAP)?;
         let counters = take_map(&mut ebpf, COUNTERS_MAP)?;
         let config = take_map(&mut ebpf, CONFIG_MAP)?;
-        let mut probe = Probe {
+        let mut classifier = Classifier {
             ebpf,
             ring: Some(ring),
             targets,
@@ -162,8 +162,8 @@ impl Probe {
             counters,
             config,
         };
-        probe.set_config(options.config)?;
-        Ok(probe)
+        classifier.set_config(options.config)?;
+        Ok(classifier)
     }
 
     /// The loaded eBPF object, for aya-log.
@@ -176,10 +176,10 @@ impl Probe {
         self.ring.take()
     }
 
-    pub fn set_config(&mut self, config: Config) -> Result<(), ProbeError> {
+    pub fn set_config(&mut self, config: Config) -> Result<(), ClassifierError> {
         self.config
             .set(0, config, 0)
-            .map_err(|source| ProbeError::Map {
+            .map_err(|source| ClassifierError::Map {
                 map: CONFIG_MAP,
                 source,
             })
@@ -194,14 +194,14 @@ impl Probe {
         iface: &str,
         direction: Direction,
         mode: AttachMode,
-    ) -> Result<(), ProbeError> {
+    ) -> Result<(), ClassifierError> {
         if ifindex(iface).is_none() {
-            return Err(ProbeError::NoSuchInterface {
+            return Err(ClassifierError::NoSuchInterface {
                 iface: iface.to_owned(),
             });
         }
         let program = classifier(&mut self.ebpf, direction.program())?;
-        let attach_error = |source| ProbeError::Attach {
+        let attach_error = |source| ClassifierError::Attach {
             iface: iface.to_owned(),
             direction,
             source,
@@ -239,8 +239,8 @@ impl Probe {
 
     /// Makes the kernel's target set equal to `targets`, without detaching: new ones are
     /// added before stale ones are removed, so a target in both sets is never unmatched.
-    pub fn set_targets(&mut self, targets: &BTreeSet<Target>) -> Result<(), ProbeError> {
-        let map_error = |source| ProbeError::Map {
+    pub fn set_targets(&mut self, targets: &BTreeSet<Target>) -> Result<(), ClassifierError> {
+        let map_error = |source| ClassifierError::Map {
             map: TARGETS_MAP,
             source,
         };
@@ -279,16 +279,15 @@ impl Probe {
     }
 
     /// Sums each per-CPU counter.
-    pub fn counters(&self) -> Result<[u64; Counter::COUNT as usize], ProbeError> {
+    pub fn counters(&self) -> Result<[u64; Counter::COUNT as usize], ClassifierError> {
         let mut totals = [0u64; Counter::COUNT as usize];
         for (counter, total) in Counter::ALL.iter().zip(totals.iter_mut()) {
-            let per_cpu =
-                self.counters
-                    .get(&(*counter as u32), 0)
-                    .map_err(|source| ProbeError::Map {
-                        map: COUNTERS_MAP,
-                        source,
-                    })?;
+            let per_cpu = self.counters.get(&(*counter as u32), 0).map_err(|source| {
+                ClassifierError::Map {
+                    map: COUNTERS_MAP,
+                    source,
+                }
+            })?;
             *total = per_cpu.iter().sum();
         }
         Ok(totals)
@@ -312,15 +311,16 @@ impl RunStats {
 
 /// Turns on the kernel's BPF run-time statistics (like `sysctl kernel.bpf_stats_enabled=1`)
 /// for as long as the returned fd is open.
-pub fn enable_run_time_stats() -> Result<std::os::fd::OwnedFd, ProbeError> {
-    aya::sys::enable_stats(aya::sys::Stats::RunTime).map_err(|source| ProbeError::Stats { source })
+pub fn enable_run_time_stats() -> Result<std::os::fd::OwnedFd, ClassifierError> {
+    aya::sys::enable_stats(aya::sys::Stats::RunTime)
+        .map_err(|source| ClassifierError::Stats { source })
 }
 
 fn classifier<'a>(
     ebpf: &'a mut Ebpf,
     program: &'static str,
-) -> Result<&'a mut SchedClassifier, ProbeError> {
-    let missing = || ProbeError::Program {
+) -> Result<&'a mut SchedClassifier, ClassifierError> {
+    let missing = || ClassifierError::Program {
         program,
         source: ProgramError::UnexpectedProgramType,
     };
@@ -330,12 +330,14 @@ fn classifier<'a>(
         .map_err(|_| missing())
 }
 
-fn take_map<T>(ebpf: &mut Ebpf, map: &'static str) -> Result<T, ProbeError>
+fn take_map<T>(ebpf: &mut Ebpf, map: &'static str) -> Result<T, ClassifierError>
 where
     T: TryFrom<aya::maps::Map>,
 {
-    let raw = ebpf.take_map(map).ok_or(ProbeError::MissingMap { map })?;
-    T::try_from(raw).map_err(|_| ProbeError::MissingMap { map })
+    let raw = ebpf
+        .take_map(map)
+        .ok_or(ClassifierError::MissingMap { map })?;
+    T::try_from(raw).map_err(|_| ClassifierError::MissingMap { map })
 }
 
 fn ifindex(iface: &str) -> Option<u32> {

@@ -5,15 +5,19 @@
 
 use std::time::Duration;
 
-use crate::{
-    clock,
+use mirror_cores::{
     outcome::Counters,
-    packet,
     pipeline::{ConfigError, Pipeline, PipelineConfig},
-    record,
-    relay::{Relay, RelayConfig, RelayStats},
     rewrite::HostRewrite,
-    session::{shutdown_signal, CaptureOptions, Session, SessionError},
+};
+
+use crate::{
+    capture::{
+        clock, packet, record,
+        session::{CaptureOptions, Session, SessionError},
+    },
+    relay::{Relay, RelayConfig, RelayStats},
+    shutdown::shutdown_signal,
 };
 
 /// With `--poll-ms`, the kernel wakes the agent early once this much waits in the ring.

@@ -4,8 +4,8 @@
 //! Usage, from the capture loop (`emit` forwards each event to the relay):
 //!
 //! ```
-//! use mirror_userspace::flow::{FlowKey, Segment, TcpFlags};
-//! use mirror_userspace::pipeline::{Event, Pipeline, PipelineConfig};
+//! use mirror_cores::flow::{FlowKey, Segment, TcpFlags};
+//! use mirror_cores::pipeline::{Event, Pipeline, PipelineConfig};
 //!
 //! let mut p = Pipeline::new(PipelineConfig::default()).unwrap();
 //! let flow = FlowKey { src: "10.0.0.1:40000".parse().unwrap(), dst: "10.0.0.2:80".parse().unwrap() };
@@ -62,7 +62,7 @@ struct Active {
 }
 
 #[derive(Debug)]
-struct Flow {
+struct FlowEntry {
     /// `None`: ended, or no longer mirrored. Kept as a tombstone until `closed_linger_ns`
     /// so that its late segments are ignored rather than joined mid-stream.
     active: Option<Box<Active>>,
@@ -80,11 +80,11 @@ struct Flow {
 #[derive(Debug)]
 pub struct Pipeline {
     config: PipelineConfig,
-    flows: HashMap<FlowKey, Flow>,
+    flows: HashMap<FlowKey, FlowEntry>,
     lru: Lru,
     sampler: Sampler,
     counters: Counters,
-    /// Sum of `Flow::memory`.
+    /// Sum of `FlowEntry::memory`.
     buffered: usize,
 }
 
@@ -243,7 +243,7 @@ impl Pipeline {
             fin_at: None,
             hole_since_ns: None,
         };
-        let flow = Flow {
+        let flow = FlowEntry {
             active: Some(Box::new(active)),
             isn,
             last_seen_ns: now_ns,

@@ -3,9 +3,7 @@
 
 use thiserror::Error;
 
-/// Longest chunk-size line (size plus extensions) accepted. Extensions are rare and short;
-/// a cap keeps a peer from making us scan forever for a line end.
-pub const MAX_CHUNK_LINE: usize = 4096;
+use super::limits::MAX_CHUNK_LINE;
 
 #[derive(Clone, Copy, Debug, Error, PartialEq, Eq)]
 pub enum ChunkError {

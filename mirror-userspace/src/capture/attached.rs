@@ -4,7 +4,7 @@
 
 use aya::programs::{ProgramError, SchedClassifier, TcAttachType};
 
-use crate::probe::Direction;
+use super::classifier::Direction;
 
 #[derive(Clone, Debug, clap::Args)]
 pub struct AttachedArgs {

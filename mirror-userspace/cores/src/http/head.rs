@@ -1,12 +1,9 @@
 //! Parsing one complete request head (request line and fields) with `httparse`, and deciding
 //! from it how the message is framed (RFC 9112 section 6) and where its Host value lies.
 
+use super::limits::MAX_HEADERS;
 use crate::outcome::StopReason;
 use std::ops::Range;
-
-/// Fields a head may carry before it is refused as too many. `httparse` needs a fixed table;
-/// 128 is twice what browsers send and costs 4 KiB of stack.
-pub const MAX_HEADERS: usize = 128;
 
 /// How the body of a request is delimited.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

@@ -4,9 +4,9 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use mirror_userspace::flow::{FlowKey, Segment, TcpFlags};
-use mirror_userspace::http::FramerConfig;
-use mirror_userspace::pipeline::{Event, Pipeline, PipelineConfig};
+use mirror_cores::flow::{FlowKey, Segment, TcpFlags};
+use mirror_cores::http::FramerConfig;
+use mirror_cores::pipeline::{Event, Pipeline, PipelineConfig};
 use std::collections::HashMap;
 
 const MAX_BUFFERED: usize = 256 * 1024;

@@ -10,10 +10,13 @@ use std::{
 use mirror_common::{DIRECTION_INGRESS, MAX_CAPTURE_BYTES};
 
 use crate::{
-    clock::WallClock,
-    packet, pcap,
-    record::{self, Record},
-    session::{shutdown_signal, CaptureOptions, Session, SessionError},
+    capture::{
+        clock::WallClock,
+        packet, pcap,
+        record::{self, Record},
+        session::{CaptureOptions, Session, SessionError},
+    },
+    shutdown::shutdown_signal,
 };
 
 #[derive(Clone, Debug, clap::Args)]

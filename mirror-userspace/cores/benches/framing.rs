@@ -2,11 +2,11 @@
 //! and the whole pipeline (reassembly, framing, rewrite, events) on small requests.
 
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
-use mirror_userspace::flow::{FlowKey, Segment, TcpFlags};
-use mirror_userspace::http::{Env, Framer, FramerConfig};
-use mirror_userspace::outcome::Counters;
-use mirror_userspace::pipeline::{Pipeline, PipelineConfig};
-use mirror_userspace::sampling::Sampler;
+use mirror_cores::flow::{FlowKey, Segment, TcpFlags};
+use mirror_cores::http::{Env, Framer, FramerConfig};
+use mirror_cores::outcome::Counters;
+use mirror_cores::pipeline::{Pipeline, PipelineConfig};
+use mirror_cores::sampling::Sampler;
 use std::hint::black_box;
 
 const MSS: usize = 1448;

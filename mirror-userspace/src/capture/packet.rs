@@ -6,7 +6,7 @@
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 
-use crate::flow::{FlowKey, Segment, TcpFlags};
+use mirror_cores::flow::{FlowKey, Segment, TcpFlags};
 
 const ETH_HLEN: usize = 14;
 const ETH_P_IPV4: u16 = 0x0800;

@@ -2,7 +2,7 @@
 //! reordered (adjacent pairs swapped, and every 16th segment held back 4 places).
 
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
-use mirror_userspace::reassembly::{Delivery, Reassembler};
+use mirror_cores::reassembly::{Delivery, Reassembler};
 use std::hint::black_box;
 
 const MSS: usize = 1448;

@@ -1,4 +1,4 @@
-//! Everything a capturing command shares: load the probe, attach it, keep its targets in step
+//! Everything a capturing command shares: load the classifier, attach it, keep its targets in step
 //! with their source, forward kernel logs, and stop on SIGINT/SIGTERM.
 
 use std::{
@@ -10,8 +10,8 @@ use std::{
 use mirror_common::{Config, Counter};
 use tokio::signal::unix::{signal, SignalKind};
 
-use crate::{
-    probe::{AttachMode, Direction, Probe, ProbeError, ProbeOptions, RunStats},
+use super::{
+    classifier::{AttachMode, Classifier, ClassifierError, ClassifierOptions, Direction, RunStats},
     ring::RingReader,
     target::Target,
     target_set::{TargetSetError, TargetSource},
@@ -50,7 +50,7 @@ pub struct CaptureOptions {
 #[derive(Debug, thiserror::Error)]
 pub enum SessionError {
     #[error(transparent)]
-    Probe(#[from] ProbeError),
+    Classifier(#[from] ClassifierError),
     #[error(transparent)]
     Targets(#[from] TargetSetError),
     #[error("--ring-mib {0} is out of range")]
@@ -63,9 +63,9 @@ pub enum SessionError {
     },
 }
 
-/// A loaded, attached probe. Dropping it detaches everything.
+/// A loaded, attached classifier. Dropping it detaches everything.
 pub struct Session {
-    probe: Arc<Mutex<Probe>>,
+    classifier: Arc<Mutex<Classifier>>,
     reader: RingReader,
     watcher: tokio::task::JoinHandle<()>,
     /// Keeps BPF run-time statistics on while open.
@@ -90,7 +90,7 @@ impl Session {
             .ring_mib
             .checked_mul(1 << 20)
             .ok_or(SessionError::RingSize(options.ring_mib))?;
-        let mut probe = Probe::load(&ProbeOptions {
+        let mut classifier = Classifier::load(&ClassifierOptions {
             ring_bytes,
             config: Config {
                 ignore_mark,
@@ -99,19 +99,19 @@ impl Session {
             },
         })?;
         if options.kernel_log {
-            start_kernel_log(&mut probe)?;
+            start_kernel_log(&mut classifier)?;
         }
         let stats = options
             .bpf_stats
-            .then(crate::probe::enable_run_time_stats)
+            .then(super::classifier::enable_run_time_stats)
             .transpose()?;
-        probe.set_targets(&targets)?;
+        classifier.set_targets(&targets)?;
         for iface in &options.ifaces {
-            probe.attach(iface, options.direction, options.attach)?;
+            classifier.attach(iface, options.direction, options.attach)?;
         }
-        let ring = probe
+        let ring = classifier
             .take_ring()
-            .ok_or(ProbeError::MissingMap { map: "EVENTS" })?;
+            .ok_or(ClassifierError::MissingMap { map: "EVENTS" })?;
         let reader = RingReader::new(ring).map_err(|source| SessionError::Io {
             what: "the ring buffer reader",
             source,
@@ -120,10 +120,10 @@ impl Session {
             targets = %targets.iter().map(ToString::to_string).collect::<Vec<_>>().join(","),
             "capturing"
         );
-        let probe = Arc::new(Mutex::new(probe));
-        let watcher = tokio::spawn(watch_targets(source, Arc::clone(&probe)));
+        let classifier = Arc::new(Mutex::new(classifier));
+        let watcher = tokio::spawn(watch_targets(source, Arc::clone(&classifier)));
         Ok(Session {
-            probe,
+            classifier,
             reader,
             watcher,
             _stats: stats,
@@ -136,12 +136,12 @@ impl Session {
 
     /// Run counts and times of the kernel programs (zero without `--bpf-stats`).
     pub fn run_stats(&self) -> Vec<RunStats> {
-        lock(&self.probe).run_stats()
+        lock(&self.classifier).run_stats()
     }
 
     /// The kernel counters, summed over CPUs, with their names.
     pub fn kernel_counters(&self) -> Vec<(&'static str, u64)> {
-        match lock(&self.probe).counters() {
+        match lock(&self.classifier).counters() {
             Ok(values) => Counter::ALL
                 .iter()
                 .map(|counter| counter.name())
@@ -161,19 +161,20 @@ impl Drop for Session {
     }
 }
 
-fn lock(probe: &Mutex<Probe>) -> MutexGuard<'_, Probe> {
-    // A panic while holding the lock leaves the probe usable: recover the guard.
-    probe
+fn lock(classifier: &Mutex<Classifier>) -> MutexGuard<'_, Classifier> {
+    // A panic while holding the lock leaves the classifier usable: recover the guard.
+    classifier
         .lock()
         .unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
-fn start_kernel_log(probe: &mut Probe) -> Result<(), SessionError> {
-    let logger = aya_log::EbpfLogger::init(probe.ebpf_mut()).map_err(|error| SessionError::Io {
-        what: "the kernel log reader",
-        source: std::io::Error::other(error),
-    })?;
-    let mut logger = crate::ring::register_readable(logger).map_err(|source| SessionError::Io {
+fn start_kernel_log(classifier: &mut Classifier) -> Result<(), SessionError> {
+    let logger =
+        aya_log::EbpfLogger::init(classifier.ebpf_mut()).map_err(|error| SessionError::Io {
+            what: "the kernel log reader",
+            source: std::io::Error::other(error),
+        })?;
+    let mut logger = super::ring::register_readable(logger).map_err(|source| SessionError::Io {
         what: "the kernel log reader",
         source,
     })?;
@@ -188,7 +189,7 @@ fn start_kernel_log(probe: &mut Probe) -> Result<(), SessionError> {
 
 /// Re-reads the targets on SIGHUP and when the targets file changes; a bad file keeps the
 /// current set and logs why.
-async fn watch_targets(source: TargetSource, probe: Arc<Mutex<Probe>>) {
+async fn watch_targets(source: TargetSource, classifier: Arc<Mutex<Classifier>>) {
     let mut hangup = match signal(SignalKind::hangup()) {
         Ok(hangup) => hangup,
         Err(error) => {
@@ -210,30 +211,11 @@ async fn watch_targets(source: TargetSource, probe: Arc<Mutex<Probe>>) {
             }
         }
         match source.load() {
-            Ok(targets) => match lock(&probe).set_targets(&targets) {
+            Ok(targets) => match lock(&classifier).set_targets(&targets) {
                 Ok(()) => tracing::info!(count = targets.len(), "targets reloaded"),
                 Err(error) => tracing::error!(%error, "targets not updated"),
             },
             Err(error) => tracing::error!(%error, "targets not reloaded; keeping the current set"),
         }
-    }
-}
-
-/// Completes on SIGINT or SIGTERM.
-pub async fn shutdown_signal() {
-    let terminate = async {
-        match signal(SignalKind::terminate()) {
-            Ok(mut terminate) => {
-                terminate.recv().await;
-            }
-            Err(error) => {
-                tracing::warn!(%error, "no SIGTERM handler");
-                std::future::pending::<()>().await;
-            }
-        }
-    };
-    tokio::select! {
-        _ = tokio::signal::ctrl_c() => {}
-        () = terminate => {}
     }
 }

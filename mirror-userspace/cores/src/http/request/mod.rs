@@ -5,14 +5,10 @@
 //! advance. "Not enough bytes yet" is not an error, it is just a return; only input that can
 //! never frame stops the connection.
 
-mod chunked;
-mod head;
-mod method;
-
-pub use chunked::{ChunkError, Chunked, MAX_CHUNK_LINE};
-pub use head::{BodyKind, Head, HeadParse, MAX_HEADERS};
-pub use method::{line_start, LineStart};
-
+use super::chunked::Chunked;
+use super::head::{self, BodyKind, Head, HeadParse};
+use super::limits::DEFAULT_MAX_HEAD_BYTES;
+use super::method::{line_start, LineStart};
 use crate::outcome::{AbortReason, Counters, StopReason};
 use crate::rewrite::HostRewrite;
 use crate::sampling::Sampler;
@@ -52,7 +48,7 @@ pub struct FramerConfig {
 impl Default for FramerConfig {
     fn default() -> Self {
         Self {
-            max_header_bytes: 64 * 1024,
+            max_header_bytes: DEFAULT_MAX_HEAD_BYTES,
             rewrite: HostRewrite::default(),
         }
     }

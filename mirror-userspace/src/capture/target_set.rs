@@ -8,7 +8,7 @@ use std::{
     time::SystemTime,
 };
 
-use crate::target::{Target, TargetError};
+use super::target::{Target, TargetError};
 
 #[derive(Debug, thiserror::Error)]
 pub enum TargetSetError {

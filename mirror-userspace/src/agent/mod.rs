@@ -1,0 +1,4 @@
+//! The agent: `mirror run` wires capture, the pipeline and the relay into one loop and
+//! reports where the traffic went.
+
+pub mod run;

@@ -1,0 +1,15 @@
+//! Capture: the kernel program and everything between it and the pipeline. Loading and
+//! attaching the classifier, the targets it matches, the ring buffer it writes, the records
+//! in the ring and the packets in the records.
+
+pub mod attached;
+pub mod classifier;
+pub mod clock;
+pub mod packet;
+pub mod pcap;
+mod privileges;
+pub mod record;
+mod ring;
+pub mod session;
+pub mod target;
+mod target_set;
