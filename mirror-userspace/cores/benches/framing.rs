@@ -59,21 +59,11 @@ fn pipeline(stream: &[u8]) -> u64 {
     };
     p.on_segment(
         0,
-        &Segment {
-            flow,
-            seq: 0,
-            flags: TcpFlags(TcpFlags::SYN),
-            payload: b"",
-        },
+        &Segment::new(flow, 0, TcpFlags(TcpFlags::SYN), b""),
         &mut emit,
     );
     for (i, seg) in stream.chunks(MSS).enumerate() {
-        let s = Segment {
-            flow,
-            seq: 1 + (i * MSS) as u32,
-            flags: TcpFlags(TcpFlags::ACK),
-            payload: seg,
-        };
+        let s = Segment::new(flow, 1 + (i * MSS) as u32, TcpFlags(TcpFlags::ACK), seg);
         p.on_segment(0, &s, &mut emit);
     }
     p.counters().requests_mirrored

@@ -67,13 +67,13 @@ fn in_order(stream: &[u8], cuts: &[u8]) -> Vec<Vec<u8>> {
     let mut p = Pipeline::new(config()).expect("valid config");
     let mut c = Checker::default();
     let flow = key(0);
-    let syn = Segment { flow, seq: 7, flags: TcpFlags(TcpFlags::SYN), payload: b"" };
+    let syn = Segment::new(flow, 7, TcpFlags(TcpFlags::SYN), b"");
     p.on_segment(0, &syn, &mut |e| c.take(e));
     let (mut at, mut i) = (0usize, 0usize);
     while at < stream.len() {
         let n = cuts.get(i).map_or(stream.len(), |&n| usize::from(n) + 1);
         let end = (at + n).min(stream.len());
-        let seg = Segment { flow, seq: 8 + at as u32, flags: TcpFlags(TcpFlags::ACK), payload: &stream[at..end] };
+        let seg = Segment::new(flow, 8 + at as u32, TcpFlags(TcpFlags::ACK), &stream[at..end]);
         p.on_segment(0, &seg, &mut |e| c.take(e));
         assert!(p.buffered_bytes() <= MAX_BUFFERED);
         at = end;
@@ -113,7 +113,7 @@ fuzz_target!(|input: &[u8]| {
             }
             _ => TcpFlags::ACK,
         };
-        let seg = Segment { flow, seq, flags: TcpFlags(flags), payload };
+        let seg = Segment::new(flow, seq, TcpFlags(flags), payload);
         p.on_segment(now, &seg, &mut |e| c.take(e));
         assert!(p.buffered_bytes() <= MAX_BUFFERED);
         assert!(p.flow_count() <= 3);

@@ -10,9 +10,9 @@
 //! let mut p = Pipeline::new(PipelineConfig::default()).unwrap();
 //! let flow = FlowKey { src: "10.0.0.1:40000".parse().unwrap(), dst: "10.0.0.2:80".parse().unwrap() };
 //! let mut events = Vec::new();
-//! let syn = Segment { flow, seq: 99, flags: TcpFlags(TcpFlags::SYN), payload: b"" };
+//! let syn = Segment::new(flow, 99, TcpFlags(TcpFlags::SYN), b"");
 //! p.on_segment(0, &syn, &mut |e| events.push(e));
-//! let req = Segment { flow, seq: 100, flags: TcpFlags(TcpFlags::ACK), payload: b"GET / HTTP/1.1\r\nHost: api\r\n\r\n" };
+//! let req = Segment::new(flow, 100, TcpFlags(TcpFlags::ACK), b"GET / HTTP/1.1\r\nHost: api\r\n\r\n");
 //! p.on_segment(1, &req, &mut |e| events.push(e));
 //! p.expire(2, &mut |e| events.push(e)); // call periodically, e.g. every second
 //! assert!(matches!(&events[..], [Event::RequestHead { .. }, Event::RequestEnd { .. }]));

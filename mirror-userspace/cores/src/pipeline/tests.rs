@@ -29,12 +29,7 @@ impl H {
     }
 
     fn seg(&mut self, now: u64, port: u16, seq: u32, flags: u8, payload: &[u8]) -> &mut Self {
-        let seg = Segment {
-            flow: key(port),
-            seq,
-            flags: TcpFlags(flags),
-            payload,
-        };
+        let seg = Segment::new(key(port), seq, TcpFlags(flags), payload);
         let events = &mut self.events;
         self.p.on_segment(now, &seg, &mut |e| events.push(e));
         self
