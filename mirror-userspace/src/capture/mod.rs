@@ -5,6 +5,7 @@
 pub mod attached;
 pub mod classifier;
 pub mod clock;
+pub mod kernel_stats;
 pub mod packet;
 pub mod pcap;
 mod privileges;
