@@ -211,7 +211,10 @@ pub fn run_to_exit(
         if std::time::Instant::now() > deadline {
             remove_container(&name);
             let _ = child.wait();
-            bail!("mirror {args:?} in {} did not exit within {timeout:?}", image.tag());
+            bail!(
+                "mirror {args:?} in {} did not exit within {timeout:?}",
+                image.tag()
+            );
         }
         std::thread::sleep(std::time::Duration::from_millis(50));
     };
@@ -271,9 +274,7 @@ fn hard_limit(resource: libc::__rlimit_resource_t) -> Result<u64> {
 
 fn run(cmd: &mut Command) -> Result<String> {
     let description = format!("{cmd:?}");
-    let out = cmd
-        .output()
-        .with_context(|| format!("run {description}"))?;
+    let out = cmd.output().with_context(|| format!("run {description}"))?;
     if !out.status.success() {
         bail!(
             "{description} failed ({}): {}",

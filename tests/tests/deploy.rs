@@ -17,12 +17,17 @@ fn deploy_manifests_validate_for_kubernetes_1_28_and_newest() {
         }
     }
     let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/validate.sh");
-    let out = Command::new(&script).output().expect("run deploy/validate.sh");
+    let out = Command::new(&script)
+        .output()
+        .expect("run deploy/validate.sh");
     let stdout = String::from_utf8_lossy(&out.stdout);
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success(), "{stdout}\n{stderr}");
     // Both kustomizations were rendered and checked against both versions.
-    assert!(stdout.contains("deploy: 7 objects checked against 1.28.0, "), "{stdout}");
+    assert!(
+        stdout.contains("deploy: 7 objects checked against 1.28.0, "),
+        "{stdout}"
+    );
     assert!(
         stdout.contains("deploy/overlays/privileged: 7 objects checked"),
         "{stdout}"

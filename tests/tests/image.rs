@@ -79,7 +79,11 @@ fn seed_scenario_in_container(security: &[String]) {
 
     assert_eq!(v1_lines.len(), 1, "{v1_lines:?}");
     assert_eq!(v1_lines[0].host, "httpbin:8000");
-    assert_eq!(v2_lines.len(), 1, "exactly one mirrored request: {v2_lines:?}");
+    assert_eq!(
+        v2_lines.len(),
+        1,
+        "exactly one mirrored request: {v2_lines:?}"
+    );
     assert_eq!(v2_lines[0].method, "GET");
     assert_eq!(v2_lines[0].path, "/headers");
     assert_eq!(v2_lines[0].host, "httpbin-shadow:8000");
@@ -154,8 +158,14 @@ fn the_daemonset_grants_exactly_these_capabilities() {
     )
     .expect("read deploy/base/daemonset.yaml");
     let added = added_capabilities(&manifest);
-    assert_eq!(added, DAEMONSET_CAPABILITIES, "capabilities.add in the DaemonSet");
-    assert!(manifest.contains("type: Unconfined"), "the seccomp exemption");
+    assert_eq!(
+        added, DAEMONSET_CAPABILITIES,
+        "capabilities.add in the DaemonSet"
+    );
+    assert!(
+        manifest.contains("type: Unconfined"),
+        "the seccomp exemption"
+    );
 }
 
 /// The items of the `add:` list under `capabilities:` (one `- NAME` per line, comments and
@@ -169,7 +179,9 @@ fn added_capabilities(manifest: &str) -> Vec<&str> {
     lines
         .map(str::trim_end)
         .filter(|line| !line.trim().is_empty() && !line.trim_start().starts_with('#'))
-        .take_while(|line| line.len() - line.trim_start().len() >= indent && line.trim_start().starts_with("- "))
+        .take_while(|line| {
+            line.len() - line.trim_start().len() >= indent && line.trim_start().starts_with("- ")
+        })
         .map(|line| line.trim_start()[2..].trim())
         .collect()
 }

@@ -21,7 +21,14 @@ fn each_pod_address_maps_to_its_own_node_side_veth_whatever_its_name() {
     let node = testbed.node();
     for argv in [
         vec!["ip", "link", "set", pods[1].node_ifname(), "down"],
-        vec!["ip", "link", "set", pods[1].node_ifname(), "name", "cali0a1b2c3d"],
+        vec![
+            "ip",
+            "link",
+            "set",
+            pods[1].node_ifname(),
+            "name",
+            "cali0a1b2c3d",
+        ],
         vec!["ip", "link", "set", "cali0a1b2c3d", "up"],
     ] {
         node.exec_ok(&argv).expect("rename the veth");

@@ -132,12 +132,11 @@ pub fn desired_state(policies: &[ServicePolicy], cluster: &Cluster<'_>) -> Desir
                         port: port.number,
                     })
                     .collect();
-                targets.extend(endpoints.iter().flat_map(|e| {
-                    e.addrs.iter().map(|&addr| Target {
-                        addr,
-                        port: e.port,
-                    })
-                }));
+                targets.extend(
+                    endpoints
+                        .iter()
+                        .flat_map(|e| e.addrs.iter().map(|&addr| Target { addr, port: e.port })),
+                );
                 if targets.is_empty() {
                     continue;
                 }
@@ -324,7 +323,10 @@ fn running(pod: &Pod) -> bool {
 
 fn pod_ips(pod: &Pod) -> Vec<IpAddr> {
     let status = pod.status.as_ref();
-    let listed = status.and_then(|s| s.pod_ips.as_deref()).into_iter().flatten();
+    let listed = status
+        .and_then(|s| s.pod_ips.as_deref())
+        .into_iter()
+        .flatten();
     let single = status.and_then(|s| s.pod_ip.as_ref());
     listed
         .map(|ip| &ip.ip)

@@ -108,7 +108,11 @@ fn server_capture_is_at_this_nodes_serving_endpoints_with_each_slices_target_por
     // The other node's agent hooks b alone.
     let other = state(&fixture(), "node-2", &[server(ServicePort::Number(8000))]);
     assert_eq!(
-        other.pods.keys().map(|k| k.name.as_str()).collect::<Vec<_>>(),
+        other
+            .pods
+            .keys()
+            .map(|k| k.name.as_str())
+            .collect::<Vec<_>>(),
         ["httpbin-v1-b"]
     );
     assert_eq!(
@@ -121,7 +125,11 @@ fn server_capture_is_at_this_nodes_serving_endpoints_with_each_slices_target_por
 fn a_service_port_by_name_is_the_same_as_by_number_and_a_missing_one_is_nothing() {
     let fixture = fixture();
     let by_number = state(&fixture, "node-1", &[server(ServicePort::Number(8000))]);
-    let by_name = state(&fixture, "node-1", &[server(ServicePort::Name("http".into()))]);
+    let by_name = state(
+        &fixture,
+        "node-1",
+        &[server(ServicePort::Name("http".into()))],
+    );
     assert_eq!(by_number, by_name);
     let metrics = state(&fixture, "node-1", &[server(ServicePort::Number(9090))]);
     assert_eq!(
@@ -151,7 +159,11 @@ fn client_capture_is_at_selected_local_callers_with_cluster_ips_and_every_endpoi
     // sleep-2 is on node-2, sleep-pending has no address yet, sleep-other-ns is in another
     // namespace than the policy's.
     assert_eq!(
-        desired.pods.keys().map(|k| k.name.as_str()).collect::<Vec<_>>(),
+        desired
+            .pods
+            .keys()
+            .map(|k| k.name.as_str())
+            .collect::<Vec<_>>(),
         ["sleep-1"]
     );
     let sleep = &desired.pods[&key("sleep-1")];
@@ -204,18 +216,19 @@ fn changes_to_the_objects_change_the_desired_state() {
     );
 
     // A pod that turns out to use the host's network has no veth: nothing to hook.
-    fixture.pods[0]
-        .spec
-        .as_mut()
-        .expect("spec")
-        .host_network = Some(true);
+    fixture.pods[0].spec.as_mut().expect("spec").host_network = Some(true);
     assert!(!state(&fixture, "node-1", &policies)
         .pods
         .contains_key(&key("httpbin-v1-a")));
 
     // The Service goes: its leftover slices count for nothing.
-    fixture.services.retain(|s| s.metadata.name.as_deref() != Some("httpbin"));
-    assert_eq!(state(&fixture, "node-1", &policies), DesiredState::default());
+    fixture
+        .services
+        .retain(|s| s.metadata.name.as_deref() != Some("httpbin"));
+    assert_eq!(
+        state(&fixture, "node-1", &policies),
+        DesiredState::default()
+    );
 }
 
 #[test]
@@ -230,5 +243,7 @@ fn slices_of_other_services_and_namespaces_are_not_mixed_in() {
     let all = desired.targets();
     assert!(!all.contains(&target("10.244.1.99", 80)), "{all:?}");
     // other's endpoint on node-1 (10.244.1.30) is not httpbin's.
-    assert!(!all.iter().any(|t| t.addr == "10.244.1.30".parse::<std::net::IpAddr>().unwrap()));
+    assert!(!all
+        .iter()
+        .any(|t| t.addr == "10.244.1.30".parse::<std::net::IpAddr>().unwrap()));
 }

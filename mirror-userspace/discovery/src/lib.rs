@@ -19,4 +19,3 @@ pub mod watch;
 pub use desired::{desired_state, Cluster, DesiredState, PodCapture, PodKey, Target};
 pub use policy::{Capture, PolicyError, ServicePolicy, ServicePort, ServiceRef};
 pub use watch::{ApiStatus, Discovery, DiscoveryConfig, DiscoveryUpdate};
-

@@ -112,7 +112,11 @@ impl ServicePolicy {
                 )?)
             }
             serde_json::Value::String(name) => ServicePort::Name(name),
-            other => return Err(invalid(format!("service port {other} is not a number or a name"))),
+            other => {
+                return Err(invalid(format!(
+                    "service port {other} is not a number or a name"
+                )))
+            }
         };
         let capture = match spec.capture.as_deref() {
             None | Some("server") => Capture::Server,
@@ -123,7 +127,11 @@ impl ServicePolicy {
                     }
                 })?,
             },
-            Some(other) => return Err(invalid(format!("capture {other:?} is not server or client"))),
+            Some(other) => {
+                return Err(invalid(format!(
+                    "capture {other:?} is not server or client"
+                )))
+            }
         };
         Ok(Some(ServicePolicy {
             name: format!("{namespace}/{name}"),
@@ -185,13 +193,19 @@ mod tests {
             ]
         }))
         .unwrap();
-        assert!(selects(&selector, &labels(&[("app", "sleep"), ("tier", "a")])));
+        assert!(selects(
+            &selector,
+            &labels(&[("app", "sleep"), ("tier", "a")])
+        ));
         assert!(selects(
             &selector,
             &labels(&[("app", "sleep"), ("tier", "b"), ("env", "dev")])
         ));
         assert!(!selects(&selector, &labels(&[("app", "sleep")])));
-        assert!(!selects(&selector, &labels(&[("app", "curl"), ("tier", "a")])));
+        assert!(!selects(
+            &selector,
+            &labels(&[("app", "curl"), ("tier", "a")])
+        ));
         assert!(!selects(
             &selector,
             &labels(&[("app", "sleep"), ("tier", "a"), ("canary", "1")])
@@ -201,10 +215,9 @@ mod tests {
             &labels(&[("app", "sleep"), ("tier", "a"), ("env", "prod")])
         ));
         assert!(selects(&LabelSelector::default(), &labels(&[])));
-        let bogus: LabelSelector = serde_json::from_value(
-            json!({"matchExpressions": [{"key": "a", "operator": "Near"}]}),
-        )
-        .unwrap();
+        let bogus: LabelSelector =
+            serde_json::from_value(json!({"matchExpressions": [{"key": "a", "operator": "Near"}]}))
+                .unwrap();
         assert!(!selects(&bogus, &labels(&[("a", "1")])));
     }
 

@@ -125,7 +125,13 @@ fn signals<K>(
     config: watcher::Config,
 ) -> BoxStream<'static, Signal>
 where
-    K: kube::Resource + Clone + serde::de::DeserializeOwned + std::fmt::Debug + Send + Sync + 'static,
+    K: kube::Resource
+        + Clone
+        + serde::de::DeserializeOwned
+        + std::fmt::Debug
+        + Send
+        + Sync
+        + 'static,
     K::DynamicType: Eq + std::hash::Hash + Clone + Send + Sync,
 {
     reflector::reflector(writer, watcher(api, config))

@@ -49,7 +49,10 @@ impl Kmock {
         BufReader::new(child.stdout.take().expect("kmock stdout"))
             .read_line(&mut line)
             .expect("kmock prints its port");
-        let port = line.trim().parse().unwrap_or_else(|_| panic!("kmock port {line:?}"));
+        let port = line
+            .trim()
+            .parse()
+            .unwrap_or_else(|_| panic!("kmock port {line:?}"));
         Some(Kmock { child, port })
     }
 
@@ -93,7 +96,10 @@ fn venv() -> Option<PathBuf> {
     if std::env::var_os("CI").is_some() {
         panic!("this test needs python3-venv and {KMOCK_PIN} from PyPI, and CI is set");
     }
-    let _ = writeln!(std::io::stderr(), "skipped: cannot make a venv with {KMOCK_PIN}");
+    let _ = writeln!(
+        std::io::stderr(),
+        "skipped: cannot make a venv with {KMOCK_PIN}"
+    );
     None
 }
 
@@ -208,7 +214,10 @@ async fn desired_state_follows_the_api_and_outlives_it() {
     let pods: Api<Pod> = Api::namespaced(client.clone(), "default");
     let create = PostParams::default();
 
-    services.create(&create, &service()).await.expect("create service");
+    services
+        .create(&create, &service())
+        .await
+        .expect("create service");
     pods.create(&create, &pod("httpbin-v1-a", "10.244.1.5", "node-1"))
         .await
         .expect("create pod");
@@ -235,7 +244,10 @@ async fn desired_state_follows_the_api_and_outlives_it() {
         },
     );
     let mut updates = discovery.updates();
-    let first = wait_for(&mut updates, "the first state", |u| u.api == ApiStatus::Live).await;
+    let first = wait_for(&mut updates, "the first state", |u| {
+        u.api == ApiStatus::Live
+    })
+    .await;
     // The pod on node-2 is the other node's business.
     assert_eq!(
         hooked(&first),
@@ -279,10 +291,16 @@ async fn desired_state_follows_the_api_and_outlives_it() {
         .delete("httpbin", &DeleteParams::default())
         .await
         .expect("delete service");
-    wait_for(&mut updates, "an empty state", |u| u.desired.pods.is_empty()).await;
+    wait_for(&mut updates, "an empty state", |u| {
+        u.desired.pods.is_empty()
+    })
+    .await;
 
     // And comes back.
-    services.create(&create, &service()).await.expect("recreate service");
+    services
+        .create(&create, &service())
+        .await
+        .expect("recreate service");
     let last = wait_for(&mut updates, "the Service back", |u| hooked(u) == want).await;
 
     // The API goes away: the last known state stays, marked as such.
@@ -291,7 +309,10 @@ async fn desired_state_follows_the_api_and_outlives_it() {
         matches!(u.api, ApiStatus::Unreachable { .. })
     })
     .await;
-    assert_eq!(stale.desired, last.desired, "the state changed without the API");
+    assert_eq!(
+        stale.desired, last.desired,
+        "the state changed without the API"
+    );
     tokio::time::sleep(Duration::from_secs(2)).await;
     let later = updates.borrow().clone();
     assert_eq!(later.desired, last.desired);
