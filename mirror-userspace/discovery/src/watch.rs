@@ -98,7 +98,7 @@ enum Kind {
     Policies,
 }
 
-/// What a watch reported: a change (and whether its list is complete), or a failure.
+/// What a watch reported: a change (`listed`: its cache is complete and current), or a failure.
 enum Signal {
     Changed { kind: Kind, listed: bool },
     Failed { kind: Kind, error: String },
@@ -202,10 +202,12 @@ async fn run(client: Client, config: DiscoveryConfig, tx: channel::Sender<Discov
     let mut signals = futures::stream::select_all(streams);
     while let Some(signal) = signals.next().await {
         match signal {
-            Signal::Changed { kind, listed } => {
-                if listed {
-                    pending.retain(|k| *k != kind);
-                }
+            // A (re)list has started or is under way: the caches change only when it is done,
+            // and nothing says the API answered yet (the watcher reports a restart before it
+            // asks), so the status stays as it is.
+            Signal::Changed { listed: false, .. } => continue,
+            Signal::Changed { kind, .. } => {
+                pending.retain(|k| *k != kind);
                 if !pending.is_empty() {
                     continue;
                 }

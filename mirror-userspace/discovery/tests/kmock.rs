@@ -319,3 +319,105 @@ async fn desired_state_follows_the_api_and_outlives_it() {
     assert!(matches!(later.api, ApiStatus::Unreachable { .. }));
     drop(discovery);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mirror_policies_in_the_cluster_are_followed_like_config_policies() {
+    let Some(kmock) = Kmock::start() else {
+        return;
+    };
+    let client = client(kmock.port);
+    let create = PostParams::default();
+    let services: Api<Service> = Api::namespaced(client.clone(), "default");
+    let slices: Api<EndpointSlice> = Api::namespaced(client.clone(), "default");
+    let pods: Api<Pod> = Api::namespaced(client.clone(), "default");
+    let resource = kube::api::ApiResource::from_gvk_with_plural(
+        &kube::api::GroupVersionKind::gvk("mirror.dev", "v1alpha1", "MirrorPolicy"),
+        "mirrorpolicies",
+    );
+    let policies: Api<kube::api::DynamicObject> =
+        Api::namespaced_with(client.clone(), "default", &resource);
+
+    services.create(&create, &service()).await.expect("service");
+    slices
+        .create(
+            &create,
+            &slice(vec![endpoint("httpbin-v1-b", "10.244.2.7", "node-2")]),
+        )
+        .await
+        .expect("slice");
+    let mut sleep = pod("sleep", "10.244.1.20", "node-1");
+    sleep.metadata.labels = Some([("app".to_string(), "sleep".to_string())].into());
+    pods.create(&create, &sleep).await.expect("sleep pod");
+
+    let discovery = Discovery::start(
+        client.clone(),
+        DiscoveryConfig {
+            node: "node-1".into(),
+            policies: Vec::new(),
+            mirror_policies: true,
+        },
+    );
+    let mut updates = discovery.updates();
+    let first = wait_for(&mut updates, "the first state", |u| {
+        u.api == ApiStatus::Live
+    })
+    .await;
+    assert!(first.desired.pods.is_empty(), "{first:?}");
+
+    // A client-side policy: the sleep pod on this node is hooked, for the Service's cluster
+    // IP and the endpoint on the other node.
+    let policy: kube::api::DynamicObject = serde_json::from_value(json!({
+        "apiVersion": "mirror.dev/v1alpha1", "kind": "MirrorPolicy",
+        "metadata": {"name": "httpbin", "namespace": "default", "resourceVersion": "1"},
+        "spec": {
+            "target": {"service": {"name": "httpbin", "port": "http"}},
+            "capture": "client",
+            "clients": {"podSelector": {"matchLabels": {"app": "sleep"}}},
+            "mirrors": [{"backend": "httpbin-v2.default.svc.cluster.local:8000"}]
+        }
+    }))
+    .expect("policy");
+    policies
+        .create(&create, &policy)
+        .await
+        .expect("create policy");
+    let want = owned(&[("sleep", &["10.96.0.10:8000", "10.244.2.7:80"])]);
+    let hooked_sleep = wait_for(&mut updates, "the caller hooked", |u| hooked(u) == want).await;
+    assert_eq!(
+        hooked_sleep
+            .desired
+            .pods
+            .values()
+            .next()
+            .map(|p| &p.policies),
+        Some(&["default/httpbin".to_string()].into())
+    );
+
+    // A policy the agent cannot use is counted and changes nothing else.
+    let broken: kube::api::DynamicObject = serde_json::from_value(json!({
+        "apiVersion": "mirror.dev/v1alpha1", "kind": "MirrorPolicy",
+        "metadata": {"name": "broken", "namespace": "default", "resourceVersion": "1"},
+        "spec": {"target": {"service": {"name": "httpbin", "port": 8000}}, "capture": "client"}
+    }))
+    .expect("policy");
+    policies
+        .create(&create, &broken)
+        .await
+        .expect("create policy");
+    let counted = wait_for(&mut updates, "the broken policy counted", |u| {
+        u.rejected_policies == 1
+    })
+    .await;
+    assert_eq!(hooked(&counted), want);
+
+    // Deleting the policy unhooks the caller.
+    policies
+        .delete("httpbin", &DeleteParams::default())
+        .await
+        .expect("delete policy");
+    wait_for(&mut updates, "the caller unhooked", |u| {
+        u.desired.pods.is_empty()
+    })
+    .await;
+    drop(discovery);
+}
