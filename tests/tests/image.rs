@@ -17,7 +17,7 @@ use mirror_tests::{
 const DAEMONSET_CAPABILITIES: &[&str] = &[
     // bpf(2): create the maps, load the programs.
     "BPF",
-    // The verifier's checks for programs that read packet bytes into a ring buffer.
+    // With BPF, the pair the kernel treats as a trusted BPF loader; the agent asks for both.
     "PERFMON",
     // Attaching TC programs (TCX links or clsact + netlink filters), SO_MARK on shadow sockets.
     "NET_ADMIN",
