@@ -231,10 +231,15 @@ async fn run(client: Client, config: DiscoveryConfig, tx: channel::Sender<Discov
                 } else if let ApiStatus::Unreachable { error: last, .. } = &mut api {
                     *last = error;
                 }
-                // The caches keep what they had: publish the same state, marked stale.
-                let mut update = tx.borrow().clone();
-                update.api = api.clone();
-                tx.send_replace(update);
+                // The caches keep what they had: the same state, marked stale (receivers wake
+                // only when the status says something new, not at every retry).
+                tx.send_if_modified(|current| {
+                    let changed = current.api != api;
+                    if changed {
+                        current.api = api.clone();
+                    }
+                    changed
+                });
                 continue;
             }
         }
