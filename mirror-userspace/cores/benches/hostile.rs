@@ -59,13 +59,16 @@ fn bench(c: &mut Criterion) {
     let real = repeat(b"GET /a HTTP/1.1\r\nHost: api\r\n\r\n", STREAM);
     g.throughput(Throughput::Bytes(STREAM as u64));
     g.bench_function("resync_get_sp_lf_1MiB", |b| b.iter(|| resync(&garbage)));
-    g.bench_function("resync_unterminated_heads_1MiB", |b| b.iter(|| resync(&lines)));
+    g.bench_function("resync_unterminated_heads_1MiB", |b| {
+        b.iter(|| resync(&lines))
+    });
     g.bench_function("resync_real_gets_1MiB", |b| b.iter(|| resync(&real)));
     for segments in [1u32, 8] {
         g.throughput(Throughput::Elements(u64::from(segments)));
-        g.bench_function(format!("ooo_{segments}_one_byte_segments_4MiB_window"), |b| {
-            b.iter(|| far_ahead(segments))
-        });
+        g.bench_function(
+            format!("ooo_{segments}_one_byte_segments_4MiB_window"),
+            |b| b.iter(|| far_ahead(segments)),
+        );
     }
     g.finish();
 }

@@ -356,7 +356,10 @@ fn rejected_resync_candidates_resume_the_head_end_search() {
     let mut h = Harness::new();
     h.framer = Framer::resyncing();
     h.feed(b"GET \nPUT \nGET /ok HTTP/1.1\r\nHost: a\r\n\r\n");
-    assert_eq!(h.complete(), vec!["GET /ok HTTP/1.1\r\nHost: a-shadow\r\n\r\n"]);
+    assert_eq!(
+        h.complete(),
+        vec!["GET /ok HTTP/1.1\r\nHost: a-shadow\r\n\r\n"]
+    );
     assert_eq!(h.counters.resync_skipped_bytes, 10);
     let mut h = Harness::with(
         FramerConfig {
