@@ -8,6 +8,12 @@ use proptest::prelude::*;
 
 const SEC: u64 = 1_000_000_000;
 
+/// The rules when only the client direction is seen: most table tests here are about
+/// reassembly and framing, which work the same under either admission.
+fn client_only() -> PipelineConfig {
+    PipelineConfig::default().with_admission(Admission::ClientOnly)
+}
+
 fn key(port: u16) -> FlowKey {
     FlowKey {
         src: ([10, 0, 0, 1], port).into(),
@@ -95,7 +101,7 @@ const GET_SHADOW: &str = "GET /a HTTP/1.1\r\nHost: api-shadow:80\r\n\r\n";
 
 #[test]
 fn syn_requests_fin() {
-    let mut h = H::new(PipelineConfig::default());
+    let mut h = H::new(client_only());
     h.syn(1, 1000)
         .data(1, 1001, GET)
         .data(1, 1001 + GET.len() as u32, GET);
@@ -118,7 +124,7 @@ fn syn_requests_fin() {
 
 #[test]
 fn syn_payload_and_fin_in_one_go_and_wrapping_isn() {
-    let mut h = H::new(PipelineConfig::default());
+    let mut h = H::new(client_only());
     let isn = u32::MAX - 5;
     h.syn(1, isn);
     h.seg(
@@ -134,7 +140,7 @@ fn syn_payload_and_fin_in_one_go_and_wrapping_isn() {
 
 #[test]
 fn fin_before_missing_data_waits_for_it() {
-    let mut h = H::new(PipelineConfig::default());
+    let mut h = H::new(client_only());
     h.syn(1, 0);
     h.seg(0, 1, 11, TcpFlags::FIN, &GET[10..]);
     assert_eq!(h.end(1), None);
@@ -145,10 +151,14 @@ fn fin_before_missing_data_waits_for_it() {
 
 #[test]
 fn rst_mid_request_aborts() {
-    let mut h = H::new(PipelineConfig::default());
+    let mut h = H::new(client_only());
     h.syn(1, 0)
         .data(1, 1, b"POST / HTTP/1.1\r\nContent-Length: 10\r\n\r\nabc");
+    // RFC 5961: only a RST at the exact next sequence number counts.
     h.seg(0, 1, 45, TcpFlags::RST, b"");
+    assert_eq!(h.end(1), None);
+    assert_eq!(h.p.counters().rst_ignored, 1);
+    h.seg(0, 1, 43, TcpFlags::RST, b"");
     let f = h.flows().remove(&key(1)).unwrap();
     assert_eq!((f.0.aborted, f.1), (1, Some(EndReason::Rst)));
     assert_eq!(h.p.counters().requests_aborted_closed, 1);
@@ -156,7 +166,7 @@ fn rst_mid_request_aborts() {
 
 #[test]
 fn retransmitted_syn_keeps_the_flow_new_isn_supersedes_it() {
-    let mut h = H::new(PipelineConfig::default());
+    let mut h = H::new(client_only());
     h.syn(1, 0)
         .data(1, 1, &GET[..5])
         .syn(1, 0)
@@ -170,7 +180,7 @@ fn retransmitted_syn_keeps_the_flow_new_isn_supersedes_it() {
 
 #[test]
 fn mid_stream_join_starts_at_a_request_line() {
-    let mut h = H::new(PipelineConfig::default());
+    let mut h = H::new(client_only());
     h.data(1, 500, b"tail of a body\r\n").data(1, 516, b"");
     assert_eq!(h.p.flow_count(), 0);
     h.data(1, 600, GET).data(1, 600 + GET.len() as u32, GET);
@@ -190,7 +200,7 @@ fn mid_stream_join_starts_at_a_request_line() {
 
 #[test]
 fn late_retransmission_after_fin_does_not_rejoin() {
-    let mut h = H::new(PipelineConfig::default());
+    let mut h = H::new(client_only());
     h.syn(1, 0).data(1, 1, GET);
     h.seg(0, 1, 1 + GET.len() as u32, TcpFlags::FIN, b"");
     h.data(1, 1, GET);
@@ -203,7 +213,7 @@ fn late_retransmission_after_fin_does_not_rejoin() {
 
 #[test]
 fn upgrade_stops_the_flow_and_later_bytes_are_ignored() {
-    let mut h = H::new(PipelineConfig::default());
+    let mut h = H::new(client_only());
     let up = b"GET /ws HTTP/1.1\r\nHost: a\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\r\n";
     h.syn(1, 0).data(1, 1, up).data(1, 1 + up.len() as u32, GET);
     assert_eq!(h.end(1), Some(EndReason::Stopped(StopReason::Upgrade)));
@@ -213,7 +223,7 @@ fn upgrade_stops_the_flow_and_later_bytes_are_ignored() {
 
 #[test]
 fn idle_flow_expires_and_aborts_its_request() {
-    let mut h = H::new(PipelineConfig::default());
+    let mut h = H::new(client_only());
     h.syn(1, 0)
         .data(1, 1, b"POST / HTTP/1.1\r\nContent-Length: 10\r\n\r\nabc");
     h.expire(119 * SEC);
@@ -229,7 +239,7 @@ fn idle_flow_expires_and_aborts_its_request() {
 fn lost_segment_past_the_window_aborts_and_resumes_at_the_next_request() {
     let config = PipelineConfig {
         ooo_window: 64,
-        ..PipelineConfig::default()
+        ..client_only()
     };
     let mut h = H::new(config);
     let post =
@@ -253,7 +263,7 @@ fn lost_segment_past_the_window_aborts_and_resumes_at_the_next_request() {
 
 #[test]
 fn unfilled_hole_is_given_up_after_the_hole_timeout() {
-    let mut h = H::new(PipelineConfig::default());
+    let mut h = H::new(client_only());
     h.syn(1, 0).data(1, 1, &GET[..5]);
     h.seg(SEC / 2, 1, 1 + GET.len() as u32, TcpFlags::ACK, GET);
     h.expire(SEC);
@@ -267,7 +277,7 @@ fn unfilled_hole_is_given_up_after_the_hole_timeout() {
 fn flow_table_cap_evicts_the_least_recently_active() {
     let config = PipelineConfig {
         max_flows: 2,
-        ..PipelineConfig::default()
+        ..client_only()
     };
     let mut h = H::new(config);
     h.syn(1, 0).syn(2, 0).data(1, 1, GET).syn(3, 0);
@@ -284,7 +294,7 @@ fn flow_table_cap_evicts_the_least_recently_active() {
 fn memory_cap_evicts_until_under() {
     let config = PipelineConfig {
         max_buffered_bytes: 100_000,
-        ..PipelineConfig::default()
+        ..client_only()
     };
     let mut h = H::new(config);
     let block = vec![b'x'; 40_000];
@@ -298,7 +308,7 @@ fn memory_cap_evicts_until_under() {
 
 #[test]
 fn out_of_slot_segments_are_counted() {
-    let mut h = H::new(PipelineConfig::default());
+    let mut h = H::new(client_only());
     h.syn(1, 0);
     for i in 0..=crate::reassembly::MAX_RANGES as u32 {
         h.data(1, 10 + i * 10, b"x");
@@ -310,7 +320,7 @@ fn out_of_slot_segments_are_counted() {
 fn invalid_config_is_refused() {
     let config = PipelineConfig {
         sample_percent: 101.0,
-        ..PipelineConfig::default()
+        ..client_only()
     };
     assert!(matches!(
         Pipeline::new(config),
@@ -334,7 +344,7 @@ proptest! {
         dups in prop::collection::vec(any::<prop::sample::Index>(), 0..6),
         window in 64u32..2048,
     ) {
-        let config = PipelineConfig { ooo_window: window, ..PipelineConfig::default() };
+        let config = PipelineConfig { ooo_window: window, ..client_only() };
         let mut h = H::new(config);
         // (port, seq, payload) in capture order.
         let mut segs: Vec<(u16, u32, Vec<u8>)> = Vec::new();

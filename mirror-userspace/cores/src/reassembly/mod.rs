@@ -116,6 +116,15 @@ impl Reassembler {
         !self.ranges.is_empty()
     }
 
+    /// Bytes held and not yet delivered.
+    pub fn held_bytes(&self) -> u64 {
+        self.ranges
+            .as_slice()
+            .iter()
+            .map(|&(s, e)| u64::from(e - s))
+            .sum()
+    }
+
     /// Heap bytes this state pins, for the memory caps.
     pub fn memory(&self) -> usize {
         self.pages.memory()
@@ -142,7 +151,7 @@ impl Reassembler {
 
     /// Moves the release point forward to `seq` (never back) and delivers what it frees.
     /// Ignored when ungated.
-    pub fn release_to(&mut self, seq: u32, out: &mut impl FnMut(Delivery<'_>)) {
+    pub fn release_to(&mut self, seq: u32, out: &mut (impl FnMut(Delivery<'_>) + ?Sized)) {
         if let Some(r) = self.release {
             if seq.wrapping_sub(r) as i32 > 0 {
                 self.release = Some(seq);
@@ -162,7 +171,7 @@ impl Reassembler {
         &mut self,
         seq: u32,
         payload: &[u8],
-        out: &mut impl FnMut(Delivery<'_>),
+        out: &mut (impl FnMut(Delivery<'_>) + ?Sized),
     ) -> Result<Pushed, ReassemblyError> {
         let mut pushed = Pushed::default();
         let mut data = payload;
@@ -220,7 +229,7 @@ impl Reassembler {
     /// Gives up on the hole in front, if there is one to give up on (see
     /// [`Reassembler::hole_pending`]): reports it as a gap and delivers what was held after it.
     /// Gated, only the part the release point passed is skipped. Returns the gap size.
-    pub fn skip_front_hole(&mut self, out: &mut impl FnMut(Delivery<'_>)) -> u32 {
+    pub fn skip_front_hole(&mut self, out: &mut (impl FnMut(Delivery<'_>) + ?Sized)) -> u32 {
         if !self.hole_pending() {
             return 0;
         }
@@ -233,7 +242,7 @@ impl Reassembler {
 
     /// Moves the stream to `seq` (ahead of `next_seq`), declaring lost whatever is missing
     /// before it and delivering what is held: the stream resumes there. Returns the bytes lost.
-    pub fn jump_to(&mut self, seq: u32, out: &mut impl FnMut(Delivery<'_>)) -> u64 {
+    pub fn jump_to(&mut self, seq: u32, out: &mut (impl FnMut(Delivery<'_>) + ?Sized)) -> u64 {
         let mut lost = 0u64;
         loop {
             let dist = seq.wrapping_sub(self.next_seq) as i32;
@@ -250,7 +259,7 @@ impl Reassembler {
 
     /// Declares lost everything before offset `limit` or the first held range, whichever is
     /// lower, then delivers the held run that became contiguous.
-    fn skip_hole(&mut self, limit: u32, out: &mut impl FnMut(Delivery<'_>)) -> Moved {
+    fn skip_hole(&mut self, limit: u32, out: &mut (impl FnMut(Delivery<'_>) + ?Sized)) -> Moved {
         let lost = self.ranges.first().map_or(limit, |r| r.0.min(limit));
         if lost == 0 {
             return Moved {
@@ -286,7 +295,7 @@ impl Reassembler {
 
     /// Delivers the released part of the held run starting at offset 0, if there is one.
     /// Returns its length.
-    fn deliver_ready(&mut self, out: &mut impl FnMut(Delivery<'_>)) -> usize {
+    fn deliver_ready(&mut self, out: &mut (impl FnMut(Delivery<'_>) + ?Sized)) -> usize {
         match self.ranges.first() {
             Some((0, end)) => {
                 let n = end.min(self.room()) as usize;
