@@ -533,9 +533,11 @@ impl Pipeline {
             (false, _) => None,
             (true, since) => Some(since.unwrap_or(now_ns)),
         };
-        let fin_reached = a
-            .fin_at
-            .is_some_and(|f| f.wrapping_sub(a.reasm.next_seq()) as i32 <= 0);
+        // Gated, the FIN itself must be acknowledged by v1 too: a forged FIN ends nothing.
+        let fin_reached = a.fin_at.is_some_and(|f| {
+            f.wrapping_sub(a.reasm.next_seq()) as i32 <= 0
+                && a.v1.is_none_or(|v| v.acked.wrapping_sub(f) as i32 > 0)
+        });
         if let Some(reason) = stopped {
             self.stop(key, reason, emit);
         } else if fin_reached {

@@ -6,6 +6,9 @@ use crate::flow::TcpFlags;
 use crate::test_support::{request, Rebuilt};
 use proptest::prelude::*;
 
+mod acked;
+mod shares;
+
 const SEC: u64 = 1_000_000_000;
 
 /// The rules when only the client direction is seen: most table tests here are about
@@ -39,6 +42,83 @@ impl H {
         let events = &mut self.events;
         self.p.on_segment(now, &seg, &mut |e| events.push(e));
         self
+    }
+
+    /// A client segment carrying an acknowledgement of v1's bytes.
+    fn client(&mut self, port: u16, seq: u32, ack: u32, flags: u8, payload: &[u8]) -> &mut Self {
+        let seg = Segment {
+            ack,
+            window: 65535,
+            ..Segment::new(key(port), seq, TcpFlags(flags), payload)
+        };
+        let events = &mut self.events;
+        self.p.on_segment(0, &seg, &mut |e| events.push(e));
+        self
+    }
+
+    /// A v1-to-client header-only segment on the flow of `port`.
+    fn server(
+        &mut self,
+        now: u64,
+        port: u16,
+        seq: u32,
+        ack: u32,
+        window: u16,
+        flags: u8,
+    ) -> &mut Self {
+        self.server_scaled(now, port, seq, ack, window, None, flags)
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn server_scaled(
+        &mut self,
+        now: u64,
+        port: u16,
+        seq: u32,
+        ack: u32,
+        window: u16,
+        scale: Option<u8>,
+        flags: u8,
+    ) -> &mut Self {
+        let k = key(port);
+        let seg = Segment {
+            ack,
+            window,
+            window_scale: scale,
+            ..Segment::new(
+                FlowKey {
+                    src: k.dst,
+                    dst: k.src,
+                },
+                seq,
+                TcpFlags(flags),
+                b"",
+            )
+        };
+        let events = &mut self.events;
+        self.p.on_server_segment(now, &seg, &mut |e| events.push(e));
+        self
+    }
+
+    /// Client SYN (ISN `isn`), v1's SYN-ACK (ISN `server_isn`, window scale 7), client ACK.
+    fn handshake(&mut self, port: u16, isn: u32, server_isn: u32) -> &mut Self {
+        self.client(port, isn, 0, TcpFlags::SYN, b"");
+        self.server_scaled(
+            0,
+            port,
+            server_isn,
+            isn.wrapping_add(1),
+            65535,
+            Some(7),
+            TcpFlags::SYN | TcpFlags::ACK,
+        );
+        self.client(
+            port,
+            isn.wrapping_add(1),
+            server_isn.wrapping_add(1),
+            TcpFlags::ACK,
+            b"",
+        )
     }
 
     fn syn(&mut self, port: u16, isn: u32) -> &mut Self {
