@@ -83,7 +83,11 @@ fn attack(make: impl Fn(u32) -> (FlowKey, u32, u8, &'static [u8])) -> usize {
     p.on_server_segment(0, &ack, &mut emit);
     for i in 0..ATTACK {
         let (key, seq, flags, payload) = make(i);
-        p.on_segment(0, &Segment::new(key, seq, TcpFlags(flags), payload), &mut emit);
+        p.on_segment(
+            0,
+            &Segment::new(key, seq, TcpFlags(flags), payload),
+            &mut emit,
+        );
     }
     p.flow_count() + p.buffered_bytes()
 }

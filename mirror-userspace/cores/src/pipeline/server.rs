@@ -47,7 +47,11 @@ impl Pipeline {
         if !f.ack() {
             return;
         }
-        if self.handshakes.get(&key).is_some() {
+        let after_syn_ack = self.handshakes.get(&key).is_some_and(|h| {
+            seg.seq.wrapping_sub(h.server_isn.wrapping_add(1)) < MAX_WINDOW
+                && seg.ack.wrapping_sub(h.client_next) < MAX_WINDOW
+        });
+        if after_syn_ack {
             // v1 acknowledging anything after its SYN-ACK means the handshake completed.
             self.establish(now_ns, key, emit);
         }

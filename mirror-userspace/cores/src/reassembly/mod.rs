@@ -163,7 +163,8 @@ impl Reassembler {
     /// Takes one segment's payload starting at sequence number `seq`, delivering whatever
     /// becomes contiguous (and released). A segment that starts inside the window but would
     /// end beyond it makes the oldest hole a gap, as often as needed: the capture lost it (a
-    /// receiver would have it by now). Bytes at or beyond the window are refused and counted.
+    /// receiver would have it by now); gated, only as far as the release point. Bytes that
+    /// still lie at or beyond the window are refused and counted.
     ///
     /// The next expected segment is never refused; only an out-of-order one can be, when every
     /// range slot is taken (`Err`, nothing changed).
@@ -210,10 +211,16 @@ impl Reassembler {
                 self.hold(off as u32, data, &mut pushed)?;
                 return Ok(pushed);
             }
-            let moved = self.skip_hole(off as u32, out);
+            // Gated, only what the release point passed may be declared lost: v1 has it, so
+            // the capture lost it. Anything else would let one segment skip the stream ahead.
+            let limit = match self.release {
+                None => off as u32,
+                Some(_) => (off as u32).min(self.room()),
+            };
+            let moved = self.skip_hole(limit, out);
             if moved.lost == 0 && moved.delivered == 0 {
-                // Nothing can be skipped (held bytes at offset 0 wait for release): keep what
-                // fits, refuse the rest.
+                // Nothing can be skipped (held bytes at offset 0 wait for release, or nothing
+                // was released past the hole): keep what fits, refuse the rest.
                 let fits = (window - off) as usize;
                 pushed.beyond_window = pushed
                     .beyond_window

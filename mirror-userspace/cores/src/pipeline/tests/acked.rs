@@ -148,6 +148,27 @@ fn a_segment_far_ahead_does_not_poison_the_flow() {
 }
 
 #[test]
+fn a_segment_past_the_buffer_window_on_a_joined_flow_does_not_skip_the_stream() {
+    let config = PipelineConfig {
+        ooo_window: 4096,
+        ..PipelineConfig::default()
+    };
+    let mut h = H::new(config);
+    // Joined: v1's window scale is unknown, so its window is taken as large as it can be.
+    h.server(0, 1, 9, 1, 65535, ACK);
+    h.client(1, 1 + 8192, 9, ACK, b"GET /forged HTTP/1.1\r\n\r\n");
+    h.client(1, 1 + 4000, 9, ACK, &[b'x'; 200]);
+    let mut seq = 1u32;
+    for _ in 0..10 {
+        h.client(1, seq, 9, ACK, GET);
+        seq += GET.len() as u32;
+        h.server(0, 1, 9, seq, 65535, ACK);
+    }
+    assert_eq!(h.complete(1).len(), 10);
+    assert_eq!(h.p.counters().gaps, 0);
+}
+
+#[test]
 fn client_only_far_segment_does_not_poison_and_lasting_loss_is_followed() {
     let mut h = H::new(client_only());
     h.syn(1, 0);
