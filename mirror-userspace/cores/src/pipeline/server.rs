@@ -47,11 +47,12 @@ impl Pipeline {
         if !f.ack() {
             return;
         }
-        let after_syn_ack = self.handshakes.get(&key).is_some_and(|h| {
-            seg.seq.wrapping_sub(h.server_isn.wrapping_add(1)) < MAX_WINDOW
-                && seg.ack.wrapping_sub(h.client_next) < MAX_WINDOW
-        });
-        if after_syn_ack {
+        if let Some(h) = self.handshakes.get(&key) {
+            let after_syn_ack = seg.seq.wrapping_sub(h.server_isn.wrapping_add(1)) < MAX_WINDOW
+                && seg.ack.wrapping_sub(h.client_next) < MAX_WINDOW;
+            if !after_syn_ack {
+                return; // a stray segment of an older connection on the same addresses
+            }
             // v1 acknowledging anything after its SYN-ACK means the handshake completed.
             self.establish(now_ns, key, emit);
         }
@@ -69,12 +70,12 @@ impl Pipeline {
     /// v1 answered a SYN: remember the handshake (not a flow: the client must complete it).
     fn syn_ack(&mut self, now_ns: u64, key: FlowKey, seg: &Segment<'_>) {
         let client_isn = seg.ack.wrapping_sub(1);
-        let established = self
+        if self
             .flows
             .get(&key)
-            .is_some_and(|fl| fl.active.is_some() && fl.isn == Some(client_isn));
-        if established {
-            return; // a retransmitted SYN-ACK
+            .is_some_and(|fl| fl.isn == Some(client_isn))
+        {
+            return; // a retransmitted SYN-ACK, of a live or an ended flow
         }
         self.counters.handshakes_seen += 1;
         let syn_ack = SynAck {
