@@ -41,7 +41,10 @@ fn key(i: u8) -> FlowKey {
 }
 
 fn reverse(k: FlowKey) -> FlowKey {
-    FlowKey { src: k.dst, dst: k.src }
+    FlowKey {
+        src: k.dst,
+        dst: k.src,
+    }
 }
 
 /// Checks each flow's event grammar; returns the complete requests per flow.
@@ -55,11 +58,17 @@ impl Checker {
     fn take(&mut self, e: Event) {
         match e {
             Event::RequestHead { flow, head } => {
-                assert!(self.open.insert(flow, head.to_vec()).is_none(), "head in a request");
+                assert!(
+                    self.open.insert(flow, head.to_vec()).is_none(),
+                    "head in a request"
+                );
             }
             Event::RequestBody { flow, data } => {
                 assert!(!data.is_empty());
-                self.open.get_mut(&flow).expect("body outside a request").extend_from_slice(&data);
+                self.open
+                    .get_mut(&flow)
+                    .expect("body outside a request")
+                    .extend_from_slice(&data);
             }
             Event::RequestEnd { flow } => {
                 let r = self.open.remove(&flow).expect("end outside a request");
@@ -69,7 +78,10 @@ impl Checker {
                 self.open.remove(&flow).expect("abort outside a request");
             }
             Event::FlowEnd { flow, .. } => {
-                assert!(!self.open.contains_key(&flow), "flow ended inside a request");
+                assert!(
+                    !self.open.contains_key(&flow),
+                    "flow ended inside a request"
+                );
             }
         }
     }
@@ -89,16 +101,24 @@ fn in_order(stream: &[u8], cuts: &[u8], admission: Admission) -> Vec<Vec<u8>> {
         window_scale: Some(7),
         ..Segment::new(reverse(flow), 900, TcpFlags(flags), b"")
     };
-    let ack_of = |seq: u32| Segment { ack: 901, ..Segment::new(flow, seq, TcpFlags(TcpFlags::ACK), b"") };
+    let ack_of = |seq: u32| Segment {
+        ack: 901,
+        ..Segment::new(flow, seq, TcpFlags(TcpFlags::ACK), b"")
+    };
     if admission == Admission::AckedByV1 {
-        p.on_server_segment(0, &server(8, TcpFlags::SYN | TcpFlags::ACK), &mut |e| c.take(e));
+        p.on_server_segment(0, &server(8, TcpFlags::SYN | TcpFlags::ACK), &mut |e| {
+            c.take(e)
+        });
         p.on_segment(0, &ack_of(8), &mut |e| c.take(e));
     }
     let (mut at, mut i) = (0usize, 0usize);
     while at < stream.len() {
         let n = cuts.get(i).map_or(stream.len(), |&n| usize::from(n) + 1);
         let end = (at + n).min(stream.len());
-        let seg = Segment { payload: &stream[at..end], ..ack_of(8 + at as u32) };
+        let seg = Segment {
+            payload: &stream[at..end],
+            ..ack_of(8 + at as u32)
+        };
         p.on_segment(0, &seg, &mut |e| c.take(e));
         if admission == Admission::AckedByV1 {
             let ack = server(8 + end as u32, TcpFlags::ACK);
@@ -128,7 +148,12 @@ fn arbitrary(ctl: &[u8], stream: &[u8], admission: Admission) {
             ack: seq,
             window: u16::from(op[5]) << 8,
             window_scale: Some(op[5] % 16),
-            ..Segment::new(reverse(flow), 5000 + u32::from(op[4]) * 1000, TcpFlags(flags), b"")
+            ..Segment::new(
+                reverse(flow),
+                5000 + u32::from(op[4]) * 1000,
+                TcpFlags(flags),
+                b"",
+            )
         };
         let flags = match op[0] % 11 {
             0 => TcpFlags::SYN,
@@ -140,7 +165,9 @@ fn arbitrary(ctl: &[u8], stream: &[u8], admission: Admission) {
                 continue;
             }
             4 => {
-                p.on_server_segment(now, &server(TcpFlags::SYN | TcpFlags::ACK), &mut |e| c.take(e));
+                p.on_server_segment(now, &server(TcpFlags::SYN | TcpFlags::ACK), &mut |e| {
+                    c.take(e)
+                });
                 continue;
             }
             5 | 6 => {
@@ -171,7 +198,9 @@ fn arbitrary(ctl: &[u8], stream: &[u8], admission: Admission) {
 
 fuzz_target!(|input: &[u8]| {
     // Layout: [n_ops] then n_ops * 6 control bytes, then the payload stream.
-    let Some((&n, rest)) = input.split_first() else { return };
+    let Some((&n, rest)) = input.split_first() else {
+        return;
+    };
     let ctl_len = (usize::from(n) * 6).min(rest.len());
     let (ctl, stream) = rest.split_at(ctl_len);
 
