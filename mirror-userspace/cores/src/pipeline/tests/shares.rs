@@ -120,3 +120,48 @@ fn global_memory_pressure_takes_from_the_largest_consumer() {
     assert!(p.buffered_bytes() <= 200_000);
     assert!(p.counters().flows_evicted_memory >= 6);
 }
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(64))]
+
+    /// Whatever a hostile source does (any number of flows, any amount held, interleaved in
+    /// any order), a source that stays under half of each global cap and under its own shares
+    /// never loses a flow.
+    #[test]
+    fn a_source_within_its_fair_share_is_never_evicted(
+        hostile in prop::collection::vec((any::<u16>(), 0usize..20_000), 0..300),
+        quiet in prop::collection::vec(0usize..3_000, 1..30),
+        order in prop::collection::vec(any::<bool>(), 330),
+    ) {
+        let config = PipelineConfig {
+            max_flows: 64,
+            max_flows_per_source: 40,
+            max_buffered_bytes: 400_000,
+            max_buffered_per_source: 300_000,
+            ..client_only()
+        };
+        let mut p = Pipeline::new(config).unwrap();
+        let mut ev = Vec::new();
+        let (mut h, mut q) = (hostile.iter(), quiet.iter().enumerate());
+        for &hostile_next in &order {
+            let (flow, held) = if hostile_next {
+                match h.next() {
+                    Some(&(port, held)) => (from(1, port), held),
+                    None => continue,
+                }
+            } else {
+                match q.next() {
+                    Some((port, &held)) => (from(2, port as u16), held),
+                    None => continue,
+                }
+            };
+            syn(&mut p, &mut ev, flow);
+            let data = vec![b'x'; held];
+            let seg = Segment::new(flow, 1000, TcpFlags(TcpFlags::ACK), &data);
+            p.on_segment(0, &seg, &mut |e| ev.push(e));
+            prop_assert!(p.buffered_bytes() <= 400_000);
+            prop_assert!(p.flow_count() <= 64);
+        }
+        prop_assert_eq!(ended(&ev, 2), 0);
+    }
+}
