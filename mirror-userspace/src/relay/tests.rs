@@ -1,0 +1,1 @@
+//! Tests of the relay against scripted v2s on loopback sockets.
