@@ -149,7 +149,9 @@ impl Drop for Conn {
 
 fn lock(state: &Mutex<ReadState>) -> MutexGuard<'_, ReadState> {
     // Each update leaves the framer whole: recover from a poisoned lock.
-    state.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    state
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
 async fn read_responses(

@@ -31,7 +31,10 @@ use super::{
 #[derive(Debug)]
 pub(super) enum Piece {
     /// Request line and headers; starts a request.
-    Head { chunk: Chunk, ticket: Ticket },
+    Head {
+        chunk: Chunk,
+        ticket: Ticket,
+    },
     Body(Chunk),
     /// The request is complete.
     End,

@@ -26,15 +26,15 @@ use tokio::{
     task::{JoinHandle, JoinSet},
 };
 
-pub use self::{
-    limits::{raise_fd_limit, FdLimitError},
-    resolve::{Shadow, ShadowError},
-    stats::{ConnectFailure, DropReason, Outcome, RelayStats, Unanswered},
-};
 use self::{
     flow::{Cancel, Piece},
     pool::Pool,
     ticket::{Budget, Ticket},
+};
+pub use self::{
+    limits::{raise_fd_limit, FdLimitError},
+    resolve::{Shadow, ShadowError},
+    stats::{ConnectFailure, DropReason, Outcome, RelayStats, Unanswered},
 };
 use mirror_cores::{flow::FlowKey, http::ResponseFramer, pipeline::Event};
 

@@ -181,7 +181,9 @@ mod tests {
             .addrs(Duration::from_secs(5), || failures += 1)
             .await
             .unwrap();
-        assert!(first.iter().all(|a| a.port() == 8080 && a.ip().is_loopback()));
+        assert!(first
+            .iter()
+            .all(|a| a.port() == 8080 && a.ip().is_loopback()));
         let cached_at = resolver.cache.lock().await.as_ref().unwrap().0;
         resolver
             .addrs(Duration::from_secs(5), || failures += 1)

@@ -124,7 +124,9 @@ impl ConnectFailure {
         match self {
             ConnectFailure::Refused => "Connects to v2 refused.",
             ConnectFailure::TimedOut => "Connects to v2 that timed out.",
-            ConnectFailure::Unreachable => "Connects to v2 with no route (host or net unreachable).",
+            ConnectFailure::Unreachable => {
+                "Connects to v2 with no route (host or net unreachable)."
+            }
             ConnectFailure::AddrUnavailable => {
                 "Connects that found no local port (EADDRNOTAVAIL): a local error."
             }
@@ -174,7 +176,11 @@ impl RelayStats {
         let slot = match outcome {
             Outcome::Answered(status) => {
                 let class = usize::from(status / 100);
-                let index = if (1..=5).contains(&class) { class - 1 } else { 5 };
+                let index = if (1..=5).contains(&class) {
+                    class - 1
+                } else {
+                    5
+                };
                 &self.answered[index]
             }
             Outcome::Unanswered(cause) => &self.unanswered[cause as usize],
