@@ -78,10 +78,11 @@ const STORY_COUNTERS: &[(&str, &[&str])] = &[
     (
         "relay",
         &[
-            "sent",
-            "responses_2xx",
-            "connect_failures",
-            "response_errors",
+            "requests",
+            "answered",
+            "answered_2xx",
+            "unanswered",
+            "resent",
         ],
     ),
     (
@@ -133,8 +134,12 @@ mod tests {
 
     #[test]
     fn dropped_sums_and_names_the_reasons() {
-        let summary = "relay: sent=3 dropped_queue_full=1 dropped_aborted=0 dropped_shutdown=2";
+        let summary =
+            "relay: answered=3 dropped=3 dropped_queue_full=1 dropped_aborted=0 dropped_shutdown=2";
         assert_eq!(dropped(summary), " dropped=3 (queue_full=1, shutdown=2)");
-        assert_eq!(dropped("relay: sent=3 dropped_aborted=0"), " dropped=0");
+        assert_eq!(
+            dropped("relay: answered=3 dropped=0 dropped_aborted=0"),
+            " dropped=0"
+        );
     }
 }
