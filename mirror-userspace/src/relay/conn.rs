@@ -71,7 +71,8 @@ impl Drop for Slot {
 
 #[derive(Debug)]
 pub(super) struct Conn {
-    writer: OwnedWriteHalf,
+    /// `None` once reset: the socket then closes (with RST) when the reader's half goes.
+    writer: Option<OwnedWriteHalf>,
     events: mpsc::Receiver<ReadEvent>,
     state: Arc<Mutex<ReadState>>,
     reader: JoinHandle<()>,
@@ -90,7 +91,7 @@ impl Conn {
         let (sender, events) = mpsc::channel(4);
         let reader = tokio::spawn(read_responses(reader, Arc::clone(&state), sender));
         Conn {
-            writer,
+            writer: Some(writer),
             events,
             state,
             reader,
@@ -117,6 +118,7 @@ impl Conn {
     /// Whether a new request may go out on this connection: v2 has not closed it, sent
     /// anything unasked, or left a response unfinished.
     pub(super) fn usable(&mut self) -> bool {
+        self.dead |= self.writer.is_none();
         while !self.dead {
             match self.events.try_recv() {
                 Ok(_) | Err(mpsc::error::TryRecvError::Disconnected) => self.dead = true,
@@ -128,15 +130,21 @@ impl Conn {
 
     /// The write half and the reader's events, to wait on both at once. After `Closed` or
     /// `Malformed` no event follows, and the connection is not to be used again.
-    pub(super) fn halves(&mut self) -> (&mut OwnedWriteHalf, &mut mpsc::Receiver<ReadEvent>) {
-        (&mut self.writer, &mut self.events)
+    pub(super) fn halves(
+        &mut self,
+    ) -> Option<(&mut OwnedWriteHalf, &mut mpsc::Receiver<ReadEvent>)> {
+        Some((self.writer.as_mut()?, &mut self.events))
     }
 
     /// Closes with RST (zero linger): v2 discards a partial request instead of waiting for
     /// the rest, and the node keeps no TIME_WAIT.
-    pub(super) fn reset(self) {
-        let stream: &TcpStream = self.writer.as_ref();
-        let _ = socket2::SockRef::from(stream).set_linger(Some(Duration::ZERO));
+    pub(super) fn reset(mut self) {
+        if let Some(writer) = self.writer.take() {
+            let stream: &TcpStream = writer.as_ref();
+            let _ = socket2::SockRef::from(stream).set_linger(Some(Duration::ZERO));
+            // No FIN first: the socket closes when the reader's half is dropped.
+            writer.forget();
+        }
     }
 }
 

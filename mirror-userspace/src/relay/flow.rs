@@ -27,6 +27,11 @@ use super::{
     Shared,
 };
 
+/// Request bytes kept after they are written, so the request can be written again if v2
+/// closes before taking it up; a larger request gives its bytes back as they are written,
+/// and is not re-sent.
+const REPLAY_LIMIT: usize = 1 << 20;
+
 /// A piece of a request, queued for its client connection's task.
 #[derive(Debug)]
 pub(super) enum Piece {
@@ -85,14 +90,16 @@ pub(super) async fn run(
     drop(done);
 }
 
-/// One request: the pieces received so far (kept until it ends, so it can be written again)
-/// and its ticket while it has no outcome.
+/// One request: the pieces received and not yet given back (all of them while it may be
+/// written again), and its ticket while it has no outcome.
 struct Request {
     chunks: Vec<Chunk>,
     complete: bool,
     ticket: Option<Ticket>,
     is_head: bool,
     resent: bool,
+    /// Every byte of it is still held: it can be written again from the start.
+    replayable: bool,
 }
 
 impl Request {
@@ -103,7 +110,32 @@ impl Request {
             complete: false,
             ticket: Some(ticket),
             resent: false,
+            replayable: true,
         }
+    }
+
+    /// `n` more bytes at `cursor` were written. Past [`REPLAY_LIMIT`] held, written chunks
+    /// are given back to the budget as soon as they are written.
+    fn written(&mut self, cursor: &mut Cursor, n: usize) {
+        cursor.offset += n;
+        if self.replayable {
+            let held: usize = self.chunks.iter().map(|chunk| chunk.bytes.len()).sum();
+            self.replayable = held <= REPLAY_LIMIT;
+        }
+        if self.replayable {
+            return;
+        }
+        let mut done = cursor.chunk;
+        if self
+            .chunks
+            .get(cursor.chunk)
+            .is_some_and(|chunk| cursor.offset >= chunk.bytes.len())
+        {
+            done += 1;
+            cursor.offset = 0;
+        }
+        self.chunks.drain(..done.min(self.chunks.len()));
+        cursor.chunk = 0;
     }
 
     fn end(&mut self, outcome: Outcome) {
@@ -238,7 +270,10 @@ async fn attempt(
             }
             answer_deadline.get_or_insert_with(|| Instant::now() + timeout);
         }
-        let (writer, events) = conn.halves();
+        let Some((writer, events)) = conn.halves() else {
+            request.end(Outcome::Unanswered(Unanswered::Reset));
+            return Attempt::Broken { reset: false };
+        };
         tokio::select! {
             piece = queue.recv(), if !request.complete => match piece {
                 Some(Piece::Body(chunk)) => request.chunks.push(chunk),
@@ -254,7 +289,7 @@ async fn attempt(
             },
             written = write_some(writer, pending.as_ref()), if pending.is_some() => match written {
                 Ok(n) => {
-                    cursor.offset += n;
+                    request.written(&mut cursor, n);
                     written_any = true;
                     stall_deadline = Instant::now() + timeout;
                     shared.stats.bytes_sent.fetch_add(n as u64, Relaxed);
@@ -307,7 +342,7 @@ fn closed(
     // Nothing of it was written, or v2 closed right after answering the previous request
     // without a byte for this one: v2 did not take it up. Once only, so a v2 that closes
     // every connection at once cannot make a request go round for ever.
-    if !conn.heard_back() && (reused || !written_any) && !request.resent {
+    if !conn.heard_back() && (reused || !written_any) && !request.resent && request.replayable {
         return Attempt::Again;
     }
     let cause = if reset {
