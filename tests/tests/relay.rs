@@ -406,3 +406,77 @@ fn bad_relay_flags_are_refused_at_start() {
         );
     }
 }
+
+/// Raises this process's RLIMIT_NOFILE soft limit to `wanted` (or the hard limit).
+fn raise_nofile(wanted: u64) {
+    let mut limit = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit/setrlimit on a struct we own.
+    unsafe {
+        assert_eq!(libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit), 0);
+        limit.rlim_cur = wanted.min(limit.rlim_max);
+        assert_eq!(libc::setrlimit(libc::RLIMIT_NOFILE, &limit), 0);
+    }
+}
+
+#[test]
+fn concurrent_connections_against_a_small_accept_queue_are_all_counted_where_they_went() {
+    if !require_root() {
+        return;
+    }
+    const CLIENTS: usize = 2000;
+    raise_nofile(8192);
+    let scenario = Scenario::new().expect("scenario");
+    let v1 = scenario.v1.clone();
+    let _v1 = Sink::start(&v1, 80).expect("v1 sink");
+    // One sync worker with a backlog of 100: most of 2,000 connects at once find no room.
+    let httpbin_v2 = Httpbin::start_with(&scenario.v2, &["--backlog", "100"]).expect("httpbin");
+    let agent = scenario.agent(&[]);
+    let vip = format!("{VIP}:8000");
+    let answered_by_v1 = scenario
+        .client
+        .ns()
+        .run(move || {
+            use std::io::{Read, Write};
+            // Every connection open at once, one request each, then every answer read.
+            let mut streams: Vec<_> = (0..CLIENTS)
+                .map(|i| {
+                    let mut stream = std::net::TcpStream::connect(&vip).expect("connect");
+                    let request = format!(
+                        "GET /anything/c-{i} HTTP/1.1\r\nHost: httpbin:8000\r\nConnection: close\r\n\r\n"
+                    );
+                    stream.write_all(request.as_bytes()).expect("write");
+                    stream
+                })
+                .collect();
+            streams
+                .iter_mut()
+                .filter(|stream| {
+                    let mut out = Vec::new();
+                    stream.read_to_end(&mut out).is_ok() && out.starts_with(b"HTTP/1.1 200")
+                })
+                .count()
+        })
+        .expect("clients");
+    assert_eq!(answered_by_v1, CLIENTS);
+    // Past the connect (2 s) and response (10 s) timeouts, everything has an outcome.
+    std::thread::sleep(Duration::from_secs(15));
+    let summary = agent.stop(libc::SIGTERM).expect("stop");
+    let answered = relay_conserved(&summary).expect("conserved");
+    let logged = httpbin_v2.access_log_lines().expect("v2 log").len() as u64;
+    let unanswered = counter(&summary, "unanswered").unwrap_or(0);
+    eprintln!("{CLIENTS} clients: v2 logged {logged}; agent: {summary}");
+    assert_eq!(
+        counter(&summary, "requests"),
+        Some(CLIENTS as u64),
+        "{summary}"
+    );
+    // What v2 answered, it logged; what it logged after the agent gave up waiting is among
+    // the unanswered.
+    assert!(
+        answered <= logged && logged <= answered + unanswered,
+        "v2 logged {logged}: {summary}"
+    );
+}

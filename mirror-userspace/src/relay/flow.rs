@@ -29,7 +29,7 @@ use super::{
 
 /// Request bytes kept after they are written, so the request can be written again if v2
 /// closes before taking it up; a larger request gives its bytes back as they are written,
-/// and is not re-sent.
+/// and is not re-sent. At most a quarter of the budget, so a large request always fits.
 const REPLAY_LIMIT: usize = 1 << 20;
 
 /// A piece of a request, queued for its client connection's task.
@@ -114,13 +114,13 @@ impl Request {
         }
     }
 
-    /// `n` more bytes at `cursor` were written. Past [`REPLAY_LIMIT`] held, written chunks
+    /// `n` more bytes at `cursor` were written. Past `replay_limit` held, written chunks
     /// are given back to the budget as soon as they are written.
-    fn written(&mut self, cursor: &mut Cursor, n: usize) {
+    fn written(&mut self, cursor: &mut Cursor, n: usize, replay_limit: usize) {
         cursor.offset += n;
         if self.replayable {
             let held: usize = self.chunks.iter().map(|chunk| chunk.bytes.len()).sum();
-            self.replayable = held <= REPLAY_LIMIT;
+            self.replayable = held <= replay_limit;
         }
         if self.replayable {
             return;
@@ -247,6 +247,7 @@ async fn attempt(
     shared: &Shared,
 ) -> Attempt {
     let timeout = shared.config.response_timeout;
+    let replay_limit = REPLAY_LIMIT.min(shared.config.max_inflight_bytes / 4);
     conn.begin(request.is_head);
     let reused = conn.exchanges > 1;
     let mut cursor = Cursor::default();
@@ -289,7 +290,7 @@ async fn attempt(
             },
             written = write_some(writer, pending.as_ref()), if pending.is_some() => match written {
                 Ok(n) => {
-                    request.written(&mut cursor, n);
+                    request.written(&mut cursor, n, replay_limit);
                     written_any = true;
                     stall_deadline = Instant::now() + timeout;
                     shared.stats.bytes_sent.fetch_add(n as u64, Relaxed);

@@ -532,3 +532,46 @@ async fn the_byte_budget_drops_what_does_not_fit_and_gets_it_all_back() {
     assert_eq!(relay.shared.budget.used(), 0);
     relay.shutdown(Duration::from_secs(1)).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_request_larger_than_the_budget_streams_through_it() {
+    let v2 = V2::start(Script::Answer {
+        close_after: None,
+        say_close: false,
+    })
+    .await;
+    let budget = 2 << 20;
+    let mut relay = Relay::new(RelayConfig {
+        max_inflight_bytes: budget,
+        ..config(v2.addr)
+    });
+    let body = 8 << 20;
+    relay.request_head(
+        flow(12),
+        Bytes::from(format!(
+            "POST /large HTTP/1.1\r\nContent-Length: {body}\r\n\r\n"
+        )),
+    );
+    // As the capture would: pieces arrive as the client sends them, not all at once.
+    let piece = Bytes::from(vec![b'b'; 64 * 1024]);
+    let feed = async {
+        for _ in 0..body / piece.len() {
+            while relay.shared.budget.used() + piece.len() > budget {
+                tokio::time::sleep(Duration::from_millis(1)).await;
+            }
+            relay.request_body(flow(12), piece.clone());
+        }
+    };
+    tokio::time::timeout(Duration::from_secs(10), feed)
+        .await
+        .expect("the budget comes back as the request is written");
+    relay.request_end(flow(12));
+    settle(&relay, Duration::from_secs(10)).await;
+    let stats = relay.stats();
+    assert_eq!(
+        outcomes(&stats),
+        [("requests", 1), ("answered", 1), ("answered_2xx", 1)]
+    );
+    assert_eq!(v2.received(), ["/large"]);
+    relay.shutdown(Duration::from_secs(1)).await;
+}
