@@ -441,7 +441,7 @@ fn concurrent_connections_against_a_small_accept_queue_are_all_counted_where_the
         .run(move || {
             use std::io::{Read, Write};
             // Every connection open at once, one request each, then every answer read.
-            let mut streams: Vec<_> = (0..CLIENTS)
+            let streams: Vec<_> = (0..CLIENTS)
                 .map(|i| {
                     let mut stream = std::net::TcpStream::connect(&vip).expect("connect");
                     let request = format!(
@@ -452,8 +452,8 @@ fn concurrent_connections_against_a_small_accept_queue_are_all_counted_where_the
                 })
                 .collect();
             streams
-                .iter_mut()
-                .filter(|stream| {
+                .into_iter()
+                .filter(|mut stream| {
                     let mut out = Vec::new();
                     stream.read_to_end(&mut out).is_ok() && out.starts_with(b"HTTP/1.1 200")
                 })
