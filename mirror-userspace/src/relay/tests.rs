@@ -575,3 +575,24 @@ async fn a_request_larger_than_the_budget_streams_through_it() {
     assert_eq!(v2.received(), ["/large"]);
     relay.shutdown(Duration::from_secs(1)).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shutdown_lets_requests_in_flight_be_answered() {
+    let v2 = V2::start(Script::Answer {
+        close_after: Some(1),
+        say_close: true,
+    })
+    .await;
+    let mut relay = Relay::new(config(v2.addr));
+    for i in 0..51 {
+        request(&mut relay, flow(3000 + i), &format!("/last-{i}"), 0);
+        relay.flow_end(flow(3000 + i));
+    }
+    let stats = relay.stats();
+    relay.shutdown(Duration::from_secs(2)).await;
+    assert_eq!(
+        outcomes(&stats),
+        [("requests", 51), ("answered", 51), ("answered_2xx", 51)]
+    );
+    assert_eq!(v2.received().len(), 51);
+}
