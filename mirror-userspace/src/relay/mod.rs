@@ -158,10 +158,22 @@ impl Relay {
         }
         entry.in_request = true;
         entry.dropping = false;
-        let Some(chunk) = self.shared.budget.reserve(head) else {
-            ticket.end(Outcome::Dropped(DropReason::QueueFull));
-            entry.dropping = true;
-            return;
+        // While v2 is taken for down, drop here: waking the task would cost more than this.
+        let chunk = if self.shared.pool.shadow_down() {
+            Err(DropReason::ShadowDown)
+        } else {
+            self.shared
+                .budget
+                .reserve(head)
+                .ok_or(DropReason::QueueFull)
+        };
+        let chunk = match chunk {
+            Ok(chunk) => chunk,
+            Err(reason) => {
+                ticket.end(Outcome::Dropped(reason));
+                entry.dropping = true;
+                return;
+            }
         };
         let queue = queue_of(entry, &self.shared, &mut self.tasks, &self.runtime);
         if let Err(error) = queue.try_send(Piece::Head { chunk, ticket }) {

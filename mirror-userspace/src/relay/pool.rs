@@ -163,7 +163,8 @@ impl Pool {
         None
     }
 
-    fn shadow_down(&self) -> bool {
+    /// v2 is taken for down: no connects are tried.
+    pub(super) fn shadow_down(&self) -> bool {
         self.now_ms() < self.down_until_ms.load(Relaxed)
     }
 
