@@ -480,3 +480,60 @@ fn concurrent_connections_against_a_small_accept_queue_are_all_counted_where_the
         "v2 logged {logged}: {summary}"
     );
 }
+
+#[test]
+fn a_connection_per_request_reuses_pooled_shadow_connections() {
+    if !require_root() {
+        return;
+    }
+    // Kernel-default sysctls in every namespace (ports 32768-60999, no TIME_WAIT reuse for
+    // outgoing connections to other hosts): the agent must not pay a connection per client
+    // connection towards v2.
+    const CLIENTS: usize = 5000;
+    let scenario = Scenario::new().expect("scenario");
+    let v1 = scenario.v1.clone();
+    let (_v1, v2) = sinks(&scenario, &v1);
+    let agent = scenario.agent(&[]);
+    let vip = format!("{VIP}:8000");
+    let started = std::time::Instant::now();
+    scenario
+        .client
+        .ns()
+        .run(move || {
+            use std::io::{Read, Write};
+            let mut buf = [0u8; 512];
+            for i in 0..CLIENTS {
+                let mut stream = std::net::TcpStream::connect(&vip).expect("connect");
+                let request = format!("GET /short-{i} HTTP/1.1\r\nHost: httpbin:8000\r\n\r\n");
+                stream.write_all(request.as_bytes()).expect("write");
+                let mut got = Vec::new();
+                while !got.ends_with(b"ok\n") {
+                    let n = stream.read(&mut buf).expect("read");
+                    assert!(n > 0, "v1 closed early");
+                    got.extend_from_slice(&buf[..n]);
+                }
+                // The client closes first, as browsers and load generators do.
+            }
+        })
+        .expect("clients");
+    let rate = CLIENTS as f64 / started.elapsed().as_secs_f64();
+    let records = v2
+        .wait_for_records(CLIENTS, Duration::from_secs(30))
+        .expect("v2 got every request");
+    let summary = agent.stop(libc::SIGTERM).expect("stop");
+    let opened = counter(&summary, "connections_opened").unwrap_or(0);
+    let shadow_conns: std::collections::HashSet<_> = records.iter().map(|r| &r.conn).collect();
+    eprintln!(
+        "{CLIENTS} client connections at {rate:.0}/s: v2 saw {} connections; agent: {summary}",
+        shadow_conns.len()
+    );
+    assert_eq!(
+        relay_conserved(&summary).expect("conserved"),
+        CLIENTS as u64,
+        "{summary}"
+    );
+    assert!(
+        opened * 10 <= CLIENTS as u64,
+        "{opened} shadow connections for {CLIENTS} client connections: {summary}"
+    );
+}
