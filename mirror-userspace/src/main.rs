@@ -39,7 +39,7 @@ fn main() -> anyhow::Result<()> {
         Command::Capture(args) => runtime()?.block_on(dump::run(args))?,
         Command::Run(args) => {
             run::set_nice(args.nice)?;
-            runtime()?.block_on(run::run(*args))?
+            capture_runtime()?.block_on(run::run(*args))?
         }
         Command::Attached(args) => print_attached(&args)?,
     }
@@ -52,6 +52,14 @@ fn main() -> anyhow::Result<()> {
 fn runtime() -> std::io::Result<tokio::runtime::Runtime> {
     tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
+        .enable_all()
+        .build()
+}
+
+/// The capture path of `mirror run` is one task on one thread; the relay builds a runtime of
+/// its own (two threads) for its connections, so neither waits behind the other.
+fn capture_runtime() -> std::io::Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
 }

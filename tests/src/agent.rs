@@ -140,6 +140,27 @@ impl Agent {
 }
 
 /// Reads `name=value` pairs from the agent's summary lines.
+/// Checks the relay's conservation law on a closing summary line: every request handed to the
+/// relay ended in exactly one outcome (`requests = answered + unanswered + dropped`, none
+/// pending), and every request the pipeline mirrored whole was handed to it. Returns the
+/// number answered.
+pub fn relay_conserved(summary: &str) -> Result<u64> {
+    let get = |name: &str| {
+        counter(summary, name).with_context(|| format!("no {name}= in the summary: {summary}"))
+    };
+    let (requests, answered) = (get("requests")?, get("answered")?);
+    let (unanswered, dropped, pending) = (get("unanswered")?, get("dropped")?, get("pending")?);
+    let mirrored = get("requests_mirrored")?;
+    if pending != 0 || requests != answered + unanswered + dropped || requests < mirrored {
+        bail!(
+            "relay outcomes do not add up: requests={requests} answered={answered} \
+             unanswered={unanswered} dropped={dropped} pending={pending} \
+             (pipeline requests_mirrored={mirrored}): {summary}"
+        );
+    }
+    Ok(answered)
+}
+
 pub fn counter(summary: &str, name: &str) -> Option<u64> {
     summary
         .split_whitespace()

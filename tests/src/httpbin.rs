@@ -68,6 +68,11 @@ impl Httpbin {
     /// `net.ipv6.bindv6only=0`): gunicorn cannot bind `0.0.0.0:80` beside it, as that port is
     /// then taken.
     pub fn start(host: &Host) -> Result<Self> {
+        Self::start_with(host, &[])
+    }
+
+    /// [`Httpbin::start`] with more gunicorn options (e.g. `--backlog 100`).
+    pub fn start_with(host: &Host, gunicorn_options: &[&str]) -> Result<Self> {
         let venv = ensure_venv()?;
         let ns = host.ns();
         let access_log = ns
@@ -76,22 +81,24 @@ impl Httpbin {
         // gunicorn appends; a fresh file per start keeps lines of earlier runs out.
         File::create(&access_log).with_context(|| format!("create {}", access_log.display()))?;
         let gunicorn = venv.join("bin/gunicorn");
-        let mut process = ns.spawn(
-            "httpbin",
-            &[
-                gunicorn.as_os_str(),
-                "--no-control-socket".as_ref(),
-                "-w".as_ref(),
-                "1".as_ref(),
-                "--access-logfile".as_ref(),
-                access_log.as_os_str(),
-                "--access-logformat".as_ref(),
-                ACCESS_LOG_FORMAT.as_ref(),
-                "-b".as_ref(),
-                format!("[::]:{HTTPBIN_PORT}").as_ref(),
-                "httpbin:app".as_ref(),
-            ],
-        )?;
+        let mut argv: Vec<std::ffi::OsString> = [
+            gunicorn.as_os_str(),
+            "--no-control-socket".as_ref(),
+            "-w".as_ref(),
+            "1".as_ref(),
+            "--access-logfile".as_ref(),
+            access_log.as_os_str(),
+            "--access-logformat".as_ref(),
+            ACCESS_LOG_FORMAT.as_ref(),
+            "-b".as_ref(),
+            format!("[::]:{HTTPBIN_PORT}").as_ref(),
+            "httpbin:app".as_ref(),
+        ]
+        .iter()
+        .map(|arg: &&std::ffi::OsStr| arg.to_os_string())
+        .collect();
+        argv.splice(1..1, gunicorn_options.iter().map(std::ffi::OsString::from));
+        let mut process = ns.spawn("httpbin", &argv)?;
         let local = SocketAddr::from((Ipv4Addr::LOCALHOST, HTTPBIN_PORT));
         ns.wait_for_tcp_while(local, READY_TIMEOUT, || process.ensure_running())
             .context("httpbin did not start")?;

@@ -4,6 +4,7 @@
 use std::time::Duration;
 
 use mirror_tests::{
+    agent::{counter, relay_conserved},
     require_root,
     scenario::{Scenario, VIP},
     Host, Httpbin, Sink,
@@ -51,7 +52,11 @@ fn seed_scenario_v2_gets_the_request_with_shadow_host() {
     // The client only ever sees v1's answer, unchanged by mirroring.
     assert_eq!(without, with, "the client's response changed");
     assert!(with.contains("\"Host\": \"httpbin:8000\""), "{with}");
-    assert!(summary.contains("sent=1 "), "{summary}");
+    assert_eq!(
+        relay_conserved(&summary).expect("conserved"),
+        1,
+        "{summary}"
+    );
 }
 
 fn body(len: usize, seed: u64) -> Vec<u8> {
@@ -109,6 +114,10 @@ fn post_bodies_reach_v2_byte_exact_plain_and_chunked() {
     got.sort();
     expected.sort();
     assert_eq!(got, expected, "agent: {summary}");
+    assert_eq!(
+        relay_conserved(&summary).expect("conserved"),
+        expected.len() as u64
+    );
     assert!(records
         .iter()
         .all(|r| r.host.as_deref() == Some("httpbin-shadow:8000")));
@@ -180,13 +189,16 @@ fn keep_alive_and_pipelined_requests_arrive_complete_and_in_order() {
             (0..3).map(|i| format!("{prefix}{i}")).collect::<Vec<_>>(),
             "{summary}"
         );
+        // A client connection keeps its shadow connection while it lives (the next one may
+        // reuse it from the pool afterwards): its requests are consecutive on it.
         assert!(
             group.iter().all(|r| r.conn == group[0].conn),
             "one shadow connection per client connection: {group:?}"
         );
-        let indexes: Vec<_> = group.iter().map(|r| r.index).collect();
+        let indexes: Vec<_> = group.iter().map(|r| r.index - group[0].index).collect();
         assert_eq!(indexes, vec![0, 1, 2]);
     }
+    assert_eq!(relay_conserved(&summary).expect("conserved"), 6);
     let post = records.iter().find(|r| r.path == "/pipe-1").expect("post");
     assert_eq!(post.sha256, mirror_tests::sha256_hex(b"hello"));
 }
@@ -213,6 +225,11 @@ fn percent_50_mirrors_about_half() {
     std::thread::sleep(Duration::from_secs(1));
     let summary = agent.stop(libc::SIGTERM).expect("stop");
     let mirrored = v2.records().expect("v2 records").len();
+    assert_eq!(
+        relay_conserved(&summary).expect("conserved"),
+        mirrored as u64,
+        "{summary}"
+    );
     assert!(
         (140..=260).contains(&mirrored),
         "{mirrored} of 400 mirrored at 50%: {summary}"
@@ -258,6 +275,7 @@ fn connection_opened_before_the_agent_is_mirrored_from_its_next_request() {
     let summary = agent.stop(libc::SIGTERM).expect("stop");
     let paths: Vec<_> = records.iter().map(|r| r.path.as_str()).collect();
     assert_eq!(paths, vec!["/after-agent-1", "/after-agent-2"], "{summary}");
+    assert_eq!(relay_conserved(&summary).expect("conserved"), 2);
 }
 
 #[test]
@@ -311,7 +329,211 @@ fn agent_never_captures_its_own_shadow_traffic() {
         "{hosts:?}"
     );
     assert!(
-        mirror_tests::agent::counter(&summary, "own_traffic_skipped").unwrap_or(0) > 0,
+        counter(&summary, "own_traffic_skipped").unwrap_or(0) > 0,
         "{summary}"
+    );
+    assert_eq!(relay_conserved(&summary).expect("conserved"), 1);
+}
+
+#[test]
+fn v2_closing_after_every_response_gets_every_keep_alive_request_in_order() {
+    if !require_root() {
+        return;
+    }
+    // httpbin under gunicorn's sync worker answers each request with `Connection: close`
+    // and closes; the client keeps one connection to v1 for all 200 requests.
+    let scenario = Scenario::new().expect("scenario");
+    let v1 = scenario.v1.clone();
+    let v1 = Sink::start(&v1, 80).expect("v1 sink");
+    let httpbin_v2 = Httpbin::start(&scenario.v2).expect("httpbin v2");
+    let agent = scenario.agent(&[]);
+    scenario.curl(&["-o", "/dev/null", "http://httpbin:8000/anything/ka-[1-200]"]);
+    let v1_records = v1
+        .wait_for_records(200, Duration::from_secs(30))
+        .expect("v1 got 200");
+    assert!(
+        v1_records.iter().all(|r| r.conn == v1_records[0].conn),
+        "the client kept one connection"
+    );
+    let lines = httpbin_v2
+        .wait_for_access_log(200, Duration::from_secs(60))
+        .expect("v2 logs all 200");
+    let summary = agent.stop(libc::SIGTERM).expect("stop");
+    let paths: Vec<_> = lines.iter().map(|line| line.path.clone()).collect();
+    let expected: Vec<_> = (1..=200).map(|i| format!("/anything/ka-{i}")).collect();
+    assert_eq!(paths, expected, "{summary}");
+    assert_eq!(
+        relay_conserved(&summary).expect("conserved"),
+        200,
+        "{summary}"
+    );
+}
+
+#[test]
+fn bad_relay_flags_are_refused_at_start() {
+    for (args, text) in [
+        (&["--shadow", "nohost"][..], "has no port"),
+        (
+            &["--shadow", "fd00::2:80"][..],
+            "IPv6 address goes in brackets",
+        ),
+        (&["--shadow", "v2:0"][..], "port must be a number"),
+        (
+            &["--shadow", "v2:80", "--max-inflight-mib", "0"][..],
+            "at least 1",
+        ),
+        (
+            &["--shadow", "v2:80", "--max-shadow-connections", "0"][..],
+            "at least 1",
+        ),
+        (
+            &["--shadow", "v2:80", "--connect-timeout-ms", "0"][..],
+            "at least 1",
+        ),
+    ] {
+        let output = std::process::Command::new(
+            mirror_tests::agent::mirror_binary().expect("mirror binary"),
+        )
+        .args(["run", "--iface", "lo", "--target", "127.0.0.1:1"])
+        .args(args)
+        .output()
+        .expect("run mirror");
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert!(!output.status.success(), "{args:?} accepted: {stderr}");
+        assert!(
+            stderr.contains(text),
+            "{args:?}: expected {text:?} in {stderr}"
+        );
+    }
+}
+
+/// Raises this process's RLIMIT_NOFILE soft limit to `wanted` (or the hard limit).
+fn raise_nofile(wanted: u64) {
+    let mut limit = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit/setrlimit on a struct we own.
+    unsafe {
+        assert_eq!(libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit), 0);
+        limit.rlim_cur = wanted.min(limit.rlim_max);
+        assert_eq!(libc::setrlimit(libc::RLIMIT_NOFILE, &limit), 0);
+    }
+}
+
+#[test]
+fn concurrent_connections_against_a_small_accept_queue_are_all_counted_where_they_went() {
+    if !require_root() {
+        return;
+    }
+    const CLIENTS: usize = 2000;
+    raise_nofile(8192);
+    let scenario = Scenario::new().expect("scenario");
+    let v1 = scenario.v1.clone();
+    let _v1 = Sink::start(&v1, 80).expect("v1 sink");
+    // One sync worker with a backlog of 100: most of 2,000 connects at once find no room.
+    let httpbin_v2 = Httpbin::start_with(&scenario.v2, &["--backlog", "100"]).expect("httpbin");
+    let agent = scenario.agent(&[]);
+    let vip = format!("{VIP}:8000");
+    let answered_by_v1 = scenario
+        .client
+        .ns()
+        .run(move || {
+            use std::io::{Read, Write};
+            // Every connection open at once, one request each, then every answer read.
+            let streams: Vec<_> = (0..CLIENTS)
+                .map(|i| {
+                    let mut stream = std::net::TcpStream::connect(&vip).expect("connect");
+                    let request = format!(
+                        "GET /anything/c-{i} HTTP/1.1\r\nHost: httpbin:8000\r\nConnection: close\r\n\r\n"
+                    );
+                    stream.write_all(request.as_bytes()).expect("write");
+                    stream
+                })
+                .collect();
+            streams
+                .into_iter()
+                .filter(|mut stream| {
+                    let mut out = Vec::new();
+                    stream.read_to_end(&mut out).is_ok() && out.starts_with(b"HTTP/1.1 200")
+                })
+                .count()
+        })
+        .expect("clients");
+    assert_eq!(answered_by_v1, CLIENTS);
+    // Past the connect (2 s) and response (10 s) timeouts, everything has an outcome.
+    std::thread::sleep(Duration::from_secs(15));
+    let summary = agent.stop(libc::SIGTERM).expect("stop");
+    let answered = relay_conserved(&summary).expect("conserved");
+    let logged = httpbin_v2.access_log_lines().expect("v2 log").len() as u64;
+    let unanswered = counter(&summary, "unanswered").unwrap_or(0);
+    eprintln!("{CLIENTS} clients: v2 logged {logged}; agent: {summary}");
+    assert_eq!(
+        counter(&summary, "requests"),
+        Some(CLIENTS as u64),
+        "{summary}"
+    );
+    // What v2 answered, it logged; what it logged after the agent gave up waiting is among
+    // the unanswered.
+    assert!(
+        answered <= logged && logged <= answered + unanswered,
+        "v2 logged {logged}: {summary}"
+    );
+}
+
+#[test]
+fn a_connection_per_request_reuses_pooled_shadow_connections() {
+    if !require_root() {
+        return;
+    }
+    // Kernel-default sysctls in every namespace (ports 32768-60999, no TIME_WAIT reuse for
+    // outgoing connections to other hosts): the agent must not pay a connection per client
+    // connection towards v2.
+    const CLIENTS: usize = 5000;
+    let scenario = Scenario::new().expect("scenario");
+    let v1 = scenario.v1.clone();
+    let (_v1, v2) = sinks(&scenario, &v1);
+    let agent = scenario.agent(&[]);
+    let vip = format!("{VIP}:8000");
+    let started = std::time::Instant::now();
+    scenario
+        .client
+        .ns()
+        .run(move || {
+            use std::io::{Read, Write};
+            let mut buf = [0u8; 512];
+            for i in 0..CLIENTS {
+                let mut stream = std::net::TcpStream::connect(&vip).expect("connect");
+                let request = format!("GET /short-{i} HTTP/1.1\r\nHost: httpbin:8000\r\n\r\n");
+                stream.write_all(request.as_bytes()).expect("write");
+                let mut got = Vec::new();
+                while !got.ends_with(b"ok\n") {
+                    let n = stream.read(&mut buf).expect("read");
+                    assert!(n > 0, "v1 closed early");
+                    got.extend_from_slice(&buf[..n]);
+                }
+                // The client closes first, as browsers and load generators do.
+            }
+        })
+        .expect("clients");
+    let rate = CLIENTS as f64 / started.elapsed().as_secs_f64();
+    let records = v2
+        .wait_for_records(CLIENTS, Duration::from_secs(30))
+        .expect("v2 got every request");
+    let summary = agent.stop(libc::SIGTERM).expect("stop");
+    let opened = counter(&summary, "connections_opened").unwrap_or(0);
+    let shadow_conns: std::collections::HashSet<_> = records.iter().map(|r| &r.conn).collect();
+    eprintln!(
+        "{CLIENTS} client connections at {rate:.0}/s: v2 saw {} connections; agent: {summary}",
+        shadow_conns.len()
+    );
+    assert_eq!(
+        relay_conserved(&summary).expect("conserved"),
+        CLIENTS as u64,
+        "{summary}"
+    );
+    assert!(
+        opened * 10 <= CLIENTS as u64,
+        "{opened} shadow connections for {CLIENTS} client connections: {summary}"
     );
 }

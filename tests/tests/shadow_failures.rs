@@ -6,7 +6,7 @@
 use std::{net::SocketAddr, sync::Mutex, time::Duration};
 
 use mirror_tests::{
-    agent::counter,
+    agent::{counter, relay_conserved},
     load::{fixed_rate, peak_rss, LoadReport},
     require_root,
     scenario::{Scenario, VIP},
@@ -57,7 +57,9 @@ fn primary_unaffected(scenario: &Scenario, agent_args: &[&str]) -> String {
         let agent = scenario.agent(agent_args);
         let with = load(scenario);
         peak = peak.max(peak_rss(agent.pid()).expect("agent memory"));
-        summaries.push(agent.stop(libc::SIGTERM).expect("stop agent"));
+        let summary = agent.stop(libc::SIGTERM).expect("stop agent");
+        relay_conserved(&summary).expect("every request counted once");
+        summaries.push(summary);
         for report in [&without, &with] {
             assert_eq!(
                 report.errors,
@@ -114,7 +116,7 @@ fn v2_refusing_connections() {
         return;
     };
     assert!(
-        counter(&summary, "connect_failures").unwrap_or(0) > 0,
+        counter(&summary, "connect_refused").unwrap_or(0) > 0,
         "{summary}"
     );
     assert!(
@@ -138,7 +140,7 @@ fn v2_black_holed() {
         return;
     };
     assert!(
-        counter(&summary, "connect_failures").unwrap_or(0) > 0,
+        counter(&summary, "connect_timeouts").unwrap_or(0) > 0,
         "{summary}"
     );
 }
@@ -157,14 +159,10 @@ fn v2_slow() {
     ) else {
         return;
     };
-    let queued_out = [
-        "dropped_queue_full",
-        "dropped_write_failed",
-        "response_timeouts",
-    ]
-    .iter()
-    .map(|name| counter(&summary, name).unwrap_or(0))
-    .sum::<u64>();
+    let queued_out = ["dropped_queue_full", "unanswered_timeout"]
+        .iter()
+        .map(|name| counter(&summary, name).unwrap_or(0))
+        .sum::<u64>();
     assert!(
         queued_out > 0,
         "a slow v2 must show up in the counters: {summary}"

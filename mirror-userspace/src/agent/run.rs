@@ -1,7 +1,8 @@
 //! `mirror run`: capture, rebuild, rewrite and replay to the shadow — the agent itself.
 //!
 //! One task owns the whole capture path (ring buffer reader, pipeline, relay dispatcher), so
-//! nothing on it locks; shadow connections run on their own tasks behind bounded queues.
+//! nothing on it locks; the relay's tasks run on a runtime of their own, behind bounded
+//! queues, so the capture never waits behind them.
 //! Every stage's counters are registered in one [`Registry`], which the status line renders.
 
 use std::{
@@ -21,7 +22,7 @@ use crate::{
         session::{CaptureOptions, Session, SessionError},
     },
     observe::{status::status_line, Registry},
-    relay::{Relay, RelayConfig},
+    relay::{raise_fd_limit, FdLimitError, Relay, RelayConfig, Shadow},
     shutdown::shutdown_signal,
 };
 
@@ -35,8 +36,9 @@ pub const DEFAULT_SHADOW_MARK: u32 = 0x6d69_7272;
 pub struct RunArgs {
     #[command(flatten)]
     pub capture: CaptureOptions,
-    /// The shadow (v2), HOST:PORT: a name (resolved at each connect) or an address.
-    #[arg(long, value_name = "HOST:PORT")]
+    /// The shadow (v2), HOST:PORT (IPv6 in brackets): a name (looked up again at most every
+    /// 5 s) or an address.
+    #[arg(long, value_name = "HOST:PORT", value_parser = parse_shadow)]
     pub shadow: String,
     /// Share of requests mirrored, 0 to 100 (fractions allowed), decided per request.
     #[arg(long, default_value_t = 100.0)]
@@ -53,21 +55,24 @@ pub struct RunArgs {
     /// SO_MARK of the agent's own shadow connections, which the kernel never captures.
     #[arg(long, default_value_t = DEFAULT_SHADOW_MARK)]
     pub shadow_mark: u32,
-    /// Most shadow connections open at once (each captured client connection has its own, so
-    /// v2 sees v1's connection pattern; a few KiB each).
-    #[arg(long, default_value_t = 4096)]
+    /// Most connections to the shadow open at once, idle ones included (a client connection
+    /// keeps one while it lives, then it goes back to a pool; a few KiB each). RLIMIT_NOFILE
+    /// is raised to fit.
+    #[arg(long, default_value_t = 4096, value_parser = positive::<usize>)]
     pub max_shadow_connections: usize,
-    /// Request pieces queued per shadow connection before requests are dropped.
-    #[arg(long, default_value_t = 1024)]
+    /// Request pieces queued per client connection before requests are dropped.
+    #[arg(long, default_value_t = 1024, value_parser = positive::<usize>)]
     pub shadow_queue: usize,
-    /// Request bytes queued for the shadow over all connections, in MiB.
-    #[arg(long, default_value_t = 64)]
+    /// Request bytes held for the shadow over all connections (queued, or sent and not yet
+    /// answered), in MiB.
+    #[arg(long, default_value_t = 64, value_parser = positive::<usize>)]
     pub max_inflight_mib: usize,
     /// Timeout of a connect to the shadow, in milliseconds.
-    #[arg(long, default_value_t = 2000)]
+    #[arg(long, default_value_t = 2000, value_parser = positive::<u64>)]
     pub connect_timeout_ms: u64,
-    /// How long the shadow may take to accept a write or answer, in milliseconds.
-    #[arg(long, default_value_t = 10_000)]
+    /// How long the shadow may go without accepting a byte of a request, or take to answer
+    /// one, in milliseconds.
+    #[arg(long, default_value_t = 10_000, value_parser = positive::<u64>)]
     pub response_timeout_ms: u64,
     /// Seconds between the status lines in the log.
     #[arg(long, default_value_t = 60)]
@@ -99,6 +104,49 @@ pub enum RunError {
     Config(#[from] ConfigError),
     #[error("reading the ring buffer failed")]
     Ring(#[source] std::io::Error),
+    #[error(transparent)]
+    FdLimit(#[from] FdLimitError),
+    #[error("starting the relay's runtime failed")]
+    Runtime(#[source] std::io::Error),
+}
+
+/// `--shadow`: HOST:PORT, said plainly when it is not.
+fn parse_shadow(text: &str) -> Result<String, String> {
+    Shadow::parse(text)
+        .map(|_| text.to_owned())
+        .map_err(|error| error.to_string())
+}
+
+/// A limit that must be at least 1 (0 would mean "drop everything").
+fn positive<T: std::str::FromStr + PartialOrd + Default>(text: &str) -> Result<T, String> {
+    match text.parse::<T>() {
+        Ok(value) if value > T::default() => Ok(value),
+        _ => Err(format!("`{text}`: must be a whole number of at least 1")),
+    }
+}
+
+/// Says at start if the shadow's name does not resolve now (it is looked up again later, so
+/// this is a warning, not an error).
+async fn check_shadow(shadow: &str) {
+    let looked_up =
+        tokio::time::timeout(Duration::from_secs(5), tokio::net::lookup_host(shadow)).await;
+    match looked_up.map(|found| found.map(|mut addrs| addrs.next().is_some())) {
+        Ok(Ok(true)) => {}
+        Ok(Ok(false)) => tracing::warn!(%shadow, "the shadow's name resolves to no address (yet)"),
+        Ok(Err(error)) => {
+            tracing::warn!(%shadow, %error, "the shadow's name does not resolve (yet)")
+        }
+        Err(_) => tracing::warn!(%shadow, "looking up the shadow's name timed out"),
+    }
+}
+
+/// The relay's own runtime: its connection work never takes the capture thread.
+fn relay_runtime() -> std::io::Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .thread_name("mirror-relay")
+        .enable_all()
+        .build()
 }
 
 impl RunArgs {
@@ -123,7 +171,7 @@ impl RunArgs {
             shadow: self.shadow.clone(),
             mark: self.shadow_mark,
             max_connections: self.max_shadow_connections,
-            queue_depth: self.shadow_queue.max(1),
+            queue_depth: self.shadow_queue,
             max_inflight_bytes: self.max_inflight_mib.saturating_mul(1 << 20),
             connect_timeout: Duration::from_millis(self.connect_timeout_ms),
             response_timeout: Duration::from_millis(self.response_timeout_ms),
@@ -150,8 +198,15 @@ pub async fn run(args: RunArgs) -> Result<(), RunError> {
     } else {
         BATCH_WAKEUP_BYTES
     };
+    let fd_limit = raise_fd_limit(args.max_shadow_connections)?;
+    tracing::debug!(fd_limit, "file descriptor limit");
+    check_shadow(&args.shadow).await;
     let mut session = Session::start(&args.capture, args.shadow_mark, wakeup_bytes)?;
-    let mut relay = Relay::new(args.relay_config());
+    let relay_runtime = relay_runtime().map_err(RunError::Runtime)?;
+    let mut relay = {
+        let _on_relay_runtime = relay_runtime.enter();
+        Relay::new(args.relay_config())
+    };
     let intake = Arc::new(Intake::default());
     let cells = Arc::new(PipelineCells::default());
     // The order of the status line: where requests went first, then how they got there.
@@ -176,9 +231,15 @@ pub async fn run(args: RunArgs) -> Result<(), RunError> {
     tokio::pin!(stop);
     loop {
         let mut on_record = |item: &[u8]| intake_record(item, &intake, &mut pipeline, &mut relay);
+        // Timers first: a ring that is never empty must not starve them.
         tokio::select! {
             biased;
             () = &mut stop => break,
+            _ = expire.tick() => {
+                pipeline.expire(clock::monotonic_ns(), &mut |event| relay.handle(event));
+                cells.publish(&pipeline);
+            }
+            _ = report.tick() => tracing::info!("{}", status_line(&registry)),
             batch = session.reader().next_batch(&mut on_record) => {
                 batch.map_err(RunError::Ring)?;
                 cells.publish(&pipeline);
@@ -187,18 +248,16 @@ pub async fn run(args: RunArgs) -> Result<(), RunError> {
                 session.reader().drain(&mut on_record);
                 cells.publish(&pipeline);
             }
-            _ = expire.tick() => {
-                pipeline.expire(clock::monotonic_ns(), &mut |event| relay.handle(event));
-                cells.publish(&pipeline);
-            }
-            _ = report.tick() => tracing::info!("{}", status_line(&registry)),
         }
+        // Let the runtime's own work (timers, signals) in between batches.
+        tokio::task::yield_now().await;
     }
     session
         .reader()
         .drain(|item| intake_record(item, &intake, &mut pipeline, &mut relay));
     cells.publish(&pipeline);
     relay.shutdown(Duration::from_secs(args.grace_secs)).await;
+    relay_runtime.shutdown_background();
     // The relay's counters move during the grace period: report them after it.
     eprintln!("{}", status_line(&registry));
     Ok(())

@@ -1,81 +1,236 @@
-//! One shadow connection: writes the queued requests of one captured client connection to
-//! v2, reads and frames v2's responses (counted, then discarded), and resets the connection
-//! if a request cannot be completed, so v2 never receives half a request as a whole one.
+//! One connection to v2. Its reader is a task of its own that frames v2's responses as they
+//! come, whatever the writer is doing (a write blocked on a slow v2 never stops the reading
+//! that would unblock it), and reports each answer and the connection's end as events.
 
 use std::{
     io,
     net::SocketAddr,
-    sync::{atomic::Ordering::Relaxed, Arc},
+    sync::{atomic::Ordering::Relaxed, Arc, Mutex, MutexGuard},
     time::Duration,
 };
 
 use tokio::{
-    io::{AsyncReadExt, AsyncWriteExt},
-    net::{lookup_host, TcpSocket, TcpStream},
-    sync::mpsc,
-    time::{timeout, Instant},
+    io::AsyncReadExt,
+    net::{
+        tcp::{OwnedReadHalf, OwnedWriteHalf},
+        TcpSocket, TcpStream,
+    },
+    sync::{mpsc, OwnedSemaphorePermit},
+    task::JoinHandle,
+    time::Instant,
 };
 
-use super::{DropReason, Message, ResponseFramer, Shared};
-use mirror_cores::flow::FlowKey;
+use super::{
+    stats::{ConnectFailure, RelayStats},
+    ResponseFramer,
+};
 
-/// Most queued messages taken for one write.
-const MAX_BATCH: usize = 64;
-/// Pieces up to this size are copied together before writing; larger ones go out directly.
-const COALESCE_BYTES: usize = 64 * 1024;
+/// Bytes read from v2 at a time: large responses cost few wake-ups.
+const READ_BUFFER: usize = 64 * 1024;
 
-/// Runs until the dispatcher closes the queue (the client connection ended) and everything
-/// queued is written, or until v2 fails.
-pub(super) async fn run(flow: FlowKey, mut queue: mpsc::Receiver<Message>, shared: Arc<Shared>) {
-    let outcome = match connect(&shared).await {
-        Ok(stream) => {
-            shared.stats.connections_opened.fetch_add(1, Relaxed);
-            shared.connected();
-            relay(stream, &mut queue, &shared).await
-        }
-        Err(error) => {
-            shared.stats.connect_failures.fetch_add(1, Relaxed);
-            shared.connect_failed();
-            tracing::debug!(%flow, %error, "shadow connect failed");
-            Err(DropReason::ShadowDown)
-        }
-    };
-    if let Err(reason) = outcome {
-        // Whatever is still queued will not be sent: release its budget and count its
-        // requests under the reason the connection failed.
-        queue.close();
-        while let Some(message) = queue.recv().await {
-            shared.inflight_bytes.fetch_sub(message.len(), Relaxed);
-            if matches!(message, Message::Head(_)) {
-                shared.stats.dropped(reason);
-            }
-        }
-    }
-    shared.stats.shadow_connections.fetch_sub(1, Relaxed);
+/// What the reader saw.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) enum ReadEvent {
+    /// A complete final response, with its status.
+    Answered(u16),
+    /// v2 closed (`reset`: with RST) its side; nothing more will come.
+    Closed { reset: bool },
+    /// v2 sent something that is not a response to what was sent.
+    Malformed,
 }
 
-async fn connect(shared: &Shared) -> io::Result<TcpStream> {
-    let attempt = async {
-        let mut last_error = io::Error::new(
-            io::ErrorKind::NotFound,
-            "shadow address resolved to nothing",
-        );
-        for addr in lookup_host(shared.config.shadow.as_str()).await? {
-            match connect_to(addr, shared.config.mark).await {
-                Ok(stream) => return Ok(stream),
-                Err(error) => last_error = error,
+#[derive(Debug, Default)]
+struct ReadState {
+    framer: ResponseFramer,
+    /// Response bytes received since the current request began.
+    bytes_this_request: u64,
+}
+
+/// Holds one of the connection cap's slots and the open-connections gauge while it lives.
+#[derive(Debug)]
+pub(super) struct Slot {
+    _permit: OwnedSemaphorePermit,
+    stats: Arc<RelayStats>,
+}
+
+impl Slot {
+    pub(super) fn new(permit: OwnedSemaphorePermit, stats: &Arc<RelayStats>) -> Slot {
+        stats.shadow_connections.fetch_add(1, Relaxed);
+        Slot {
+            _permit: permit,
+            stats: Arc::clone(stats),
+        }
+    }
+}
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        self.stats.shadow_connections.fetch_sub(1, Relaxed);
+    }
+}
+
+#[derive(Debug)]
+pub(super) struct Conn {
+    /// `None` once reset: the socket then closes (with RST) when the reader's half goes.
+    writer: Option<OwnedWriteHalf>,
+    events: mpsc::Receiver<ReadEvent>,
+    state: Arc<Mutex<ReadState>>,
+    reader: JoinHandle<()>,
+    /// Requests begun on this connection.
+    pub(super) exchanges: u64,
+    pub(super) idle_since: Instant,
+    dead: bool,
+    _slot: Slot,
+}
+
+impl Conn {
+    /// Takes over a connected stream; must run inside the runtime its reader should use.
+    pub(super) fn new(stream: TcpStream, slot: Slot) -> Conn {
+        let (reader, writer) = stream.into_split();
+        let state = Arc::new(Mutex::new(ReadState::default()));
+        let (sender, events) = mpsc::channel(4);
+        let reader = tokio::spawn(read_responses(reader, Arc::clone(&state), sender));
+        Conn {
+            writer: Some(writer),
+            events,
+            state,
+            reader,
+            exchanges: 0,
+            idle_since: Instant::now(),
+            dead: false,
+            _slot: slot,
+        }
+    }
+
+    /// A request starts: its response is the next one expected.
+    pub(super) fn begin(&mut self, is_head: bool) {
+        let mut state = lock(&self.state);
+        state.framer.request_sent(is_head);
+        state.bytes_this_request = 0;
+        self.exchanges += 1;
+    }
+
+    /// Whether v2 sent any byte since the current request began.
+    pub(super) fn heard_back(&self) -> bool {
+        lock(&self.state).bytes_this_request > 0
+    }
+
+    /// Whether a new request may go out on this connection: v2 has not closed it, sent
+    /// anything unasked, or left a response unfinished.
+    pub(super) fn usable(&mut self) -> bool {
+        self.dead |= self.writer.is_none();
+        while !self.dead {
+            match self.events.try_recv() {
+                Ok(_) | Err(mpsc::error::TryRecvError::Disconnected) => self.dead = true,
+                Err(mpsc::error::TryRecvError::Empty) => break,
             }
         }
-        Err(last_error)
+        !self.dead && lock(&self.state).framer.outstanding() == 0
+    }
+
+    /// The write half and the reader's events, to wait on both at once. After `Closed` or
+    /// `Malformed` no event follows, and the connection is not to be used again.
+    pub(super) fn halves(
+        &mut self,
+    ) -> Option<(&mut OwnedWriteHalf, &mut mpsc::Receiver<ReadEvent>)> {
+        Some((self.writer.as_mut()?, &mut self.events))
+    }
+
+    /// Closes with RST (zero linger): v2 discards a partial request instead of waiting for
+    /// the rest, and the node keeps no TIME_WAIT.
+    pub(super) fn reset(mut self) {
+        if let Some(writer) = self.writer.take() {
+            let stream: &TcpStream = writer.as_ref();
+            let _ = socket2::SockRef::from(stream).set_linger(Some(Duration::ZERO));
+            // No FIN first: the socket closes when the reader's half is dropped.
+            writer.forget();
+        }
+    }
+}
+
+impl Drop for Conn {
+    fn drop(&mut self) {
+        // The read half goes with the task, the write half (FIN, unless reset) with `self`.
+        self.reader.abort();
+    }
+}
+
+fn lock(state: &Mutex<ReadState>) -> MutexGuard<'_, ReadState> {
+    // Each update leaves the framer whole: recover from a poisoned lock.
+    state
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+async fn read_responses(
+    mut reader: OwnedReadHalf,
+    state: Arc<Mutex<ReadState>>,
+    events: mpsc::Sender<ReadEvent>,
+) {
+    let mut buf = vec![0u8; READ_BUFFER];
+    let mut answers = Vec::new();
+    let last = loop {
+        let read = reader.read(&mut buf).await;
+        let (fed, last) = {
+            let mut state = lock(&state);
+            match read {
+                Ok(0) => {
+                    state.framer.closed(|status| answers.push(status));
+                    (Ok(()), Some(ReadEvent::Closed { reset: false }))
+                }
+                Err(error) => {
+                    let reset = error.kind() == io::ErrorKind::ConnectionReset;
+                    (Ok(()), Some(ReadEvent::Closed { reset }))
+                }
+                Ok(n) => {
+                    state.bytes_this_request += n as u64;
+                    let fed = state.framer.feed(&buf[..n], |status| answers.push(status));
+                    (fed, None)
+                }
+            }
+        };
+        if let Some(last) = last {
+            break last;
+        }
+        for status in answers.drain(..) {
+            if events.send(ReadEvent::Answered(status)).await.is_err() {
+                return;
+            }
+        }
+        if fed.is_err() {
+            break ReadEvent::Malformed;
+        }
     };
-    timeout(shared.config.connect_timeout, attempt)
+    for status in answers.drain(..) {
+        if events.send(ReadEvent::Answered(status)).await.is_err() {
+            return;
+        }
+    }
+    let _ = events.send(last).await;
+}
+
+/// Connects to one of `addrs` (in order) within `timeout`, sockets marked with `mark`.
+pub(super) async fn connect(
+    addrs: &[SocketAddr],
+    mark: u32,
+    timeout: Duration,
+) -> Result<TcpStream, ConnectFailure> {
+    let attempt = async {
+        let mut last = ConnectFailure::Other;
+        for addr in addrs {
+            match connect_to(*addr, mark).await {
+                Ok(stream) => return Ok(stream),
+                Err(error) => {
+                    tracing::debug!(%addr, %error, "shadow connect failed");
+                    last = classify(&error);
+                }
+            }
+        }
+        Err(last)
+    };
+    tokio::time::timeout(timeout, attempt)
         .await
-        .unwrap_or_else(|_| {
-            Err(io::Error::new(
-                io::ErrorKind::TimedOut,
-                "shadow connect timed out",
-            ))
-        })
+        .unwrap_or(Err(ConnectFailure::TimedOut))
 }
 
 async fn connect_to(addr: SocketAddr, mark: u32) -> io::Result<TcpStream> {
@@ -90,181 +245,38 @@ async fn connect_to(addr: SocketAddr, mark: u32) -> io::Result<TcpStream> {
     socket.connect(addr).await
 }
 
-/// Writes queued requests and reads responses until the queue closes between requests
-/// (`Ok`) or something fails (`Err` with the reason to count queued requests under).
-async fn relay(
-    stream: TcpStream,
-    queue: &mut mpsc::Receiver<Message>,
-    shared: &Shared,
-) -> Result<(), DropReason> {
-    let (mut reader, mut writer) = stream.into_split();
-    let mut framer = ResponseFramer::default();
-    let mut buf = vec![0u8; 4 * 1024];
-    let mut in_request = false;
-    let mut batch = Vec::with_capacity(MAX_BATCH);
-    let mut scratch = Vec::with_capacity(COALESCE_BYTES);
-    let response_timeout = shared.config.response_timeout;
-    // When v2 must have answered the oldest outstanding request by.
-    let mut deadline: Option<Instant> = None;
-    let result = loop {
-        let wait_response = async {
-            match deadline {
-                Some(deadline) => tokio::time::sleep_until(deadline).await,
-                None => std::future::pending().await,
-            }
-        };
-        tokio::select! {
-            // Queued messages first: v2 may answer and close as soon as it has a request's
-            // last byte, before the (empty) end marker of that request is taken from the
-            // queue; handling the marker first keeps the request counted as sent.
-            biased;
-            message = queue.recv() => {
-                let Some(first) = message else {
-                    // Closed mid-request: the request can never complete.
-                    break if in_request { Err(DropReason::Aborted) } else { Ok(()) };
-                };
-                // Take what else is already queued and write it with as few syscalls as
-                // possible: under load, many small requests share one write.
-                batch.clear();
-                batch.push(first);
-                while batch.len() < MAX_BATCH {
-                    match queue.try_recv() {
-                        Ok(message) => batch.push(message),
-                        Err(_) => break,
-                    }
-                }
-                let len: usize = batch.iter().map(Message::len).sum();
-                let written = write_batch(&mut writer, &batch, &mut scratch, response_timeout).await;
-                shared.inflight_bytes.fetch_sub(len, Relaxed);
-                if let Err(error) = written {
-                    tracing::debug!(%error, "shadow write failed");
-                    // Lost: the request being written, and every request the batch started.
-                    let heads = batch.iter().filter(|m| matches!(m, Message::Head(_))).count();
-                    for _ in 0..heads + usize::from(in_request) {
-                        shared.stats.dropped(DropReason::WriteFailed);
-                    }
-                    break Err(DropReason::WriteFailed);
-                }
-                shared.stats.bytes_sent.fetch_add(len as u64, Relaxed);
-                for message in batch.drain(..) {
-                    match message {
-                        Message::Head(head) => {
-                            in_request = true;
-                            framer.request_sent(head.starts_with(b"HEAD "));
-                        }
-                        Message::Body(_) => {}
-                        Message::End => {
-                            in_request = false;
-                            shared.stats.sent.fetch_add(1, Relaxed);
-                            deadline.get_or_insert_with(|| Instant::now() + response_timeout);
-                        }
-                    }
-                }
-            }
-            read = reader.read(&mut buf) => {
-                let n = match read {
-                    Ok(0) | Err(_) => {
-                        framer.closed(|status| shared.stats.response(status));
-                        if framer.outstanding() > 0 {
-                            shared.stats.response_errors.fetch_add(1, Relaxed);
-                        }
-                        // v2 closed its side: the connection cannot carry more requests.
-                        break fail(in_request, shared);
-                    }
-                    Ok(n) => n,
-                };
-                let fed = framer.feed(&buf[..n], |status| shared.stats.response(status));
-                if let Err(error) = fed {
-                    tracing::debug!(%error, "unparseable shadow response");
-                    shared.stats.response_errors.fetch_add(1, Relaxed);
-                    break fail(in_request, shared);
-                }
-                deadline = (framer.outstanding() > 0).then(|| Instant::now() + response_timeout);
-            }
-            () = wait_response => {
-                shared.stats.response_timeouts.fetch_add(1, Relaxed);
-                break fail(in_request, shared);
-            }
+/// Which side a connect error is on.
+pub(super) fn classify(error: &io::Error) -> ConnectFailure {
+    match error.raw_os_error() {
+        Some(libc::ECONNREFUSED) => ConnectFailure::Refused,
+        Some(libc::ETIMEDOUT) => ConnectFailure::TimedOut,
+        Some(libc::EHOSTUNREACH | libc::ENETUNREACH | libc::ECONNRESET | libc::ECONNABORTED) => {
+            ConnectFailure::Unreachable
         }
-    };
-    match result {
-        Ok(()) => {
-            // Let v2 answer what was sent, within the response timeout, then close.
-            let _ = writer.shutdown().await;
-            let drain = async {
-                while framer.outstanding() > 0 {
-                    match reader.read(&mut buf).await {
-                        Ok(0) | Err(_) => break,
-                        Ok(n) => {
-                            if framer
-                                .feed(&buf[..n], |status| shared.stats.response(status))
-                                .is_err()
-                            {
-                                break;
-                            }
-                        }
-                    }
-                }
-            };
-            if timeout(response_timeout, drain).await.is_err() {
-                shared.stats.response_timeouts.fetch_add(1, Relaxed);
-            }
-        }
-        Err(_) => reset(reader, writer),
+        Some(libc::EADDRNOTAVAIL | libc::EADDRINUSE) => ConnectFailure::AddrUnavailable,
+        Some(libc::EMFILE | libc::ENFILE) => ConnectFailure::FdLimit,
+        Some(libc::ENOBUFS | libc::ENOMEM) => ConnectFailure::NoBuffers,
+        _ => ConnectFailure::Other,
     }
-    result
 }
 
-/// The connection failed: the request being written (if any) is lost, and so is everything
-/// still queued (counted by the caller under the returned reason).
-fn fail(in_request: bool, shared: &Shared) -> Result<(), DropReason> {
-    if in_request {
-        shared.stats.dropped(DropReason::WriteFailed);
-    }
-    Err(DropReason::WriteFailed)
-}
+#[cfg(test)]
+mod tests {
+    use super::*;
 
-/// Writes the bytes of `batch` in order: small pieces are copied together into `scratch`
-/// (reused across calls) and written at once, large ones are written as they are.
-async fn write_batch(
-    writer: &mut tokio::net::tcp::OwnedWriteHalf,
-    batch: &[Message],
-    scratch: &mut Vec<u8>,
-    limit: Duration,
-) -> io::Result<()> {
-    let write = async {
-        scratch.clear();
-        for message in batch {
-            let bytes = match message {
-                Message::Head(bytes) | Message::Body(bytes) => bytes,
-                Message::End => continue,
-            };
-            if scratch.len() + bytes.len() <= COALESCE_BYTES {
-                scratch.extend_from_slice(bytes);
-                continue;
-            }
-            if !scratch.is_empty() {
-                writer.write_all(scratch).await?;
-                scratch.clear();
-            }
-            writer.write_all(bytes).await?;
-        }
-        if !scratch.is_empty() {
-            writer.write_all(scratch).await?;
-        }
-        Ok(())
-    };
-    timeout(limit, write).await.unwrap_or_else(|_| {
-        Err(io::Error::new(
-            io::ErrorKind::TimedOut,
-            "shadow write timed out",
-        ))
-    })
-}
-
-/// Closes with RST (zero linger) so v2 discards a partial request instead of waiting for it.
-fn reset(reader: tokio::net::tcp::OwnedReadHalf, writer: tokio::net::tcp::OwnedWriteHalf) {
-    if let Ok(stream) = reader.reunite(writer) {
-        let _ = socket2::SockRef::from(&stream).set_linger(Some(Duration::ZERO));
+    #[test]
+    fn local_errors_are_told_from_remote_ones() {
+        let os = io::Error::from_raw_os_error;
+        assert_eq!(classify(&os(libc::ECONNREFUSED)), ConnectFailure::Refused);
+        assert_eq!(
+            classify(&os(libc::EADDRNOTAVAIL)),
+            ConnectFailure::AddrUnavailable
+        );
+        assert_eq!(classify(&os(libc::EMFILE)), ConnectFailure::FdLimit);
+        assert_eq!(classify(&os(libc::ENOBUFS)), ConnectFailure::NoBuffers);
+        assert_eq!(
+            classify(&os(libc::EHOSTUNREACH)),
+            ConnectFailure::Unreachable
+        );
     }
 }

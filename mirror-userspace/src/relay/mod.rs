@@ -1,48 +1,65 @@
-//! Replays reassembled requests to the shadow (v2) and throws its replies away.
+//! Replays reassembled requests to the shadow (v2) and throws its replies away, counting
+//! exactly one outcome for every request handed to it: answered (by status class),
+//! unanswered (by cause) or dropped (by reason).
 //!
 //! The dispatcher ([`Relay`]) runs on the capture path and never waits: each captured client
-//! connection gets its own shadow connection task fed through a bounded queue, and all queued
-//! bytes share one global budget. When either is full, or v2 is down, the request is dropped
-//! whole and counted; the primary path is never touched, whatever v2 does.
+//! connection gets a task fed through a bounded queue, and all queued bytes share one global
+//! budget; when either is full the request is dropped whole and counted. The tasks run on the
+//! runtime the relay was created in (the agent gives the relay a runtime of its own, so the
+//! capture never waits behind it) and take connections to v2 from a pool (`pool`), one
+//! request at a time per connection, in order per client connection (`flow`).
 
 mod conn;
+mod flow;
+mod limits;
+mod pool;
+mod resolve;
 mod stats;
+mod ticket;
 
-use std::{
-    collections::HashMap,
-    sync::{
-        atomic::{AtomicU32, AtomicU64, AtomicUsize, Ordering::Relaxed},
-        Arc,
-    },
-    time::{Duration, Instant},
-};
+use std::{collections::HashMap, sync::Arc, time::Duration};
 
 use bytes::Bytes;
-use tokio::{sync::mpsc, task::JoinSet};
+use tokio::{
+    runtime::Handle,
+    sync::{mpsc, oneshot},
+    task::{JoinHandle, JoinSet},
+};
 
-pub use self::stats::{DropReason, RelayStats};
+use self::{
+    flow::{Cancel, Piece},
+    pool::Pool,
+    ticket::{Budget, Ticket},
+};
+pub use self::{
+    limits::{raise_fd_limit, FdLimitError},
+    resolve::{Shadow, ShadowError},
+    stats::{ConnectFailure, DropReason, Outcome, RelayStats, Unanswered},
+};
 use mirror_cores::{flow::FlowKey, http::ResponseFramer, pipeline::Event};
-
-/// Connect failures in a row after which v2 counts as down.
-const DOWN_AFTER_FAILURES: u32 = 5;
 
 /// How the relay reaches v2 and how much it may hold.
 #[derive(Clone, Debug)]
 pub struct RelayConfig {
-    /// `HOST:PORT` of v2: a name (resolved at every connect) or an address.
+    /// `HOST:PORT` of v2 (IPv6 in brackets): a name (looked up at most every few seconds) or
+    /// an address.
     pub shadow: String,
     /// SO_MARK on shadow sockets, so the kernel program never captures our own traffic.
     pub mark: u32,
+    /// Connections to v2 open at once, idle ones included.
     pub max_connections: usize,
-    /// Messages (head, body chunk, end) queued per shadow connection.
+    /// Messages (head, body chunk, end) queued per client connection.
     pub queue_depth: usize,
-    /// Request bytes queued over all connections and not yet written.
+    /// Request bytes held over all connections (queued, or sent and not yet answered).
     pub max_inflight_bytes: usize,
     pub connect_timeout: Duration,
-    /// How long v2 may take to accept a write or to answer a request.
+    /// How long v2 may go without accepting a byte of a request being written, and how long
+    /// it may take to answer one.
     pub response_timeout: Duration,
     /// After several failed connects in a row, new connections are not tried for this long.
     pub down_backoff: Duration,
+    /// Idle connections to v2 are closed after this long.
+    pub idle_timeout: Duration,
 }
 
 impl Default for RelayConfig {
@@ -56,105 +73,62 @@ impl Default for RelayConfig {
             connect_timeout: Duration::from_secs(2),
             response_timeout: Duration::from_secs(10),
             down_backoff: Duration::from_secs(1),
+            idle_timeout: Duration::from_secs(30),
         }
     }
 }
 
-/// A piece of a request, queued for one shadow connection.
-#[derive(Debug)]
-enum Message {
-    /// Request line and headers; starts a request.
-    Head(Bytes),
-    Body(Bytes),
-    /// The request is complete.
-    End,
-}
-
-impl Message {
-    fn len(&self) -> usize {
-        match self {
-            Message::Head(bytes) | Message::Body(bytes) => bytes.len(),
-            Message::End => 0,
-        }
-    }
-}
-
-/// State shared by the dispatcher and the connection tasks.
+/// State shared by the dispatcher and the tasks.
 #[derive(Debug)]
 struct Shared {
     config: RelayConfig,
     stats: Arc<RelayStats>,
-    inflight_bytes: AtomicUsize,
-    started: Instant,
-    /// Milliseconds since `started` before which no connect is tried.
-    down_until_ms: AtomicU64,
-    /// Connects that failed since the last one that succeeded.
-    failures_in_a_row: AtomicU32,
-}
-
-impl Shared {
-    fn now_ms(&self) -> u64 {
-        u64::try_from(self.started.elapsed().as_millis()).unwrap_or(u64::MAX)
-    }
-
-    fn shadow_down(&self) -> bool {
-        self.now_ms() < self.down_until_ms.load(Relaxed)
-    }
-
-    /// A connect succeeded: v2 is up.
-    fn connected(&self) {
-        self.failures_in_a_row.store(0, Relaxed);
-    }
-
-    /// A connect failed. One failure under load (a full SYN backlog, a lost SYN) says little;
-    /// after [`DOWN_AFTER_FAILURES`] in a row, v2 is taken for down and spared new connects
-    /// for `down_backoff`.
-    fn connect_failed(&self) {
-        if self.failures_in_a_row.fetch_add(1, Relaxed) + 1 >= DOWN_AFTER_FAILURES {
-            self.mark_down();
-        }
-    }
-
-    fn mark_down(&self) {
-        let until = self.now_ms().saturating_add(
-            u64::try_from(self.config.down_backoff.as_millis()).unwrap_or(u64::MAX),
-        );
-        self.down_until_ms.store(until, Relaxed);
-    }
+    budget: Arc<Budget>,
+    pool: Pool,
 }
 
 /// One captured client connection, as the dispatcher sees it.
 #[derive(Debug, Default)]
 struct ClientConnection {
-    /// Queue of its shadow connection, if one is open.
-    queue: Option<mpsc::Sender<Message>>,
-    /// The current request was dropped: skip its remaining pieces.
-    dropping: bool,
-    /// A request has been queued whose end has not: closing now would cut it.
+    /// Queue of its task, while it has one.
+    queue: Option<mpsc::Sender<Piece>>,
+    /// Why its task should drop the open request if the queue closes under it.
+    cancel: Arc<Cancel>,
+    /// Resolves when its latest task has finished (the next task waits for it).
+    task_done: Option<oneshot::Receiver<()>>,
+    /// A request's head was handed over and its end not yet.
     in_request: bool,
+    /// That request was dropped: skip its remaining pieces.
+    dropping: bool,
 }
 
-/// The dispatcher. Lives on the capture task; every method returns at once.
+/// The dispatcher. Lives on the capture task; every method but `shutdown` returns at once.
 pub struct Relay {
     shared: Arc<Shared>,
+    runtime: Handle,
     flows: HashMap<FlowKey, ClientConnection>,
     tasks: JoinSet<()>,
+    pruner: JoinHandle<()>,
 }
 
 impl Relay {
-    /// Must be created inside a tokio runtime (it spawns connection tasks).
+    /// Must be created inside a tokio runtime: the relay's tasks run on that runtime.
     pub fn new(config: RelayConfig) -> Relay {
+        let stats = Arc::new(RelayStats::default());
+        let shared = Arc::new(Shared {
+            budget: Budget::new(config.max_inflight_bytes),
+            pool: Pool::new(config.clone(), Arc::clone(&stats)),
+            config,
+            stats,
+        });
+        let runtime = Handle::current();
+        let pruner = runtime.spawn(prune(Arc::clone(&shared)));
         Relay {
-            shared: Arc::new(Shared {
-                config,
-                stats: Arc::new(RelayStats::default()),
-                inflight_bytes: AtomicUsize::new(0),
-                started: Instant::now(),
-                down_until_ms: AtomicU64::new(0),
-                failures_in_a_row: AtomicU32::new(0),
-            }),
+            shared,
+            runtime,
             flows: HashMap::new(),
             tasks: JoinSet::new(),
+            pruner,
         }
     }
 
@@ -176,131 +150,182 @@ impl Relay {
     /// A new request on `flow`: its complete head (request line and headers, Host rewritten).
     pub fn request_head(&mut self, flow: FlowKey, head: Bytes) {
         self.reap();
+        let ticket = Ticket::issue(&self.shared.stats);
         let entry = self.flows.entry(flow).or_default();
+        if entry.in_request && !entry.dropping {
+            // The previous request never ended: it cannot be completed now.
+            cancel(entry, DropReason::Aborted);
+        }
+        entry.in_request = true;
         entry.dropping = false;
-        let queue = match &entry.queue {
-            Some(queue) if !queue.is_closed() => queue.clone(),
-            _ => {
-                entry.queue = None;
-                let refusal = if self.shared.shadow_down() {
-                    Some(DropReason::ShadowDown)
-                } else if self.shared.stats.shadow_connections.load(Relaxed)
-                    >= self.shared.config.max_connections
-                {
-                    Some(DropReason::ConnLimit)
-                } else {
-                    None
-                };
-                if let Some(reason) = refusal {
-                    self.shared.stats.dropped(reason);
-                    entry.dropping = true;
-                    return;
-                }
-                let (sender, receiver) = mpsc::channel(self.shared.config.queue_depth);
-                self.shared.stats.shadow_connections.fetch_add(1, Relaxed);
-                self.tasks
-                    .spawn(conn::run(flow, receiver, Arc::clone(&self.shared)));
-                entry.queue = Some(sender.clone());
-                sender
+        // While v2 is taken for down, drop here: waking the task would cost more than this.
+        let chunk = if self.shared.pool.shadow_down() {
+            Err(DropReason::ShadowDown)
+        } else {
+            self.shared
+                .budget
+                .reserve(head)
+                .ok_or(DropReason::QueueFull)
+        };
+        let chunk = match chunk {
+            Ok(chunk) => chunk,
+            Err(reason) => {
+                ticket.end(Outcome::Dropped(reason));
+                entry.dropping = true;
+                return;
             }
         };
-        entry.in_request = true;
-        enqueue(&self.shared, entry, &queue, Message::Head(head));
+        let queue = queue_of(entry, &self.shared, &mut self.tasks, &self.runtime);
+        if let Err(error) = queue.try_send(Piece::Head { chunk, ticket }) {
+            let (reason, piece) = match error {
+                mpsc::error::TrySendError::Full(piece) => (DropReason::QueueFull, piece),
+                mpsc::error::TrySendError::Closed(piece) => (DropReason::Shutdown, piece),
+            };
+            if let Piece::Head { ticket, .. } = piece {
+                ticket.end(Outcome::Dropped(reason));
+            }
+            entry.dropping = true;
+        }
     }
 
     /// Body bytes of the current request on `flow`, in wire form.
     pub fn request_body(&mut self, flow: FlowKey, data: Bytes) {
-        if let Some(entry) = self.flows.get_mut(&flow) {
-            if let (false, Some(queue)) = (entry.dropping, entry.queue.clone()) {
-                enqueue(&self.shared, entry, &queue, Message::Body(data));
-            }
+        let Some(entry) = self.flows.get_mut(&flow) else {
+            return;
+        };
+        if !entry.in_request || entry.dropping {
+            return;
+        }
+        let sent = match (self.shared.budget.reserve(data), &entry.queue) {
+            (Some(chunk), Some(queue)) => queue.try_send(Piece::Body(chunk)).is_ok(),
+            _ => false,
+        };
+        if !sent {
+            cancel(entry, DropReason::QueueFull);
         }
     }
 
     /// The current request on `flow` is complete.
     pub fn request_end(&mut self, flow: FlowKey) {
-        if let Some(entry) = self.flows.get_mut(&flow) {
-            entry.in_request = false;
-            match (entry.dropping, entry.queue.clone()) {
-                (false, Some(queue)) => enqueue(&self.shared, entry, &queue, Message::End),
-                _ => entry.dropping = false,
-            }
+        let Some(entry) = self.flows.get_mut(&flow) else {
+            return;
+        };
+        if !entry.in_request {
+            return;
+        }
+        entry.in_request = false;
+        if entry.dropping {
+            entry.dropping = false;
+            return;
+        }
+        let sent = entry
+            .queue
+            .as_ref()
+            .is_some_and(|queue| queue.try_send(Piece::End).is_ok());
+        if !sent {
+            cancel(entry, DropReason::QueueFull);
+            entry.dropping = false;
         }
     }
 
-    /// The current request on `flow` cannot be completed (the capture lost some of it).
-    /// Its shadow connection is reset so v2 never sees it complete.
+    /// The current request on `flow` cannot be completed (the capture lost some of it): its
+    /// task drops it and resets the connection, so v2 never sees it complete.
     pub fn request_abort(&mut self, flow: FlowKey) {
         if let Some(entry) = self.flows.get_mut(&flow) {
-            if !entry.dropping && entry.queue.take().is_some() {
-                self.shared.stats.dropped(DropReason::Aborted);
+            if entry.in_request && !entry.dropping {
+                cancel(entry, DropReason::Aborted);
             }
-            entry.dropping = false;
             entry.in_request = false;
+            entry.dropping = false;
         }
     }
 
-    /// The client connection ended: its shadow connection sends what is queued, then closes.
+    /// The client connection ended: its task finishes what is queued, then gives its
+    /// connection back to the pool.
     pub fn flow_end(&mut self, flow: FlowKey) {
-        self.flows.remove(&flow);
+        if let Some(entry) = self.flows.remove(&flow) {
+            if entry.in_request && !entry.dropping {
+                entry.cancel.set(DropReason::Aborted);
+            }
+        }
         self.reap();
     }
 
-    /// Ends every flow and waits up to `grace` for queued requests to reach v2.
+    /// Ends every flow and waits up to `grace` for queued requests to be answered; whatever
+    /// has no outcome then is counted as `dropped_shutdown`.
     pub async fn shutdown(mut self, grace: Duration) {
-        for flow in self.flows.values() {
-            if flow.in_request && !flow.dropping && flow.queue.is_some() {
-                self.shared.stats.dropped(DropReason::Shutdown);
+        for entry in self.flows.values() {
+            if entry.in_request && !entry.dropping {
+                entry.cancel.set(DropReason::Shutdown);
             }
         }
         self.flows.clear();
         let drain = async { while self.tasks.join_next().await.is_some() {} };
         if tokio::time::timeout(grace, drain).await.is_err() {
             tracing::info!(
-                connections = self.tasks.len(),
+                clients = self.tasks.len(),
                 "grace period over; closing shadow connections"
             );
             self.tasks.shutdown().await;
         }
+        self.shared.pool.close_idle();
     }
 
-    /// Frees finished connection tasks.
+    /// Frees finished tasks.
     fn reap(&mut self) {
         while self.tasks.try_join_next().is_some() {}
     }
 }
 
-/// Queues `message` without waiting; if the queue or the byte budget is full, the request is
-/// dropped: the queue is closed mid-request, which makes the task reset the connection.
-fn enqueue(
-    shared: &Shared,
-    entry: &mut ClientConnection,
-    queue: &mpsc::Sender<Message>,
-    message: Message,
-) {
-    let len = message.len();
-    let budget = shared.config.max_inflight_bytes;
-    let reserved = shared
-        .inflight_bytes
-        .fetch_update(Relaxed, Relaxed, |used| {
-            (used + len <= budget).then_some(used + len)
-        })
-        .is_ok();
-    let reason = if !reserved {
-        DropReason::QueueFull
-    } else {
-        match queue.try_send(message) {
-            Ok(()) => return,
-            Err(error) => {
-                shared.inflight_bytes.fetch_sub(len, Relaxed);
-                match error {
-                    mpsc::error::TrySendError::Full(_) => DropReason::QueueFull,
-                    mpsc::error::TrySendError::Closed(_) => DropReason::ShadowDown,
-                }
-            }
-        }
-    };
-    shared.stats.dropped(reason);
-    entry.dropping = true;
-    entry.queue = None;
+impl Drop for Relay {
+    fn drop(&mut self) {
+        self.pruner.abort();
+    }
 }
+
+/// The queue of `entry`'s task, starting a task if it has none (or its last one was cancelled).
+fn queue_of(
+    entry: &mut ClientConnection,
+    shared: &Arc<Shared>,
+    tasks: &mut JoinSet<()>,
+    runtime: &Handle,
+) -> mpsc::Sender<Piece> {
+    if let Some(queue) = &entry.queue {
+        return queue.clone();
+    }
+    let (sender, receiver) = mpsc::channel(shared.config.queue_depth.max(1));
+    let (done, task_done) = oneshot::channel();
+    let after = entry.task_done.replace(task_done);
+    entry.cancel = Arc::new(Cancel::default());
+    tasks.spawn_on(
+        flow::run(
+            receiver,
+            Arc::clone(&entry.cancel),
+            after,
+            Arc::clone(shared),
+            done,
+        ),
+        runtime,
+    );
+    entry.queue = Some(sender.clone());
+    sender
+}
+
+/// Gives up on the open request of `entry`: its task finds the queue closed mid-request and
+/// counts it under `reason`. Its next request goes to a new task, which waits for this one.
+fn cancel(entry: &mut ClientConnection, reason: DropReason) {
+    entry.cancel.set(reason);
+    entry.queue = None;
+    entry.dropping = true;
+}
+
+async fn prune(shared: Arc<Shared>) {
+    let mut every = tokio::time::interval(pool::PRUNE_EVERY);
+    loop {
+        every.tick().await;
+        shared.pool.prune();
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -6,7 +6,7 @@ use mirror_tests::agent::counter;
 /// What `mirror run` said about a run when it stopped.
 #[derive(Clone, Debug, Default, serde::Serialize)]
 pub struct AgentStats {
-    /// Requests the relay delivered to the shadow.
+    /// Requests the shadow answered (the relay framed its response).
     pub sent: u64,
     /// Requests it gave up on, all reasons together (queue full, shadow down, ...).
     pub dropped: u64,
@@ -43,7 +43,7 @@ impl AgentStats {
                 .sum()
         };
         Ok(Self {
-            sent: get("sent")?,
+            sent: get("answered")?,
             dropped,
             packets_seen: get("packets_seen")?,
             packets_matched: get("packets_matched")?,
@@ -66,7 +66,8 @@ mod tests {
 
     #[test]
     fn reads_relay_kernel_and_bpf_fields() {
-        let line = "relay: sent=10 bytes_sent=900 dropped_queue_full=2 dropped_shadow_down=1 \
+        let line =
+            "relay: requests=13 answered=10 dropped=3 dropped_queue_full=2 dropped_shadow_down=1 \
                     shadow_connections=0 | pipeline: requests=12 | intake: records=30 | kernel: \
                     packets_seen=40 packets_matched=35 records_emitted=30 ringbuf_full_drops=0 \
                     | bpf: mirror_ingress runs=40 run_time_ns=8000 ns_per_run=200";

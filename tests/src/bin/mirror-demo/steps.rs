@@ -102,7 +102,7 @@ pub fn mirror_half(cluster: &Cluster) -> Result<usize> {
     let summary = agent::stop(agent)?;
     let mirrored = counter(&summary, "requests_mirrored")
         .context("no requests_mirrored= in the agent's summary")?;
-    let sent = counter(&summary, "sent").context("no sent= in the agent's summary")?;
+    let answered = counter(&summary, "answered").context("no answered= in the agent's summary")?;
     let received = wait_for_sampled(&cluster.httpbin_v2, before + mirrored as usize)? - before;
     access_log("httpbin-v2", cluster.httpbin_v2.access_log_path(), 4);
     say(format!(
@@ -110,12 +110,12 @@ pub fn mirror_half(cluster: &Cluster) -> Result<usize> {
          about half)."
     ));
     say("The agent's own counters (requests_mirrored and requests_sampled_out split the 100;");
-    say("sent is what the relay delivered to v2):");
+    say("answered is what v2 answered, as the relay counted it):");
     agent::show_counters(&summary);
-    if received as u64 != mirrored || sent != mirrored {
+    if received as u64 != mirrored || answered != mirrored {
         say(format!(
-            "note: the agent copied {mirrored} requests, its relay counted {sent} sent, and v2 \
-             logged {received}."
+            "note: the agent copied {mirrored} requests, its relay counted {answered} answered, \
+             and v2 logged {received}."
         ));
     }
     if ok != SAMPLED_REQUESTS {

@@ -1,0 +1,598 @@
+//! The relay against scripted v2s on real loopback sockets: each test asserts every outcome
+//! counter that is not zero, and what v2 received.
+
+use std::{
+    net::SocketAddr,
+    sync::{atomic::Ordering::Relaxed, Arc, Mutex},
+    time::Duration,
+};
+
+use tokio::{
+    io::{AsyncReadExt, AsyncWriteExt},
+    net::{TcpListener, TcpSocket, TcpStream},
+};
+
+use super::*;
+use crate::observe::Source;
+
+/// What the scripted v2 does on each connection.
+#[derive(Clone, Copy, Debug)]
+enum Script {
+    /// Answers each request once it is whole; closes the connection after `close_after`
+    /// answers (saying `Connection: close` in the last one if `say_close`).
+    Answer {
+        close_after: Option<usize>,
+        say_close: bool,
+    },
+    /// Takes `chunk` bytes at a time with `pause` in between, and answers each request.
+    SlowReader { chunk: usize, pause: Duration },
+    /// Answers with a body of this many bytes as soon as it has a head, before reading the
+    /// request's body.
+    EarlyResponse(usize),
+    /// Reads this many bytes, then resets the connection.
+    ResetAfter(usize),
+    /// Accepts and reads nothing.
+    Stall,
+}
+
+/// A scripted v2 on loopback; `received` lists the paths of the requests it took whole.
+struct V2 {
+    addr: SocketAddr,
+    received: Arc<Mutex<Vec<String>>>,
+    connections: Arc<std::sync::atomic::AtomicUsize>,
+}
+
+impl V2 {
+    async fn start(script: Script) -> V2 {
+        let socket = TcpSocket::new_v4().unwrap();
+        if let Script::SlowReader { chunk, .. } = script {
+            // Small buffers, so that what v2 has not read yet is mostly still to be written.
+            socket.set_recv_buffer_size(chunk as u32).unwrap();
+        }
+        socket.bind("127.0.0.1:0".parse().unwrap()).unwrap();
+        let listener = socket.listen(1024).unwrap();
+        let v2 = V2 {
+            addr: listener.local_addr().unwrap(),
+            received: Arc::default(),
+            connections: Arc::default(),
+        };
+        let received = Arc::clone(&v2.received);
+        let connections = Arc::clone(&v2.connections);
+        tokio::spawn(async move {
+            while let Ok((stream, _)) = listener.accept().await {
+                connections.fetch_add(1, Relaxed);
+                tokio::spawn(serve(stream, script, Arc::clone(&received)));
+            }
+        });
+        v2
+    }
+
+    fn received(&self) -> Vec<String> {
+        self.received.lock().unwrap().clone()
+    }
+}
+
+async fn serve(mut stream: TcpStream, script: Script, received: Arc<Mutex<Vec<String>>>) {
+    let mut buf = Vec::new();
+    let mut answered = 0;
+    let read_size = match script {
+        Script::SlowReader { chunk, .. } => chunk,
+        _ => 64 * 1024,
+    };
+    let mut chunk = vec![0u8; read_size];
+    loop {
+        let head_end = loop {
+            if let Some(at) = find(&buf, b"\r\n\r\n") {
+                break at + 4;
+            }
+            if !read_more(&mut stream, &mut buf, &mut chunk, script).await {
+                return;
+            }
+            if let Script::ResetAfter(limit) = script {
+                if buf.len() >= limit {
+                    let _ = socket2::SockRef::from(&stream).set_linger(Some(Duration::ZERO));
+                    return;
+                }
+            }
+        };
+        if matches!(script, Script::Stall) {
+            std::future::pending::<()>().await;
+        }
+        let (path, body_len) = parse_head(&buf[..head_end]);
+        if let Script::EarlyResponse(len) = script {
+            let head = format!("HTTP/1.1 200 OK\r\nContent-Length: {len}\r\n\r\n");
+            stream.write_all(head.as_bytes()).await.unwrap();
+            stream.write_all(&vec![b'x'; len]).await.unwrap();
+        }
+        while buf.len() < head_end + body_len {
+            if !read_more(&mut stream, &mut buf, &mut chunk, script).await {
+                return;
+            }
+        }
+        buf.drain(..head_end + body_len);
+        received.lock().unwrap().push(path);
+        answered += 1;
+        let (closing, say_close) = match script {
+            Script::Answer {
+                close_after,
+                say_close,
+            } => (close_after == Some(answered), say_close),
+            _ => (false, false),
+        };
+        if !matches!(script, Script::EarlyResponse(_)) {
+            let connection = if closing && say_close {
+                "Connection: close\r\n"
+            } else {
+                ""
+            };
+            let response = format!("HTTP/1.1 200 OK\r\n{connection}Content-Length: 2\r\n\r\nok");
+            if stream.write_all(response.as_bytes()).await.is_err() {
+                return;
+            }
+        }
+        if closing {
+            return;
+        }
+    }
+}
+
+async fn read_more(
+    stream: &mut TcpStream,
+    buf: &mut Vec<u8>,
+    chunk: &mut [u8],
+    script: Script,
+) -> bool {
+    if let Script::SlowReader { pause, .. } = script {
+        tokio::time::sleep(pause).await;
+    }
+    match stream.read(chunk).await {
+        Ok(0) | Err(_) => false,
+        Ok(n) => {
+            buf.extend_from_slice(&chunk[..n]);
+            true
+        }
+    }
+}
+
+fn find(haystack: &[u8], needle: &[u8]) -> Option<usize> {
+    haystack.windows(needle.len()).position(|w| w == needle)
+}
+
+/// The path and Content-Length of a request head (the tests' own requests).
+fn parse_head(head: &[u8]) -> (String, usize) {
+    let text = std::str::from_utf8(head).unwrap();
+    let path = text.split(' ').nth(1).unwrap().to_owned();
+    let len = text
+        .lines()
+        .find_map(|line| line.strip_prefix("Content-Length: "))
+        .map_or(0, |len| len.trim().parse().unwrap());
+    (path, len)
+}
+
+fn config(addr: SocketAddr) -> RelayConfig {
+    RelayConfig {
+        shadow: addr.to_string(),
+        connect_timeout: Duration::from_millis(500),
+        response_timeout: Duration::from_secs(1),
+        ..RelayConfig::default()
+    }
+}
+
+fn flow(port: u16) -> FlowKey {
+    FlowKey {
+        src: SocketAddr::from(([10, 0, 0, 1], port)),
+        dst: SocketAddr::from(([10, 0, 0, 2], 80)),
+    }
+}
+
+/// Hands one whole request (a POST if `body` is not zero) to the relay.
+fn request(relay: &mut Relay, flow: FlowKey, path: &str, body: usize) {
+    let head = if body == 0 {
+        format!("GET {path} HTTP/1.1\r\nHost: v2\r\n\r\n")
+    } else {
+        format!("POST {path} HTTP/1.1\r\nHost: v2\r\nContent-Length: {body}\r\n\r\n")
+    };
+    relay.request_head(flow, Bytes::from(head));
+    let data = Bytes::from(vec![b'b'; body]);
+    let mut at = 0;
+    while at < body {
+        let end = (at + 64 * 1024).min(body);
+        relay.request_body(flow, data.slice(at..end));
+        at = end;
+    }
+    relay.request_end(flow);
+}
+
+/// Waits until every request has an outcome (or `limit` passes).
+async fn settle(relay: &Relay, limit: Duration) {
+    let stats = relay.stats();
+    let deadline = tokio::time::Instant::now() + limit;
+    while stats.pending() > 0 && tokio::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+/// The outcome counters that are not zero, in the status line's order.
+fn outcomes(stats: &RelayStats) -> Vec<(&'static str, u64)> {
+    let mut found = Vec::new();
+    let mut in_outcomes = true;
+    stats.visit(&mut |sample| {
+        if sample.name == "resent" {
+            in_outcomes = false;
+        }
+        if in_outcomes && sample.value > 0 {
+            found.push((sample.name, sample.value));
+        }
+    });
+    found
+}
+
+fn paths(prefix: &str, count: usize) -> Vec<String> {
+    (0..count).map(|i| format!("/{prefix}-{i}")).collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn keep_alive_requests_are_answered_in_order_on_one_connection() {
+    let v2 = V2::start(Script::Answer {
+        close_after: None,
+        say_close: false,
+    })
+    .await;
+    let mut relay = Relay::new(config(v2.addr));
+    for path in paths("ka", 20) {
+        request(&mut relay, flow(1), &path, 100);
+    }
+    settle(&relay, Duration::from_secs(10)).await;
+    let stats = relay.stats();
+    assert_eq!(
+        outcomes(&stats),
+        [("requests", 20), ("answered", 20), ("answered_2xx", 20)]
+    );
+    assert_eq!(v2.received(), paths("ka", 20));
+    assert_eq!(v2.connections.load(Relaxed), 1);
+    assert_eq!(stats.connections_reused.load(Relaxed), 19);
+    relay.shutdown(Duration::from_secs(1)).await;
+    assert_eq!(stats.shadow_connections.load(Relaxed), 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn v2_closing_after_every_response_still_gets_every_request_once_in_order() {
+    for say_close in [true, false] {
+        let v2 = V2::start(Script::Answer {
+            close_after: Some(1),
+            say_close,
+        })
+        .await;
+        let mut relay = Relay::new(config(v2.addr));
+        for path in paths("close", 200) {
+            request(&mut relay, flow(2), &path, 0);
+        }
+        settle(&relay, Duration::from_secs(20)).await;
+        let stats = relay.stats();
+        assert_eq!(
+            outcomes(&stats),
+            [("requests", 200), ("answered", 200), ("answered_2xx", 200)],
+            "Connection: close said: {say_close}"
+        );
+        assert_eq!(v2.received(), paths("close", 200));
+        relay.shutdown(Duration::from_secs(1)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn v2_closing_after_a_few_responses_gets_the_rest_on_new_connections() {
+    let v2 = V2::start(Script::Answer {
+        close_after: Some(3),
+        say_close: false,
+    })
+    .await;
+    let mut relay = Relay::new(config(v2.addr));
+    // Three client connections at once, interleaved.
+    for i in 0..10 {
+        for client in 0..3 {
+            request(
+                &mut relay,
+                flow(10 + client),
+                &format!("/c{client}-{i}"),
+                10,
+            );
+        }
+    }
+    settle(&relay, Duration::from_secs(10)).await;
+    let stats = relay.stats();
+    assert_eq!(
+        outcomes(&stats),
+        [("requests", 30), ("answered", 30), ("answered_2xx", 30)]
+    );
+    let received = v2.received();
+    assert_eq!(received.len(), 30, "{received:?}");
+    for client in 0..3 {
+        let own: Vec<_> = received
+            .iter()
+            .filter(|p| p.starts_with(&format!("/c{client}-")))
+            .cloned()
+            .collect();
+        assert_eq!(own, paths(&format!("c{client}"), 10));
+    }
+    relay.shutdown(Duration::from_secs(1)).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn client_connections_one_after_another_share_pooled_connections() {
+    let v2 = V2::start(Script::Answer {
+        close_after: None,
+        say_close: false,
+    })
+    .await;
+    let mut relay = Relay::new(config(v2.addr));
+    for i in 0..50 {
+        request(&mut relay, flow(1000 + i), &format!("/short-{i}"), 0);
+        relay.flow_end(flow(1000 + i));
+        settle(&relay, Duration::from_secs(5)).await;
+    }
+    let stats = relay.stats();
+    assert_eq!(
+        outcomes(&stats),
+        [("requests", 50), ("answered", 50), ("answered_2xx", 50)]
+    );
+    // Each flow's task gives the connection back when it ends; the next one takes it.
+    assert!(
+        v2.connections.load(Relaxed) <= 2,
+        "{} connections",
+        v2.connections.load(Relaxed)
+    );
+    relay.shutdown(Duration::from_secs(1)).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slow_reader_gets_a_large_upload_whole() {
+    // 32 MiB at 256 KiB per 20 ms takes over 2.5 s: longer than the 1 s write timeout,
+    // which measures progress, not the whole write (what the kernel buffers, up to 4 MiB,
+    // takes v2 about 0.3 s to read at the end).
+    let v2 = V2::start(Script::SlowReader {
+        chunk: 256 * 1024,
+        pause: Duration::from_millis(20),
+    })
+    .await;
+    let mut relay = Relay::new(config(v2.addr));
+    request(&mut relay, flow(3), "/upload", 32 << 20);
+    settle(&relay, Duration::from_secs(10)).await;
+    let stats = relay.stats();
+    assert_eq!(
+        outcomes(&stats),
+        [("requests", 1), ("answered", 1), ("answered_2xx", 1)]
+    );
+    assert_eq!(v2.received(), ["/upload"]);
+    relay.shutdown(Duration::from_secs(1)).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_v2_that_stops_reading_times_the_request_out() {
+    let v2 = V2::start(Script::Stall).await;
+    let mut relay = Relay::new(config(v2.addr));
+    request(&mut relay, flow(4), "/stuck", 8 << 20);
+    request(&mut relay, flow(4), "/stuck-get", 0);
+    settle(&relay, Duration::from_secs(10)).await;
+    let stats = relay.stats();
+    assert_eq!(
+        outcomes(&stats),
+        [
+            ("requests", 2),
+            ("unanswered", 2),
+            ("unanswered_timeout", 2)
+        ]
+    );
+    assert_eq!(relay.shared.budget.used(), 0);
+    relay.shutdown(Duration::from_secs(1)).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_early_large_response_during_an_upload_does_not_stall_either_side() {
+    let v2 = V2::start(Script::EarlyResponse(8 << 20)).await;
+    let mut relay = Relay::new(config(v2.addr));
+    request(&mut relay, flow(5), "/both-ways", 8 << 20);
+    request(&mut relay, flow(5), "/next", 0);
+    settle(&relay, Duration::from_secs(10)).await;
+    let stats = relay.stats();
+    assert_eq!(
+        outcomes(&stats),
+        [("requests", 2), ("answered", 2), ("answered_2xx", 2)]
+    );
+    assert_eq!(v2.received(), ["/both-ways", "/next"]);
+    relay.shutdown(Duration::from_secs(1)).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reset_mid_request_is_unanswered_and_not_sent_again() {
+    let v2 = V2::start(Script::ResetAfter(1000)).await;
+    let mut relay = Relay::new(config(v2.addr));
+    request(&mut relay, flow(6), "/reset", 1 << 20);
+    settle(&relay, Duration::from_secs(10)).await;
+    let stats = relay.stats();
+    assert_eq!(
+        outcomes(&stats),
+        [("requests", 1), ("unanswered", 1), ("unanswered_reset", 1)]
+    );
+    assert_eq!(stats.resent.load(Relaxed), 0);
+    assert_eq!(v2.connections.load(Relaxed), 1);
+    relay.shutdown(Duration::from_secs(1)).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refusing_v2_drops_requests_as_shadow_down_and_backs_off() {
+    let addr = {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        listener.local_addr().unwrap()
+    };
+    let mut relay = Relay::new(config(addr));
+    for i in 0..8 {
+        request(&mut relay, flow(7), &format!("/refused-{i}"), 0);
+    }
+    settle(&relay, Duration::from_secs(5)).await;
+    let stats = relay.stats();
+    assert_eq!(
+        outcomes(&stats),
+        [("requests", 8), ("dropped", 8), ("dropped_shadow_down", 8)]
+    );
+    // Five refusals in a row, then no more connects during the back-off.
+    assert_eq!(stats.connect_failures(ConnectFailure::Refused), 5);
+    relay.shutdown(Duration::from_secs(1)).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_accept_queue_ends_every_request_where_it_went() {
+    // Backlog 1 and never accepted: the kernel completes a couple of handshakes into the
+    // accept queue, then drops SYNs.
+    let socket = TcpSocket::new_v4().unwrap();
+    socket.bind("127.0.0.1:0".parse().unwrap()).unwrap();
+    let listener = socket.listen(1).unwrap();
+    let mut relay = Relay::new(config(listener.local_addr().unwrap()));
+    for i in 0..20 {
+        request(&mut relay, flow(2000 + i), &format!("/queued-{i}"), 0);
+    }
+    settle(&relay, Duration::from_secs(10)).await;
+    let stats = relay.stats();
+    let timeouts = stats.unanswered_count(Unanswered::Timeout);
+    let down = stats.dropped_count(DropReason::ShadowDown);
+    assert_eq!(stats.pending(), 0);
+    assert_eq!(timeouts + down, 20, "{:?}", outcomes(&stats));
+    assert!(timeouts >= 1 && down >= 1, "{:?}", outcomes(&stats));
+    // Each connection that got through carried one request, which v2 never answered.
+    assert_eq!(timeouts, stats.connections_opened.load(Relaxed));
+    relay.shutdown(Duration::from_secs(1)).await;
+    drop(listener);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn aborted_queue_full_and_shutdown_requests_are_dropped_by_reason() {
+    let v2 = V2::start(Script::Stall).await;
+    let mut relay = Relay::new(RelayConfig {
+        queue_depth: 2,
+        response_timeout: Duration::from_secs(30),
+        ..config(v2.addr)
+    });
+    // Aborted: head and some body, then the capture gives up on it.
+    relay.request_head(
+        flow(8),
+        Bytes::from_static(b"POST /gap HTTP/1.1\r\nContent-Length: 100\r\n\r\n"),
+    );
+    relay.request_body(flow(8), Bytes::from_static(b"partial"));
+    relay.request_abort(flow(8));
+    // Queue full: more pieces than the queue holds, handed over at once.
+    relay.request_head(
+        flow(9),
+        Bytes::from_static(b"POST /big HTTP/1.1\r\nContent-Length: 50\r\n\r\n"),
+    );
+    for _ in 0..50 {
+        relay.request_body(flow(9), Bytes::from_static(b"x"));
+    }
+    relay.request_end(flow(9));
+    // Shutdown: a whole request v2 never answers.
+    request(&mut relay, flow(10), "/never", 0);
+    let stats = relay.stats();
+    relay.shutdown(Duration::from_millis(300)).await;
+    assert_eq!(
+        outcomes(&stats),
+        [
+            ("requests", 3),
+            ("dropped", 3),
+            ("dropped_queue_full", 1),
+            ("dropped_aborted", 1),
+            ("dropped_shutdown", 1)
+        ]
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_byte_budget_drops_what_does_not_fit_and_gets_it_all_back() {
+    let v2 = V2::start(Script::Answer {
+        close_after: None,
+        say_close: false,
+    })
+    .await;
+    let mut relay = Relay::new(RelayConfig {
+        max_inflight_bytes: 100 << 10,
+        ..config(v2.addr)
+    });
+    request(&mut relay, flow(11), "/too-big", 1 << 20);
+    request(&mut relay, flow(11), "/fits", 10);
+    settle(&relay, Duration::from_secs(5)).await;
+    let stats = relay.stats();
+    assert_eq!(
+        outcomes(&stats),
+        [
+            ("requests", 2),
+            ("answered", 1),
+            ("dropped", 1),
+            ("answered_2xx", 1),
+            ("dropped_queue_full", 1)
+        ]
+    );
+    assert_eq!(v2.received(), ["/fits"]);
+    assert_eq!(relay.shared.budget.used(), 0);
+    relay.shutdown(Duration::from_secs(1)).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_request_larger_than_the_budget_streams_through_it() {
+    let v2 = V2::start(Script::Answer {
+        close_after: None,
+        say_close: false,
+    })
+    .await;
+    let budget = 2 << 20;
+    let mut relay = Relay::new(RelayConfig {
+        max_inflight_bytes: budget,
+        ..config(v2.addr)
+    });
+    let body = 8 << 20;
+    relay.request_head(
+        flow(12),
+        Bytes::from(format!(
+            "POST /large HTTP/1.1\r\nContent-Length: {body}\r\n\r\n"
+        )),
+    );
+    // As the capture would: pieces arrive as the client sends them, not all at once.
+    let piece = Bytes::from(vec![b'b'; 64 * 1024]);
+    let feed = async {
+        for _ in 0..body / piece.len() {
+            while relay.shared.budget.used() + piece.len() > budget {
+                tokio::time::sleep(Duration::from_millis(1)).await;
+            }
+            relay.request_body(flow(12), piece.clone());
+        }
+    };
+    tokio::time::timeout(Duration::from_secs(10), feed)
+        .await
+        .expect("the budget comes back as the request is written");
+    relay.request_end(flow(12));
+    settle(&relay, Duration::from_secs(10)).await;
+    let stats = relay.stats();
+    assert_eq!(
+        outcomes(&stats),
+        [("requests", 1), ("answered", 1), ("answered_2xx", 1)]
+    );
+    assert_eq!(v2.received(), ["/large"]);
+    relay.shutdown(Duration::from_secs(1)).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shutdown_lets_requests_in_flight_be_answered() {
+    let v2 = V2::start(Script::Answer {
+        close_after: Some(1),
+        say_close: true,
+    })
+    .await;
+    let mut relay = Relay::new(config(v2.addr));
+    for i in 0..51 {
+        request(&mut relay, flow(3000 + i), &format!("/last-{i}"), 0);
+        relay.flow_end(flow(3000 + i));
+    }
+    let stats = relay.stats();
+    relay.shutdown(Duration::from_secs(2)).await;
+    assert_eq!(
+        outcomes(&stats),
+        [("requests", 51), ("answered", 51), ("answered_2xx", 51)]
+    );
+    assert_eq!(v2.received().len(), 51);
+}
