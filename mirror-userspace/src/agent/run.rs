@@ -14,7 +14,7 @@ use mirror_cores::{
 use crate::{
     capture::{
         clock, packet, record,
-        session::{CaptureOptions, Session, SessionError},
+        session::{self, CaptureOptions, OwnMark, Session, SessionError},
     },
     relay::{Relay, RelayConfig, RelayStats},
     shutdown::shutdown_signal,
@@ -23,8 +23,6 @@ use crate::{
 /// With `--poll-ms`, the kernel wakes the agent early once this much waits in the ring.
 const BATCH_WAKEUP_BYTES: u32 = 256 << 10;
 
-/// Marks the agent's shadow sockets (SO_MARK) so the kernel program never captures them.
-pub const DEFAULT_SHADOW_MARK: u32 = 0x6d69_7272;
 
 #[derive(Clone, Debug, clap::Args)]
 pub struct RunArgs {
@@ -45,9 +43,16 @@ pub struct RunArgs {
     /// Forward the Host header unchanged (for shadows behind virtual hosts).
     #[arg(long)]
     pub keep_host: bool,
-    /// SO_MARK of the agent's own shadow connections, which the kernel never captures.
-    #[arg(long, default_value_t = DEFAULT_SHADOW_MARK)]
+    /// SO_MARK of the agent's own shadow connections, which the kernel never captures
+    /// (decimal or 0x hex).
+    #[arg(long, default_value = "0x6d", value_parser = session::parse_mark)]
     pub shadow_mark: u32,
+    /// The mark bits the kernel compares with --shadow-mark: other bits may change on the way
+    /// (CNI rules) without the agent capturing its own traffic. The default, the low byte, is
+    /// one no kube-proxy, Calico or Cilium rule sets or clears on host traffic
+    /// (`session::CNI_MARK_BITS`).
+    #[arg(long, default_value = "0xff", value_parser = session::parse_mark)]
+    pub shadow_mark_mask: u32,
     /// Most shadow connections open at once (each captured client connection has its own, so
     /// v2 sees v1's connection pattern; a few KiB each).
     #[arg(long, default_value_t = 4096)]
@@ -102,6 +107,8 @@ struct Intake {
     records: u64,
     malformed_records: u64,
     undecodable_packets: u64,
+    /// Header-only records of v1's side, not (yet) fed to the pipeline: it takes client data.
+    reverse_records: u64,
 }
 
 impl RunArgs {
@@ -153,7 +160,11 @@ pub async fn run(args: RunArgs) -> Result<(), RunError> {
     } else {
         BATCH_WAKEUP_BYTES
     };
-    let mut session = Session::start(&args.capture, args.shadow_mark, wakeup_bytes)?;
+    let own_mark = OwnMark {
+        value: args.shadow_mark,
+        mask: args.shadow_mark_mask,
+    };
+    let mut session = Session::start(&args.capture, own_mark, wakeup_bytes)?;
     let mut relay = Relay::new(args.relay_config());
     let mut intake = Intake::default();
     tracing::info!(shadow = %args.shadow, percent = args.percent, "mirroring");
@@ -209,6 +220,10 @@ fn intake_record(item: &[u8], intake: &mut Intake, pipeline: &mut Pipeline, rela
         intake.malformed_records += 1;
         return;
     };
+    if record.reverse() {
+        intake.reverse_records += 1;
+        return;
+    }
     let Ok(segment) = packet::parse_ethernet(record.packet) else {
         intake.undecodable_packets += 1;
         return;
@@ -240,8 +255,8 @@ fn status_line(
         pipeline.buffered_bytes()
     ));
     line.push_str(&format!(
-        " | intake: records={} malformed_records={} undecodable_packets={} | kernel:",
-        intake.records, intake.malformed_records, intake.undecodable_packets
+        " | intake: records={} malformed_records={} undecodable_packets={} reverse_records={} | kernel:",
+        intake.records, intake.malformed_records, intake.undecodable_packets, intake.reverse_records
     ));
     for (name, value) in session.kernel_counters() {
         line.push_str(&format!(" {name}={value}"));

@@ -7,6 +7,7 @@ pub mod classifier;
 pub mod clock;
 pub mod packet;
 pub mod pcap;
+mod port_filter;
 mod privileges;
 pub mod record;
 mod ring;

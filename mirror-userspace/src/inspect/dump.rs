@@ -14,7 +14,7 @@ use crate::{
         clock::WallClock,
         packet, pcap,
         record::{self, Record},
-        session::{CaptureOptions, Session, SessionError},
+        session::{CaptureOptions, OwnMark, Session, SessionError},
     },
     shutdown::shutdown_signal,
 };
@@ -50,12 +50,13 @@ struct Tally {
     malformed: u64,
     undecodable: u64,
     truncated: u64,
+    reverse: u64,
     write_errors: u64,
 }
 
 /// Captures until SIGINT/SIGTERM; prints the counters to stderr at the end.
 pub async fn run(args: CaptureArgs) -> Result<(), CaptureError> {
-    let mut session = Session::start(&args.capture, 0, 0)?;
+    let mut session = Session::start(&args.capture, OwnMark::NONE, 0)?;
     let io_error = |what: String| move |source| CaptureError::Io { what, source };
     let mut pcap = match &args.pcap {
         Some(path) => Some(
@@ -85,6 +86,9 @@ pub async fn run(args: CaptureArgs) -> Result<(), CaptureError> {
                 };
                 if record.truncated() {
                     tally.truncated += 1;
+                }
+                if record.reverse() {
+                    tally.reverse += 1;
                 }
                 let unix_ns = clock.unix_ns(record.header.timestamp_ns);
                 if let Some(pcap) = &mut pcap {
@@ -130,13 +134,20 @@ pub async fn run(args: CaptureArgs) -> Result<(), CaptureError> {
         }
     }
     eprintln!(
-        "userspace: records={} malformed_records={} undecodable_packets={} truncated_records={} write_errors={}",
-        tally.records, tally.malformed, tally.undecodable, tally.truncated, tally.write_errors
+        "userspace: records={} reverse_records={} malformed_records={} undecodable_packets={} truncated_records={} write_errors={}",
+        tally.records,
+        tally.reverse,
+        tally.malformed,
+        tally.undecodable,
+        tally.truncated,
+        tally.write_errors
     );
     Ok(())
 }
 
-/// One line per segment: time, interface, direction, flow, flags, seq and payload length.
+/// One line per segment: time, interface, direction, flow, flags, seq and payload length; a
+/// header-only segment of v1's side says `reverse` and adds its acknowledgement, window and
+/// (on a SYN) window scale.
 fn print_segment(out: &mut impl Write, unix_ns: u64, record: &Record<'_>) -> io::Result<()> {
     let secs = unix_ns / 1_000_000_000;
     let micros = (unix_ns % 1_000_000_000) / 1_000;
@@ -145,7 +156,23 @@ fn print_segment(out: &mut impl Write, unix_ns: u64, record: &Record<'_>) -> io:
     } else {
         "out"
     };
-    match packet::parse_ethernet(record.packet) {
+    match packet::parse_record(record) {
+        Ok(segment) if record.reverse() => writeln!(
+            out,
+            "{secs}.{micros:06} if{} {direction} reverse {} [{}] seq {} ack {} win {}{} header-only of {}{}",
+            record.header.ifindex,
+            segment.flow,
+            segment.flags,
+            segment.seq,
+            segment.ack,
+            segment.window,
+            segment
+                .window_scale
+                .map(|scale| format!(" wscale {scale}"))
+                .unwrap_or_default(),
+            record.header.orig_len,
+            if record.truncated() { " truncated" } else { "" },
+        ),
         Ok(segment) => writeln!(
             out,
             "{secs}.{micros:06} if{} {direction} {} [{}] seq {} len {}{}",
