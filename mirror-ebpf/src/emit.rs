@@ -12,8 +12,8 @@ use aya_ebpf::{
 };
 use aya_log_ebpf::warn;
 use mirror_common::{
-    Config, Counter, RecordHeader, MAX_CAPTURE_BYTES, MAX_REVERSE_CAPTURE_BYTES,
-    RECORD_HEADER_LEN, RECORD_REVERSE, RECORD_TRUNCATED,
+    Config, Counter, RecordHeader, MAX_CAPTURE_BYTES, MAX_REVERSE_CAPTURE_BYTES, RECORD_HEADER_LEN,
+    RECORD_REVERSE, RECORD_TRUNCATED,
 };
 
 use crate::maps::{add, count, EVENTS};
@@ -43,7 +43,14 @@ pub fn headers(ctx: &TcContext, config: &Config, direction: u32, headers_len: u3
     if cap <= 128 {
         emit::<128>(ctx, config, direction, len, cap, Kind::Reverse)
     } else {
-        emit::<{ MAX_REVERSE_CAPTURE_BYTES as usize }>(ctx, config, direction, len, cap, Kind::Reverse)
+        emit::<{ MAX_REVERSE_CAPTURE_BYTES as usize }>(
+            ctx,
+            config,
+            direction,
+            len,
+            cap,
+            Kind::Reverse,
+        )
     }
 }
 

@@ -80,7 +80,11 @@ impl Segment {
     /// The port the pre-filter tests: the destination's (`forward`) or the source's.
     #[inline(always)]
     pub fn target_port(&self, forward: bool) -> u16 {
-        u16::from_be_bytes(if forward { self.tcp.dest } else { self.tcp.source })
+        u16::from_be_bytes(if forward {
+            self.tcp.dest
+        } else {
+            self.tcp.source
+        })
     }
 
     /// The trie key of the destination (`forward`) or of the source (v1's side).

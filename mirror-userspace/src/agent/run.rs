@@ -23,7 +23,6 @@ use crate::{
 /// With `--poll-ms`, the kernel wakes the agent early once this much waits in the ring.
 const BATCH_WAKEUP_BYTES: u32 = 256 << 10;
 
-
 #[derive(Clone, Debug, clap::Args)]
 pub struct RunArgs {
     #[command(flatten)]

@@ -400,7 +400,11 @@ pub(crate) mod tests {
     fn with_vlan_tags(frame: &[u8], tags: usize) -> Vec<u8> {
         let mut out = frame[..12].to_vec();
         for tag in 0..tags {
-            let tpid = if tag + 1 < tags { ETH_P_8021AD } else { ETH_P_8021Q };
+            let tpid = if tag + 1 < tags {
+                ETH_P_8021AD
+            } else {
+                ETH_P_8021Q
+            };
             out.extend_from_slice(&tpid.to_be_bytes());
             out.extend_from_slice(&(100 + tag as u16).to_be_bytes());
         }
@@ -416,7 +420,9 @@ pub(crate) mod tests {
         let mut chain = Vec::new();
         for (index, (_, bytes)) in extensions.iter().enumerate() {
             let mut ext = bytes.clone();
-            ext[0] = extensions.get(index + 1).map_or(IPPROTO_TCP, |(kind, _)| *kind);
+            ext[0] = extensions
+                .get(index + 1)
+                .map_or(IPPROTO_TCP, |(kind, _)| *kind);
             ext[1] = u8::try_from(ext.len() / 8 - 1).unwrap();
             chain.extend_from_slice(&ext);
         }
@@ -444,8 +450,17 @@ pub(crate) mod tests {
             parse_ethernet(&with_vlan_tags(&plain, 3)),
             Err(PacketError::Malformed(_))
         ));
-        let six = frame(flow("[fd00::2]:1", "[fd00::10]:80"), 1, TcpFlags::SYN, b"", 0);
-        assert!(parse_ethernet(&with_vlan_tags(&six, 2)).unwrap().flags.syn());
+        let six = frame(
+            flow("[fd00::2]:1", "[fd00::10]:80"),
+            1,
+            TcpFlags::SYN,
+            b"",
+            0,
+        );
+        assert!(parse_ethernet(&with_vlan_tags(&six, 2))
+            .unwrap()
+            .flags
+            .syn());
     }
 
     #[test]
@@ -465,7 +480,10 @@ pub(crate) mod tests {
         assert_eq!(segment.payload, b"GET / HTTP/1.1\r\n", "padding trimmed");
         // Five extension headers are one more than the kernel program follows.
         let long = with_ipv6_extensions(&plain, &vec![(IPV6_DEST_OPTIONS, vec![0; 8]); 5]);
-        assert!(matches!(parse_ethernet(&long), Err(PacketError::Malformed(_))));
+        assert!(matches!(
+            parse_ethernet(&long),
+            Err(PacketError::Malformed(_))
+        ));
         let fragment = with_ipv6_extensions(&plain, &[(IPV6_FRAGMENT, vec![0; 8])]);
         assert_eq!(parse_ethernet(&fragment), Err(PacketError::Fragment));
         let esp = with_ipv6_extensions(&plain, &[(50, vec![0; 8])]);
@@ -491,13 +509,16 @@ pub(crate) mod tests {
     #[test]
     fn header_only_frames_decode_with_an_empty_payload() {
         let key = flow("198.19.0.10:8000", "198.18.1.2:40000");
-        let whole = frame(key, 77, TcpFlags::ACK | TcpFlags::PSH, b"HTTP/1.1 200 OK\r\n", 0);
+        let whole = frame(
+            key,
+            77,
+            TcpFlags::ACK | TcpFlags::PSH,
+            b"HTTP/1.1 200 OK\r\n",
+            0,
+        );
         let cut = &whole[..ETH_HLEN + 20 + 20];
         // A whole-frame decode refuses a frame shorter than its IP length...
-        assert_eq!(
-            parse_ethernet(cut),
-            Err(PacketError::Malformed("IPv4"))
-        );
+        assert_eq!(parse_ethernet(cut), Err(PacketError::Malformed("IPv4")));
         // ...a reverse record's decode takes it, headers only.
         let header = mirror_common::RecordHeader {
             orig_len: u32::try_from(whole.len()).unwrap(),
@@ -505,18 +526,36 @@ pub(crate) mod tests {
             flags: mirror_common::RECORD_REVERSE,
             ..mirror_common::RecordHeader::default()
         };
-        let record = Record { header, packet: cut };
+        let record = Record {
+            header,
+            packet: cut,
+        };
         let segment = parse_record(&record).unwrap();
         assert_eq!((segment.flow, segment.seq), (key, 77));
         assert!(segment.payload.is_empty());
         // Even a whole frame flagged reverse yields no payload: v1's bytes are never data.
-        let record = Record { header, packet: &whole };
+        let record = Record {
+            header,
+            packet: &whole,
+        };
         assert!(parse_record(&record).unwrap().payload.is_empty());
         // The TCP header itself must be there.
-        let record = Record { header, packet: &whole[..ETH_HLEN + 20 + 10] };
+        let record = Record {
+            header,
+            packet: &whole[..ETH_HLEN + 20 + 10],
+        };
         assert!(parse_record(&record).is_err());
-        let six = frame(flow("[fd00::10]:80", "[fd00::2]:1"), 5, TcpFlags::ACK, &[1; 50], 0);
-        let record = Record { header, packet: &six[..ETH_HLEN + IPV6_HLEN + 20] };
+        let six = frame(
+            flow("[fd00::10]:80", "[fd00::2]:1"),
+            5,
+            TcpFlags::ACK,
+            &[1; 50],
+            0,
+        );
+        let record = Record {
+            header,
+            packet: &six[..ETH_HLEN + IPV6_HLEN + 20],
+        };
         assert_eq!(parse_record(&record).unwrap().seq, 5);
     }
 }

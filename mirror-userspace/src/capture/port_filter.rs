@@ -74,7 +74,11 @@ mod tests {
 
     #[test]
     fn sets_exactly_the_targets_ports() {
-        let bitmap = PortBitmap::of(&targets(&["10.0.0.1:80", "[fd00::1]:8000", "10.0.0.2:65535"]));
+        let bitmap = PortBitmap::of(&targets(&[
+            "10.0.0.1:80",
+            "[fd00::1]:8000",
+            "10.0.0.2:65535",
+        ]));
         for port in 0..=u16::MAX {
             assert_eq!(
                 bitmap.contains(port),
@@ -94,6 +98,11 @@ mod tests {
         assert_eq!(changes, vec![(2, 1 << 17), (250, 0), (281, 1 << 8)]);
         let both = old.union(&new);
         assert!([80, 81, 8000, 9000].iter().all(|p| both.contains(*p)));
-        assert_eq!(PortBitmap::empty().changes_from(&PortBitmap::empty()).count(), 0);
+        assert_eq!(
+            PortBitmap::empty()
+                .changes_from(&PortBitmap::empty())
+                .count(),
+            0
+        );
     }
 }
