@@ -20,6 +20,11 @@ macro_rules! counters {
                 [$( (stringify!($name), self.$name) ),+].into_iter()
             }
 
+            /// Every counter's `(name, documentation)`, in declaration order: the help text
+            /// of the exported metrics.
+            pub const HELP: &'static [(&'static str, &'static str)] =
+                &[$( (stringify!($name), concat!($($doc),*)) ),+];
+
             /// Adds `other` into `self`, e.g. to merge per-worker counters.
             pub fn merge(&mut self, other: &Counters) {
                 $( self.$name = self.$name.wrapping_add(other.$name); )+
@@ -212,6 +217,18 @@ mod tests {
         names.sort_unstable();
         names.dedup();
         assert_eq!(names.len(), pairs.len());
+    }
+
+    #[test]
+    fn help_documents_every_counter_in_order() {
+        let names: Vec<_> = Counters::default().iter().map(|(name, _)| name).collect();
+        let documented: Vec<_> = Counters::HELP.iter().map(|(name, _)| *name).collect();
+        assert_eq!(names, documented);
+        let gaps = Counters::HELP
+            .iter()
+            .find(|(name, _)| *name == "gaps")
+            .unwrap();
+        assert!(gaps.1.contains("bytes the capture lost"), "{}", gaps.1);
     }
 
     #[test]

@@ -4,12 +4,13 @@
 
 pub mod attached;
 pub mod classifier;
-pub mod clock;
+pub(crate) mod clock;
+pub(crate) mod kernel_stats;
 pub mod packet;
 pub mod pcap;
 mod port_filter;
 mod privileges;
-pub mod record;
+pub(crate) mod record;
 mod ring;
 pub mod session;
 pub mod target;
