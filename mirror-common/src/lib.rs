@@ -173,7 +173,7 @@ pub enum Counter {
     Ipv6ExtHeaders = 14,
     /// IPv6 packets whose hop-by-hop header carried a jumbo payload option (BIG TCP).
     Ipv6Jumbo = 15,
-    /// IPv4 or IPv6 fragments: counted, not parsed (TCP is not fragmented in practice).
+    /// TCP in IPv4 or IPv6 fragments: counted, not parsed (TCP is not fragmented in practice).
     Fragments = 16,
     /// IPv6 packets whose header chain the parser does not follow: another extension header
     /// (AH, ESP, mobility...) or more than it walks. Not parsed.

@@ -35,20 +35,27 @@ pub fn mirror_egress(ctx: TcContext) -> i32 {
 #[inline(always)]
 fn capture(ctx: &TcContext, hook: u32) {
     count(Counter::Seen);
-    let config = maps::config();
-    let forward = hook == config.forward_direction;
-    if !forward && config.reverse_enabled == 0 {
+    let forward = hook == maps::forward_direction();
+    if !forward && !maps::reverse_enabled() {
         return;
     }
-    let Some(segment) = parse::tcp_segment(ctx) else {
-        return;
+    let segment = match parse::ipv4_in_place(ctx, forward, maps::is_target_port) {
+        Some(parse::InPlace::Unwanted) => return,
+        Some(parse::InPlace::Segment(segment)) => segment,
+        None => {
+            let Some(segment) = parse::tcp_segment(ctx) else {
+                return;
+            };
+            if !maps::is_target_port(segment.target_port(forward)) {
+                return;
+            }
+            segment
+        }
     };
-    if !maps::is_target_port(segment.target_port(forward)) {
-        return;
-    }
     if !maps::is_target(&segment.target_key(forward)) {
         return;
     }
+    let config = maps::config();
     if maps::is_own_traffic(ctx, &config) {
         count(Counter::OwnTraffic);
         return;

@@ -44,12 +44,26 @@ static CONFIG: Config = Config {
     reverse_enabled: 0,
 };
 
-/// The load-time configuration.
+/// The load-time configuration, whole: read only once a packet matched.
 #[inline(always)]
 pub fn config() -> Config {
     // SAFETY: a plain read of a static; volatile so the compiler does not fold in the
     // compile-time defaults that userspace replaces at load.
     unsafe { core::ptr::read_volatile(&CONFIG) }
+}
+
+/// `Config::forward_direction` alone: one load on the path every packet takes.
+#[inline(always)]
+pub fn forward_direction() -> u32 {
+    // SAFETY: as in `config`, for one field.
+    unsafe { core::ptr::read_volatile(core::ptr::addr_of!(CONFIG.forward_direction)) }
+}
+
+/// `Config::reverse_enabled` alone.
+#[inline(always)]
+pub fn reverse_enabled() -> bool {
+    // SAFETY: as in `config`, for one field.
+    unsafe { core::ptr::read_volatile(core::ptr::addr_of!(CONFIG.reverse_enabled)) != 0 }
 }
 
 #[inline(always)]

@@ -112,6 +112,80 @@ impl Segment {
     }
 }
 
+/// What [`ipv4_in_place`] found.
+pub enum InPlace {
+    /// Not ours: another protocol, or a port no target has.
+    Unwanted,
+    /// A TCP segment whose port some target has.
+    Segment(Segment),
+}
+
+/// The cheapest look at the common case, the node's other traffic included: an untagged IPv4
+/// frame with no IP options and no fragmentation, read in place (single loads, no copies of
+/// whole headers), the port pre-filter applied (`is_target_port` on the port the hook
+/// tests). `None` for everything else, which takes the full parse.
+#[inline(always)]
+pub fn ipv4_in_place(
+    ctx: &TcContext,
+    forward: bool,
+    is_target_port: impl Fn(u16) -> bool,
+) -> Option<InPlace> {
+    const IPV4_NO_OPTIONS: u8 = 0x45;
+    const L4: usize = EthHdr::LEN + Ipv4Hdr::LEN;
+    let data = ctx.data();
+    if data + L4 + 4 > ctx.data_end() {
+        return None;
+    }
+    // SAFETY: the `L4 + 4` bytes from `data` lie before `data_end` (checked just above, the
+    // very comparison the verifier needs); `EthHdr` is read at the packet's start as any TC
+    // program reads it, and the other reads are single bytes.
+    let port = unsafe {
+        if (*(data as *const EthHdr)).ether_type != ETH_P_IP {
+            return None;
+        }
+        let ip = (data + EthHdr::LEN) as *const u8;
+        if *ip != IPV4_NO_OPTIONS {
+            return None;
+        }
+        if *ip.add(9) != IPPROTO_TCP {
+            return Some(InPlace::Unwanted);
+        }
+        if u16::from_be_bytes([*ip.add(6), *ip.add(7)]) & IPV4_FRAGMENT_MASK != 0 {
+            return None;
+        }
+        let ports = ip.add(Ipv4Hdr::LEN);
+        let port = if forward { ports.add(2) } else { ports };
+        u16::from_be_bytes([*port, *port.add(1)])
+    };
+    if !is_target_port(port) {
+        return Some(InPlace::Unwanted);
+    }
+    if data + L4 + TcpHdr::LEN > ctx.data_end() {
+        return None;
+    }
+    // SAFETY: the IPv4 and TCP headers lie before `data_end` (checked just above); both are
+    // plain data.
+    let (ip, tcp) = unsafe {
+        (
+            core::ptr::read_unaligned((data + EthHdr::LEN) as *const Ipv4Hdr),
+            core::ptr::read_unaligned((data + L4) as *const TcpHdr),
+        )
+    };
+    Some(InPlace::Segment(Segment {
+        addrs: Addrs::V4 {
+            src: ip.src_addr,
+            dst: ip.dst_addr,
+        },
+        tcp,
+        l4_offset: L4 as u32,
+        l3_end: l3_end(
+            ctx,
+            EthHdr::LEN as u32,
+            u32::from(u16::from_be_bytes(ip.tot_len)),
+        ),
+    }))
+}
+
 /// Parses a frame carrying TCP over IPv4 or IPv6; `None` for anything else. What the parser
 /// cannot follow is counted by kind (see the module doc); other protocols are not.
 #[inline(always)]
@@ -167,11 +241,11 @@ fn ipv4(ctx: &TcContext, l3_offset: usize) -> Option<Segment> {
     if ip.version() != 4 || ihl < Ipv4Hdr::LEN {
         return None;
     }
-    if u16::from_be_bytes(ip.frags) & IPV4_FRAGMENT_MASK != 0 {
-        count(Counter::Fragments);
+    if ip.proto != IPPROTO_TCP {
         return None;
     }
-    if ip.proto != IPPROTO_TCP {
+    if u16::from_be_bytes(ip.frags) & IPV4_FRAGMENT_MASK != 0 {
+        count(Counter::Fragments);
         return None;
     }
     let l4_offset = l3_offset + ihl;
@@ -240,7 +314,11 @@ fn ipv6_extensions(ctx: &TcContext, mut next: u8, offset: &mut usize) -> Option<
                 *offset += (usize::from(ext[1]) + 1) * 8;
             }
             IPV6_FRAGMENT => {
-                count(Counter::Fragments);
+                // The fragment header's first byte names the fragmented protocol.
+                let fragment: [u8; 8] = ctx.load(*offset).ok()?;
+                if fragment[0] == IPPROTO_TCP {
+                    count(Counter::Fragments);
+                }
                 return None;
             }
             IPV6_ESP | IPV6_AH | IPV6_MOBILITY | IPV6_HIP | IPV6_SHIM6 => {
