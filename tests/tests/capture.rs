@@ -663,3 +663,43 @@ fn kernel_parser_follows_vlan_tags_and_ipv6_extension_headers() {
     assert_eq!(reverse[0].captured, 14 + 4 + 40 + 16 + 20, "{reverse:?}");
     assert_eq!(reverse_lines(&stdout).len(), 1, "{stdout}");
 }
+
+#[test]
+fn frames_without_an_ethernet_header_are_counted() {
+    if !require_root() {
+        return;
+    }
+    // An L3 device (tun, as WireGuard's): TC sees the IP header first. It has no reader, so
+    // what is sent through it goes nowhere; the node's own connection attempt is the packet.
+    let bed = bed();
+    let node = bed.testbed.node();
+    for command in [
+        &["ip", "tuntap", "add", "dev", "mtun0", "mode", "tun"][..],
+        &["ip", "addr", "add", "198.18.250.1/30", "dev", "mtun0"],
+        &["ip", "link", "set", "mtun0", "up"],
+    ] {
+        node.exec_ok(command).expect("tun device");
+    }
+    let args: Vec<String> = [
+        "capture",
+        "--iface",
+        "mtun0",
+        "--direction",
+        "egress",
+        "--target",
+        "198.18.250.2:80",
+    ]
+    .map(str::to_owned)
+    .to_vec();
+    let agent = Agent::start(node, "mirror-capture-tun", &args, CAPTURE_READY).expect("start");
+    let attempt = node
+        .exec(&["curl", "-sS", "--max-time", "1", "http://198.18.250.2/"])
+        .expect("curl");
+    assert!(!attempt.status.success(), "nothing answers behind the tun");
+    let summary = stop(agent);
+    assert!(
+        counter(&summary, "no_ethernet").unwrap_or(0) > 0,
+        "{summary}"
+    );
+    assert_eq!(counter(&summary, "packets_matched"), Some(0), "{summary}");
+}
