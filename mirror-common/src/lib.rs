@@ -10,8 +10,10 @@ pub const EVENTS_MAP: &str = "EVENTS";
 pub const TARGETS_MAP: &str = "TARGETS";
 /// Name of the per-CPU counter array.
 pub const COUNTERS_MAP: &str = "COUNTERS";
-/// Name of the one-entry configuration array.
-pub const CONFIG_MAP: &str = "CONFIG";
+/// Name of the target-port bitmap (see [`PORT_BITMAP_WORDS`]).
+pub const PORTS_MAP: &str = "PORTS";
+/// Name of the read-only global holding the program's [`Config`], set at load time.
+pub const CONFIG_GLOBAL: &str = "CONFIG";
 /// Program that captures on an ingress hook.
 pub const INGRESS_PROGRAM: &str = "mirror_ingress";
 /// Program that captures on an egress hook.
@@ -50,8 +52,20 @@ pub struct RecordHeader {
 /// The header's size in bytes.
 pub const RECORD_HEADER_LEN: usize = core::mem::size_of::<RecordHeader>();
 
-/// Set when `cap_len < orig_len`.
+/// Set when the packet was cut because it exceeded the largest record (`cap_len < orig_len`
+/// and bytes a stream rebuilder needs are missing).
 pub const RECORD_TRUNCATED: u32 = 1;
+/// Set on a record of a packet *from* a target (v1 -> client: v1's side of a mirrored
+/// connection), seen on the reverse hook. Such a record is header-only: the frame is cut right
+/// after the TCP header, options included, so `cap_len < orig_len` whenever the packet carried
+/// payload and the IP length says more than the record holds. It carries what following v1's
+/// side needs (sequence, acknowledgement, window, flags, the SYN-ACK's window scale), never
+/// v1's payload. [`RECORD_TRUNCATED`] is set on it only if even the headers did not fit.
+pub const RECORD_REVERSE: u32 = 2;
+
+/// The largest header-only record: Ethernet, two VLAN tags, IPv6 with extension headers and
+/// a TCP header with options fit, a longer header chain is cut (and flagged truncated).
+pub const MAX_REVERSE_CAPTURE_BYTES: u32 = 512;
 
 /// The packet was seen on an ingress hook.
 pub const DIRECTION_INGRESS: u32 = 0;
@@ -71,13 +85,14 @@ pub const FAMILY_IPV6: u8 = 6;
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default, Hash)]
 pub struct TargetKey {
-    /// Destination port, network byte order.
+    /// The target's port, network byte order (a packet's destination port on the forward hook,
+    /// its source port on the reverse hook).
     pub port: [u8; 2],
     /// [`FAMILY_IPV4`] or [`FAMILY_IPV6`].
     pub family: u8,
     /// Always zero; matched as part of the fixed prefix.
     pub reserved: u8,
-    /// Destination address, network byte order.
+    /// The target's address, network byte order (destination forward, source reverse).
     pub addr: [u8; 16],
 }
 
@@ -91,19 +106,35 @@ impl TargetKey {
 /// Value stored for each target: which `--target` it came from, for diagnostics.
 pub type TargetValue = u32;
 
-/// Runtime configuration written by userspace into the one-entry config array.
+/// Words of the target-port bitmap: one bit per TCP port, bit `port % 32` of word
+/// `port / 32`. A packet whose port has no bit set leaves before the targets trie is searched.
+pub const PORT_BITMAP_WORDS: u32 = 65536 / 32;
+
+/// The program's configuration: a read-only global (`.rodata`) that userspace sets once at
+/// load time, so the verifier sees constants and prunes the branches they turn off, and the
+/// hot path reads no map for it.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
 pub struct Config {
-    /// Packets whose `skb->mark` equals this are never captured (the agent marks its own
-    /// shadow traffic). Zero disables the check.
+    /// Packets whose `skb->mark` has these bits (under [`Config::ignore_mark_mask`]) are the
+    /// agent's own and never captured. Zero disables the check.
     pub ignore_mark: u32,
+    /// The mark bits compared with [`Config::ignore_mark`]: rules that set or clear other bits
+    /// (kube-proxy's 0x4000 masquerade bit, Calico's 0xffff0000 bits, Cilium's 0x0f00 magic)
+    /// leave the comparison alone.
+    pub ignore_mark_mask: u32,
     /// Nonzero enables aya-log diagnostics from the kernel program (off the hot path).
     pub log_enabled: u32,
     /// Zero: wake the reader for every record (the ring buffer's adaptive default). Otherwise
     /// wake it only once this many bytes wait unread; the reader polls on a timer in between,
     /// so a busy node pays one wake-up per batch, not one per packet.
     pub wakeup_bytes: u32,
+    /// The hook that sees client -> target packets ([`DIRECTION_INGRESS`] or
+    /// [`DIRECTION_EGRESS`]). The other hook matches packets *from* targets (v1's side) and
+    /// emits them header-only, flagged [`RECORD_REVERSE`], if [`Config::reverse_enabled`].
+    pub forward_direction: u32,
+    /// Nonzero: capture v1's side of mirrored connections on the reverse hook.
+    pub reverse_enabled: u32,
 }
 
 /// Indices of the per-CPU counters.
@@ -112,13 +143,13 @@ pub struct Config {
 pub enum Counter {
     /// Every packet the program ran on.
     Seen = 0,
-    /// TCP packets whose destination is a target.
+    /// TCP packets whose destination is a target (client -> v1), on the forward hook.
     Matched = 1,
-    /// Records written to the ring buffer.
+    /// Records of forward packets written to the ring buffer.
     Emitted = 2,
-    /// Packet bytes written to the ring buffer (headers excluded).
+    /// Packet bytes written to the ring buffer, both directions (record headers excluded).
     BytesEmitted = 3,
-    /// Matched packets lost because the ring buffer was full.
+    /// Forward packets lost because the ring buffer was full.
     RingFull = 4,
     /// Records cut short because the packet exceeded [`MAX_CAPTURE_BYTES`].
     Truncated = 5,
@@ -128,11 +159,33 @@ pub enum Counter {
     PureAck = 7,
     /// Packets skipped because they carried the agent's own mark.
     OwnTraffic = 8,
+    /// TCP packets from a target (v1 -> client) seen on the reverse hook.
+    ReverseMatched = 9,
+    /// Header-only records of reverse packets written to the ring buffer.
+    ReverseEmitted = 10,
+    /// Reverse packets lost because the ring buffer was full.
+    ReverseRingFull = 11,
+    /// Frames parsed through one or two 802.1Q / 802.1ad VLAN tags left in the frame.
+    VlanTagged = 12,
+    /// Frames with more VLAN tags than the parser follows (two): not parsed.
+    VlanTooDeep = 13,
+    /// IPv6 packets parsed through hop-by-hop, routing or destination options headers.
+    Ipv6ExtHeaders = 14,
+    /// IPv6 packets whose hop-by-hop header carried a jumbo payload option (BIG TCP).
+    Ipv6Jumbo = 15,
+    /// TCP in IPv4 or IPv6 fragments: counted, not parsed (TCP is not fragmented in practice).
+    Fragments = 16,
+    /// IPv6 packets whose header chain the parser does not follow: another extension header
+    /// (AH, ESP, mobility...) or more than it walks. Not parsed.
+    Ipv6ExtUnparsed = 17,
+    /// Frames without an Ethernet header (an L3 device: WireGuard, tun, ipip): counted, not
+    /// parsed.
+    NoEthernet = 18,
 }
 
 impl Counter {
     /// Number of counters (the per-CPU array's size).
-    pub const COUNT: u32 = 9;
+    pub const COUNT: u32 = 19;
     /// All counters, in index order.
     pub const ALL: [Counter; Self::COUNT as usize] = [
         Counter::Seen,
@@ -144,6 +197,16 @@ impl Counter {
         Counter::LoadError,
         Counter::PureAck,
         Counter::OwnTraffic,
+        Counter::ReverseMatched,
+        Counter::ReverseEmitted,
+        Counter::ReverseRingFull,
+        Counter::VlanTagged,
+        Counter::VlanTooDeep,
+        Counter::Ipv6ExtHeaders,
+        Counter::Ipv6Jumbo,
+        Counter::Fragments,
+        Counter::Ipv6ExtUnparsed,
+        Counter::NoEthernet,
     ];
 
     /// A stable snake_case name for logs and metrics.
@@ -158,6 +221,16 @@ impl Counter {
             Counter::LoadError => "load_errors",
             Counter::PureAck => "pure_acks_skipped",
             Counter::OwnTraffic => "own_traffic_skipped",
+            Counter::ReverseMatched => "reverse_matched",
+            Counter::ReverseEmitted => "reverse_records_emitted",
+            Counter::ReverseRingFull => "reverse_ringbuf_full_drops",
+            Counter::VlanTagged => "vlan_tagged",
+            Counter::VlanTooDeep => "vlan_too_deep",
+            Counter::Ipv6ExtHeaders => "ipv6_ext_headers",
+            Counter::Ipv6Jumbo => "ipv6_jumbo",
+            Counter::Fragments => "fragments",
+            Counter::Ipv6ExtUnparsed => "ipv6_ext_unparsed",
+            Counter::NoEthernet => "no_ethernet",
         }
     }
 }
@@ -172,4 +245,4 @@ mod pod {
 
 const _: () = assert!(RECORD_HEADER_LEN == 32);
 const _: () = assert!(core::mem::size_of::<TargetKey>() == 20);
-const _: () = assert!(core::mem::size_of::<Config>() == 12);
+const _: () = assert!(core::mem::size_of::<Config>() == 24);

@@ -2,7 +2,8 @@
 //!
 //! `bpf_ringbuf_reserve` needs a size the verifier knows, so records come in fixed size
 //! classes: the packet goes into the smallest class that holds it whole, and only a packet
-//! larger than the largest class (`MAX_CAPTURE_BYTES`) is cut, flagged and counted.
+//! larger than the largest class (`MAX_CAPTURE_BYTES`) is cut, flagged and counted. Packets of
+//! v1's side are emitted header-only (see `RECORD_REVERSE`), into the two smallest classes.
 
 use aya_ebpf::{
     bindings::{BPF_RB_AVAIL_DATA, BPF_RB_FORCE_WAKEUP, BPF_RB_NO_WAKEUP},
@@ -11,10 +12,11 @@ use aya_ebpf::{
 };
 use aya_log_ebpf::warn;
 use mirror_common::{
-    Counter, RecordHeader, MAX_CAPTURE_BYTES, RECORD_HEADER_LEN, RECORD_TRUNCATED,
+    Config, Counter, RecordHeader, MAX_CAPTURE_BYTES, MAX_REVERSE_CAPTURE_BYTES, RECORD_HEADER_LEN,
+    RECORD_REVERSE, RECORD_TRUNCATED,
 };
 
-use crate::maps::{add, count, log_enabled, wakeup_bytes, EVENTS};
+use crate::maps::{add, count, EVENTS};
 
 /// One ring buffer record of a size class: header, then up to `N` packet bytes.
 #[repr(C)]
@@ -25,49 +27,92 @@ struct Record<const N: usize> {
 
 const _: () = assert!(RECORD_HEADER_LEN.is_multiple_of(8));
 
+/// What one record is of: the whole packet, or the headers of a reverse one.
+#[derive(Clone, Copy)]
+enum Kind {
+    Forward,
+    Reverse,
+}
+
+/// Emits the headers of a packet of v1's side, up to the end of the TCP header (`headers_len`
+/// bytes from the frame's start), flagged [`RECORD_REVERSE`].
+#[inline(always)]
+pub fn headers(ctx: &TcContext, config: &Config, direction: u32, headers_len: u32) {
+    let len = ctx.len();
+    let cap = headers_len.min(len);
+    if cap <= 128 {
+        emit::<128>(ctx, config, direction, len, cap, Kind::Reverse)
+    } else {
+        emit::<{ MAX_REVERSE_CAPTURE_BYTES as usize }>(
+            ctx,
+            config,
+            direction,
+            len,
+            cap,
+            Kind::Reverse,
+        )
+    }
+}
+
 /// Emits the whole packet (from the Ethernet header) to the ring buffer.
 #[inline(always)]
-pub fn packet(ctx: &TcContext, direction: u32) {
+pub fn packet(ctx: &TcContext, config: &Config, direction: u32) {
     let len = ctx.len();
     // Classes grow by about 4x: a record wastes at most 3/4 of its space, and small packets
     // (requests, SYNs) stay small. 1514 is a full Ethernet frame; 66 KiB a default 64 KiB GSO
     // skb with its headers; 513 KiB a BIG TCP one.
     if len <= 128 {
-        emit::<128>(ctx, direction, len)
+        emit::<128>(ctx, config, direction, len, len, Kind::Forward)
     } else if len <= 512 {
-        emit::<512>(ctx, direction, len)
+        emit::<512>(ctx, config, direction, len, len, Kind::Forward)
     } else if len <= 1536 {
-        emit::<1536>(ctx, direction, len)
+        emit::<1536>(ctx, config, direction, len, len, Kind::Forward)
     } else if len <= 4096 {
-        emit::<4096>(ctx, direction, len)
+        emit::<4096>(ctx, config, direction, len, len, Kind::Forward)
     } else if len <= 9216 {
-        emit::<9216>(ctx, direction, len)
+        emit::<9216>(ctx, config, direction, len, len, Kind::Forward)
     } else if len <= 16384 {
-        emit::<16384>(ctx, direction, len)
+        emit::<16384>(ctx, config, direction, len, len, Kind::Forward)
     } else if len <= 33792 {
-        emit::<33792>(ctx, direction, len)
+        emit::<33792>(ctx, config, direction, len, len, Kind::Forward)
     } else if len <= 67584 {
-        emit::<67584>(ctx, direction, len)
+        emit::<67584>(ctx, config, direction, len, len, Kind::Forward)
     } else if len <= 135168 {
-        emit::<135168>(ctx, direction, len)
+        emit::<135168>(ctx, config, direction, len, len, Kind::Forward)
     } else if len <= 270336 {
-        emit::<270336>(ctx, direction, len)
+        emit::<270336>(ctx, config, direction, len, len, Kind::Forward)
     } else {
-        emit::<{ MAX_CAPTURE_BYTES as usize }>(ctx, direction, len)
+        emit::<{ MAX_CAPTURE_BYTES as usize }>(ctx, config, direction, len, len, Kind::Forward)
     }
 }
 
+/// Emits the first `want` bytes of a `len`-byte packet into a record of class `N`.
 #[inline(always)]
-fn emit<const N: usize>(ctx: &TcContext, direction: u32, len: u32) {
+fn emit<const N: usize>(
+    ctx: &TcContext,
+    config: &Config,
+    direction: u32,
+    len: u32,
+    want: u32,
+    kind: Kind,
+) {
+    let (full, emitted, kind_flag) = match kind {
+        Kind::Forward => (Counter::RingFull, Counter::Emitted, 0),
+        Kind::Reverse => (
+            Counter::ReverseRingFull,
+            Counter::ReverseEmitted,
+            RECORD_REVERSE,
+        ),
+    };
     let Some(mut entry) = EVENTS.reserve::<Record<N>>(0) else {
-        count(Counter::RingFull);
+        count(full);
         return;
     };
-    let (cap_len, flags) = if len > N as u32 {
+    let (cap_len, flags) = if want > N as u32 {
         count(Counter::Truncated);
-        (N as u32, RECORD_TRUNCATED)
+        (N as u32, kind_flag | RECORD_TRUNCATED)
     } else {
-        (len, 0)
+        (want, kind_flag)
     };
     let record = entry.as_mut_ptr();
     // SAFETY: `record` points at `size_of::<Record<N>>()` bytes the ring buffer reserved for
@@ -87,11 +132,11 @@ fn emit<const N: usize>(ctx: &TcContext, direction: u32, len: u32) {
     };
     if loaded {
         add(Counter::BytesEmitted, u64::from(cap_len));
-        count(Counter::Emitted);
-        entry.submit(wakeup_flags());
+        count(emitted);
+        entry.submit(wakeup_flags(config));
     } else {
         count(Counter::LoadError);
-        if log_enabled() {
+        if config.log_enabled != 0 {
             warn!(ctx, "bpf_skb_load_bytes failed for a {} byte packet", len);
         }
         entry.discard(0);
@@ -101,8 +146,8 @@ fn emit<const N: usize>(ctx: &TcContext, direction: u32, len: u32) {
 /// Ring buffer submit flags: the default adaptive wake-up, or (when userspace asked for
 /// batching) no wake-up until enough bytes wait.
 #[inline(always)]
-fn wakeup_flags() -> u64 {
-    let threshold = wakeup_bytes();
+fn wakeup_flags(config: &Config) -> u64 {
+    let threshold = config.wakeup_bytes;
     if threshold == 0 {
         0
     } else if EVENTS.query(u64::from(BPF_RB_AVAIL_DATA)) >= u64::from(threshold) {
@@ -118,7 +163,11 @@ fn wakeup_flags() -> u64 {
 /// `dst` must be valid for `cap` bytes of writes.
 #[inline(always)]
 unsafe fn load_bytes(ctx: &TcContext, dst: *mut u8, len: u32, cap: u32) -> bool {
-    // The verifier must see `0 < len <= cap` on the very register passed to the helper.
+    // The verifier must see `0 < len <= cap` on the very register passed to the helper. A
+    // length computed from several packet fields reaches here in a register the compiler would
+    // zero-extend into a copy before the checks, leaving the helper's register unchecked:
+    // going through the stack (a 32-bit load zero-extends by itself) keeps it one register.
+    let len = core::hint::black_box(len);
     if len == 0 || len > cap {
         return false;
     }

@@ -5,6 +5,7 @@
 //! ingress.
 
 use std::{
+    net::SocketAddr,
     path::{Path, PathBuf},
     time::Duration,
 };
@@ -13,9 +14,10 @@ use mirror_tests::{
     agent::{counter, Agent},
     require_root,
     scenario::{ClientServer as Bed, CAPTURE_READY},
-    stream::{flows, CapturedStream},
+    stream::{flows, reverse_segments, CapturedStream},
     Sink,
 };
+use mirror_userspace::capture::{packet, pcap};
 
 fn bed() -> Bed {
     Bed::new().expect("client and server")
@@ -64,8 +66,8 @@ impl CaptureBed for Bed {
     }
 }
 
-fn only_flow(pcap: &Path) -> CapturedStream {
-    let mut all = flows(pcap).expect("read pcap");
+fn only_flow(pcap: &Path, target: SocketAddr) -> CapturedStream {
+    let mut all = flows(pcap, &[target]).expect("read pcap");
     assert_eq!(
         all.len(),
         1,
@@ -106,7 +108,7 @@ fn curl_get_is_captured_byte_exact() {
         .expect("curl");
     assert!(verbose.status.success(), "curl failed");
     let summary = stop(agent);
-    let stream = only_flow(&pcap);
+    let stream = only_flow(&pcap, bed.server_v4(80).parse().expect("addr"));
     // curl -v prints the request head it sent as "> " lines.
     let expected: String = String::from_utf8_lossy(&verbose.stderr)
         .lines()
@@ -162,7 +164,7 @@ fn large_post_is_captured_whole(mib: usize) {
         Some(0),
         "{summary}"
     );
-    let stream = only_flow(&pcap);
+    let stream = only_flow(&pcap, bed.server_v4(80).parse().expect("addr"));
     let head_end = stream
         .bytes
         .windows(4)
@@ -205,8 +207,13 @@ fn other_ports_and_addresses_are_not_captured() {
     bed.curl(&[&format!("http://{}/", bed.server_v4(81))]);
     bed.curl(&[&format!("http://{}:80/", other.ipv4())]);
     let summary = stop(agent);
-    assert!(flows(&pcap).expect("pcap").is_empty(), "nothing captured");
+    let target = bed.server_v4(80).parse().expect("addr");
+    assert!(
+        flows(&pcap, &[target]).expect("pcap").is_empty(),
+        "nothing captured"
+    );
     assert_eq!(counter(&summary, "packets_matched"), Some(0), "{summary}");
+    assert_eq!(counter(&summary, "reverse_matched"), Some(0), "{summary}");
     assert!(
         counter(&summary, "packets_seen").unwrap_or(0) > 0,
         "{summary}"
@@ -224,7 +231,7 @@ fn ipv6_target_is_captured() {
     let agent = bed.capture(&["--target".into(), target.clone()], &pcap);
     bed.curl(&["-g", &format!("http://{target}/six")]);
     stop(agent);
-    let stream = only_flow(&pcap);
+    let stream = only_flow(&pcap, target.parse().expect("addr"));
     assert!(stream.bytes.starts_with(b"GET /six HTTP/1.1\r\n"));
 }
 
@@ -256,7 +263,8 @@ fn targets_change_while_attached() {
     bed.curl(&[&format!("http://{}/after-80", bed.server_v4(80))]);
     let stdout = agent.stdout();
     stop(agent);
-    let mut paths: Vec<String> = flows(&pcap)
+    let targets = [80, 81].map(|port| bed.server_v4(port).parse().expect("addr"));
+    let mut paths: Vec<String> = flows(&pcap, &targets)
         .expect("pcap")
         .values()
         .filter_map(|stream| {
@@ -270,4 +278,428 @@ fn targets_change_while_attached() {
         vec!["GET /after-81 HTTP/1.1", "GET /before-80 HTTP/1.1"],
         "captured requests; agent output:\n{stdout}"
     );
+}
+
+/// The record line `mirror capture` prints for a header-only segment of v1's side.
+fn reverse_lines(stdout: &str) -> Vec<&str> {
+    stdout
+        .lines()
+        .filter(|line| line.contains(" reverse "))
+        .collect()
+}
+
+#[test]
+fn v1_handshake_and_acks_are_captured_header_only() {
+    if !require_root() {
+        return;
+    }
+    let bed = bed();
+    let target: SocketAddr = bed.server_v4(80).parse().expect("addr");
+    let pcap = bed.pcap("reverse.pcap");
+    let agent = bed.capture(&["--target".into(), target.to_string()], &pcap);
+    bed.curl(&["-o", "/dev/null", &format!("http://{target}/reverse")]);
+    std::thread::sleep(Duration::from_millis(300));
+    let stdout = agent.stdout();
+    let summary = stop(agent);
+    let client = only_flow(&pcap, target);
+    let isn = client.isn.expect("the client's SYN");
+    let reverse = reverse_segments(&pcap, &[target]).expect("pcap");
+    let syn_ack = reverse
+        .iter()
+        .find(|segment| segment.flags.syn())
+        .unwrap_or_else(|| panic!("no SYN-ACK among {reverse:?}"));
+    assert!(syn_ack.flags.ack(), "{syn_ack:?}");
+    assert_eq!(syn_ack.ack, isn.wrapping_add(1), "{syn_ack:?}");
+    assert!(syn_ack.window_scale.is_some(), "{syn_ack:?}");
+    // v1 acknowledges the whole request (and, once the client closes, its FIN).
+    let request_end = isn
+        .wrapping_add(1)
+        .wrapping_add(u32::try_from(client.bytes.len()).expect("len"));
+    assert!(
+        reverse.iter().any(|segment| segment.ack == request_end),
+        "no ACK of the request's end {request_end}: {reverse:?}"
+    );
+    // Header-only: Ethernet + IPv4 + TCP with options, never v1's payload.
+    for segment in &reverse {
+        assert!(segment.captured <= 14 + 20 + 60, "{segment:?}");
+        assert!(segment.window > 0, "{segment:?}");
+    }
+    assert!(
+        reverse
+            .iter()
+            .any(|segment| u32::try_from(segment.captured).expect("len") < segment.orig_len),
+        "the response's payload was cut: {reverse:?}"
+    );
+    let lines = reverse_lines(&stdout);
+    assert_eq!(lines.len(), reverse.len(), "{stdout}");
+    assert!(
+        lines
+            .iter()
+            .any(|line| line.contains(&format!(" ack {request_end} ")) && line.contains(" win ")),
+        "{stdout}"
+    );
+    assert_eq!(
+        counter(&summary, "reverse_records_emitted"),
+        Some(u64::try_from(reverse.len()).expect("count")),
+        "{summary}"
+    );
+    assert_eq!(
+        counter(&summary, "reverse_ringbuf_full_drops"),
+        Some(0),
+        "{summary}"
+    );
+}
+
+#[test]
+fn no_reverse_captures_only_the_client_side() {
+    if !require_root() {
+        return;
+    }
+    let bed = bed();
+    let target: SocketAddr = bed.server_v4(80).parse().expect("addr");
+    let pcap = bed.pcap("forward-only.pcap");
+    let agent = bed.capture(
+        &["--target".into(), target.to_string(), "--no-reverse".into()],
+        &pcap,
+    );
+    bed.curl(&["-o", "/dev/null", &format!("http://{target}/forward-only")]);
+    let stdout = agent.stdout();
+    let summary = stop(agent);
+    assert!(only_flow(&pcap, target)
+        .bytes
+        .starts_with(b"GET /forward-only"));
+    assert!(reverse_segments(&pcap, &[target]).expect("pcap").is_empty());
+    assert!(reverse_lines(&stdout).is_empty(), "{stdout}");
+    assert_eq!(counter(&summary, "reverse_matched"), Some(0), "{summary}");
+}
+
+// === Kernel parser, through BPF_PROG_TEST_RUN ===
+
+const ETH_P_IPV4: u16 = 0x0800;
+const ETH_P_IPV6: u16 = 0x86dd;
+
+/// A TCP header (20 bytes, no options) and payload.
+fn tcp(src_port: u16, dst_port: u16, flags: u8, payload: &[u8]) -> Vec<u8> {
+    let mut out = Vec::new();
+    out.extend_from_slice(&src_port.to_be_bytes());
+    out.extend_from_slice(&dst_port.to_be_bytes());
+    out.extend_from_slice(&[0, 0, 0, 1, 0, 0, 0, 1, 0x50, flags, 0xff, 0xff, 0, 0, 0, 0]);
+    out.extend_from_slice(payload);
+    out
+}
+
+/// An Ethernet frame with `vlan_tags` 802.1Q tags around `l3`.
+fn ethernet(ether_type: u16, vlan_tags: usize, l3: &[u8]) -> Vec<u8> {
+    let mut out = vec![0x02; 6];
+    out.extend_from_slice(&[0x04; 6]);
+    for _ in 0..vlan_tags {
+        out.extend_from_slice(&[0x81, 0x00, 0x00, 0x64]);
+    }
+    out.extend_from_slice(&ether_type.to_be_bytes());
+    out.extend_from_slice(l3);
+    out
+}
+
+fn ipv4(src: std::net::Ipv4Addr, dst: std::net::Ipv4Addr, frags: u16, l4: &[u8]) -> Vec<u8> {
+    let total = u16::try_from(20 + l4.len()).expect("len");
+    let mut out = vec![0x45, 0];
+    out.extend_from_slice(&total.to_be_bytes());
+    out.extend_from_slice(&[0, 0]);
+    out.extend_from_slice(&frags.to_be_bytes());
+    out.extend_from_slice(&[64, 6, 0, 0]);
+    out.extend_from_slice(&src.octets());
+    out.extend_from_slice(&dst.octets());
+    out.extend_from_slice(l4);
+    out
+}
+
+/// IPv6 with `extensions` (type, 8-byte-multiple body whose first two bytes are filled in
+/// here) before `l4`; `payload_len` overrides the computed payload length (0: BIG TCP).
+fn ipv6(
+    src: std::net::Ipv6Addr,
+    dst: std::net::Ipv6Addr,
+    extensions: &[(u8, Vec<u8>)],
+    l4: &[u8],
+    payload_len: Option<u16>,
+) -> Vec<u8> {
+    let mut chain = Vec::new();
+    for (index, (_, body)) in extensions.iter().enumerate() {
+        let mut ext = body.clone();
+        ext[0] = extensions.get(index + 1).map_or(6, |(kind, _)| *kind);
+        ext[1] = u8::try_from(ext.len() / 8 - 1).expect("len");
+        chain.extend_from_slice(&ext);
+    }
+    let next = extensions.first().map_or(6, |(kind, _)| *kind);
+    let len = payload_len.unwrap_or(u16::try_from(chain.len() + l4.len()).expect("len"));
+    let mut out = vec![0x60, 0, 0, 0];
+    out.extend_from_slice(&len.to_be_bytes());
+    out.extend_from_slice(&[next, 64]);
+    out.extend_from_slice(&src.octets());
+    out.extend_from_slice(&dst.octets());
+    out.extend_from_slice(&chain);
+    out.extend_from_slice(l4);
+    out
+}
+
+/// The id of our program on `hook` ("mirror_ingress" / "mirror_egress") of the client's veth.
+fn program_id(bed: &Bed, program: &str) -> String {
+    let out = bed
+        .testbed
+        .node()
+        .exec_ok(&[
+            mirror_tests::agent::mirror_binary()
+                .expect("mirror binary")
+                .display()
+                .to_string(),
+            "attached".to_owned(),
+            "--iface".to_owned(),
+            bed.client.node_ifname().to_owned(),
+        ])
+        .expect("mirror attached");
+    out.lines()
+        .find(|line| line.contains(program))
+        .and_then(|line| line.rsplit_once(" id "))
+        .map(|(_, id)| id.trim().to_owned())
+        .unwrap_or_else(|| panic!("no {program} in: {out}"))
+}
+
+/// Runs the program once on `frame` (BPF_PROG_TEST_RUN): it counts and emits as for a real
+/// packet, into the live ring buffer.
+fn test_run(bed: &Bed, id: &str, frame: &[u8], name: &str) {
+    let file = bed.testbed.log_dir().join(format!("{name}.frame"));
+    std::fs::write(&file, frame).expect("write frame");
+    bed.testbed
+        .node()
+        .exec_ok(&[
+            "bpftool",
+            "prog",
+            "run",
+            "id",
+            id,
+            "data_in",
+            &file.display().to_string(),
+        ])
+        .expect("bpftool prog run");
+}
+
+#[test]
+fn kernel_parser_follows_vlan_tags_and_ipv6_extension_headers() {
+    if !require_root() {
+        return;
+    }
+    let bed = bed();
+    let (client4, server4) = (bed.client.ipv4(), bed.server.ipv4());
+    let (client6, server6) = (bed.client.ipv6(), bed.server.ipv6());
+    let pcap = bed.pcap("parser.pcap");
+    let agent = bed.capture(
+        &[
+            "--target".into(),
+            bed.server_v4(80),
+            "--target".into(),
+            format!("[{server6}]:80"),
+        ],
+        &pcap,
+    );
+    let ingress = program_id(&bed, "mirror_ingress");
+    let egress = program_id(&bed, "mirror_egress");
+    let request = |path: &str| format!("GET {path} HTTP/1.1\r\nHost: x\r\n\r\n").into_bytes();
+    let to_v4 = |port, path: &str| tcp(40000, port, 0x18, &request(path));
+    let hop_by_hop = (0u8, vec![0u8; 8]);
+    let routing = (43u8, vec![0u8; 24]);
+    let dest_options = (60u8, vec![0u8; 16]);
+    let mut jumbo = vec![0, 0, 0xc2, 4];
+    let jumbo_tcp = tcp(40001, 80, 0x18, &request("/jumbo"));
+    jumbo.extend_from_slice(&(8 + u32::try_from(jumbo_tcp.len()).expect("len")).to_be_bytes());
+    let frames: Vec<(&str, &str, Vec<u8>)> = vec![
+        (
+            "vlan1",
+            &ingress,
+            ethernet(
+                ETH_P_IPV4,
+                1,
+                &ipv4(client4, server4, 0x4000, &to_v4(80, "/vlan1")),
+            ),
+        ),
+        (
+            "vlan2",
+            &ingress,
+            ethernet(
+                ETH_P_IPV4,
+                2,
+                &ipv4(client4, server4, 0x4000, &to_v4(80, "/vlan2")),
+            ),
+        ),
+        (
+            "vlan3",
+            &ingress,
+            ethernet(
+                ETH_P_IPV4,
+                3,
+                &ipv4(client4, server4, 0x4000, &to_v4(80, "/vlan3")),
+            ),
+        ),
+        (
+            "frag4",
+            &ingress,
+            ethernet(
+                ETH_P_IPV4,
+                0,
+                &ipv4(client4, server4, 0x2000, &to_v4(80, "/frag4")),
+            ),
+        ),
+        (
+            "ext6",
+            &ingress,
+            ethernet(
+                ETH_P_IPV6,
+                0,
+                &ipv6(
+                    client6,
+                    server6,
+                    &[hop_by_hop, routing, dest_options.clone()],
+                    &tcp(40002, 80, 0x18, &request("/ext6")),
+                    None,
+                ),
+            ),
+        ),
+        (
+            "jumbo6",
+            &ingress,
+            ethernet(
+                ETH_P_IPV6,
+                0,
+                &ipv6(client6, server6, &[(0, jumbo)], &jumbo_tcp, Some(0)),
+            ),
+        ),
+        (
+            "frag6",
+            &ingress,
+            ethernet(
+                ETH_P_IPV6,
+                0,
+                &ipv6(
+                    client6,
+                    server6,
+                    &[(44, vec![0; 8])],
+                    &tcp(40003, 80, 0x18, &request("/frag6")),
+                    None,
+                ),
+            ),
+        ),
+        (
+            "ah6",
+            &ingress,
+            ethernet(
+                ETH_P_IPV6,
+                0,
+                &ipv6(
+                    client6,
+                    server6,
+                    &[(51, vec![0; 8])],
+                    &tcp(40004, 80, 0x18, &request("/ah6")),
+                    None,
+                ),
+            ),
+        ),
+        (
+            "reverse-vlan-ext6",
+            &egress,
+            ethernet(
+                ETH_P_IPV6,
+                1,
+                &ipv6(
+                    server6,
+                    client6,
+                    &[dest_options],
+                    &tcp(80, 40002, 0x10, b"HTTP/1.1 200 OK\r\n"),
+                    None,
+                ),
+            ),
+        ),
+    ];
+    for (name, id, frame) in &frames {
+        test_run(&bed, id, frame, name);
+    }
+    std::thread::sleep(Duration::from_millis(300));
+    let stdout = agent.stdout();
+    let summary = stop(agent);
+    for (name, expected) in [
+        ("vlan_tagged", 3),
+        ("vlan_too_deep", 1),
+        ("fragments", 2),
+        ("ipv6_ext_headers", 3),
+        ("ipv6_jumbo", 1),
+        ("ipv6_ext_unparsed", 1),
+        ("records_emitted", 4),
+        ("reverse_records_emitted", 1),
+    ] {
+        assert_eq!(
+            counter(&summary, name),
+            Some(expected),
+            "{name}: {summary}\n{stdout}"
+        );
+    }
+    // What the kernel emitted, userspace decodes (these frames have no handshake, so the
+    // strict stream oracle does not apply: read the payloads one by one).
+    let file = std::fs::File::open(&pcap).expect("pcap");
+    let packets = pcap::read_all(std::io::BufReader::new(file)).expect("read pcap");
+    let mut payloads: Vec<String> = packets
+        .iter()
+        .filter_map(|captured| packet::parse_ethernet(&captured.data).ok())
+        .map(|segment| String::from_utf8_lossy(segment.payload).into_owned())
+        .collect();
+    payloads.sort();
+    let expected: Vec<String> = ["/ext6", "/jumbo", "/vlan1", "/vlan2"]
+        .iter()
+        .map(|path| String::from_utf8_lossy(&request(path)).into_owned())
+        .collect();
+    assert_eq!(payloads, expected, "{stdout}");
+    let targets = [
+        bed.server_v4(80).parse().expect("addr"),
+        format!("[{server6}]:80").parse().expect("addr"),
+    ];
+    let reverse = reverse_segments(&pcap, &targets).expect("pcap");
+    assert_eq!(reverse.len(), 1, "{reverse:?}");
+    assert_eq!(reverse[0].captured, 14 + 4 + 40 + 16 + 20, "{reverse:?}");
+    assert_eq!(reverse_lines(&stdout).len(), 1, "{stdout}");
+}
+
+#[test]
+fn frames_without_an_ethernet_header_are_counted() {
+    if !require_root() {
+        return;
+    }
+    // An L3 device (tun, as WireGuard's): TC sees the IP header first. It has no reader, so
+    // what is sent through it goes nowhere; the node's own connection attempt is the packet.
+    let bed = bed();
+    let node = bed.testbed.node();
+    for command in [
+        &["ip", "tuntap", "add", "dev", "mtun0", "mode", "tun"][..],
+        &["ip", "addr", "add", "198.18.250.1/30", "dev", "mtun0"],
+        &["ip", "link", "set", "mtun0", "up"],
+    ] {
+        node.exec_ok(command).expect("tun device");
+    }
+    let args: Vec<String> = [
+        "capture",
+        "--iface",
+        "mtun0",
+        "--direction",
+        "egress",
+        "--target",
+        "198.18.250.2:80",
+    ]
+    .map(str::to_owned)
+    .to_vec();
+    let agent = Agent::start(node, "mirror-capture-tun", &args, CAPTURE_READY).expect("start");
+    let attempt = node
+        .exec(&["curl", "-sS", "--max-time", "1", "http://198.18.250.2/"])
+        .expect("curl");
+    assert!(!attempt.status.success(), "nothing answers behind the tun");
+    let summary = stop(agent);
+    assert!(
+        counter(&summary, "no_ethernet").unwrap_or(0) > 0,
+        "{summary}"
+    );
+    assert_eq!(counter(&summary, "packets_matched"), Some(0), "{summary}");
 }

@@ -91,10 +91,11 @@ fn assert_detached_after(signal: i32, attach: &str) {
     }
     let bed = bed();
     let agent = bed.start(attach);
+    // Both hooks: the client's side on ingress, v1's side (header-only) on egress.
+    let attached = bed.attachments();
     assert!(
-        bed.attachments().contains("mirror_ingress"),
-        "attached while running:\n{}",
-        bed.attachments()
+        attached.contains("mirror_ingress") && attached.contains("mirror_egress"),
+        "attached while running:\n{attached}"
     );
     bed.assert_traffic_flows();
     agent.stop(signal).expect("stop");

@@ -9,6 +9,8 @@ pub struct Intake {
     pub records: AtomicU64,
     pub malformed_records: AtomicU64,
     pub undecodable_packets: AtomicU64,
+    /// Header-only records of v1's side, fed to the pipeline as v1's acknowledgements.
+    pub reverse_records: AtomicU64,
 }
 
 impl Source for Intake {
@@ -27,6 +29,11 @@ impl Source for Intake {
             "undecodable_packets",
             "Records whose packet is not Ethernet, IP and TCP as expected: skipped.",
             self.undecodable_packets.load(Relaxed),
+        ));
+        out(Sample::counter(
+            "reverse_records",
+            "Header-only records of v1's side (its acknowledgements and windows).",
+            self.reverse_records.load(Relaxed),
         ));
     }
 }

@@ -11,7 +11,7 @@ use std::{
 };
 
 use mirror_cores::{
-    pipeline::{ConfigError, Pipeline, PipelineConfig},
+    pipeline::{Admission, ConfigError, Pipeline, PipelineConfig},
     rewrite::HostRewrite,
 };
 
@@ -19,7 +19,7 @@ use super::{intake::Intake, pipeline_cells::PipelineCells};
 use crate::{
     capture::{
         clock, packet, record,
-        session::{CaptureOptions, Session, SessionError},
+        session::{self, CaptureOptions, OwnMark, Session, SessionError},
     },
     observe::{status::status_line, Registry},
     relay::{raise_fd_limit, FdLimitError, Relay, RelayConfig, Shadow},
@@ -28,9 +28,6 @@ use crate::{
 
 /// With `--poll-ms`, the kernel wakes the agent early once this much waits in the ring.
 const BATCH_WAKEUP_BYTES: u32 = 256 << 10;
-
-/// Marks the agent's shadow sockets (SO_MARK) so the kernel program never captures them.
-pub const DEFAULT_SHADOW_MARK: u32 = 0x6d69_7272;
 
 #[derive(Clone, Debug, clap::Args)]
 pub struct RunArgs {
@@ -52,16 +49,26 @@ pub struct RunArgs {
     /// Forward the Host header unchanged (for shadows behind virtual hosts).
     #[arg(long)]
     pub keep_host: bool,
-    /// SO_MARK of the agent's own shadow connections, which the kernel never captures.
-    #[arg(long, default_value_t = DEFAULT_SHADOW_MARK)]
+    /// SO_MARK of the agent's own shadow connections, which the kernel never captures
+    /// (decimal or 0x hex).
+    #[arg(long, default_value = "0x6d", value_parser = session::parse_mark)]
     pub shadow_mark: u32,
+    /// The mark bits the kernel compares with --shadow-mark: other bits may change on the way
+    /// (CNI rules) without the agent capturing its own traffic. The default, the low byte, is
+    /// one no kube-proxy, Calico or Cilium rule sets or clears on host traffic
+    /// (`session::CNI_MARK_BITS`).
+    #[arg(long, default_value = "0xff", value_parser = session::parse_mark)]
+    pub shadow_mark_mask: u32,
     /// Most connections to the shadow open at once, idle ones included (a client connection
     /// keeps one while it lives, then it goes back to a pool; a few KiB each). RLIMIT_NOFILE
     /// is raised to fit.
     #[arg(long, default_value_t = 4096, value_parser = positive::<usize>)]
     pub max_shadow_connections: usize,
-    /// Request pieces queued per client connection before requests are dropped.
-    #[arg(long, default_value_t = 1024, value_parser = positive::<usize>)]
+    /// Request pieces queued per client connection before requests are dropped. Generous:
+    /// with v1's acknowledgements releasing the client's bytes, an upload arrives in pieces of
+    /// a few KiB; the in-flight byte budget (which charges every piece at least 256 bytes) is
+    /// what bounds memory.
+    #[arg(long, default_value_t = 32_768, value_parser = positive::<usize>)]
     pub shadow_queue: usize,
     /// Request bytes held for the shadow over all connections (queued, or sent and not yet
     /// answered), in MiB.
@@ -158,12 +165,20 @@ impl RunArgs {
         } else {
             HostRewrite::Suffix(self.host_suffix.clone())
         };
+        // With v1's side captured (the default), client bytes reach v2 only once v1
+        // acknowledged them; --no-reverse falls back to trusting the client's packets.
+        let admission = if self.capture.no_reverse {
+            Admission::ClientOnly
+        } else {
+            Admission::AckedByV1
+        };
         PipelineConfig {
             sample_percent: self.percent,
             sample_seed: self.seed,
             ..PipelineConfig::default()
         }
         .with_rewrite(rewrite)
+        .with_admission(admission)
     }
 
     fn relay_config(&self) -> RelayConfig {
@@ -201,7 +216,11 @@ pub async fn run(args: RunArgs) -> Result<(), RunError> {
     let fd_limit = raise_fd_limit(args.max_shadow_connections)?;
     tracing::debug!(fd_limit, "file descriptor limit");
     check_shadow(&args.shadow).await;
-    let mut session = Session::start(&args.capture, args.shadow_mark, wakeup_bytes)?;
+    let own_mark = OwnMark {
+        value: args.shadow_mark,
+        mask: args.shadow_mark_mask,
+    };
+    let mut session = Session::start(&args.capture, own_mark, wakeup_bytes)?;
     let relay_runtime = relay_runtime().map_err(RunError::Runtime)?;
     let mut relay = {
         let _on_relay_runtime = relay_runtime.enter();
@@ -218,6 +237,12 @@ pub async fn run(args: RunArgs) -> Result<(), RunError> {
     registry.register("kernel", Arc::new(kernel));
     registry.register("bpf", Arc::new(bpf));
     tracing::info!(shadow = %args.shadow, percent = args.percent, "mirroring");
+    if args.capture.no_reverse {
+        tracing::warn!(
+            "--no-reverse: v1's side is not captured, so requests are mirrored as the client \
+             sent them, including forged ones v1 never accepted"
+        );
+    }
     eprintln!("mirroring to {}; Ctrl-C to stop", args.shadow);
 
     let mut expire = tokio::time::interval(Duration::from_millis(250));
@@ -269,11 +294,16 @@ fn intake_record(item: &[u8], intake: &Intake, pipeline: &mut Pipeline, relay: &
         intake.malformed_records.fetch_add(1, Relaxed);
         return;
     };
-    let Ok(segment) = packet::parse_ethernet(record.packet) else {
+    let Ok(segment) = packet::parse_record(&record) else {
         intake.undecodable_packets.fetch_add(1, Relaxed);
         return;
     };
-    pipeline.on_segment(record.header.timestamp_ns, &segment, &mut |event| {
-        relay.handle(event)
-    });
+    let now = record.header.timestamp_ns;
+    if record.reverse() {
+        // v1's side, header only: its acknowledgements release the client's bytes.
+        intake.reverse_records.fetch_add(1, Relaxed);
+        pipeline.on_server_segment(now, &segment, &mut |event| relay.handle(event));
+    } else {
+        pipeline.on_segment(now, &segment, &mut |event| relay.handle(event));
+    }
 }

@@ -15,11 +15,11 @@ use aya::{
     Ebpf, EbpfError, EbpfLoader,
 };
 use mirror_common::{
-    Config, Counter, TargetKey, TargetValue, CONFIG_MAP, COUNTERS_MAP, EGRESS_PROGRAM, EVENTS_MAP,
-    INGRESS_PROGRAM, TARGETS_MAP,
+    Config, Counter, TargetKey, TargetValue, CONFIG_GLOBAL, COUNTERS_MAP, DIRECTION_EGRESS,
+    DIRECTION_INGRESS, EGRESS_PROGRAM, EVENTS_MAP, INGRESS_PROGRAM, PORTS_MAP, TARGETS_MAP,
 };
 
-use super::{privileges, target::Target};
+use super::{port_filter::PortBitmap, privileges, target::Target};
 
 /// The kernel program, built by build.rs from mirror-ebpf.
 static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/mirror"));
@@ -38,6 +38,22 @@ impl Direction {
         match self {
             Direction::Ingress => INGRESS_PROGRAM,
             Direction::Egress => EGRESS_PROGRAM,
+        }
+    }
+
+    /// The other hook.
+    pub fn opposite(self) -> Direction {
+        match self {
+            Direction::Ingress => Direction::Egress,
+            Direction::Egress => Direction::Ingress,
+        }
+    }
+
+    /// The kernel's `DIRECTION_*` value.
+    pub fn kernel_value(self) -> u32 {
+        match self {
+            Direction::Ingress => DIRECTION_INGRESS,
+            Direction::Egress => DIRECTION_EGRESS,
         }
     }
 
@@ -107,6 +123,7 @@ pub enum ClassifierError {
 #[derive(Clone, Debug)]
 pub struct ClassifierOptions {
     pub ring_bytes: u32,
+    /// Fixed for the program's life: it becomes read-only data the verifier sees as constants.
     pub config: Config,
 }
 
@@ -117,8 +134,9 @@ pub struct Classifier {
     ring: Option<RingBuf<MapData>>,
     targets: LpmTrie<MapData, TargetKey, TargetValue>,
     installed: BTreeSet<Target>,
+    ports: Array<MapData, u32>,
+    installed_ports: PortBitmap,
     counters: PerCpuArray<MapData, u64>,
-    config: Array<MapData, Config>,
 }
 
 impl Classifier {
@@ -136,6 +154,7 @@ impl Classifier {
         }
         let mut ebpf = EbpfLoader::new()
             .map_max_entries(EVENTS_MAP, ring)
+            .override_global(CONFIG_GLOBAL, &options.config, true)
             .load(EBPF_OBJECT)
             .map_err(|error| match &error {
                 EbpfError::MapError(MapError::CreateError { io_error, .. })
@@ -152,18 +171,17 @@ impl Classifier {
         }
         let ring = take_map(&mut ebpf, EVENTS_MAP)?;
         let targets = take_map(&mut ebpf, TARGETS_MAP)?;
+        let ports = take_map(&mut ebpf, PORTS_MAP)?;
         let counters = take_map(&mut ebpf, COUNTERS_MAP)?;
-        let config = take_map(&mut ebpf, CONFIG_MAP)?;
-        let mut classifier = Classifier {
+        Ok(Classifier {
             ebpf,
             ring: Some(ring),
             targets,
             installed: BTreeSet::new(),
+            ports,
+            installed_ports: PortBitmap::empty(),
             counters,
-            config,
-        };
-        classifier.set_config(options.config)?;
-        Ok(classifier)
+        })
     }
 
     /// The loaded eBPF object, for aya-log.
@@ -174,15 +192,6 @@ impl Classifier {
     /// Hands out the ring buffer (once).
     pub fn take_ring(&mut self) -> Option<RingBuf<MapData>> {
         self.ring.take()
-    }
-
-    pub fn set_config(&mut self, config: Config) -> Result<(), ClassifierError> {
-        self.config
-            .set(0, config, 0)
-            .map_err(|source| ClassifierError::Map {
-                map: CONFIG_MAP,
-                source,
-            })
     }
 
     /// Attaches the capture program to `iface`.
@@ -238,12 +247,15 @@ impl Classifier {
     }
 
     /// Makes the kernel's target set equal to `targets`, without detaching: new ones are
-    /// added before stale ones are removed, so a target in both sets is never unmatched.
+    /// added before stale ones are removed, so a target in both sets is never unmatched. The
+    /// port pre-filter covers the old and the new ports while the trie changes.
     pub fn set_targets(&mut self, targets: &BTreeSet<Target>) -> Result<(), ClassifierError> {
         let map_error = |source| ClassifierError::Map {
             map: TARGETS_MAP,
             source,
         };
+        let ports = PortBitmap::of(targets);
+        self.set_ports(ports.union(&self.installed_ports))?;
         for (index, target) in targets.iter().enumerate() {
             let (bits, key) = target.trie_key();
             let value = u32::try_from(index).unwrap_or(u32::MAX);
@@ -259,6 +271,20 @@ impl Classifier {
             }
         }
         self.installed = targets.clone();
+        self.set_ports(ports)
+    }
+
+    /// Writes the words of the port bitmap that differ from what the kernel holds.
+    fn set_ports(&mut self, ports: PortBitmap) -> Result<(), ClassifierError> {
+        for (index, word) in ports.changes_from(&self.installed_ports) {
+            self.ports
+                .set(index, word, 0)
+                .map_err(|source| ClassifierError::Map {
+                    map: PORTS_MAP,
+                    source,
+                })?;
+        }
+        self.installed_ports = ports;
         Ok(())
     }
 

@@ -8,6 +8,7 @@ pub(crate) mod clock;
 pub(crate) mod kernel_stats;
 pub mod packet;
 pub mod pcap;
+mod port_filter;
 mod privileges;
 pub(crate) mod record;
 mod ring;

@@ -3,7 +3,7 @@
 //! The bytes come from the kernel, but they are still checked: a malformed record is an
 //! error the reader counts, never a panic or an out-of-bounds read.
 
-use mirror_common::{RecordHeader, RECORD_HEADER_LEN, RECORD_TRUNCATED};
+use mirror_common::{RecordHeader, RECORD_HEADER_LEN, RECORD_REVERSE, RECORD_TRUNCATED};
 
 /// A record borrowed from the ring buffer.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -16,6 +16,11 @@ pub struct Record<'a> {
 impl Record<'_> {
     pub fn truncated(&self) -> bool {
         self.header.flags & RECORD_TRUNCATED != 0
+    }
+
+    /// A header-only record of a packet from a target (v1's side); see `RECORD_REVERSE`.
+    pub fn reverse(&self) -> bool {
+        self.header.flags & RECORD_REVERSE != 0
     }
 }
 
@@ -108,6 +113,15 @@ mod tests {
         assert_eq!(record.header, header);
         assert_eq!(record.packet, b"hello");
         assert!(!record.truncated());
+        assert!(!record.reverse());
+        let reverse = RecordHeader {
+            flags: RECORD_REVERSE,
+            orig_len: 1500,
+            ..header
+        };
+        let item = encode(reverse, b"hello", 0);
+        let record = decode(&item).unwrap();
+        assert!(record.reverse() && !record.truncated());
     }
 
     #[test]

@@ -24,10 +24,16 @@ pub struct CaptureOptions {
     /// Interface to attach to (repeatable), e.g. the node side of a pod's veth.
     #[arg(long = "iface", required = true, value_name = "NAME")]
     pub ifaces: Vec<String>,
-    /// Hook to capture on. Packets leaving a pod arrive on the node side of its veth, so
-    /// the default is ingress.
+    /// Hook that sees the client's packets to a target. Packets leaving a pod arrive on the
+    /// node side of its veth, so the default is ingress. v1's answers are captured on the
+    /// other hook (see `--no-reverse`).
     #[arg(long, value_enum, default_value = "ingress")]
     pub direction: Direction,
+    /// Do not capture v1's side of mirrored connections. By default the other hook is attached
+    /// too and emits the headers (sequence, acknowledgement, window, flags; no payload) of
+    /// every packet from a target, so the agent can follow what v1 accepted.
+    #[arg(long)]
+    pub no_reverse: bool,
     /// Destination to capture, ADDR[/PREFIX]:PORT (repeatable; IPv6 in brackets).
     #[arg(long = "target", value_name = "ADDR[/PREFIX]:PORT")]
     pub targets: Vec<Target>,
@@ -64,6 +70,32 @@ pub enum SessionError {
     },
 }
 
+/// The mark bits that identify the agent's own packets (see `Config::ignore_mark`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct OwnMark {
+    pub value: u32,
+    pub mask: u32,
+}
+
+impl OwnMark {
+    /// No own traffic to skip (`mirror capture` sends nothing).
+    pub const NONE: OwnMark = OwnMark { value: 0, mask: 0 };
+}
+
+/// Mark bits that kube-proxy (0x4000, 0x8000), Calico (0xffff0000 by default) and Cilium
+/// (0x0f00 magic, 0xff00 key mask, identity in the upper 16 bits) set or clear: an own-traffic
+/// mask that covers them can be broken by their rules.
+pub const CNI_MARK_BITS: u32 = 0xffff_ff00;
+
+/// Parses a mark or mask: decimal, or hexadecimal with `0x`.
+pub fn parse_mark(text: &str) -> Result<u32, String> {
+    let parsed = match text.strip_prefix("0x").or_else(|| text.strip_prefix("0X")) {
+        Some(hex) => u32::from_str_radix(hex, 16),
+        None => text.parse(),
+    };
+    parsed.map_err(|error| format!("{text:?} is not a 32-bit mark ({error})"))
+}
+
 /// A loaded, attached classifier. Dropping it detaches everything.
 pub struct Session {
     classifier: Arc<Mutex<Classifier>>,
@@ -74,14 +106,22 @@ pub struct Session {
 }
 
 impl Session {
-    /// Loads and attaches; must run inside a tokio runtime. `ignore_mark`: see
+    /// Loads and attaches; must run inside a tokio runtime. `own_mark`: see
     /// `Config::ignore_mark`; `wakeup_bytes`: see `Config::wakeup_bytes` (non-zero obliges the
     /// caller to also drain the ring on a timer).
     pub fn start(
         options: &CaptureOptions,
-        ignore_mark: u32,
+        own_mark: OwnMark,
         wakeup_bytes: u32,
     ) -> Result<Session, SessionError> {
+        if own_mark.value & own_mark.mask & CNI_MARK_BITS != 0 {
+            tracing::warn!(
+                mark = format_args!("{:#x}", own_mark.value),
+                mask = format_args!("{:#x}", own_mark.mask),
+                "the own-traffic mark uses bits that kube-proxy, Calico or Cilium rules set or \
+                 clear: a rule that changes them would make the agent capture its own traffic"
+            );
+        }
         let source = TargetSource {
             fixed: options.targets.clone(),
             file: options.targets_file.clone(),
@@ -94,9 +134,12 @@ impl Session {
         let mut classifier = Classifier::load(&ClassifierOptions {
             ring_bytes,
             config: Config {
-                ignore_mark,
+                ignore_mark: own_mark.value,
+                ignore_mark_mask: own_mark.mask,
                 log_enabled: u32::from(options.kernel_log),
                 wakeup_bytes,
+                forward_direction: options.direction.kernel_value(),
+                reverse_enabled: u32::from(!options.no_reverse),
             },
         })?;
         if options.kernel_log {
@@ -109,6 +152,9 @@ impl Session {
         classifier.set_targets(&targets)?;
         for iface in &options.ifaces {
             classifier.attach(iface, options.direction, options.attach)?;
+            if !options.no_reverse {
+                classifier.attach(iface, options.direction.opposite(), options.attach)?;
+            }
         }
         let ring = classifier
             .take_ring()

@@ -18,7 +18,7 @@ use crate::{
         clock::WallClock,
         packet, pcap,
         record::{self, Record},
-        session::{CaptureOptions, Session, SessionError},
+        session::{CaptureOptions, OwnMark, Session, SessionError},
     },
     observe::{status::status_line, Registry, Sample, Source},
     shutdown::shutdown_signal,
@@ -55,6 +55,7 @@ struct Tally {
     malformed: AtomicU64,
     undecodable: AtomicU64,
     truncated: AtomicU64,
+    reverse: AtomicU64,
     write_errors: AtomicU64,
 }
 
@@ -78,6 +79,11 @@ impl Source for Tally {
                 &self.truncated,
             ),
             (
+                "reverse_records",
+                "Header-only records of v1's side.",
+                &self.reverse,
+            ),
+            (
                 "write_errors",
                 "Lines or pcap records that failed to write.",
                 &self.write_errors,
@@ -94,7 +100,7 @@ fn count(counter: &AtomicU64) {
 
 /// Captures until SIGINT/SIGTERM; prints the counters to stderr at the end.
 pub async fn run(args: CaptureArgs) -> Result<(), CaptureError> {
-    let mut session = Session::start(&args.capture, 0, 0)?;
+    let mut session = Session::start(&args.capture, OwnMark::NONE, 0)?;
     let io_error = |what: String| move |source| CaptureError::Io { what, source };
     let mut pcap = match &args.pcap {
         Some(path) => Some(
@@ -130,6 +136,9 @@ pub async fn run(args: CaptureArgs) -> Result<(), CaptureError> {
                 if record.truncated() {
                     count(&tally.truncated);
                 }
+                if record.reverse() {
+                    count(&tally.reverse);
+                }
                 let unix_ns = clock.unix_ns(record.header.timestamp_ns);
                 if let Some(pcap) = &mut pcap {
                     if pcap
@@ -161,7 +170,9 @@ pub async fn run(args: CaptureArgs) -> Result<(), CaptureError> {
     Ok(())
 }
 
-/// One line per segment: time, interface, direction, flow, flags, seq and payload length.
+/// One line per segment: time, interface, direction, flow, flags, seq and payload length; a
+/// header-only segment of v1's side says `reverse` and adds its acknowledgement, window and
+/// (on a SYN) window scale.
 fn print_segment(out: &mut impl Write, unix_ns: u64, record: &Record<'_>) -> io::Result<()> {
     let secs = unix_ns / 1_000_000_000;
     let micros = (unix_ns % 1_000_000_000) / 1_000;
@@ -170,7 +181,23 @@ fn print_segment(out: &mut impl Write, unix_ns: u64, record: &Record<'_>) -> io:
     } else {
         "out"
     };
-    match packet::parse_ethernet(record.packet) {
+    match packet::parse_record(record) {
+        Ok(segment) if record.reverse() => writeln!(
+            out,
+            "{secs}.{micros:06} if{} {direction} reverse {} [{}] seq {} ack {} win {}{} header-only of {}{}",
+            record.header.ifindex,
+            segment.flow,
+            segment.flags,
+            segment.seq,
+            segment.ack,
+            segment.window,
+            segment
+                .window_scale
+                .map(|scale| format!(" wscale {scale}"))
+                .unwrap_or_default(),
+            record.header.orig_len,
+            if record.truncated() { " truncated" } else { "" },
+        ),
         Ok(segment) => writeln!(
             out,
             "{secs}.{micros:06} if{} {direction} {} [{}] seq {} len {}{}",

@@ -15,7 +15,8 @@ use mirror_tests::scenario::CAPTURE_READY;
 use super::bed::{Backend, Bed, UNMATCHED_PORT};
 
 /// Runs per frame: 100k request records (about 55 MB) fit the 64 MiB ring buffer, so every
-/// run of the matched request pays for a real copy, never for a full ring.
+/// run of the matched request pays for a real copy, never for a full ring (the capture drains
+/// it between frames; reverse records are 160 bytes each).
 const REPEAT: u32 = 100_000;
 
 #[derive(Clone, Debug, serde::Serialize)]
@@ -37,28 +38,49 @@ pub fn run(bed: &Bed, dir: &Path) -> Result<Isolated> {
     .map(str::to_owned)
     .to_vec();
     let agent = Agent::start(bed.testbed.node(), "mirror-capture", &args, CAPTURE_READY)?;
-    let id = program_id(bed)?;
+    let ingress = program_id(bed, "mirror_ingress")?;
+    let egress = program_id(bed, "mirror_egress")?;
     std::fs::create_dir_all(dir).with_context(|| format!("create {}", dir.display()))?;
     let client = SocketAddr::new(IpAddr::V4(bed.client.ipv4()), 40000);
     let request =
         b"GET / HTTP/1.1\r\nHost: httpbin:8000\r\nUser-Agent: bench\r\nAccept: */*\r\n\r\n";
     let unmatched = SocketAddr::new(service.ip(), UNMATCHED_PORT);
+    let response = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok";
+    // Ingress sees the client's packets, egress v1's (header-only records).
     let cases = [
         (
             "request to the target (copied to the ring)",
+            ingress,
             frame(client, service, 0x18, request)?,
         ),
         (
             "pure ACK to the target (matched, not copied)",
+            ingress,
             frame(client, service, 0x10, b"")?,
         ),
         (
             "request to another port (unmatched)",
+            ingress,
             frame(client, unmatched, 0x18, request)?,
+        ),
+        (
+            "v1's ACK, egress (reverse: headers copied)",
+            egress,
+            frame(service, client, 0x10, b"")?,
+        ),
+        (
+            "v1's response, egress (reverse: headers copied)",
+            egress,
+            frame(service, client, 0x18, response)?,
+        ),
+        (
+            "response from another port, egress (unmatched)",
+            egress,
+            frame(unmatched, client, 0x18, response)?,
         ),
     ];
     let mut frames = Vec::new();
-    for (index, (what, bytes)) in cases.iter().enumerate() {
+    for (index, (what, id, bytes)) in cases.iter().enumerate() {
         let file = dir.join(format!("frame-{index}.bin"));
         std::fs::write(&file, bytes).with_context(|| format!("write {}", file.display()))?;
         let out = bed.testbed.node().exec_ok(&[
@@ -78,8 +100,8 @@ pub fn run(bed: &Bed, dir: &Path) -> Result<Isolated> {
     Ok(Isolated { frames })
 }
 
-/// The id of the ingress program on the client's node-side veth, from `mirror attached`.
-fn program_id(bed: &Bed) -> Result<u32> {
+/// The id of `program` on the client's node-side veth, from `mirror attached`.
+fn program_id(bed: &Bed, program: &str) -> Result<u32> {
     let out = bed.testbed.node().exec_ok(&[
         mirror_binary()?.display().to_string(),
         "attached".to_owned(),
@@ -87,10 +109,10 @@ fn program_id(bed: &Bed) -> Result<u32> {
         bed.client.node_ifname().to_owned(),
     ])?;
     out.lines()
-        .find(|line| line.contains("mirror_ingress"))
+        .find(|line| line.contains(program))
         .and_then(|line| line.rsplit_once(" id "))
         .and_then(|(_, id)| id.trim().parse().ok())
-        .with_context(|| format!("no mirror_ingress program in: {out}"))
+        .with_context(|| format!("no {program} program in: {out}"))
 }
 
 /// bpftool prints `duration (average): 46ns`.
