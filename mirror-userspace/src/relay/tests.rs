@@ -88,11 +88,8 @@ async fn serve(mut stream: TcpStream, script: Script, received: Arc<Mutex<Vec<St
             if !read_more(&mut stream, &mut buf, &mut chunk, script).await {
                 return;
             }
-            if let Script::ResetAfter(limit) = script {
-                if buf.len() >= limit {
-                    let _ = socket2::SockRef::from(&stream).set_linger(Some(Duration::ZERO));
-                    return;
-                }
+            if reset_if_past_limit(&stream, &buf, script) {
+                return;
             }
         };
         if matches!(script, Script::Stall) {
@@ -106,6 +103,9 @@ async fn serve(mut stream: TcpStream, script: Script, received: Arc<Mutex<Vec<St
         }
         while buf.len() < head_end + body_len {
             if !read_more(&mut stream, &mut buf, &mut chunk, script).await {
+                return;
+            }
+            if reset_if_past_limit(&stream, &buf, script) {
                 return;
             }
         }
@@ -134,6 +134,19 @@ async fn serve(mut stream: TcpStream, script: Script, received: Arc<Mutex<Vec<St
             return;
         }
     }
+}
+
+/// `ResetAfter(limit)`: once `limit` bytes arrived (head or body, however the reads split
+/// them), close with a RST instead of answering.
+fn reset_if_past_limit(stream: &TcpStream, buf: &[u8], script: Script) -> bool {
+    let Script::ResetAfter(limit) = script else {
+        return false;
+    };
+    if buf.len() < limit {
+        return false;
+    }
+    let _ = socket2::SockRef::from(stream).set_linger(Some(Duration::ZERO));
+    true
 }
 
 async fn read_more(
@@ -409,9 +422,13 @@ async fn a_reset_mid_request_is_unanswered_and_not_sent_again() {
     request(&mut relay, flow(6), "/reset", 1 << 20);
     settle(&relay, Duration::from_secs(10)).await;
     let stats = relay.stats();
-    assert_eq!(
-        outcomes(&stats),
-        [("requests", 1), ("unanswered", 1), ("unanswered_reset", 1)]
+    // The RST reaches the writer (EPIPE, "closed") or the reader (ECONNRESET, "reset") first,
+    // as the scheduler has it: either way the request is unanswered, once, and not re-sent.
+    let got = outcomes(&stats);
+    assert!(
+        got == [("requests", 1), ("unanswered", 1), ("unanswered_reset", 1)]
+            || got == [("requests", 1), ("unanswered", 1), ("unanswered_closed", 1)],
+        "{got:?}"
     );
     assert_eq!(stats.resent.load(Relaxed), 0);
     assert_eq!(v2.connections.load(Relaxed), 1);

@@ -59,17 +59,20 @@ impl Budget {
         })
     }
 
-    /// Takes `bytes` out of the budget if they fit; the returned chunk gives them back.
+    /// Takes `bytes` out of the budget if they fit; the returned chunk gives them back. A
+    /// piece is charged at least [`MIN_CHARGE`]: queued pieces then cost memory the budget
+    /// bounds, however small a client makes them.
     pub(super) fn reserve(self: &Arc<Self>, bytes: Bytes) -> Option<Chunk> {
-        let len = bytes.len();
+        let charge = bytes.len().max(MIN_CHARGE);
         self.used
             .fetch_update(Relaxed, Relaxed, |used| {
-                let total = used.checked_add(len)?;
+                let total = used.checked_add(charge)?;
                 (total <= self.limit).then_some(total)
             })
             .ok()?;
         Some(Chunk {
             bytes,
+            charge,
             budget: Arc::clone(self),
         })
     }
@@ -80,16 +83,21 @@ impl Budget {
     }
 }
 
+/// What a queued piece costs beyond its bytes (the `Bytes` handle, its allocation's header,
+/// a queue slot), rounded up: the least a piece is charged.
+pub(super) const MIN_CHARGE: usize = 256;
+
 /// Bytes of a request, charged to the budget for as long as they are held.
 #[derive(Debug)]
 pub(super) struct Chunk {
     pub(super) bytes: Bytes,
+    charge: usize,
     budget: Arc<Budget>,
 }
 
 impl Drop for Chunk {
     fn drop(&mut self) {
-        self.budget.used.fetch_sub(self.bytes.len(), Relaxed);
+        self.budget.used.fetch_sub(self.charge, Relaxed);
     }
 }
 
@@ -110,13 +118,24 @@ mod tests {
 
     #[test]
     fn chunks_give_their_bytes_back() {
-        let budget = Budget::new(10);
-        let a = budget.reserve(Bytes::from_static(b"123456")).unwrap();
-        assert!(budget.reserve(Bytes::from_static(b"12345")).is_none());
-        let b = budget.reserve(Bytes::from_static(b"1234")).unwrap();
-        assert_eq!(budget.used(), 10);
+        let budget = Budget::new(1000);
+        let a = budget.reserve(Bytes::from(vec![0; 600])).unwrap();
+        assert!(budget.reserve(Bytes::from(vec![0; 401])).is_none());
+        let b = budget.reserve(Bytes::from(vec![0; 400])).unwrap();
+        assert_eq!(budget.used(), 1000);
         drop(a);
         drop(b);
+        assert_eq!(budget.used(), 0);
+    }
+
+    #[test]
+    fn small_pieces_are_charged_their_overhead() {
+        let budget = Budget::new(2 * MIN_CHARGE);
+        let a = budget.reserve(Bytes::from_static(b"x")).unwrap();
+        let b = budget.reserve(Bytes::from_static(b"y")).unwrap();
+        assert!(budget.reserve(Bytes::from_static(b"z")).is_none());
+        assert_eq!(budget.used(), 2 * MIN_CHARGE);
+        drop((a, b));
         assert_eq!(budget.used(), 0);
     }
 }
