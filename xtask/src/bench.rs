@@ -8,6 +8,7 @@ use std::process::Command;
 
 use anyhow::Result;
 
+use crate::packages::{self, Task};
 use crate::toolchain;
 
 #[derive(clap::Args)]
@@ -19,6 +20,10 @@ pub struct BenchArgs {
 }
 
 pub fn bench(args: &BenchArgs) -> Result<()> {
+    let micro_only = args.args.iter().any(|arg| arg == "--micro");
+    if !micro_only {
+        packages::ensure(Task::Bench)?;
+    }
     toolchain::bootstrap()?;
     // Release: the agent and the sink measured are what ships.
     crate::run(Command::new(env!("CARGO")).args(["build", "--release", "--bins"]))?;
