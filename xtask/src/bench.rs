@@ -1,6 +1,8 @@
-//! `cargo xtask bench`: installs the pinned toolchain, builds everything in release, then hands
-//! over to `mirror-bench` (tests/src/bin/mirror-bench), which measures the agent next to nginx's
-//! and Envoy's mirroring on the namespace test-bed. Like the demo, the bench is a binary of the
+//! `cargo xtask bench`: installs the system packages it needs (see [`crate::packages`]) and the
+//! pinned toolchain, builds everything in release (the agent, the sink, the fixed-rate load
+//! generator `mirror-load`), then hands over to `mirror-bench` (tests/src/bin/mirror-bench),
+//! which measures the agent next to an ideal mirror and nginx's and Envoy's mirroring on the
+//! namespace test-bed. Like the demo, the bench is a binary of the
 //! tests package because it links the test-bed, which xtask cannot build before the toolchain
 //! is installed.
 
@@ -14,7 +16,7 @@ use crate::toolchain;
 #[derive(clap::Args)]
 pub struct BenchArgs {
     /// Arguments for mirror-bench: `--smoke`, `--micro`, `--rounds N`, `--seconds N`,
-    /// `--rate-fraction F`, `--no-micro` (see `target/release/mirror-bench --help`).
+    /// `--rate-fractions F,F,...`, `--no-micro` (see `target/release/mirror-bench --help`).
     #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
     args: Vec<String>,
 }
