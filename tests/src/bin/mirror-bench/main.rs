@@ -100,6 +100,12 @@ fn main() -> Result<()> {
     }
     let started = Instant::now();
     let tools = tools::ensure(&target_dir())?;
+    // First: it builds the cores' benches, and a failure should not cost the whole run.
+    let micro = if args.smoke || args.no_micro {
+        Vec::new()
+    } else {
+        micro::run(&workspace(), 3)?
+    };
     let out = out_dir(&target_dir());
     std::fs::create_dir_all(&out).with_context(|| format!("create {}", out.display()))?;
     let bed = Bed::new()?;
@@ -172,11 +178,6 @@ fn main() -> Result<()> {
     };
     let large = large::run(&bed, large_plan)?;
     drop(bed);
-    let micro = if args.smoke || args.no_micro {
-        Vec::new()
-    } else {
-        micro::run(&workspace(), 3)?
-    };
     let results = Results {
         command: command_line(),
         machine: machine(),
