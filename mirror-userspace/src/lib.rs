@@ -5,7 +5,8 @@
 //! - [`inspect`]: `mirror capture`, which prints what the capture sees;
 //! - [`relay`]: replays framed requests to v2 and discards its answers;
 //! - [`capture`]: the kernel program (load, attach, targets), the ring buffer, records and
-//!   the packets in them.
+//!   the packets in them;
+//! - [`observe`]: the one counter registry every stage is read through, and its renderings.
 //!
 //! The protocol cores (reassembly, framing, rewrite, sampling, the flow table) live in the
 //! `mirror-cores` crate, which has no I/O at all.
@@ -13,5 +14,6 @@
 pub mod agent;
 pub mod capture;
 pub mod inspect;
+pub mod observe;
 pub mod relay;
 pub mod shutdown;

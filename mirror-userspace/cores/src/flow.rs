@@ -65,6 +65,29 @@ pub struct Segment<'a> {
     pub flow: FlowKey,
     /// Sequence number of the first payload byte (of the SYN itself for a SYN).
     pub seq: u32,
+    /// Acknowledgement number (meaningful when `flags.ack()`): the next byte the sender of
+    /// this segment expects from its peer.
+    pub ack: u32,
+    /// The receive window the sender advertises, unscaled, as on the wire.
+    pub window: u16,
+    /// The window scale option (RFC 7323), present only on SYN and SYN-ACK segments.
+    pub window_scale: Option<u8>,
     pub flags: TcpFlags,
     pub payload: &'a [u8],
+}
+
+impl<'a> Segment<'a> {
+    /// A segment with no acknowledgement, window or options: what tests and benchmarks of the
+    /// client direction need.
+    pub fn new(flow: FlowKey, seq: u32, flags: TcpFlags, payload: &'a [u8]) -> Self {
+        Segment {
+            flow,
+            seq,
+            ack: 0,
+            window: 0,
+            window_scale: None,
+            flags,
+            payload,
+        }
+    }
 }

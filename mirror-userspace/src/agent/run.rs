@@ -2,21 +2,26 @@
 //!
 //! One task owns the whole capture path (ring buffer reader, pipeline, relay dispatcher), so
 //! nothing on it locks; shadow connections run on their own tasks behind bounded queues.
+//! Every stage's counters are registered in one [`Registry`], which the status line renders.
 
-use std::time::Duration;
+use std::{
+    sync::{atomic::Ordering::Relaxed, Arc},
+    time::Duration,
+};
 
 use mirror_cores::{
-    outcome::Counters,
     pipeline::{ConfigError, Pipeline, PipelineConfig},
     rewrite::HostRewrite,
 };
 
+use super::{intake::Intake, pipeline_cells::PipelineCells};
 use crate::{
     capture::{
         clock, packet, record,
         session::{CaptureOptions, Session, SessionError},
     },
-    relay::{Relay, RelayConfig, RelayStats},
+    observe::{status::status_line, Registry},
+    relay::{Relay, RelayConfig},
     shutdown::shutdown_signal,
 };
 
@@ -96,14 +101,6 @@ pub enum RunError {
     Ring(#[source] std::io::Error),
 }
 
-/// What the capture path saw before the pipeline.
-#[derive(Debug, Default)]
-struct Intake {
-    records: u64,
-    malformed_records: u64,
-    undecodable_packets: u64,
-}
-
 impl RunArgs {
     fn pipeline_config(&self) -> PipelineConfig {
         let rewrite = if self.keep_host {
@@ -155,7 +152,16 @@ pub async fn run(args: RunArgs) -> Result<(), RunError> {
     };
     let mut session = Session::start(&args.capture, args.shadow_mark, wakeup_bytes)?;
     let mut relay = Relay::new(args.relay_config());
-    let mut intake = Intake::default();
+    let intake = Arc::new(Intake::default());
+    let cells = Arc::new(PipelineCells::default());
+    // The order of the status line: where requests went first, then how they got there.
+    let registry = Registry::default();
+    registry.register("relay", relay.stats());
+    registry.register("pipeline", cells.clone());
+    registry.register("intake", intake.clone());
+    let (kernel, bpf) = session.kernel_sources();
+    registry.register("kernel", Arc::new(kernel));
+    registry.register("bpf", Arc::new(bpf));
     tracing::info!(shadow = %args.shadow, percent = args.percent, "mirroring");
     eprintln!("mirroring to {}; Ctrl-C to stop", args.shadow);
 
@@ -169,106 +175,46 @@ pub async fn run(args: RunArgs) -> Result<(), RunError> {
     let stop = shutdown_signal();
     tokio::pin!(stop);
     loop {
-        let mut on_record =
-            |item: &[u8]| intake_record(item, &mut intake, &mut pipeline, &mut relay);
+        let mut on_record = |item: &[u8]| intake_record(item, &intake, &mut pipeline, &mut relay);
         tokio::select! {
             biased;
             () = &mut stop => break,
-            batch = session.reader().next_batch(&mut on_record) => batch.map_err(RunError::Ring)?,
+            batch = session.reader().next_batch(&mut on_record) => {
+                batch.map_err(RunError::Ring)?;
+                cells.publish(&pipeline);
+            }
             _ = poll.tick(), if args.poll_ms > 0 => {
                 session.reader().drain(&mut on_record);
+                cells.publish(&pipeline);
             }
             _ = expire.tick() => {
                 pipeline.expire(clock::monotonic_ns(), &mut |event| relay.handle(event));
+                cells.publish(&pipeline);
             }
-            _ = report.tick() => {
-                let line = status_line(
-                    &session,
-                    &pipeline,
-                    &relay.stats(),
-                    relay.live_connections(),
-                    &intake,
-                );
-                tracing::info!("{line}");
-            }
+            _ = report.tick() => tracing::info!("{}", status_line(&registry)),
         }
     }
     session
         .reader()
-        .drain(|item| intake_record(item, &mut intake, &mut pipeline, &mut relay));
-    let stats = relay.stats();
+        .drain(|item| intake_record(item, &intake, &mut pipeline, &mut relay));
+    cells.publish(&pipeline);
     relay.shutdown(Duration::from_secs(args.grace_secs)).await;
     // The relay's counters move during the grace period: report them after it.
-    eprintln!("{}", status_line(&session, &pipeline, &stats, 0, &intake));
+    eprintln!("{}", status_line(&registry));
     Ok(())
 }
 
-fn intake_record(item: &[u8], intake: &mut Intake, pipeline: &mut Pipeline, relay: &mut Relay) {
-    intake.records += 1;
+fn intake_record(item: &[u8], intake: &Intake, pipeline: &mut Pipeline, relay: &mut Relay) {
+    intake.records.fetch_add(1, Relaxed);
     let Ok(record) = record::decode(item) else {
-        intake.malformed_records += 1;
+        intake.malformed_records.fetch_add(1, Relaxed);
         return;
     };
     let Ok(segment) = packet::parse_ethernet(record.packet) else {
-        intake.undecodable_packets += 1;
+        intake.undecodable_packets.fetch_add(1, Relaxed);
         return;
     };
     pipeline.on_segment(record.header.timestamp_ns, &segment, &mut |event| {
         relay.handle(event)
     });
-}
-
-/// One line saying where the traffic went: relay, pipeline outcomes, intake, kernel, and the
-/// kernel programs' run counts and times when `--bpf-stats` is on.
-fn status_line(
-    session: &Session,
-    pipeline: &Pipeline,
-    relay: &RelayStats,
-    shadow_connections: usize,
-    intake: &Intake,
-) -> String {
-    let mut line = String::from("relay:");
-    for (name, value) in relay.snapshot() {
-        line.push_str(&format!(" {name}={value}"));
-    }
-    line.push_str(&format!(" shadow_connections={shadow_connections}"));
-    line.push_str(" | pipeline:");
-    push_counters(&mut line, pipeline.counters());
-    line.push_str(&format!(
-        " flows={} buffered_bytes={}",
-        pipeline.flow_count(),
-        pipeline.buffered_bytes()
-    ));
-    line.push_str(&format!(
-        " | intake: records={} malformed_records={} undecodable_packets={} | kernel:",
-        intake.records, intake.malformed_records, intake.undecodable_packets
-    ));
-    for (name, value) in session.kernel_counters() {
-        line.push_str(&format!(" {name}={value}"));
-    }
-    // Only with --bpf-stats: without it the kernel keeps no run times and these stay zero.
-    let programs: Vec<_> = session
-        .run_stats()
-        .into_iter()
-        .filter(|stats| stats.runs > 0)
-        .collect();
-    if !programs.is_empty() {
-        line.push_str(" | bpf:");
-        for stats in programs {
-            line.push_str(&format!(
-                " {} runs={} run_time_ns={} ns_per_run={}",
-                stats.program,
-                stats.runs,
-                stats.run_time_ns,
-                stats.ns_per_run().unwrap_or(0)
-            ));
-        }
-    }
-    line
-}
-
-fn push_counters(line: &mut String, counters: &Counters) {
-    for (name, value) in counters.iter() {
-        line.push_str(&format!(" {name}={value}"));
-    }
 }

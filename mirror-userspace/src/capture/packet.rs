@@ -115,18 +115,50 @@ fn parse_tcp(src: IpAddr, dst: IpAddr, segment: &[u8]) -> Result<Segment<'_>, Pa
     if data_offset < TCP_MIN_HLEN {
         return Err(PacketError::Malformed("TCP"));
     }
-    let payload = segment
-        .get(data_offset..)
+    let options = segment
+        .get(TCP_MIN_HLEN..data_offset)
         .ok_or(PacketError::Malformed("TCP"))?;
+    let payload = &segment[data_offset..];
+    let flags = TcpFlags(header[13]);
     Ok(Segment {
         flow: FlowKey {
             src: SocketAddr::new(src, u16::from_be_bytes([header[0], header[1]])),
             dst: SocketAddr::new(dst, u16::from_be_bytes([header[2], header[3]])),
         },
         seq: u32::from_be_bytes([header[4], header[5], header[6], header[7]]),
-        flags: TcpFlags(header[13]),
+        ack: u32::from_be_bytes([header[8], header[9], header[10], header[11]]),
+        window: u16::from_be_bytes([header[14], header[15]]),
+        // RFC 7323: the option counts only on SYNs; elsewhere it is ignored.
+        window_scale: flags.syn().then(|| window_scale(options)).flatten(),
+        flags,
         payload,
     })
+}
+
+/// The window scale option's shift count, if `options` holds a well-formed one. Malformed
+/// options end the walk: the segment still decodes, without a scale.
+fn window_scale(mut options: &[u8]) -> Option<u8> {
+    const END: u8 = 0;
+    const NOP: u8 = 1;
+    const WINDOW_SCALE: u8 = 3;
+    while let Some((&kind, rest)) = options.split_first() {
+        match kind {
+            END => return None,
+            NOP => options = rest,
+            _ => {
+                let len = usize::from(*rest.first()?);
+                if len < 2 || options.len() < len {
+                    return None;
+                }
+                if kind == WINDOW_SCALE && len == 3 {
+                    // RFC 7323 section 2.3: a shift above 14 is used as 14.
+                    return Some(options[2].min(14));
+                }
+                options = &options[len..];
+            }
+        }
+    }
+    None
 }
 
 #[cfg(test)]
@@ -208,6 +240,31 @@ pub(crate) mod tests {
         assert_eq!(segment.seq, u32::MAX);
         assert!(segment.flags.syn());
         assert!(segment.payload.is_empty());
+    }
+
+    #[test]
+    fn reads_ack_window_and_the_syn_window_scale() {
+        let key = flow("198.19.0.10:8000", "198.18.1.2:40000");
+        // A SYN-ACK whose four "payload" bytes become options (NOP, window scale 7) once
+        // the data offset says the header is 24 bytes long.
+        let mut bytes = frame(key, 5, TcpFlags::SYN | TcpFlags::ACK, &[1, 3, 3, 7], 0);
+        let tcp = ETH_HLEN + 20;
+        bytes[tcp + 8..tcp + 12].copy_from_slice(&1001u32.to_be_bytes());
+        bytes[tcp + 12] = 0x60;
+        bytes[tcp + 14..tcp + 16].copy_from_slice(&512u16.to_be_bytes());
+        let segment = parse_ethernet(&bytes).unwrap();
+        assert_eq!((segment.ack, segment.window), (1001, 512));
+        assert_eq!(segment.window_scale, Some(7));
+        assert!(segment.payload.is_empty());
+        // The option means nothing without SYN, and a malformed option list yields no scale.
+        bytes[tcp + 13] = TcpFlags::ACK;
+        assert_eq!(parse_ethernet(&bytes).unwrap().window_scale, None);
+        assert_eq!(window_scale(&[3, 1, 7]), None);
+        assert_eq!(window_scale(&[3, 3, 20]), Some(14));
+        assert_eq!(
+            window_scale(&[8, 10, 0, 0, 0, 0, 0, 0, 0, 0, 3, 3, 2]),
+            Some(2)
+        );
     }
 
     #[test]

@@ -3,15 +3,16 @@
 
 use std::{
     path::PathBuf,
-    sync::{Arc, Mutex, MutexGuard},
+    sync::{Arc, Mutex},
     time::Duration,
 };
 
-use mirror_common::{Config, Counter};
+use mirror_common::Config;
 use tokio::signal::unix::{signal, SignalKind};
 
 use super::{
-    classifier::{AttachMode, Classifier, ClassifierError, ClassifierOptions, Direction, RunStats},
+    classifier::{AttachMode, Classifier, ClassifierError, ClassifierOptions, Direction},
+    kernel_stats::{lock, KernelCounters, KernelRunTimes},
     ring::RingReader,
     target::Target,
     target_set::{TargetSetError, TargetSource},
@@ -134,24 +135,13 @@ impl Session {
         &mut self.reader
     }
 
-    /// Run counts and times of the kernel programs (zero without `--bpf-stats`).
-    pub fn run_stats(&self) -> Vec<RunStats> {
-        lock(&self.classifier).run_stats()
-    }
-
-    /// The kernel counters, summed over CPUs, with their names.
-    pub fn kernel_counters(&self) -> Vec<(&'static str, u64)> {
-        match lock(&self.classifier).counters() {
-            Ok(values) => Counter::ALL
-                .iter()
-                .map(|counter| counter.name())
-                .zip(values)
-                .collect(),
-            Err(error) => {
-                tracing::warn!(%error, "cannot read kernel counters");
-                Vec::new()
-            }
-        }
+    /// The kernel program's counters (stage `kernel`) and run times (stage `bpf`), for the
+    /// registry.
+    pub(crate) fn kernel_sources(&self) -> (KernelCounters, KernelRunTimes) {
+        (
+            KernelCounters(Arc::clone(&self.classifier)),
+            KernelRunTimes(Arc::clone(&self.classifier)),
+        )
     }
 }
 
@@ -159,13 +149,6 @@ impl Drop for Session {
     fn drop(&mut self) {
         self.watcher.abort();
     }
-}
-
-fn lock(classifier: &Mutex<Classifier>) -> MutexGuard<'_, Classifier> {
-    // A panic while holding the lock leaves the classifier usable: recover the guard.
-    classifier
-        .lock()
-        .unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
 fn start_kernel_log(classifier: &mut Classifier) -> Result<(), SessionError> {

@@ -5,6 +5,10 @@ use std::{
     fs::File,
     io::{self, BufWriter, Write},
     path::PathBuf,
+    sync::{
+        atomic::{AtomicU64, Ordering::Relaxed},
+        Arc,
+    },
 };
 
 use mirror_common::{DIRECTION_INGRESS, MAX_CAPTURE_BYTES};
@@ -16,6 +20,7 @@ use crate::{
         record::{self, Record},
         session::{CaptureOptions, Session, SessionError},
     },
+    observe::{status::status_line, Registry, Sample, Source},
     shutdown::shutdown_signal,
 };
 
@@ -46,11 +51,45 @@ pub enum CaptureError {
 /// What userspace saw, beside the kernel's counters.
 #[derive(Debug, Default)]
 struct Tally {
-    records: u64,
-    malformed: u64,
-    undecodable: u64,
-    truncated: u64,
-    write_errors: u64,
+    records: AtomicU64,
+    malformed: AtomicU64,
+    undecodable: AtomicU64,
+    truncated: AtomicU64,
+    write_errors: AtomicU64,
+}
+
+impl Source for Tally {
+    fn visit(&self, out: &mut dyn FnMut(Sample)) {
+        for (name, help, counter) in [
+            ("records", "Ring buffer records read.", &self.records),
+            (
+                "malformed_records",
+                "Records shorter than their header.",
+                &self.malformed,
+            ),
+            (
+                "undecodable_packets",
+                "Records with no packet.",
+                &self.undecodable,
+            ),
+            (
+                "truncated_records",
+                "Records the kernel had to cut.",
+                &self.truncated,
+            ),
+            (
+                "write_errors",
+                "Lines or pcap records that failed to write.",
+                &self.write_errors,
+            ),
+        ] {
+            out(Sample::counter(name, help, counter.load(Relaxed)));
+        }
+    }
+}
+
+fn count(counter: &AtomicU64) {
+    counter.fetch_add(1, Relaxed);
 }
 
 /// Captures until SIGINT/SIGTERM; prints the counters to stderr at the end.
@@ -67,24 +106,29 @@ pub async fn run(args: CaptureArgs) -> Result<(), CaptureError> {
         None => None,
     };
     let clock = WallClock::new();
-    let mut tally = Tally::default();
+    let tally = Arc::new(Tally::default());
+    let registry = Registry::default();
+    let (kernel, bpf) = session.kernel_sources();
+    registry.register("kernel", Arc::new(kernel));
+    registry.register("bpf", Arc::new(bpf));
+    registry.register("userspace", tally.clone());
     let mut stdout = BufWriter::new(io::stdout().lock());
     eprintln!("capturing; Ctrl-C to stop");
     session
         .reader()
         .run(
             |item| {
-                tally.records += 1;
+                count(&tally.records);
                 let record = match record::decode(item) {
                     Ok(record) => record,
                     Err(error) => {
-                        tally.malformed += 1;
+                        count(&tally.malformed);
                         tracing::debug!(%error, "malformed record");
                         return;
                     }
                 };
                 if record.truncated() {
-                    tally.truncated += 1;
+                    count(&tally.truncated);
                 }
                 let unix_ns = clock.unix_ns(record.header.timestamp_ns);
                 if let Some(pcap) = &mut pcap {
@@ -92,17 +136,17 @@ pub async fn run(args: CaptureArgs) -> Result<(), CaptureError> {
                         .write(unix_ns, record.packet, record.header.orig_len)
                         .is_err()
                     {
-                        tally.write_errors += 1;
+                        count(&tally.write_errors);
                     }
                 }
                 if !args.quiet && print_segment(&mut stdout, unix_ns, &record).is_err() {
-                    tally.write_errors += 1;
+                    count(&tally.write_errors);
                 }
                 if !args.quiet {
                     let _ = stdout.flush();
                 }
                 if record.packet.is_empty() {
-                    tally.undecodable += 1;
+                    count(&tally.undecodable);
                 }
             },
             shutdown_signal(),
@@ -113,26 +157,7 @@ pub async fn run(args: CaptureArgs) -> Result<(), CaptureError> {
     if let Some(pcap) = &mut pcap {
         pcap.flush().map_err(io_error("the pcap file".to_owned()))?;
     }
-    let mut summary = String::from("kernel:");
-    for (name, value) in session.kernel_counters() {
-        summary.push_str(&format!(" {name}={value}"));
-    }
-    eprintln!("{summary}");
-    if args.capture.bpf_stats {
-        for stats in session.run_stats().iter().filter(|stats| stats.runs > 0) {
-            eprintln!(
-                "bpf: {} runs={} run_time_ns={} ns_per_run={}",
-                stats.program,
-                stats.runs,
-                stats.run_time_ns,
-                stats.ns_per_run().unwrap_or(0)
-            );
-        }
-    }
-    eprintln!(
-        "userspace: records={} malformed_records={} undecodable_packets={} truncated_records={} write_errors={}",
-        tally.records, tally.malformed, tally.undecodable, tally.truncated, tally.write_errors
-    );
+    eprintln!("{}", status_line(&registry));
     Ok(())
 }
 

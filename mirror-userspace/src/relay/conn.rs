@@ -51,7 +51,7 @@ pub(super) async fn run(flow: FlowKey, mut queue: mpsc::Receiver<Message>, share
             }
         }
     }
-    shared.live_connections.fetch_sub(1, Relaxed);
+    shared.stats.shadow_connections.fetch_sub(1, Relaxed);
 }
 
 async fn connect(shared: &Shared) -> io::Result<TcpStream> {

@@ -85,7 +85,6 @@ struct Shared {
     config: RelayConfig,
     stats: Arc<RelayStats>,
     inflight_bytes: AtomicUsize,
-    live_connections: AtomicUsize,
     started: Instant,
     /// Milliseconds since `started` before which no connect is tried.
     down_until_ms: AtomicU64,
@@ -150,7 +149,6 @@ impl Relay {
                 config,
                 stats: Arc::new(RelayStats::default()),
                 inflight_bytes: AtomicUsize::new(0),
-                live_connections: AtomicUsize::new(0),
                 started: Instant::now(),
                 down_until_ms: AtomicU64::new(0),
                 failures_in_a_row: AtomicU32::new(0),
@@ -162,11 +160,6 @@ impl Relay {
 
     pub fn stats(&self) -> Arc<RelayStats> {
         Arc::clone(&self.shared.stats)
-    }
-
-    /// Shadow connections currently open or opening.
-    pub fn live_connections(&self) -> usize {
-        self.shared.live_connections.load(Relaxed)
     }
 
     /// Acts on one event of the pipeline.
@@ -191,7 +184,7 @@ impl Relay {
                 entry.queue = None;
                 let refusal = if self.shared.shadow_down() {
                     Some(DropReason::ShadowDown)
-                } else if self.shared.live_connections.load(Relaxed)
+                } else if self.shared.stats.shadow_connections.load(Relaxed)
                     >= self.shared.config.max_connections
                 {
                     Some(DropReason::ConnLimit)
@@ -204,7 +197,7 @@ impl Relay {
                     return;
                 }
                 let (sender, receiver) = mpsc::channel(self.shared.config.queue_depth);
-                self.shared.live_connections.fetch_add(1, Relaxed);
+                self.shared.stats.shadow_connections.fetch_add(1, Relaxed);
                 self.tasks
                     .spawn(conn::run(flow, receiver, Arc::clone(&self.shared)));
                 entry.queue = Some(sender.clone());

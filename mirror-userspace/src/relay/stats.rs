@@ -1,7 +1,10 @@
 //! The relay's counters: what reached v2, what was dropped and why, and what v2 answered.
-//! Plain atomics, shared by the dispatcher and every shadow connection task.
+//! Plain atomics, shared by the dispatcher and every shadow connection task, and read
+//! through the registry (`observe`).
 
-use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering::Relaxed};
+
+use crate::observe::{Sample, Source};
 
 /// Why a mirrored request did not reach v2 whole.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -30,14 +33,28 @@ impl DropReason {
         DropReason::Shutdown,
     ];
 
-    pub const fn name(self) -> &'static str {
+    /// The counter of requests dropped for this reason.
+    pub const fn counter_name(self) -> &'static str {
         match self {
-            DropReason::QueueFull => "queue_full",
-            DropReason::ConnLimit => "conn_limit",
-            DropReason::ShadowDown => "shadow_down",
-            DropReason::WriteFailed => "write_failed",
-            DropReason::Aborted => "aborted",
-            DropReason::Shutdown => "shutdown",
+            DropReason::QueueFull => "dropped_queue_full",
+            DropReason::ConnLimit => "dropped_conn_limit",
+            DropReason::ShadowDown => "dropped_shadow_down",
+            DropReason::WriteFailed => "dropped_write_failed",
+            DropReason::Aborted => "dropped_aborted",
+            DropReason::Shutdown => "dropped_shutdown",
+        }
+    }
+
+    const fn help(self) -> &'static str {
+        match self {
+            DropReason::QueueFull => {
+                "Requests dropped: the connection's queue or the in-flight budget was full."
+            }
+            DropReason::ConnLimit => "Requests dropped: the cap on shadow connections was reached.",
+            DropReason::ShadowDown => "Requests dropped: v2 could not be reached.",
+            DropReason::WriteFailed => "Requests dropped: writing to v2 failed or timed out.",
+            DropReason::Aborted => "Requests dropped: the capture lost bytes of the request.",
+            DropReason::Shutdown => "Requests dropped: the agent shut down before sending them.",
         }
     }
 }
@@ -56,6 +73,8 @@ pub struct RelayStats {
     pub response_errors: AtomicU64,
     pub connections_opened: AtomicU64,
     pub connect_failures: AtomicU64,
+    /// Shadow connections open now (a gauge).
+    pub shadow_connections: AtomicUsize,
 }
 
 impl RelayStats {
@@ -83,43 +102,71 @@ impl RelayStats {
             .and_then(|i| self.responses.get(i))
             .map_or(0, |slot| slot.load(Relaxed))
     }
+}
 
-    /// Every counter as `(name, value)`, for logs and metrics.
-    pub fn snapshot(&self) -> Vec<(String, u64)> {
-        let mut out = vec![
-            ("sent".to_owned(), self.sent.load(Relaxed)),
-            ("bytes_sent".to_owned(), self.bytes_sent.load(Relaxed)),
-        ];
+impl Source for RelayStats {
+    fn visit(&self, out: &mut dyn FnMut(Sample)) {
+        let load = |counter: &AtomicU64| counter.load(Relaxed);
+        out(Sample::counter(
+            "sent",
+            "Requests written to v2 completely.",
+            load(&self.sent),
+        ));
+        out(Sample::counter(
+            "bytes_sent",
+            "Request bytes written to v2.",
+            load(&self.bytes_sent),
+        ));
         for reason in DropReason::ALL {
-            out.push((
-                format!("dropped_{}", reason.name()),
+            out(Sample::counter(
+                reason.counter_name(),
+                reason.help(),
                 self.dropped_count(reason),
             ));
         }
-        for class in 1..=5 {
-            out.push((format!("responses_{class}xx"), self.responses(class)));
+        for (class, name) in RESPONSE_COUNTERS.iter().enumerate() {
+            out(Sample::counter(
+                name,
+                "Responses from v2 of this status class (1xx: 101 only).",
+                self.responses(class + 1),
+            ));
         }
-        out.extend([
-            (
-                "response_timeouts".to_owned(),
-                self.response_timeouts.load(Relaxed),
-            ),
-            (
-                "response_errors".to_owned(),
-                self.response_errors.load(Relaxed),
-            ),
-            (
-                "connections_opened".to_owned(),
-                self.connections_opened.load(Relaxed),
-            ),
-            (
-                "connect_failures".to_owned(),
-                self.connect_failures.load(Relaxed),
-            ),
-        ]);
-        out
+        out(Sample::counter(
+            "response_timeouts",
+            "Requests v2 did not answer in time.",
+            load(&self.response_timeouts),
+        ));
+        out(Sample::counter(
+            "response_errors",
+            "Responses v2 sent unparseable.",
+            load(&self.response_errors),
+        ));
+        out(Sample::counter(
+            "connections_opened",
+            "Connections opened to v2.",
+            load(&self.connections_opened),
+        ));
+        out(Sample::counter(
+            "connect_failures",
+            "Connects to v2 that failed or timed out.",
+            load(&self.connect_failures),
+        ));
+        out(Sample::gauge(
+            "shadow_connections",
+            "Shadow connections open now.",
+            self.shadow_connections.load(Relaxed) as u64,
+        ));
     }
 }
+
+/// Names of the response counters, by status class.
+const RESPONSE_COUNTERS: [&str; 5] = [
+    "responses_1xx",
+    "responses_2xx",
+    "responses_3xx",
+    "responses_4xx",
+    "responses_5xx",
+];
 
 #[cfg(test)]
 mod tests {
@@ -137,8 +184,10 @@ mod tests {
         assert_eq!(stats.dropped_count(DropReason::QueueFull), 2);
         assert_eq!(stats.responses(2), 1);
         assert_eq!(stats.responses(5), 1);
-        let snapshot = stats.snapshot();
-        assert!(snapshot.contains(&("dropped_queue_full".to_owned(), 2)));
-        assert!(snapshot.contains(&("responses_2xx".to_owned(), 1)));
+        let mut samples = Vec::new();
+        stats.visit(&mut |sample| samples.push((sample.name, sample.value)));
+        assert!(samples.contains(&("dropped_queue_full", 2)));
+        assert!(samples.contains(&("responses_2xx", 1)));
+        assert!(samples.contains(&("shadow_connections", 0)));
     }
 }

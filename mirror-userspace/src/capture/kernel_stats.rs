@@ -1,0 +1,64 @@
+//! The kernel program's counters as registry sources: its per-CPU outcome counters (summed
+//! at every read) and, with `--bpf-stats`, each program's run count and run time.
+
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use mirror_common::Counter;
+
+use super::classifier::Classifier;
+use crate::observe::{Sample, Source};
+
+/// Stage `kernel`: what the classifier did with the packets it saw.
+pub struct KernelCounters(pub(super) Arc<Mutex<Classifier>>);
+
+/// Stage `bpf`: the programs' run counts and times (empty while the kernel keeps none).
+pub struct KernelRunTimes(pub(super) Arc<Mutex<Classifier>>);
+
+impl Source for KernelCounters {
+    fn visit(&self, out: &mut dyn FnMut(Sample)) {
+        match lock(&self.0).counters() {
+            Ok(values) => {
+                for (counter, value) in Counter::ALL.iter().zip(values) {
+                    out(Sample::counter(
+                        counter.name(),
+                        "Kernel program counter, summed over CPUs (see mirror-common's Counter).",
+                        value,
+                    ));
+                }
+            }
+            Err(error) => tracing::warn!(%error, "cannot read kernel counters"),
+        }
+    }
+}
+
+impl Source for KernelRunTimes {
+    fn visit(&self, out: &mut dyn FnMut(Sample)) {
+        // Without --bpf-stats the kernel keeps no run times: report nothing rather than zeros.
+        for stats in lock(&self.0).run_stats().into_iter().filter(|s| s.runs > 0) {
+            let program = stats.program;
+            out(
+                Sample::counter("runs", "Runs of the kernel program.", stats.runs)
+                    .with_label("program", program),
+            );
+            out(Sample::counter(
+                "run_time_ns",
+                "Nanoseconds the kernel program ran, in total.",
+                stats.run_time_ns,
+            )
+            .with_label("program", program));
+            out(Sample::gauge(
+                "ns_per_run",
+                "Mean nanoseconds per run of the kernel program.",
+                stats.ns_per_run().unwrap_or(0),
+            )
+            .with_label("program", program));
+        }
+    }
+}
+
+pub(super) fn lock(classifier: &Mutex<Classifier>) -> MutexGuard<'_, Classifier> {
+    // A panic while holding the lock leaves the classifier usable: recover the guard.
+    classifier
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
+}
