@@ -30,6 +30,9 @@ struct Need {
     probe: Probe,
     package: &'static str,
     why: &'static str,
+    /// Installed with its recommended packages (podman needs its network and storage helpers);
+    /// everything else is installed without.
+    recommends: bool,
 }
 
 const fn need(probe: Probe, package: &'static str, why: &'static str) -> Need {
@@ -37,6 +40,7 @@ const fn need(probe: Probe, package: &'static str, why: &'static str) -> Need {
         probe,
         package,
         why,
+        recommends: false,
     }
 }
 
@@ -52,6 +56,18 @@ const TESTBED: &[Need] = &[
     need(Probe::Program("curl"), "curl", "the client pod's requests"),
     need(Probe::Program("python3"), "python3", "httpbin"),
     need(Probe::PythonVenv, "python3-venv", "httpbin's virtualenv"),
+];
+
+/// What the tests add to the test-bed: the runtime image is built and run (tests/tests/image.rs).
+const TEST: &[Need] = &[
+    Need {
+        recommends: true,
+        ..need(Probe::Program("podman"), "podman", "the image tests")
+    },
+    Need {
+        recommends: true,
+        ..need(Probe::Program("runc"), "runc", "the image tests' runtime")
+    },
 ];
 
 /// What the bench adds to the test-bed.
@@ -80,7 +96,8 @@ impl Task {
 
     fn needs(self) -> impl Iterator<Item = &'static Need> {
         let extra: &[Need] = match self {
-            Task::Demo | Task::Test => &[],
+            Task::Demo => &[],
+            Task::Test => TEST,
             Task::Bench => BENCH,
         };
         TESTBED.iter().chain(extra)
@@ -100,27 +117,38 @@ pub fn ensure(task: Task) -> Result<()> {
     if wanted.is_empty() {
         return Ok(());
     }
-    let packages = packages(&wanted);
+    let names = packages(&wanted);
     if !can_install() {
         bail!("{}", advice(task, &wanted));
     }
     println!(
         "cargo xtask {}: installing {} with apt-get, for {}:",
         task.name(),
-        packages.join(" "),
+        names.join(" "),
         reasons(&wanted)
     );
     crate::run(apt().args(["update", "-qq"]))?;
-    crate::run(
-        apt()
-            .args(["install", "-y", "-qq", "--no-install-recommends"])
-            .args(&packages),
-    )?;
+    for recommends in [false, true] {
+        let group: Vec<&Need> = wanted
+            .iter()
+            .copied()
+            .filter(|need| need.recommends == recommends)
+            .collect();
+        if group.is_empty() {
+            continue;
+        }
+        let mut install = apt();
+        install.args(["install", "-y", "-qq"]);
+        if !recommends {
+            install.arg("--no-install-recommends");
+        }
+        crate::run(install.args(packages(&group)))?;
+    }
     let still = missing(task);
     if !still.is_empty() {
         bail!(
             "apt-get installed {} but {} still missing",
-            packages.join(" "),
+            names.join(" "),
             programs(&still)
         );
     }
@@ -238,6 +266,7 @@ mod tests {
             let packages: Vec<&str> = task.needs().map(|n| n.package).collect();
             assert!(packages.contains(&"nftables") && packages.contains(&"python3-venv"));
             assert_eq!(packages.contains(&"wrk"), task == Task::Bench);
+            assert_eq!(packages.contains(&"podman"), task == Task::Test);
         }
     }
 
