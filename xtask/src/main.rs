@@ -2,6 +2,7 @@
 
 mod bench;
 mod demo;
+mod packages;
 mod toolchain;
 
 use std::process::Command;
@@ -75,6 +76,13 @@ fn fuzz(seconds: u32) -> Result<()> {
 }
 
 fn test(args: &[String]) -> Result<()> {
+    // As root the end-to-end tests run, so their programs must be there; without root they
+    // skip (or fail under CI), and a missing program is only worth a note.
+    if packages::is_root() {
+        packages::ensure(packages::Task::Test)?;
+    } else if let Some(advice) = packages::check(packages::Task::Test) {
+        eprintln!("note: {advice}");
+    }
     toolchain::bootstrap()?;
     // The end-to-end tests run the agent (release: what ships, and what the latency tests
     // should measure) and the test sink, so build both first.

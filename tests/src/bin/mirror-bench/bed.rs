@@ -24,6 +24,9 @@ const NGINX_PROXY_PORT: u16 = 8081;
 const ENVOY_PROXY_PORT: u16 = 8082;
 /// Host header every client request carries; the shadow gets it with `-shadow` added.
 pub const HOST_HEADER: &str = "httpbin:8000";
+/// What the mirrors send v2 instead (Envoy's rule), and what the ideal mode's second load
+/// generator sends.
+pub const SHADOW_HOST_HEADER: &str = "httpbin-shadow:8000";
 
 /// The backends the primary and shadow run.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]

@@ -1,14 +1,12 @@
-//! The load generators: wrk for saturation (fixed connections and duration), oha for a fixed
-//! offered rate. Both run in the client pod and report the same numbers.
+//! The load generators: wrk for saturation (fixed connections and duration), `mirror-load`
+//! (tests/src/bin/mirror-load, open-loop) for a fixed offered rate. Both print the same line.
 
 use std::net::SocketAddr;
 use std::path::Path;
 use std::time::Duration;
 
-use anyhow::{bail, Context as _, Result};
+use anyhow::{Context as _, Result};
 use mirror_tests::Netns;
-
-use super::bed::HOST_HEADER;
 
 /// wrk's Lua hook: prints one machine-readable line after the run, with the p99.9 that
 /// `--latency` does not show.
@@ -61,12 +59,25 @@ impl Conn {
 /// backends' single workers are not drowned in connection handling.
 pub const CONNECTIONS: u32 = 32;
 
-/// Runs wrk (2 threads) against `addr` for `duration`.
+/// Where a load goes: the address, the request path and the Host header.
+#[derive(Clone, Copy, Debug)]
+pub struct Target<'a> {
+    pub addr: SocketAddr,
+    pub path: &'a str,
+    pub host: &'a str,
+}
+
+impl Target<'_> {
+    fn url(&self) -> String {
+        format!("http://{}{}", self.addr, self.path)
+    }
+}
+
+/// Runs wrk (2 threads, [`CONNECTIONS`] connections) against `target` for `duration`, in `ns`.
 pub fn wrk(
-    client: &Netns,
+    ns: &Netns,
     dir: &Path,
-    addr: SocketAddr,
-    path: &str,
+    target: Target<'_>,
     conn: Conn,
     duration: Duration,
 ) -> Result<Load> {
@@ -80,7 +91,7 @@ pub fn wrk(
         "--timeout",
         "5s",
         "-H",
-        &format!("Host: {HOST_HEADER}"),
+        &format!("Host: {}", target.host),
         "-s",
     ]
     .map(str::to_owned)
@@ -89,12 +100,39 @@ pub fn wrk(
     if conn == Conn::Close {
         argv.extend(["-H".to_owned(), "Connection: close".to_owned()]);
     }
-    argv.push(format!("http://{addr}{path}"));
-    let out = client.exec_ok(&argv)?;
-    parse_wrk(&out).with_context(|| format!("unexpected wrk output:\n{out}"))
+    argv.push(target.url());
+    let out = ns.exec_ok(&argv)?;
+    parse_report(&out).with_context(|| format!("unexpected wrk output:\n{out}"))
 }
 
-fn parse_wrk(out: &str) -> Result<Load> {
+/// Runs `mirror-load` at a fixed `rate` over [`CONNECTIONS`] keep-alive connections for
+/// `duration`, in `ns`. It is open-loop: latency counts from each request's due time, so a
+/// stalled server shows in the percentiles instead of slowing the offered load.
+pub fn fixed_rate(
+    ns: &Netns,
+    generator: &Path,
+    target: Target<'_>,
+    rate: u64,
+    duration: Duration,
+) -> Result<Load> {
+    let argv: Vec<String> = vec![
+        generator.display().to_string(),
+        "--rate".to_owned(),
+        rate.to_string(),
+        "--connections".to_owned(),
+        CONNECTIONS.to_string(),
+        "--seconds".to_owned(),
+        duration.as_secs().max(1).to_string(),
+        "--host".to_owned(),
+        target.host.to_owned(),
+        target.url(),
+    ];
+    let out = ns.exec_ok(&argv)?;
+    parse_report(&out).with_context(|| format!("unexpected mirror-load output:\n{out}"))
+}
+
+/// The `BENCH` line that wrk's script and mirror-load print.
+fn parse_report(out: &str) -> Result<Load> {
     let line = out
         .lines()
         .find_map(|line| line.strip_prefix("BENCH "))
@@ -116,73 +154,22 @@ fn parse_wrk(out: &str) -> Result<Load> {
     })
 }
 
-/// Runs oha at a fixed `rate` (keep-alive, [`CONNECTIONS`] connections) for `duration`, with
-/// latency measured from each request's scheduled start (`--latency-correction`), so that a
-/// stalled server shows in the percentiles instead of slowing the offered load.
-pub fn oha(
-    client: &Netns,
-    oha: &Path,
-    addr: SocketAddr,
-    path: &str,
-    rate: u64,
-    duration: Duration,
-) -> Result<Load> {
-    let argv: Vec<String> = vec![
-        oha.display().to_string(),
-        "--no-tui".to_owned(),
-        "--output-format".to_owned(),
-        "json".to_owned(),
-        "--latency-correction".to_owned(),
-        "-c".to_owned(),
-        CONNECTIONS.to_string(),
-        "-q".to_owned(),
-        rate.to_string(),
-        "-z".to_owned(),
-        format!("{}s", duration.as_secs().max(1)),
-        "-H".to_owned(),
-        format!("Host: {HOST_HEADER}"),
-        format!("http://{addr}{path}"),
-    ];
-    let out = client.exec_ok(&argv)?;
-    parse_oha(&out).with_context(|| format!("unexpected oha output:\n{out}"))
-}
+#[cfg(test)]
+mod tests {
+    use super::*;
 
-fn parse_oha(out: &str) -> Result<Load> {
-    let json: serde_json::Value = serde_json::from_str(out.trim()).context("not JSON")?;
-    let number = |pointer: &str| -> Result<f64> {
-        json.pointer(pointer)
-            .and_then(serde_json::Value::as_f64)
-            .with_context(|| format!("no {pointer}"))
-    };
-    let statuses = json
-        .pointer("/statusCodeDistribution")
-        .and_then(serde_json::Value::as_object);
-    let count =
-        |map: Option<&serde_json::Map<String, serde_json::Value>>, ok: fn(&str) -> bool| -> u64 {
-            map.into_iter()
-                .flatten()
-                .filter(|(key, _)| ok(key))
-                .filter_map(|(_, n)| n.as_u64())
-                .sum()
-        };
-    let ok = count(statuses, |code| code.starts_with('2'));
-    let bad = count(statuses, |code| !code.starts_with('2'));
-    // Requests still in flight when `-z` ends are "aborted due to deadline": cut by the
-    // run's end, not failed by the server.
-    let failed = count(
-        json.pointer("/errorDistribution")
-            .and_then(serde_json::Value::as_object),
-        |error| !error.contains("deadline"),
-    );
-    if ok == 0 {
-        bail!("no successful request");
+    #[test]
+    fn the_report_line_of_wrk_and_mirror_load() {
+        let out = "Running 2s test\nBENCH requests=2000 duration_us=2000000 errors=1 \
+                   p50_us=300 p99_us=900 p999_us=1500 late=0\n";
+        let load = parse_report(out).unwrap();
+        assert_eq!((load.requests, load.errors), (2000, 1));
+        assert_eq!(load.rps(), 1000.0);
+        assert_eq!(
+            (load.p50_us, load.p99_us, load.p999_us),
+            (300.0, 900.0, 1500.0)
+        );
+        assert!(parse_report("BENCH requests=1").is_err());
+        assert!(parse_report("nothing").is_err());
     }
-    Ok(Load {
-        requests: ok + bad,
-        seconds: number("/summary/total")?,
-        errors: bad + failed,
-        p50_us: number("/latencyPercentiles/p50")? * 1e6,
-        p99_us: number("/latencyPercentiles/p99")? * 1e6,
-        p999_us: number("/latencyPercentiles/p99.9")? * 1e6,
-    })
 }

@@ -36,8 +36,9 @@ use report::Results;
     about = "mirror vs nginx and Envoy mirroring, on namespaces"
 )]
 struct BenchArgs {
-    /// A short check that every mode works (CI): one round of 2 s per mode, small bodies; fails
-    /// if a mode serves nothing, errs, or mirrors far from everything.
+    /// A short check that every mode works (CI): one round of 2 s per mode at saturation and at
+    /// half the mirrored rate, small bodies; fails if a mode serves nothing, errs, or mirrors
+    /// far from everything.
     #[arg(long)]
     smoke: bool,
     /// Run only the criterion micro-benchmarks.
@@ -49,10 +50,10 @@ struct BenchArgs {
     /// Seconds of load per run.
     #[arg(long, default_value_t = 6)]
     seconds: u64,
-    /// Fixed-rate runs offer this fraction of the saturated keep-alive throughput (the lower of
-    /// baseline's and mirror's).
-    #[arg(long, default_value_t = 0.5)]
-    rate_fraction: f64,
+    /// Fixed-rate runs offer these fractions of what the node carried at saturation with
+    /// keep-alive and mirroring on (the agent), one set of runs per fraction.
+    #[arg(long, value_delimiter = ',', default_values_t = [0.25, 0.5, 0.75])]
+    rate_fractions: Vec<f64>,
     /// Skip the criterion micro-benchmarks in a full run.
     #[arg(long)]
     no_micro: bool,
@@ -98,7 +99,13 @@ fn main() -> Result<()> {
         bail!("the bench needs root: it builds network namespaces");
     }
     let started = Instant::now();
-    let tools = tools::ensure(&target_dir(), !args.smoke)?;
+    let tools = tools::ensure(&target_dir())?;
+    // First: it builds the cores' benches, and a failure should not cost the whole run.
+    let micro = if args.smoke || args.no_micro {
+        Vec::new()
+    } else {
+        micro::run(&workspace(), 3)?
+    };
     let out = out_dir(&target_dir());
     std::fs::create_dir_all(&out).with_context(|| format!("create {}", out.display()))?;
     let bed = Bed::new()?;
@@ -111,43 +118,47 @@ fn main() -> Result<()> {
         &[Conn::KeepAlive, Conn::Close]
     };
     // Every mode once, in this round's rotated order, under one backend and load.
-    let run_modes = |samples: &mut Vec<Sample>,
-                     round: u32,
-                     backend: Backend,
-                     offered: Offered,
-                     oha: Option<&Path>|
-     -> Result<()> {
-        for mode in rotated(round) {
-            let plan = Plan {
-                round,
-                backend,
-                mode,
-                offered,
-                duration,
-                oha,
-                envoy: &tools.envoy,
-            };
-            run_one(&bed, &work, samples, plan)?;
-        }
-        Ok(())
-    };
+    let run_modes =
+        |samples: &mut Vec<Sample>, round: u32, backend: Backend, offered: Offered| -> Result<()> {
+            for mode in rotated(round) {
+                let plan = Plan {
+                    round,
+                    backend,
+                    mode,
+                    offered,
+                    duration,
+                    fixed_rate: &tools.fixed_rate,
+                    envoy: &tools.envoy,
+                };
+                run_one(&bed, &work, samples, plan)?;
+            }
+            Ok(())
+        };
     let mut samples = Vec::new();
     for round in 0..rounds {
         for backend in [Backend::Fast, Backend::Httpbin] {
             for &conn in conns {
-                run_modes(&mut samples, round, backend, Offered::Saturate(conn), None)?;
+                run_modes(&mut samples, round, backend, Offered::Saturate(conn))?;
             }
         }
     }
-    if let Some(oha) = tools.oha.as_deref() {
-        let rates: Vec<(Backend, u64)> = [Backend::Fast, Backend::Httpbin]
-            .into_iter()
-            .map(|backend| (backend, fixed_rate(&samples, backend, args.rate_fraction)))
-            .collect();
-        for round in 0..rounds {
-            for &(backend, rate) in &rates {
-                run_modes(&mut samples, round, backend, Offered::Rate(rate), Some(oha))?;
-            }
+    let fractions: &[f64] = if args.smoke {
+        &[0.5]
+    } else {
+        &args.rate_fractions
+    };
+    let rates: Vec<(Backend, u64)> = [Backend::Fast, Backend::Httpbin]
+        .into_iter()
+        .flat_map(|backend| {
+            let carried = report::carried_with_mirror(&samples, backend);
+            fractions
+                .iter()
+                .map(move |fraction| (backend, ((carried * fraction) as u64).max(10)))
+        })
+        .collect();
+    for round in 0..rounds {
+        for &(backend, rate) in &rates {
+            run_modes(&mut samples, round, backend, Offered::Rate(rate))?;
         }
     }
     let unmatched = unmatched::run(&bed, &work.join("unmatched"), duration)?;
@@ -167,11 +178,6 @@ fn main() -> Result<()> {
     };
     let large = large::run(&bed, large_plan)?;
     drop(bed);
-    let micro = if args.smoke || args.no_micro {
-        Vec::new()
-    } else {
-        micro::run(&workspace(), 3)?
-    };
     let results = Results {
         command: command_line(),
         machine: machine(),
@@ -232,30 +238,9 @@ fn rotated(round: u32) -> impl Iterator<Item = Mode> {
     MODES.iter().cycle().skip(shift).take(MODES.len()).copied()
 }
 
-/// The offered rate of the fixed-rate runs: a fraction of what the node carried at saturation
-/// with keep-alive in this run, with mirroring on or off, whichever is less. On this machine
-/// v2 shares the node's two cores, so mirroring halves what the node can serve; a rate above
-/// that would measure an overloaded node, not the mirror.
-fn fixed_rate(samples: &[Sample], backend: Backend, fraction: f64) -> u64 {
-    let carried = |mode: Mode| {
-        let rps: Vec<f64> = samples
-            .iter()
-            .filter(|s| {
-                s.mode == mode
-                    && s.backend == backend
-                    && matches!(s.offered, Offered::Saturate(Conn::KeepAlive))
-            })
-            .map(|s| s.load.rps())
-            .collect();
-        rps.iter().sum::<f64>() / rps.len().max(1) as f64
-    };
-    let carried = carried(Mode::Baseline).min(carried(Mode::Mirror));
-    ((carried * fraction) as u64).max(10)
-}
-
 fn one_line(s: &Sample) -> String {
     format!(
-        "bench: round {} {} {:?} {}: {:.0} req/s p50 {:.0} µs p99 {:.0} µs, errors {}, v1 {} v2 {} ({} shadow), cpu {:?} s{}",
+        "bench: round {} {} {:?} {}: {:.0} req/s p50 {:.0} µs p99 {:.0} µs, errors {}, v1 {} v2 {} ({} shadow), cpu {:?} s{}{}",
         s.round,
         s.backend.name(),
         s.offered,
@@ -269,6 +254,7 @@ fn one_line(s: &Sample) -> String {
         s.v2_shadow_host,
         s.cpu_seconds,
         s.agent.as_ref().map_or(String::new(), |a| format!(", ring drops {}, bpf {:?} ns/pkt", a.ringbuf_full_drops, a.ns_per_packet())),
+        s.shadow_load.as_ref().map_or(String::new(), |l| format!(", shadow load {:.0} req/s, errors {}", l.rps(), l.errors)),
     )
 }
 

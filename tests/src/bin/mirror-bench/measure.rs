@@ -5,10 +5,11 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, Result};
+use mirror_tests::Netns;
 
 use super::agent_summary::AgentStats;
-use super::bed::{Backend, Bed};
-use super::load::{self, Conn, Load};
+use super::bed::{Backend, Bed, HOST_HEADER, SHADOW_HOST_HEADER};
+use super::load::{self, Conn, Load, Target};
 use super::mode::Mode;
 use super::procstat;
 
@@ -17,7 +18,7 @@ use super::procstat;
 pub enum Offered {
     /// wrk, as fast as it goes.
     Saturate(Conn),
-    /// oha at this many requests per second (keep-alive).
+    /// mirror-load at this many requests per second (keep-alive).
     Rate(u64),
 }
 
@@ -29,6 +30,8 @@ pub struct Sample {
     pub mode: Mode,
     pub offered: Offered,
     pub load: Load,
+    /// What the ideal mode's second load generator saw sending v2 the same load.
+    pub shadow_load: Option<Load>,
     /// Requests v1 and v2 logged during the run (and, for v2, while the mirror drained).
     pub v1_requests: u64,
     pub v2_requests: u64,
@@ -42,7 +45,7 @@ pub struct Sample {
 
 impl Sample {
     pub fn completeness(&self) -> Option<f64> {
-        (self.mode != Mode::Baseline && self.v1_requests > 0)
+        (self.mode.mirrors() && self.v1_requests > 0)
             .then(|| self.v2_requests as f64 / self.v1_requests as f64)
     }
 
@@ -60,7 +63,8 @@ pub struct Plan<'a> {
     pub mode: Mode,
     pub offered: Offered,
     pub duration: Duration,
-    pub oha: Option<&'a Path>,
+    /// The fixed-rate load generator.
+    pub fixed_rate: &'a Path,
     pub envoy: &'a Path,
 }
 
@@ -74,16 +78,32 @@ pub fn run(bed: &Bed, plan: &Plan<'_>, dir: &Path) -> Result<Sample> {
     let v2_before = bed.logged_hosts(backend, 1)?.len();
     let pid = component.pid();
     let cpu_before = pid.map(procstat::group_cpu_seconds).transpose()?;
-    let entry = mode.entry(bed, backend);
-    let client = bed.client.ns();
-    let load = match plan.offered {
-        Offered::Saturate(conn) => {
-            load::wrk(client, dir, entry, backend.path(), conn, plan.duration)?
-        }
-        Offered::Rate(rate) => {
-            let oha = plan.oha.context("fixed-rate runs need oha")?;
-            load::oha(client, oha, entry, backend.path(), rate, plan.duration)?
-        }
+    let primary = Target {
+        addr: mode.entry(bed, backend),
+        path: backend.path(),
+        host: HOST_HEADER,
+    };
+    let (load, shadow_load) = if mode == Mode::Ideal {
+        // The same load at the same time, straight to v2 from the node namespace.
+        let shadow = Target {
+            addr: bed.shadow(backend),
+            path: backend.path(),
+            host: SHADOW_HOST_HEADER,
+        };
+        let shadow_dir = dir.join("shadow-load");
+        std::fs::create_dir_all(&shadow_dir)
+            .with_context(|| format!("create {}", shadow_dir.display()))?;
+        let node = bed.testbed.node();
+        std::thread::scope(|scope| {
+            let copy = scope.spawn(|| offer(node, &shadow_dir, plan, shadow));
+            let load = offer(bed.client.ns(), dir, plan, primary);
+            let copy = copy
+                .join()
+                .map_err(|_| anyhow::anyhow!("the shadow load's thread panicked"))?;
+            anyhow::Ok((load?, Some(copy?)))
+        })?
+    } else {
+        (offer(bed.client.ns(), dir, plan, primary)?, None)
     };
     drain(bed, backend, mode, v1_before, v2_before)?;
     let cpu_seconds = match (pid, cpu_before) {
@@ -102,6 +122,7 @@ pub fn run(bed: &Bed, plan: &Plan<'_>, dir: &Path) -> Result<Sample> {
         mode,
         offered: plan.offered,
         load,
+        shadow_load,
         v1_requests: (v1.len() - v1_before) as u64,
         v2_requests: v2_window.len() as u64,
         v2_shadow_host: v2_window.iter().filter(|host| is_shadow(host)).count() as u64,
@@ -109,6 +130,14 @@ pub fn run(bed: &Bed, plan: &Plan<'_>, dir: &Path) -> Result<Sample> {
         peak_rss_kib,
         agent,
     })
+}
+
+/// Runs the plan's load against `target` from `ns`.
+fn offer(ns: &Netns, dir: &Path, plan: &Plan<'_>, target: Target<'_>) -> Result<Load> {
+    match plan.offered {
+        Offered::Saturate(conn) => load::wrk(ns, dir, target, conn, plan.duration),
+        Offered::Rate(rate) => load::fixed_rate(ns, plan.fixed_rate, target, rate, plan.duration),
+    }
 }
 
 /// Waits until v1's log stops growing and, when mirroring, until v2 has as many requests as
@@ -131,7 +160,7 @@ fn drain(
             last = (v1, v2);
             stable_since = Instant::now();
         }
-        let caught_up = mode == Mode::Baseline || v2 >= v1;
+        let caught_up = !mode.mirrors() || v2 >= v1;
         let stable = stable_since.elapsed() >= Duration::from_secs(1);
         if (caught_up && stable_since.elapsed() >= Duration::from_millis(400))
             || stable

@@ -20,7 +20,7 @@ pub fn run(workspace: &std::path::Path, measurement_secs: u32) -> Result<Vec<Mic
         .args([
             "bench",
             "--package",
-            "mirror-userspace",
+            "mirror-cores",
             "--bench",
             "reassembly",
             "--bench",

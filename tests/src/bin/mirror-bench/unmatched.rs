@@ -9,8 +9,8 @@ use std::time::Duration;
 use anyhow::{Context as _, Result};
 
 use super::agent_summary::AgentStats;
-use super::bed::{Backend, Bed, UNMATCHED_PORT};
-use super::load::{self, Conn, Load};
+use super::bed::{Backend, Bed, HOST_HEADER, UNMATCHED_PORT};
+use super::load::{self, Conn, Load, Target};
 use super::mode::start_agent;
 
 #[derive(Clone, Debug, serde::Serialize)]
@@ -25,14 +25,12 @@ pub fn run(bed: &Bed, dir: &Path, duration: Duration) -> Result<Unmatched> {
     let agent = start_agent(bed, service, bed.shadow(backend))?;
     let other = SocketAddr::new(service.ip(), UNMATCHED_PORT);
     std::fs::create_dir_all(dir).with_context(|| format!("create {}", dir.display()))?;
-    let load = load::wrk(
-        bed.client.ns(),
-        dir,
-        other,
-        backend.path(),
-        Conn::KeepAlive,
-        duration,
-    )?;
+    let target = Target {
+        addr: other,
+        path: backend.path(),
+        host: HOST_HEADER,
+    };
+    let load = load::wrk(bed.client.ns(), dir, target, Conn::KeepAlive, duration)?;
     let summary = agent.stop(libc::SIGTERM)?;
     let line = summary
         .lines()
