@@ -28,7 +28,7 @@ mod selection;
 mod view;
 
 pub use matching::{
-    anchored, any_matches, HeaderMatch, MatchError, PathMatch, RequestMatch, ValueMatch,
+    anchored, any_matches, is_token, HeaderMatch, MatchError, PathMatch, RequestMatch, ValueMatch,
 };
 pub use modify::{HeaderModifier, MirrorRewrite, ModifyError};
 pub use selection::{consistent_hash, Coin, Draws, Sampling, Share, ShareError};
