@@ -68,7 +68,8 @@ pub enum SessionError {
 pub struct Session {
     classifier: Arc<Mutex<Classifier>>,
     reader: RingReader,
-    watcher: tokio::task::JoinHandle<()>,
+    /// Follows the targets file, if there is one.
+    watcher: Option<tokio::task::JoinHandle<()>>,
     /// Keeps BPF run-time statistics on while open.
     _stats: Option<std::os::fd::OwnedFd>,
 }
@@ -122,13 +123,24 @@ impl Session {
             "capturing"
         );
         let classifier = Arc::new(Mutex::new(classifier));
-        let watcher = tokio::spawn(watch_targets(source, Arc::clone(&classifier)));
+        let watcher = source
+            .file
+            .is_some()
+            .then(|| tokio::spawn(watch_targets(source, Arc::clone(&classifier))));
         Ok(Session {
             classifier,
             reader,
             watcher,
             _stats: stats,
         })
+    }
+
+    /// Replaces the captured targets (a reloaded config file's).
+    pub fn set_targets(
+        &self,
+        targets: &std::collections::BTreeSet<Target>,
+    ) -> Result<(), ClassifierError> {
+        lock(&self.classifier).set_targets(targets)
     }
 
     pub fn reader(&mut self) -> &mut RingReader {
@@ -147,7 +159,9 @@ impl Session {
 
 impl Drop for Session {
     fn drop(&mut self) {
-        self.watcher.abort();
+        if let Some(watcher) = &self.watcher {
+            watcher.abort();
+        }
     }
 }
 

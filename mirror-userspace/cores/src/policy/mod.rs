@@ -75,7 +75,7 @@ impl Policy {
         }
         let mut draws = self.sampling.draws(view, head, coin);
         for (i, mirror) in self.mirrors.iter().enumerate() {
-            if mirror.share.takes(draws.next()) {
+            if mirror.share.takes(draws.draw()) {
                 verdict(i, Verdict::Take);
             } else {
                 verdict(i, Verdict::SampledOut);

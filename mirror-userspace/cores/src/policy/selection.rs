@@ -97,7 +97,7 @@ impl Coin {
     }
 }
 
-/// The draws for one request: `next()` once per mirror, in mirror order.
+/// The draws for one request: `draw()` once per mirror, in mirror order.
 #[derive(Debug)]
 pub enum Draws<'c> {
     Shared(u64),
@@ -105,7 +105,7 @@ pub enum Draws<'c> {
 }
 
 impl Draws<'_> {
-    pub fn next(&mut self) -> u64 {
+    pub fn draw(&mut self) -> u64 {
         match self {
             Draws::Shared(d) => *d,
             Draws::Coin(coin) => coin.draw(),
@@ -196,9 +196,9 @@ mod tests {
         view.parse(head).unwrap();
         let (mut c1, mut c2) = (Coin::new(1), Coin::new(2));
         let mut a = sampling.draws(&view, head, &mut c1);
-        let first = a.next();
-        assert_eq!(a.next(), first);
-        assert_eq!(sampling.draws(&view, head, &mut c2).next(), first);
+        let first = a.draw();
+        assert_eq!(a.draw(), first);
+        assert_eq!(sampling.draws(&view, head, &mut c2).draw(), first);
         assert_eq!(first, consistent_hash(b"abc"));
     }
 
