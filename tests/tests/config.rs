@@ -5,6 +5,10 @@
 use std::{
     io::{BufRead, BufReader, Read, Write},
     path::{Path, PathBuf},
+    sync::{
+        atomic::{AtomicBool, Ordering::Relaxed},
+        Arc,
+    },
     time::Duration,
 };
 
@@ -322,17 +326,24 @@ fn reload_under_load_changes_a_percentage_and_conserves_requests() {
     configmap_update(&dir, "v1", &full);
     let mut agent = bed.agent(&dir.join("mirror.yaml"));
     let vip = format!("{VIP}:8000");
-    let n = 600;
-    let heads: Vec<String> = (0..n).map(|i| get(&format!("/l{i:04}"), "")).collect();
+    // Load until told to stop: batches of 10 requests per connection, 50 ms apart.
+    let stop = Arc::new(AtomicBool::new(false));
+    let stop_load = Arc::clone(&stop);
     let load = bed
         .scenario
         .client
         .ns()
         .thread(move || {
-            for chunk in heads.chunks(20) {
-                exchange_all(&vip, chunk);
-                std::thread::sleep(Duration::from_millis(10));
+            let mut sent = 0usize;
+            while !stop_load.load(Relaxed) {
+                let batch: Vec<String> = (sent..sent + 10)
+                    .map(|i| get(&format!("/l{i:05}"), ""))
+                    .collect();
+                exchange_all(&vip, &batch);
+                sent += batch.len();
+                std::thread::sleep(Duration::from_millis(50));
             }
+            sent
         })
         .expect("load");
     bed.v1
@@ -347,7 +358,9 @@ fn reload_under_load_changes_a_percentage_and_conserves_requests() {
     agent
         .wait_for_stderr("config reloaded", Duration::from_secs(10))
         .expect("reloaded");
-    load.join().expect("load done");
+    std::thread::sleep(Duration::from_secs(1));
+    stop.store(true, Relaxed);
+    let n = load.join().expect("load done");
     bed.v1
         .wait_for_records(n, Duration::from_secs(20))
         .expect("v1 got all");
@@ -368,6 +381,6 @@ fn reload_under_load_changes_a_percentage_and_conserves_requests() {
     assert_eq!(at_a, mirrored, "{summary}");
     // What was mirrored is a prefix of the load: nothing after the reload took effect.
     let got = paths(&bed.a.records().expect("A"));
-    let want: Vec<String> = (0..mirrored).map(|i| format!("/l{i:04}")).collect();
+    let want: Vec<String> = (0..mirrored).map(|i| format!("/l{i:05}")).collect();
     assert_eq!(got, want);
 }

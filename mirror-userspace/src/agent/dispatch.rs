@@ -315,3 +315,106 @@ impl Dispatcher {
         while all.join_next().await.is_some() {}
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{control::parse, observe::Source};
+    use bytes::Bytes;
+    use mirror_cores::outcome::EndReason;
+    use tokio::{io::AsyncReadExt, net::TcpListener};
+
+    /// A loopback shadow that keeps everything it is sent.
+    async fn shadow() -> (String, tokio::task::JoinHandle<Vec<u8>>) {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap().to_string();
+        let task = tokio::spawn(async move {
+            let mut got = Vec::new();
+            if let Ok(Ok((mut conn, _))) =
+                tokio::time::timeout(Duration::from_secs(3), listener.accept()).await
+            {
+                let _ =
+                    tokio::time::timeout(Duration::from_secs(3), conn.read_to_end(&mut got)).await;
+            }
+            got
+        });
+        (addr, task)
+    }
+
+    fn config(backend: &str) -> MirrorConfig {
+        let text = format!(
+            "interfaces: [lo]\npolicies:\n- name: p\n  target: {{address: 10.0.0.2, port: 80}}\n  mirrors:\n  - backend: {backend}\n    requestHeaderModifier: {{set: [{{name: x-v, value: \"{backend}\"}}]}}\n"
+        );
+        parse(&text, "t").unwrap()
+    }
+
+    fn flow(port: u16) -> FlowKey {
+        FlowKey {
+            src: format!("10.0.0.1:{port}").parse().unwrap(),
+            dst: "10.0.0.2:80".parse().unwrap(),
+        }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_request_in_progress_finishes_under_the_config_it_started_with() {
+        let (old, old_got) = shadow().await;
+        let (new, new_got) = shadow().await;
+        let mut d = Dispatcher::new(
+            &config(&old),
+            RelayConfig::default(),
+            0,
+            Duration::from_secs(2),
+        );
+        let head = Bytes::from_static(b"POST /a HTTP/1.1\r\nHost: h\r\nContent-Length: 5\r\n\r\n");
+        let (f1, f2) = (flow(1000), flow(1001));
+        d.handle(Event::RequestHead {
+            flow: f1,
+            head: head.clone(),
+        });
+        d.reconfigure(&config(&new));
+        // Still the old mirror's: its body goes where its head went.
+        d.handle(Event::RequestBody {
+            flow: f1,
+            data: Bytes::from_static(b"hello"),
+        });
+        d.handle(Event::RequestEnd { flow: f1 });
+        d.handle(Event::FlowEnd {
+            flow: f1,
+            reason: EndReason::Fin,
+        });
+        // A new request takes the new config.
+        d.handle(Event::RequestHead { flow: f2, head });
+        d.handle(Event::RequestBody {
+            flow: f2,
+            data: Bytes::from_static(b"world"),
+        });
+        d.handle(Event::RequestEnd { flow: f2 });
+        d.handle(Event::FlowEnd {
+            flow: f2,
+            reason: EndReason::Fin,
+        });
+        let stats = d.stats();
+        d.shutdown(Duration::from_secs(2)).await;
+        let old_got = String::from_utf8(old_got.await.unwrap()).unwrap();
+        let new_got = String::from_utf8(new_got.await.unwrap()).unwrap();
+        assert_eq!(
+            old_got,
+            format!("POST /a HTTP/1.1\r\nHost: h-shadow\r\nContent-Length: 5\r\nx-v: {old}\r\n\r\nhello")
+        );
+        assert_eq!(
+            new_got,
+            format!("POST /a HTTP/1.1\r\nHost: h-shadow\r\nContent-Length: 5\r\nx-v: {new}\r\n\r\nworld")
+        );
+        // The old mirror left the counters once its request was done.
+        let mut labels = Vec::new();
+        super::super::mirror_stats::PolicySource(stats).visit(&mut |s| {
+            if let Some((_, l)) = s.label {
+                labels.push(l);
+            }
+        });
+        assert!(
+            labels.iter().all(|l| *l == format!("p/{new}")),
+            "{labels:?}"
+        );
+    }
+}

@@ -330,6 +330,8 @@ fn hash_chunked(reader: &mut BufReader<TcpStream>, hasher: &mut Sha256) -> io::R
     let mut total = 0u64;
     loop {
         let mut budget = MAX_HEAD;
+        // Chunk lines are not recorded; this only satisfies `read_line` (bounded by budget).
+        let mut raw = Vec::new();
         let line = read_line(reader, &mut budget, &mut raw)?
             .ok_or_else(|| io::Error::new(io::ErrorKind::UnexpectedEof, "closed mid-body"))?;
         let size = line.split(';').next().unwrap_or("").trim();
@@ -338,7 +340,7 @@ fn hash_chunked(reader: &mut BufReader<TcpStream>, hasher: &mut Sha256) -> io::R
         if size == 0 {
             // Trailer fields, then the empty line that ends the message.
             loop {
-                let trailer = read_line(reader, &mut budget)?.ok_or_else(|| {
+                let trailer = read_line(reader, &mut budget, &mut raw)?.ok_or_else(|| {
                     io::Error::new(io::ErrorKind::UnexpectedEof, "closed in trailers")
                 })?;
                 if trailer.is_empty() {
@@ -348,7 +350,7 @@ fn hash_chunked(reader: &mut BufReader<TcpStream>, hasher: &mut Sha256) -> io::R
         }
         hash_exact(reader, size, hasher)?;
         total += size;
-        let end = read_line(reader, &mut budget)?;
+        let end = read_line(reader, &mut budget, &mut raw)?;
         if end.as_deref() != Some("") {
             return Err(invalid("chunk data not followed by CRLF"));
         }
