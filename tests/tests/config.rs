@@ -384,3 +384,67 @@ fn reload_under_load_changes_a_percentage_and_conserves_requests() {
     let want: Vec<String> = (0..mirrored).map(|i| format!("/l{i:05}")).collect();
     assert_eq!(got, want);
 }
+
+/// `mirror` run outside any namespace, for the commands that need no root.
+fn mirror(args: &[&str]) -> std::process::Output {
+    std::process::Command::new(mirror_tests::agent::mirror_binary().expect("mirror binary"))
+        .args(args)
+        .env("RUST_BACKTRACE", "0")
+        .output()
+        .expect("run mirror")
+}
+
+#[test]
+fn config_check_prints_policies_and_refuses_bad_files_with_their_line() {
+    let dir = std::env::temp_dir().join(format!("mirror-config-check-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("mkdir");
+    let good = "interfaces: [lo]\npolicies:\n- name: web\n  target: {address: 10.96.0.0/16, port: 80}\n  mirrors:\n  - backend: v2:80\n    percent: 25\n";
+    std::fs::write(dir.join("good.yaml"), good).expect("write");
+    std::fs::write(
+        dir.join("bad.yaml"),
+        good.replace("percent: 25", "percent: 150"),
+    )
+    .expect("write");
+    let ok = mirror(&[
+        "config",
+        "check",
+        &dir.join("good.yaml").display().to_string(),
+    ]);
+    let stdout = String::from_utf8_lossy(&ok.stdout);
+    assert!(
+        ok.status.success(),
+        "{}",
+        String::from_utf8_lossy(&ok.stderr)
+    );
+    assert!(stdout.contains("policy web -> 10.96.0.0/16:80"), "{stdout}");
+    assert!(
+        stdout.contains("mirror v2:80: 25% host suffix -shadow"),
+        "{stdout}"
+    );
+    let bad = mirror(&[
+        "config",
+        "check",
+        &dir.join("bad.yaml").display().to_string(),
+    ]);
+    let stderr = String::from_utf8_lossy(&bad.stderr);
+    assert!(!bad.status.success());
+    assert!(
+        stderr.contains("bad.yaml:6:5: percent: percent must be within 0..=100, got 150"),
+        "{stderr}"
+    );
+    // Flags that say what to mirror are refused next to a file.
+    let both = mirror(&[
+        "run",
+        "--config",
+        &dir.join("good.yaml").display().to_string(),
+        "--shadow",
+        "v2:80",
+    ]);
+    let stderr = String::from_utf8_lossy(&both.stderr);
+    assert!(!both.status.success());
+    assert!(
+        stderr.contains("'--config <FILE>' cannot be used with '--shadow"),
+        "{stderr}"
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -1,5 +1,6 @@
-//! The agent: `mirror run` wires capture, the pipeline and the relay into one loop and
-//! reports where the traffic went.
+//! The agent: `mirror run` wires capture, the pipeline and the relay (or, under a config
+//! file, the policy dispatcher and one relay per mirror) into one loop and reports where the
+//! traffic went.
 
 mod dispatch;
 mod intake;
