@@ -12,6 +12,10 @@ use crate::rewrite::{HostRewrite, RewriteError};
 /// as v1 got them or the body that follows would be framed differently at v2.
 const RESERVED: [&str; 3] = ["host", "content-length", "transfer-encoding"];
 
+/// Most `set` entries of one modifier: which of them were applied is one `u64` bitmask, so
+/// rewriting a head allocates nothing beyond the head itself.
+pub const MAX_SET: usize = 64;
+
 #[derive(Debug, Error, PartialEq, Eq)]
 pub enum ModifyError {
     #[error("header name {0:?} is not a valid field name")]
@@ -24,6 +28,8 @@ pub enum ModifyError {
     Reserved(String),
     #[error("header {0:?} is named twice in the same list, or in both set and remove")]
     Duplicate(String),
+    #[error("more than {MAX_SET} headers to set")]
+    TooMany,
     #[error(transparent)]
     Host(#[from] RewriteError),
 }
@@ -55,6 +61,9 @@ impl HeaderModifier {
         add: Vec<(String, String)>,
         remove: Vec<String>,
     ) -> Result<Self, ModifyError> {
+        if set.len() > MAX_SET {
+            return Err(ModifyError::TooMany);
+        }
         for (name, value) in set.iter().chain(&add) {
             check_name(name)?;
             if !value
@@ -140,7 +149,7 @@ impl MirrorRewrite {
         let mods = &self.headers;
         scratch.reserve(h.len() + 256);
         scratch.extend_from_slice(&h[..view.fields_start()]);
-        let mut set_done = vec![false; mods.set.len()];
+        let mut set_done: u64 = 0;
         for field in view.fields() {
             let name = &h[field.name.clone()];
             if mods
@@ -155,8 +164,8 @@ impl MirrorRewrite {
                 .iter()
                 .position(|(n, _)| name.eq_ignore_ascii_case(n.as_bytes()))
             {
-                if !set_done[i] {
-                    set_done[i] = true;
+                if set_done & (1 << i) == 0 {
+                    set_done |= 1 << i;
                     scratch.extend_from_slice(&h[field.line.start..field.value.start]);
                     scratch.extend_from_slice(mods.set[i].1.as_bytes());
                     scratch.extend_from_slice(&h[field.value.end..field.line.end]);
@@ -174,9 +183,10 @@ impl MirrorRewrite {
         }
         // New lines end as the head's own blank line does (CRLF, or a bare LF).
         let eol = &h[view.blank()..];
-        let missing_sets = mods.set.iter().zip(&set_done).filter(|(_, done)| !**done);
-        for ((name, value), _) in missing_sets {
-            append_field(scratch, name, value, eol);
+        for (i, (name, value)) in mods.set.iter().enumerate() {
+            if set_done & (1 << i) == 0 {
+                append_field(scratch, name, value, eol);
+            }
         }
         for (name, value) in &mods.add {
             append_field(scratch, name, value, eol);
@@ -283,6 +293,13 @@ mod tests {
             HeaderModifier::new(vec![], vec![], vec!["content-length".into()]),
             HeaderModifier::new(s("x", "1"), vec![], vec!["X".into()]),
             HeaderModifier::new(vec![], vec![], vec!["a".into(), "A".into()]),
+            HeaderModifier::new(
+                (0..=MAX_SET)
+                    .map(|i| (format!("x-{i}"), "v".into()))
+                    .collect(),
+                vec![],
+                vec![],
+            ),
         ];
         for case in cases {
             assert!(case.is_err(), "{case:?}");
