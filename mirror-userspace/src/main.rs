@@ -4,7 +4,7 @@
 use clap::{Parser, Subcommand};
 use std::io::Write as _;
 
-use mirror_userspace::{agent::run, capture::attached, inspect::dump};
+use mirror_userspace::{agent::run, capture::attached, control, inspect::dump};
 use tracing_subscriber::EnvFilter;
 
 #[derive(Parser)]
@@ -22,6 +22,26 @@ enum Command {
     Run(Box<run::RunArgs>),
     /// List the BPF programs on interfaces' TCX hooks, in run order.
     Attached(attached::AttachedArgs),
+    /// Check a config file, or write one from Istio or Gateway API objects.
+    #[command(subcommand)]
+    Config(ConfigCommand),
+}
+
+#[derive(Subcommand)]
+enum ConfigCommand {
+    /// Validate FILE and print the effective policies.
+    Check { file: std::path::PathBuf },
+    /// Turn VirtualServices (mirror, mirrorPercentage, mirrors) and HTTPRoutes
+    /// (RequestMirror filters) into a config file, written to stdout.
+    FromIstio {
+        file: std::path::PathBuf,
+        /// The primary service's address or prefix (the objects only name it).
+        #[arg(long, value_name = "ADDR[/PREFIX]")]
+        address: Option<String>,
+        /// Capture interfaces (names or globs) to write; default `veth*`.
+        #[arg(long = "iface", value_name = "NAME")]
+        ifaces: Vec<String>,
+    },
 }
 
 fn main() -> anyhow::Result<()> {
@@ -42,6 +62,29 @@ fn main() -> anyhow::Result<()> {
             capture_runtime()?.block_on(run::run(*args))?
         }
         Command::Attached(args) => print_attached(&args)?,
+        Command::Config(command) => config_command(command)?,
+    }
+    Ok(())
+}
+
+fn config_command(command: ConfigCommand) -> anyhow::Result<()> {
+    match command {
+        ConfigCommand::Check { file } => {
+            let config = control::load(&file)?;
+            print!("{config}");
+        }
+        ConfigCommand::FromIstio {
+            file,
+            address,
+            ifaces,
+        } => {
+            let text = control::config::read_capped(&file)?;
+            let converted = control::istio::convert(&text, address.as_deref(), &ifaces)?;
+            print!("{}", converted.yaml);
+            for note in converted.notes {
+                eprintln!("note: {note}");
+            }
+        }
     }
     Ok(())
 }

@@ -30,6 +30,9 @@ pub struct SinkRecord {
     pub path: String,
     /// Host header, if any.
     pub host: Option<String>,
+    /// The request head byte for byte, request line through the blank line.
+    #[serde(default)]
+    pub head: String,
     /// Body length after de-chunking.
     pub body_len: u64,
     /// SHA-256 of the (de-chunked) body, lowercase hex.

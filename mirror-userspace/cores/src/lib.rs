@@ -5,12 +5,14 @@
 //! Data flows down this list: decoded [`flow::Segment`]s enter the [`pipeline`], which keeps
 //! one [`reassembly::Reassembler`] and one [`http::Framer`] per flow and emits request events;
 //! [`rewrite`] and [`sampling`] are the framer's policies; [`outcome`] names every way a
-//! request or a connection can end.
+//! request or a connection can end; [`policy`] decides, per request head, which mirrors take
+//! it and the head each of them sends.
 
 pub mod flow;
 pub mod http;
 pub mod outcome;
 pub mod pipeline;
+pub mod policy;
 pub mod reassembly;
 pub mod rewrite;
 pub mod sampling;

@@ -1,6 +1,9 @@
-//! The agent: `mirror run` wires capture, the pipeline and the relay into one loop and
-//! reports where the traffic went.
+//! The agent: `mirror run` wires capture, the pipeline and the relay (or, under a config
+//! file, the policy dispatcher and one relay per mirror) into one loop and reports where the
+//! traffic went.
 
+mod dispatch;
 mod intake;
+mod mirror_stats;
 mod pipeline_cells;
 pub mod run;

@@ -4,23 +4,40 @@
 //! nothing on it locks; the relay's tasks run on a runtime of their own, behind bounded
 //! queues, so the capture never waits behind them.
 //! Every stage's counters are registered in one [`Registry`], which the status line renders.
+//!
+//! Two ways to say what to mirror: the flags (one policy, one mirror: the pipeline samples
+//! and rewrites Host, one relay sends), or `--config FILE` (the pipeline hands on every
+//! request unchanged and the [`Dispatcher`] applies the file's policies, one relay per
+//! mirror; the file is reloaded on SIGHUP and when it changes). With `--config`, the flags
+//! that say what to mirror (`--iface`, `--target`, `--targets-file`, `--shadow`,
+//! `--percent`, `--host-suffix`, `--host`, `--keep-host`) are refused; the tuning flags
+//! (queues, budgets, timeouts, mark, seed, polling) apply to every mirror.
 
 use std::{
+    collections::BTreeSet,
+    path::PathBuf,
     sync::{atomic::Ordering::Relaxed, Arc},
     time::Duration,
 };
 
 use mirror_cores::{
-    pipeline::{Admission, ConfigError, Pipeline, PipelineConfig},
+    pipeline::{Admission, ConfigError, Event, Pipeline, PipelineConfig},
     rewrite::HostRewrite,
 };
 
-use super::{intake::Intake, pipeline_cells::PipelineCells};
+use super::{
+    dispatch::Dispatcher,
+    intake::Intake,
+    mirror_stats::{PolicySource, RelaySource},
+    pipeline_cells::PipelineCells,
+};
 use crate::{
     capture::{
         clock, packet, record,
         session::{self, CaptureOptions, OwnMark, Session, SessionError},
+        target::Target,
     },
+    control::{self, interfaces::InterfacesError, reload, MirrorConfig},
     observe::{status::status_line, Registry},
     relay::{raise_fd_limit, FdLimitError, Relay, RelayConfig, Shadow},
     shutdown::shutdown_signal,
@@ -30,13 +47,23 @@ use crate::{
 const BATCH_WAKEUP_BYTES: u32 = 256 << 10;
 
 #[derive(Clone, Debug, clap::Args)]
+#[command(mut_arg("ifaces", |arg| arg.required(false).required_unless_present("config")))]
 pub struct RunArgs {
     #[command(flatten)]
     pub capture: CaptureOptions,
+    /// Mirror policies from this YAML file (see the README's "Config file"), reloaded on
+    /// SIGHUP and when it changes. Replaces the flags that say what to mirror.
+    #[arg(long, value_name = "FILE", conflicts_with_all = POLICY_FLAGS)]
+    pub config: Option<PathBuf>,
     /// The shadow (v2), HOST:PORT (IPv6 in brackets): a name (looked up again at most every
     /// 5 s) or an address.
-    #[arg(long, value_name = "HOST:PORT", value_parser = parse_shadow)]
-    pub shadow: String,
+    #[arg(
+        long,
+        value_name = "HOST:PORT",
+        value_parser = parse_shadow,
+        required_unless_present = "config"
+    )]
+    pub shadow: Option<String>,
     /// Share of requests mirrored, 0 to 100 (fractions allowed), decided per request.
     #[arg(long, default_value_t = 100.0)]
     pub percent: f64,
@@ -103,12 +130,28 @@ pub struct RunArgs {
     pub seed: u64,
 }
 
+/// The flags a config file replaces (their clap ids).
+const POLICY_FLAGS: [&str; 8] = [
+    "ifaces",
+    "targets",
+    "targets_file",
+    "shadow",
+    "percent",
+    "host_suffix",
+    "host",
+    "keep_host",
+];
+
 #[derive(Debug, thiserror::Error)]
 pub enum RunError {
     #[error(transparent)]
     Session(#[from] SessionError),
     #[error(transparent)]
     Config(#[from] ConfigError),
+    #[error(transparent)]
+    File(#[from] control::ConfigError),
+    #[error(transparent)]
+    Interfaces(#[from] InterfacesError),
     #[error("reading the ring buffer failed")]
     Ring(#[source] std::io::Error),
     #[error(transparent)]
@@ -181,9 +224,10 @@ impl RunArgs {
         .with_admission(admission)
     }
 
+    /// The relay settings; under a config file, every mirror's (its backend as the shadow).
     fn relay_config(&self) -> RelayConfig {
         RelayConfig {
-            shadow: self.shadow.clone(),
+            shadow: self.shadow.clone().unwrap_or_default(),
             mark: self.shadow_mark,
             max_connections: self.max_shadow_connections,
             queue_depth: self.shadow_queue,
@@ -205,9 +249,54 @@ pub fn set_nice(nice: i32) -> std::io::Result<()> {
     Ok(())
 }
 
+/// Where the pipeline's events go: one relay (flags) or the policies' dispatcher (file).
+enum Outlet {
+    Relay(Relay),
+    Policies(Box<Dispatcher>),
+}
+
+impl Outlet {
+    fn handle(&mut self, event: Event) {
+        match self {
+            Outlet::Relay(relay) => relay.handle(event),
+            Outlet::Policies(dispatcher) => dispatcher.handle(event),
+        }
+    }
+
+    async fn shutdown(self, grace: Duration) {
+        match self {
+            Outlet::Relay(relay) => relay.shutdown(grace).await,
+            Outlet::Policies(dispatcher) => (*dispatcher).shutdown(grace).await,
+        }
+    }
+}
+
+/// The capture targets of a config: every policy's.
+fn config_targets(config: &MirrorConfig) -> BTreeSet<Target> {
+    config.policies.iter().filter_map(|p| p.target).collect()
+}
+
 /// Mirrors until SIGINT/SIGTERM, then gives queued requests a grace period.
 pub async fn run(args: RunArgs) -> Result<(), RunError> {
-    let mut pipeline = Pipeline::new(args.pipeline_config())?;
+    let grace = Duration::from_secs(args.grace_secs);
+    let file = match &args.config {
+        Some(path) => Some((path.clone(), control::load(path)?)),
+        None => None,
+    };
+    let mut capture = args.capture.clone();
+    let mut pipeline_config = args.pipeline_config();
+    if let Some((_, config)) = &file {
+        capture.ifaces = control::interfaces::expand(&config.interfaces)?;
+        capture.targets = config_targets(config).into_iter().collect();
+        // The dispatcher samples and rewrites per mirror: the pipeline hands on every
+        // request with the client's own head.
+        pipeline_config = PipelineConfig {
+            sample_percent: 100.0,
+            ..pipeline_config
+        }
+        .with_rewrite(HostRewrite::Keep);
+    }
+    let mut pipeline = Pipeline::new(pipeline_config)?;
     let wakeup_bytes = if args.poll_ms == 0 {
         0
     } else {
@@ -215,35 +304,58 @@ pub async fn run(args: RunArgs) -> Result<(), RunError> {
     };
     let fd_limit = raise_fd_limit(args.max_shadow_connections)?;
     tracing::debug!(fd_limit, "file descriptor limit");
-    check_shadow(&args.shadow).await;
+    if let Some(shadow) = &args.shadow {
+        check_shadow(shadow).await;
+    }
     let own_mark = OwnMark {
         value: args.shadow_mark,
         mask: args.shadow_mark_mask,
     };
-    let mut session = Session::start(&args.capture, own_mark, wakeup_bytes)?;
+    let mut session = Session::start(&capture, own_mark, wakeup_bytes)?;
+    // Relays (and the dispatcher's, made and replaced on reloads) spawn their tasks on a
+    // runtime of their own: enter it wherever one is made.
     let relay_runtime = relay_runtime().map_err(RunError::Runtime)?;
-    let mut relay = {
-        let _on_relay_runtime = relay_runtime.enter();
-        Relay::new(args.relay_config())
-    };
     let intake = Arc::new(Intake::default());
     let cells = Arc::new(PipelineCells::default());
     // The order of the status line: where requests went first, then how they got there.
     let registry = Registry::default();
-    registry.register("relay", relay.stats());
+    let on_relay_runtime = relay_runtime.enter();
+    let (mut outlet, mut reloads) = match &file {
+        None => {
+            let relay = Relay::new(args.relay_config());
+            registry.register("relay", relay.stats());
+            let shadow = args.shadow.clone().unwrap_or_default();
+            tracing::info!(%shadow, percent = args.percent, "mirroring");
+            eprintln!("mirroring to {shadow}; Ctrl-C to stop");
+            (Outlet::Relay(relay), None)
+        }
+        Some((path, config)) => {
+            let dispatcher = Dispatcher::new(config, args.relay_config(), args.seed, grace);
+            registry.register("policy", Arc::new(PolicySource(dispatcher.stats())));
+            registry.register("relay", Arc::new(RelaySource(dispatcher.stats())));
+            let mirrors: usize = config.policies.iter().map(|p| p.backends.len()).sum();
+            tracing::info!(config = %path.display(), policies = config.policies.len(), mirrors, "mirroring");
+            eprintln!(
+                "mirroring to {mirrors} mirrors of {} policies from {}; Ctrl-C to stop",
+                config.policies.len(),
+                path.display()
+            );
+            let reloads = reload::watch(path.clone(), config.clone());
+            (Outlet::Policies(Box::new(dispatcher)), Some(reloads))
+        }
+    };
+    drop(on_relay_runtime);
     registry.register("pipeline", cells.clone());
     registry.register("intake", intake.clone());
     let (kernel, bpf) = session.kernel_sources();
     registry.register("kernel", Arc::new(kernel));
     registry.register("bpf", Arc::new(bpf));
-    tracing::info!(shadow = %args.shadow, percent = args.percent, "mirroring");
-    if args.capture.no_reverse {
+    if capture.no_reverse {
         tracing::warn!(
             "--no-reverse: v1's side is not captured, so requests are mirrored as the client \
              sent them, including forged ones v1 never accepted"
         );
     }
-    eprintln!("mirroring to {}; Ctrl-C to stop", args.shadow);
 
     let mut expire = tokio::time::interval(Duration::from_millis(250));
     // Without wake-ups the ring is drained on this timer (with them, it never fires usefully
@@ -255,13 +367,13 @@ pub async fn run(args: RunArgs) -> Result<(), RunError> {
     let stop = shutdown_signal();
     tokio::pin!(stop);
     loop {
-        let mut on_record = |item: &[u8]| intake_record(item, &intake, &mut pipeline, &mut relay);
+        let mut on_record = |item: &[u8]| intake_record(item, &intake, &mut pipeline, &mut outlet);
         // Timers first: a ring that is never empty must not starve them.
         tokio::select! {
             biased;
             () = &mut stop => break,
             _ = expire.tick() => {
-                pipeline.expire(clock::monotonic_ns(), &mut |event| relay.handle(event));
+                pipeline.expire(clock::monotonic_ns(), &mut |event| outlet.handle(event));
                 cells.publish(&pipeline);
             }
             _ = report.tick() => tracing::info!("{}", status_line(&registry)),
@@ -273,22 +385,48 @@ pub async fn run(args: RunArgs) -> Result<(), RunError> {
                 session.reader().drain(&mut on_record);
                 cells.publish(&pipeline);
             }
+            Some(config) = next_reload(&mut reloads) => {
+                let _on_relay_runtime = relay_runtime.enter();
+                apply_reload(&config, &session, &mut outlet);
+            }
         }
         // Let the runtime's own work (timers, signals) in between batches.
         tokio::task::yield_now().await;
     }
     session
         .reader()
-        .drain(|item| intake_record(item, &intake, &mut pipeline, &mut relay));
+        .drain(|item| intake_record(item, &intake, &mut pipeline, &mut outlet));
     cells.publish(&pipeline);
-    relay.shutdown(Duration::from_secs(args.grace_secs)).await;
+    outlet.shutdown(grace).await;
     relay_runtime.shutdown_background();
     // The relay's counters move during the grace period: report them after it.
     eprintln!("{}", status_line(&registry));
     Ok(())
 }
 
-fn intake_record(item: &[u8], intake: &Intake, pipeline: &mut Pipeline, relay: &mut Relay) {
+/// The next reloaded config, or never without a file.
+async fn next_reload(
+    reloads: &mut Option<tokio::sync::mpsc::Receiver<MirrorConfig>>,
+) -> Option<MirrorConfig> {
+    match reloads {
+        Some(receiver) => receiver.recv().await,
+        None => std::future::pending().await,
+    }
+}
+
+/// Applies a reloaded config between two records: later request heads follow it.
+fn apply_reload(config: &MirrorConfig, session: &Session, outlet: &mut Outlet) {
+    if let Err(error) = session.set_targets(&config_targets(config)) {
+        tracing::error!(%error, "config reload: targets not updated; keeping the running config");
+        return;
+    }
+    if let Outlet::Policies(dispatcher) = outlet {
+        dispatcher.reconfigure(config);
+    }
+    tracing::info!(policies = config.policies.len(), "config reloaded");
+}
+
+fn intake_record(item: &[u8], intake: &Intake, pipeline: &mut Pipeline, outlet: &mut Outlet) {
     intake.records.fetch_add(1, Relaxed);
     let Ok(record) = record::decode(item) else {
         intake.malformed_records.fetch_add(1, Relaxed);
@@ -302,8 +440,8 @@ fn intake_record(item: &[u8], intake: &Intake, pipeline: &mut Pipeline, relay: &
     if record.reverse() {
         // v1's side, header only: its acknowledgements release the client's bytes.
         intake.reverse_records.fetch_add(1, Relaxed);
-        pipeline.on_server_segment(now, &segment, &mut |event| relay.handle(event));
+        pipeline.on_server_segment(now, &segment, &mut |event| outlet.handle(event));
     } else {
-        pipeline.on_segment(now, &segment, &mut |event| relay.handle(event));
+        pipeline.on_segment(now, &segment, &mut |event| outlet.handle(event));
     }
 }

@@ -100,7 +100,8 @@ pub fn parse_mark(text: &str) -> Result<u32, String> {
 pub struct Session {
     classifier: Arc<Mutex<Classifier>>,
     reader: RingReader,
-    watcher: tokio::task::JoinHandle<()>,
+    /// Follows the targets file, if there is one.
+    watcher: Option<tokio::task::JoinHandle<()>>,
     /// Keeps BPF run-time statistics on while open.
     _stats: Option<std::os::fd::OwnedFd>,
 }
@@ -168,13 +169,24 @@ impl Session {
             "capturing"
         );
         let classifier = Arc::new(Mutex::new(classifier));
-        let watcher = tokio::spawn(watch_targets(source, Arc::clone(&classifier)));
+        let watcher = source
+            .file
+            .is_some()
+            .then(|| tokio::spawn(watch_targets(source, Arc::clone(&classifier))));
         Ok(Session {
             classifier,
             reader,
             watcher,
             _stats: stats,
         })
+    }
+
+    /// Replaces the captured targets (a reloaded config file's).
+    pub fn set_targets(
+        &self,
+        targets: &std::collections::BTreeSet<Target>,
+    ) -> Result<(), ClassifierError> {
+        lock(&self.classifier).set_targets(targets)
     }
 
     pub fn reader(&mut self) -> &mut RingReader {
@@ -193,7 +205,9 @@ impl Session {
 
 impl Drop for Session {
     fn drop(&mut self) {
-        self.watcher.abort();
+        if let Some(watcher) = &self.watcher {
+            watcher.abort();
+        }
     }
 }
 

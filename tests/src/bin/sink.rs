@@ -91,6 +91,8 @@ fn accept_loop(listener: TcpListener, log: Arc<Mutex<File>>, next_conn: Arc<Atom
 
 /// What the request head says about the request.
 struct Head {
+    /// The head as received, request line through blank line.
+    raw: String,
     method: String,
     path: String,
     host: Option<String>,
@@ -142,6 +144,7 @@ fn serve(stream: TcpStream, conn: u64, log: &Mutex<File>) -> io::Result<()> {
             method: head.method.clone(),
             path: head.path,
             host: head.host,
+            head: head.raw,
             body_len,
             sha256: hex(&hasher.finalize()),
         };
@@ -180,10 +183,16 @@ fn invalid(msg: impl Into<String>) -> io::Error {
     io::Error::new(io::ErrorKind::InvalidData, msg.into())
 }
 
-/// Reads one CRLF- (or LF-) terminated line of the head, without the terminator.
-fn read_line(reader: &mut BufReader<TcpStream>, budget: &mut u64) -> io::Result<Option<String>> {
+/// Reads one CRLF- (or LF-) terminated line of the head, without the terminator; appends
+/// it, terminator included, to `raw`.
+fn read_line(
+    reader: &mut BufReader<TcpStream>,
+    budget: &mut u64,
+    raw: &mut Vec<u8>,
+) -> io::Result<Option<String>> {
     let mut line = Vec::new();
     let read = reader.by_ref().take(*budget).read_until(b'\n', &mut line)?;
+    raw.extend_from_slice(&line);
     if read == 0 {
         return Ok(None);
     }
@@ -207,11 +216,15 @@ fn read_line(reader: &mut BufReader<TcpStream>, budget: &mut u64) -> io::Result<
 /// Reads a request head; `None` when the client closed the connection between requests.
 fn read_head(reader: &mut BufReader<TcpStream>) -> io::Result<Option<Head>> {
     let mut budget = MAX_HEAD;
+    let mut raw = Vec::new();
     // Empty lines before a request are allowed (RFC 9112, section 2.2).
     let request_line = loop {
-        match read_line(reader, &mut budget)? {
+        match read_line(reader, &mut budget, &mut raw)? {
             None => return Ok(None),
-            Some(line) if line.is_empty() => continue,
+            Some(line) if line.is_empty() => {
+                raw.clear();
+                continue;
+            }
             Some(line) => break line,
         }
     };
@@ -227,6 +240,7 @@ fn read_head(reader: &mut BufReader<TcpStream>) -> io::Result<Option<Head>> {
         _ => return Err(invalid(format!("unsupported version {version:?}"))),
     };
     let mut head = Head {
+        raw: String::new(),
         method: method.to_owned(),
         path: path.to_owned(),
         host: None,
@@ -236,7 +250,7 @@ fn read_head(reader: &mut BufReader<TcpStream>) -> io::Result<Option<Head>> {
     };
     let mut chunked = false;
     loop {
-        let line = read_line(reader, &mut budget)?
+        let line = read_line(reader, &mut budget, &mut raw)?
             .ok_or_else(|| io::Error::new(io::ErrorKind::UnexpectedEof, "closed mid-head"))?;
         if line.is_empty() {
             break;
@@ -278,6 +292,8 @@ fn read_head(reader: &mut BufReader<TcpStream>) -> io::Result<Option<Head>> {
     if chunked {
         head.body = Body::Chunked;
     }
+    // Every line was valid UTF-8, so the whole is.
+    head.raw = String::from_utf8(raw).map_err(|_| invalid("non-UTF-8 request head"))?;
     Ok(Some(head))
 }
 
@@ -308,7 +324,9 @@ fn hash_chunked(reader: &mut BufReader<TcpStream>, hasher: &mut Sha256) -> io::R
     let mut total = 0u64;
     loop {
         let mut budget = MAX_HEAD;
-        let line = read_line(reader, &mut budget)?
+        // Chunk lines are not recorded; this only satisfies `read_line` (bounded by budget).
+        let mut raw = Vec::new();
+        let line = read_line(reader, &mut budget, &mut raw)?
             .ok_or_else(|| io::Error::new(io::ErrorKind::UnexpectedEof, "closed mid-body"))?;
         let size = line.split(';').next().unwrap_or("").trim();
         let size = u64::from_str_radix(size, 16)
@@ -316,7 +334,7 @@ fn hash_chunked(reader: &mut BufReader<TcpStream>, hasher: &mut Sha256) -> io::R
         if size == 0 {
             // Trailer fields, then the empty line that ends the message.
             loop {
-                let trailer = read_line(reader, &mut budget)?.ok_or_else(|| {
+                let trailer = read_line(reader, &mut budget, &mut raw)?.ok_or_else(|| {
                     io::Error::new(io::ErrorKind::UnexpectedEof, "closed in trailers")
                 })?;
                 if trailer.is_empty() {
@@ -326,7 +344,7 @@ fn hash_chunked(reader: &mut BufReader<TcpStream>, hasher: &mut Sha256) -> io::R
         }
         hash_exact(reader, size, hasher)?;
         total += size;
-        let end = read_line(reader, &mut budget)?;
+        let end = read_line(reader, &mut budget, &mut raw)?;
         if end.as_deref() != Some("") {
             return Err(invalid("chunk data not followed by CRLF"));
         }

@@ -1,0 +1,420 @@
+//! The policy dispatcher: between the pipeline (which, under a config file, hands on every
+//! request with the client's own head) and one [`Relay`] per mirror. Per request head it
+//! finds the policy of the flow's destination, lets the policy core decide which mirrors
+//! take the request, and gives each of them its rewritten head and then the request's body,
+//! end or abort. Each mirror has its own relay, hence its own connections, queues, budgets
+//! and counters: a slow mirror never costs another one a request.
+//!
+//! A new config ([`Dispatcher::reconfigure`]) applies from the next request head on; a
+//! request in progress finishes with the mirrors it started with, and a removed mirror's
+//! relay is shut down only once no request is left on it.
+
+use std::{
+    collections::HashMap,
+    sync::{atomic::Ordering::Relaxed, Arc},
+    time::Duration,
+};
+
+use bytes::BytesMut;
+use mirror_cores::{
+    flow::FlowKey,
+    pipeline::Event,
+    policy::{Coin, HeadView, Policy, Verdict},
+};
+
+use super::mirror_stats::{MirrorCounters, MirrorStats};
+use crate::{
+    capture::target::Target,
+    control::MirrorConfig,
+    relay::{Relay, RelayConfig},
+};
+
+type MirrorId = u32;
+
+/// A policy of the running config, its mirrors resolved to relays.
+#[derive(Debug)]
+struct ActivePolicy {
+    target: Option<Target>,
+    policy: Policy,
+    /// `policy.mirrors[i]` is relayed by `mirrors[i]`.
+    mirrors: Vec<MirrorId>,
+}
+
+struct Slot {
+    relay: Relay,
+    decided: Arc<MirrorCounters>,
+    label: String,
+    /// False once a reload dropped this mirror: it takes no new request.
+    live: bool,
+    /// Requests started on this relay and not yet ended or aborted.
+    open_requests: usize,
+}
+
+/// What the dispatcher remembers of one flow.
+#[derive(Debug, Default)]
+struct FlowState {
+    /// The mirrors taking the request in progress.
+    current: Vec<MirrorId>,
+    /// Every mirror that got a request of this flow, to tell it when the flow ends.
+    used: Vec<MirrorId>,
+}
+
+/// Routes request events to the mirrors' relays by policy.
+pub struct Dispatcher {
+    policies: Vec<ActivePolicy>,
+    slots: HashMap<MirrorId, Slot>,
+    by_label: HashMap<String, MirrorId>,
+    next_id: MirrorId,
+    flows: HashMap<FlowKey, FlowState>,
+    view: HeadView,
+    scratch: BytesMut,
+    verdicts: Vec<(usize, Verdict)>,
+    coin: Coin,
+    relay_template: RelayConfig,
+    grace: Duration,
+    stats: Arc<MirrorStats>,
+}
+
+impl Dispatcher {
+    /// `relay_template` gives every mirror's relay its settings (the shadow address comes
+    /// from the mirror); `grace` is what a removed mirror's queued requests get.
+    pub fn new(
+        config: &MirrorConfig,
+        relay_template: RelayConfig,
+        seed: u64,
+        grace: Duration,
+    ) -> Self {
+        let mut d = Dispatcher {
+            policies: Vec::new(),
+            slots: HashMap::new(),
+            by_label: HashMap::new(),
+            next_id: 0,
+            flows: HashMap::new(),
+            view: HeadView::default(),
+            scratch: BytesMut::new(),
+            verdicts: Vec::new(),
+            coin: Coin::new(seed),
+            relay_template,
+            grace,
+            stats: Arc::default(),
+        };
+        d.reconfigure(config);
+        d
+    }
+
+    /// The counters, for the registry.
+    pub fn stats(&self) -> Arc<MirrorStats> {
+        Arc::clone(&self.stats)
+    }
+
+    /// Switches to `config` for every request head from now on. Mirrors that stay (same
+    /// policy name and backend) keep their relay, connections and counters.
+    pub fn reconfigure(&mut self, config: &MirrorConfig) {
+        let mut policies = Vec::new();
+        let mut wanted: Vec<MirrorId> = Vec::new();
+        for p in &config.policies {
+            let mut mirrors = Vec::new();
+            for (i, backend) in p.backends.iter().enumerate() {
+                let label = p.mirror_label(i);
+                let id = match self.by_label.get(&label) {
+                    Some(&id) => id,
+                    None => self.open_mirror(label, backend),
+                };
+                mirrors.push(id);
+                wanted.push(id);
+            }
+            policies.push(ActivePolicy {
+                target: p.target,
+                policy: p.policy.clone(),
+                mirrors,
+            });
+        }
+        self.policies = policies;
+        let dropped: Vec<MirrorId> = self
+            .by_label
+            .values()
+            .copied()
+            .filter(|id| !wanted.contains(id))
+            .collect();
+        for id in dropped {
+            if let Some(slot) = self.slots.get_mut(&id) {
+                slot.live = false;
+                self.by_label.remove(&slot.label);
+            }
+            self.retire_if_idle(id);
+        }
+    }
+
+    fn open_mirror(&mut self, label: String, backend: &str) -> MirrorId {
+        let id = self.next_id;
+        self.next_id = self.next_id.wrapping_add(1);
+        let relay = Relay::new(RelayConfig {
+            shadow: backend.to_owned(),
+            ..self.relay_template.clone()
+        });
+        let decided = Arc::new(MirrorCounters::default());
+        self.stats
+            .add(label.clone(), Arc::clone(&decided), relay.stats());
+        tracing::info!(mirror = %label, "mirror added");
+        self.by_label.insert(label.clone(), id);
+        self.slots.insert(
+            id,
+            Slot {
+                relay,
+                decided,
+                label,
+                live: true,
+                open_requests: 0,
+            },
+        );
+        id
+    }
+
+    /// Shuts down a dropped mirror's relay once it carries no request.
+    fn retire_if_idle(&mut self, id: MirrorId) {
+        let idle = self
+            .slots
+            .get(&id)
+            .is_some_and(|s| !s.live && s.open_requests == 0);
+        if !idle {
+            return;
+        }
+        if let Some(slot) = self.slots.remove(&id) {
+            self.stats.remove(&slot.label);
+            tracing::info!(mirror = %slot.label, "mirror removed");
+            tokio::spawn(slot.relay.shutdown(self.grace));
+        }
+    }
+
+    pub fn handle(&mut self, event: Event) {
+        match event {
+            Event::RequestHead { flow, head } => self.request_head(flow, head),
+            Event::RequestBody { flow, data } => {
+                self.each_current(flow, |relay| {
+                    relay.handle(Event::RequestBody {
+                        flow,
+                        data: data.clone(),
+                    })
+                });
+            }
+            Event::RequestEnd { flow } => {
+                self.each_current(flow, |relay| relay.handle(Event::RequestEnd { flow }));
+                self.request_done(flow);
+            }
+            Event::RequestAbort { flow, reason } => {
+                self.each_current(flow, |relay| {
+                    relay.handle(Event::RequestAbort { flow, reason })
+                });
+                self.request_done(flow);
+            }
+            Event::FlowEnd { flow, reason } => {
+                self.request_done(flow);
+                if let Some(state) = self.flows.remove(&flow) {
+                    for id in state.used {
+                        if let Some(slot) = self.slots.get_mut(&id) {
+                            slot.relay.handle(Event::FlowEnd { flow, reason });
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    fn request_head(&mut self, flow: FlowKey, head: bytes::Bytes) {
+        // Heads come after the previous request's end or abort; should one not have, the
+        // previous request is over for the mirrors all the same.
+        self.request_done(flow);
+        let Some(pi) = self.policies.iter().position(|p| {
+            p.target
+                .is_none_or(|t| t.contains(flow.dst.ip(), flow.dst.port()))
+        }) else {
+            self.stats
+                .dispatch
+                .requests_without_policy
+                .fetch_add(1, Relaxed);
+            return;
+        };
+        if self.view.parse(&head).is_err() {
+            self.stats.dispatch.heads_unparsed.fetch_add(1, Relaxed);
+            return;
+        }
+        let Self {
+            policies,
+            slots,
+            flows,
+            view,
+            scratch,
+            verdicts,
+            coin,
+            ..
+        } = self;
+        let active = &policies[pi];
+        verdicts.clear();
+        active
+            .policy
+            .decide(view, &head, coin, |i, v| verdicts.push((i, v)));
+        let state = flows.entry(flow).or_default();
+        for &(i, verdict) in verdicts.iter() {
+            let id = active.mirrors[i];
+            let Some(slot) = slots.get_mut(&id) else {
+                continue;
+            };
+            match verdict {
+                Verdict::Take => {
+                    let sent = active.policy.mirrors[i].rewrite.apply(view, &head, scratch);
+                    slot.decided.requests_mirrored.fetch_add(1, Relaxed);
+                    slot.open_requests += 1;
+                    slot.relay.handle(Event::RequestHead { flow, head: sent });
+                    state.current.push(id);
+                    if !state.used.contains(&id) {
+                        state.used.push(id);
+                    }
+                }
+                Verdict::SampledOut => {
+                    slot.decided.requests_sampled_out.fetch_add(1, Relaxed);
+                }
+                Verdict::NotMatched => {
+                    slot.decided.requests_not_matched.fetch_add(1, Relaxed);
+                }
+            }
+        }
+    }
+
+    fn each_current(&mut self, flow: FlowKey, mut send: impl FnMut(&mut Relay)) {
+        let Some(state) = self.flows.get(&flow) else {
+            return;
+        };
+        for id in &state.current {
+            if let Some(slot) = self.slots.get_mut(id) {
+                send(&mut slot.relay);
+            }
+        }
+    }
+
+    /// The flow's request in progress is over for its mirrors.
+    fn request_done(&mut self, flow: FlowKey) {
+        let Some(state) = self.flows.get_mut(&flow) else {
+            return;
+        };
+        let done = std::mem::take(&mut state.current);
+        for id in done {
+            if let Some(slot) = self.slots.get_mut(&id) {
+                slot.open_requests = slot.open_requests.saturating_sub(1);
+            }
+            self.retire_if_idle(id);
+        }
+    }
+
+    /// Gives every relay, removed ones still draining included, the grace period.
+    pub async fn shutdown(mut self, grace: Duration) {
+        let relays: Vec<Relay> = self.slots.drain().map(|(_, slot)| slot.relay).collect();
+        let mut all = tokio::task::JoinSet::new();
+        for relay in relays {
+            all.spawn(relay.shutdown(grace));
+        }
+        while all.join_next().await.is_some() {}
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{control::parse, observe::Source};
+    use bytes::Bytes;
+    use mirror_cores::outcome::EndReason;
+    use tokio::{io::AsyncReadExt, net::TcpListener};
+
+    /// A loopback shadow that keeps everything it is sent.
+    async fn shadow() -> (String, tokio::task::JoinHandle<Vec<u8>>) {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap().to_string();
+        let task = tokio::spawn(async move {
+            let mut got = Vec::new();
+            if let Ok(Ok((mut conn, _))) =
+                tokio::time::timeout(Duration::from_secs(3), listener.accept()).await
+            {
+                let _ =
+                    tokio::time::timeout(Duration::from_secs(3), conn.read_to_end(&mut got)).await;
+            }
+            got
+        });
+        (addr, task)
+    }
+
+    fn config(backend: &str) -> MirrorConfig {
+        let text = format!(
+            "interfaces: [lo]\npolicies:\n- name: p\n  target: {{address: 10.0.0.2, port: 80}}\n  mirrors:\n  - backend: {backend}\n    requestHeaderModifier: {{set: [{{name: x-v, value: \"{backend}\"}}]}}\n"
+        );
+        parse(&text, "t").unwrap()
+    }
+
+    fn flow(port: u16) -> FlowKey {
+        FlowKey {
+            src: format!("10.0.0.1:{port}").parse().unwrap(),
+            dst: "10.0.0.2:80".parse().unwrap(),
+        }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_request_in_progress_finishes_under_the_config_it_started_with() {
+        let (old, old_got) = shadow().await;
+        let (new, new_got) = shadow().await;
+        let mut d = Dispatcher::new(
+            &config(&old),
+            RelayConfig::default(),
+            0,
+            Duration::from_secs(2),
+        );
+        let head = Bytes::from_static(b"POST /a HTTP/1.1\r\nHost: h\r\nContent-Length: 5\r\n\r\n");
+        let (f1, f2) = (flow(1000), flow(1001));
+        d.handle(Event::RequestHead {
+            flow: f1,
+            head: head.clone(),
+        });
+        d.reconfigure(&config(&new));
+        // Still the old mirror's: its body goes where its head went.
+        d.handle(Event::RequestBody {
+            flow: f1,
+            data: Bytes::from_static(b"hello"),
+        });
+        d.handle(Event::RequestEnd { flow: f1 });
+        d.handle(Event::FlowEnd {
+            flow: f1,
+            reason: EndReason::Fin,
+        });
+        // A new request takes the new config.
+        d.handle(Event::RequestHead { flow: f2, head });
+        d.handle(Event::RequestBody {
+            flow: f2,
+            data: Bytes::from_static(b"world"),
+        });
+        d.handle(Event::RequestEnd { flow: f2 });
+        d.handle(Event::FlowEnd {
+            flow: f2,
+            reason: EndReason::Fin,
+        });
+        let stats = d.stats();
+        d.shutdown(Duration::from_secs(2)).await;
+        let old_got = String::from_utf8(old_got.await.unwrap()).unwrap();
+        let new_got = String::from_utf8(new_got.await.unwrap()).unwrap();
+        assert_eq!(
+            old_got,
+            format!("POST /a HTTP/1.1\r\nHost: h-shadow\r\nContent-Length: 5\r\nx-v: {old}\r\n\r\nhello")
+        );
+        assert_eq!(
+            new_got,
+            format!("POST /a HTTP/1.1\r\nHost: h-shadow\r\nContent-Length: 5\r\nx-v: {new}\r\n\r\nworld")
+        );
+        // The old mirror left the counters once its request was done.
+        let mut labels = Vec::new();
+        super::super::mirror_stats::PolicySource(stats).visit(&mut |s| {
+            if let Some((_, l)) = s.label {
+                labels.push(l);
+            }
+        });
+        assert!(
+            labels.iter().all(|l| *l == format!("p/{new}")),
+            "{labels:?}"
+        );
+    }
+}

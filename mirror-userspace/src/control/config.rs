@@ -1,0 +1,444 @@
+//! The validated config: the file's entries checked and compiled into the policy core's
+//! values. Anything wrong is refused with the key and its line and column.
+
+use std::{fmt, net::SocketAddr, path::Path};
+
+use mirror_cores::{
+    policy::{
+        anchored, is_token, HeaderMatch, HeaderModifier, MirrorRewrite, MirrorRule, PathMatch,
+        Policy, RequestMatch, Sampling, Share, ValueMatch,
+    },
+    rewrite::HostRewrite,
+};
+use serde_saphyr::Spanned;
+
+use super::file::{
+    ConfigFile, ConsistentBy, HeaderMatchEntry, HostRewriteEntry, MatchEntry, MirrorEntry,
+    PathEntry, PathType, PolicyEntry, SamplingEntry, TargetEntry, ValueType,
+};
+use crate::capture::target::Target;
+
+/// Larger files are refused: a config is a few KiB, and reading is repeated on every change.
+pub const MAX_FILE_BYTES: u64 = 1 << 20;
+
+/// A config file that cannot be used, and why.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read config file {path}")]
+    Read {
+        path: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("config file {path} is larger than {MAX_FILE_BYTES} bytes")]
+    TooLarge { path: String },
+    /// Unknown key, wrong type, missing field: serde-saphyr's message names the key and
+    /// gives the line and column.
+    #[error("{path}: {source}")]
+    Yaml {
+        path: String,
+        #[source]
+        source: Box<serde_saphyr::Error>,
+    },
+    #[error("{path}:{line}:{column}: {key}: {message}")]
+    Invalid {
+        path: String,
+        line: u64,
+        column: u64,
+        key: &'static str,
+        message: String,
+    },
+}
+
+impl ConfigError {
+    /// The line the error points at, if it has one.
+    pub fn line(&self) -> Option<u64> {
+        match self {
+            ConfigError::Invalid { line, .. } => Some(*line),
+            ConfigError::Yaml { source, .. } => source.location().map(|l| l.line()),
+            _ => None,
+        }
+    }
+}
+
+/// Everything `mirror run` is told: by the file, or by the flags (one policy, one mirror).
+#[derive(Clone, Debug)]
+pub struct MirrorConfig {
+    /// Names or glob patterns.
+    pub interfaces: Vec<String>,
+    pub admin: Option<SocketAddr>,
+    pub policies: Vec<PolicyConfig>,
+}
+
+/// One policy: the destination it covers, and its mirrors.
+#[derive(Clone, Debug)]
+pub struct PolicyConfig {
+    pub name: String,
+    /// `None`: every captured destination (the flags' single policy).
+    pub target: Option<Target>,
+    pub policy: Policy,
+    /// `policy.mirrors[i]` sends to `backends[i]`.
+    pub backends: Vec<String>,
+    /// The match entries as the file wrote them, for printing.
+    pub match_text: Vec<String>,
+}
+
+impl PolicyConfig {
+    /// The label of mirror `i` in counters: `policy/backend`, unique within a config.
+    pub fn mirror_label(&self, i: usize) -> String {
+        format!("{}/{}", self.name, self.backends[i])
+    }
+}
+
+/// Where a value was written, for errors.
+#[derive(Clone, Copy)]
+struct At {
+    line: u64,
+    column: u64,
+}
+
+impl<T> From<&Spanned<T>> for At {
+    fn from(s: &Spanned<T>) -> Self {
+        At {
+            line: s.referenced.line(),
+            column: s.referenced.column(),
+        }
+    }
+}
+
+/// Builds errors that carry the file's path.
+struct Check<'p> {
+    path: &'p str,
+}
+
+impl Check<'_> {
+    fn invalid(&self, at: At, key: &'static str, message: impl fmt::Display) -> ConfigError {
+        ConfigError::Invalid {
+            path: self.path.to_owned(),
+            line: at.line,
+            column: at.column,
+            key,
+            message: message.to_string(),
+        }
+    }
+}
+
+/// Reads and validates the file at `path` (symlinks followed, as a ConfigMap mount needs).
+pub fn load(path: &Path) -> Result<MirrorConfig, ConfigError> {
+    parse(&read_capped(path)?, &path.display().to_string())
+}
+
+/// The file's text, refusing more than [`MAX_FILE_BYTES`].
+pub fn read_capped(path: &Path) -> Result<String, ConfigError> {
+    use std::io::Read as _;
+    let read = |source| ConfigError::Read {
+        path: path.display().to_string(),
+        source,
+    };
+    let file = std::fs::File::open(path).map_err(read)?;
+    let mut text = String::new();
+    file.take(MAX_FILE_BYTES + 1)
+        .read_to_string(&mut text)
+        .map_err(read)?;
+    if text.len() as u64 > MAX_FILE_BYTES {
+        return Err(ConfigError::TooLarge {
+            path: path.display().to_string(),
+        });
+    }
+    Ok(text)
+}
+
+/// Validates a config file's text; `path` only labels errors.
+pub fn parse(text: &str, path: &str) -> Result<MirrorConfig, ConfigError> {
+    let file: ConfigFile = serde_saphyr::from_str(text).map_err(|source| ConfigError::Yaml {
+        path: path.to_owned(),
+        source: Box::new(source),
+    })?;
+    let check = Check { path };
+    let mut policies: Vec<PolicyConfig> = Vec::new();
+    for entry in &file.policies {
+        let policy = build_policy(&check, entry)?;
+        if policies.iter().any(|p| p.name == policy.name) {
+            return Err(check.invalid(
+                At::from(&entry.value.name),
+                "name",
+                "policy name used twice",
+            ));
+        }
+        policies.push(policy);
+    }
+    if policies.is_empty() {
+        return Err(check.invalid(At { line: 1, column: 1 }, "policies", "no policies"));
+    }
+    let interfaces: Vec<String> = file.interfaces.iter().map(|i| i.value.clone()).collect();
+    if let Some(bad) = file.interfaces.iter().find(|i| i.value.is_empty()) {
+        return Err(check.invalid(At::from(bad), "interfaces", "empty interface name"));
+    }
+    if interfaces.is_empty() {
+        return Err(check.invalid(At { line: 1, column: 1 }, "interfaces", "no interfaces"));
+    }
+    let admin = match &file.admin {
+        None => None,
+        Some(admin) => Some(admin.address.value.parse().map_err(|_| {
+            check.invalid(
+                At::from(&admin.address),
+                "address",
+                format!("{:?} is not ADDRESS:PORT", admin.address.value),
+            )
+        })?),
+    };
+    Ok(MirrorConfig {
+        interfaces,
+        admin,
+        policies,
+    })
+}
+
+fn build_policy(
+    check: &Check<'_>,
+    entry: &Spanned<PolicyEntry>,
+) -> Result<PolicyConfig, ConfigError> {
+    let p = &entry.value;
+    if p.name.value.is_empty() || p.name.value.contains(char::is_whitespace) {
+        return Err(check.invalid(At::from(&p.name), "name", "a policy name is one word"));
+    }
+    let target = build_target(&p.target.value)
+        .map_err(|e| check.invalid(At::from(&p.target), "target", e))?;
+    let mut matches = Vec::new();
+    let mut match_text = Vec::new();
+    for m in &p.matches {
+        let (built, text) = build_match(check, m)?;
+        matches.push(built);
+        match_text.push(text);
+    }
+    if p.mirrors.is_empty() {
+        return Err(check.invalid(
+            At::from(entry),
+            "mirrors",
+            "a policy needs at least one mirror",
+        ));
+    }
+    let mut mirrors = Vec::new();
+    let mut backends: Vec<String> = Vec::new();
+    for m in &p.mirrors {
+        let (rule, backend) = build_mirror(check, m)?;
+        if backends.contains(&backend) {
+            return Err(check.invalid(
+                At::from(m),
+                "backend",
+                "backend listed twice in one policy",
+            ));
+        }
+        mirrors.push(rule);
+        backends.push(backend);
+    }
+    let sampling = match &p.sampling {
+        None => Sampling::Independent,
+        Some(s) => build_sampling(check, s)?,
+    };
+    Ok(PolicyConfig {
+        name: p.name.value.clone(),
+        target: Some(target),
+        policy: Policy {
+            matches,
+            sampling,
+            mirrors,
+        },
+        backends,
+        match_text,
+    })
+}
+
+fn build_target(t: &TargetEntry) -> Result<Target, String> {
+    let address = if t.address.contains(':') && !t.address.starts_with('[') {
+        // IPv6, possibly with a prefix: bracket the address part.
+        match t.address.split_once('/') {
+            Some((addr, prefix)) => format!("[{addr}]/{prefix}"),
+            None => format!("[{}]", t.address),
+        }
+    } else {
+        t.address.clone()
+    };
+    format!("{address}:{}", t.port)
+        .parse::<Target>()
+        .map_err(|e| e.to_string())
+}
+
+fn build_match(check: &Check<'_>, m: &MatchEntry) -> Result<(RequestMatch, String), ConfigError> {
+    let mut text = Vec::new();
+    let path = match &m.path {
+        None => None,
+        Some(path) => {
+            let PathEntry { kind, value } = &path.value;
+            text.push(format!("path {kind:?} {value}"));
+            let built = match kind {
+                PathType::Exact => PathMatch::exact(value),
+                PathType::PathPrefix => PathMatch::prefix(value),
+                PathType::RegularExpression => PathMatch::regex(value),
+            };
+            Some(built.map_err(|e| check.invalid(At::from(path), "path", e))?)
+        }
+    };
+    let method = match &m.method {
+        None => None,
+        Some(method) => {
+            if !is_token(&method.value) {
+                return Err(check.invalid(At::from(method), "method", "not an HTTP method token"));
+            }
+            text.push(format!("method {}", method.value));
+            Some(method.value.clone())
+        }
+    };
+    let mut headers = Vec::new();
+    for h in &m.headers {
+        let HeaderMatchEntry { kind, name, value } = &h.value;
+        let value_match = match kind {
+            ValueType::Exact => ValueMatch::Exact(value.clone()),
+            ValueType::RegularExpression => ValueMatch::Regex(
+                anchored(value).map_err(|e| check.invalid(At::from(h), "headers", e))?,
+            ),
+        };
+        headers.push(
+            HeaderMatch::new(name, value_match)
+                .map_err(|e| check.invalid(At::from(h), "headers", e))?,
+        );
+        text.push(format!("header {name} {kind:?} {value}"));
+    }
+    let text = if text.is_empty() {
+        "every request".to_owned()
+    } else {
+        text.join(", ")
+    };
+    Ok((
+        RequestMatch {
+            path,
+            method,
+            headers,
+        },
+        text,
+    ))
+}
+
+fn build_mirror(
+    check: &Check<'_>,
+    m: &Spanned<MirrorEntry>,
+) -> Result<(MirrorRule, String), ConfigError> {
+    let at = At::from(m);
+    let e = &m.value;
+    let port_ok = |port: &str| port.parse::<u16>().is_ok_and(|p| p != 0);
+    if e.backend
+        .rsplit_once(':')
+        .is_none_or(|(host, port)| host.is_empty() || !port_ok(port))
+    {
+        return Err(check.invalid(at, "backend", format!("{:?} is not HOST:PORT", e.backend)));
+    }
+    let share = match (e.percent, e.fraction) {
+        (Some(_), Some(_)) => {
+            return Err(check.invalid(at, "percent", "give percent or fraction, not both"))
+        }
+        (Some(p), None) => Share::percent(p).map_err(|err| check.invalid(at, "percent", err))?,
+        (None, Some(f)) => Share::fraction(f.numerator, f.denominator)
+            .map_err(|err| check.invalid(at, "fraction", err))?,
+        // Gateway API mirrors everything when neither is given.
+        (None, None) => Share::ALL,
+    };
+    let host = build_host_rewrite(e.host_rewrite.as_ref())
+        .map_err(|msg| check.invalid(at, "hostRewrite", msg))?;
+    let headers = match &e.request_header_modifier {
+        None => HeaderModifier::default(),
+        Some(h) => HeaderModifier::new(
+            h.set
+                .iter()
+                .map(|x| (x.name.clone(), x.value.clone()))
+                .collect(),
+            h.add
+                .iter()
+                .map(|x| (x.name.clone(), x.value.clone()))
+                .collect(),
+            h.remove.clone(),
+        )
+        .map_err(|err| check.invalid(at, "requestHeaderModifier", err))?,
+    };
+    let rewrite = MirrorRewrite { host, headers };
+    rewrite
+        .validate()
+        .map_err(|err| check.invalid(at, "hostRewrite", err))?;
+    Ok((MirrorRule { share, rewrite }, e.backend.clone()))
+}
+
+fn build_host_rewrite(entry: Option<&HostRewriteEntry>) -> Result<HostRewrite, String> {
+    let Some(h) = entry else {
+        return Ok(HostRewrite::default());
+    };
+    match (&h.suffix, &h.host, h.keep) {
+        (Some(suffix), None, None | Some(false)) => Ok(HostRewrite::Suffix(suffix.clone())),
+        (None, Some(host), None | Some(false)) => Ok(HostRewrite::Fixed(host.clone())),
+        (None, None, Some(true)) => Ok(HostRewrite::Keep),
+        (None, None, None | Some(false)) => Ok(HostRewrite::default()),
+        _ => Err("give one of suffix, host or keep: true".to_owned()),
+    }
+}
+
+fn build_sampling(check: &Check<'_>, s: &Spanned<SamplingEntry>) -> Result<Sampling, ConfigError> {
+    let header = &s.value.header;
+    let ConsistentBy::Header = s.value.consistent_by;
+    if !is_token(header) {
+        return Err(check.invalid(
+            At::from(s),
+            "header",
+            format!("{header:?} is not a header name"),
+        ));
+    }
+    Ok(Sampling::ConsistentBy {
+        header: header.clone(),
+    })
+}
+
+// === impl Display (the effective policies, as `mirror config check` prints them) ===
+
+impl fmt::Display for MirrorConfig {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        writeln!(f, "interfaces: {}", self.interfaces.join(", "))?;
+        if let Some(admin) = self.admin {
+            writeln!(f, "admin: {admin}")?;
+        }
+        for p in &self.policies {
+            let target = p
+                .target
+                .map_or("every captured destination".to_owned(), |t| t.to_string());
+            writeln!(f, "policy {} -> {target}", p.name)?;
+            if p.match_text.is_empty() {
+                writeln!(f, "  matches: every request")?;
+            }
+            for m in &p.match_text {
+                writeln!(f, "  match: {m}")?;
+            }
+            if let Sampling::ConsistentBy { header } = &p.policy.sampling {
+                writeln!(f, "  sampling: consistent by header {header}")?;
+            }
+            for (rule, backend) in p.policy.mirrors.iter().zip(&p.backends) {
+                let host = match &rule.rewrite.host {
+                    HostRewrite::Suffix(s) => format!("suffix {s}"),
+                    HostRewrite::Fixed(h) => format!("host {h}"),
+                    HostRewrite::Keep => "keep".to_owned(),
+                };
+                writeln!(
+                    f,
+                    "  mirror {backend}: {}% host {host}",
+                    rule.share.as_percent()
+                )?;
+                let h = &rule.rewrite.headers;
+                for (name, value) in h.set() {
+                    writeln!(f, "    set {name}: {value}")?;
+                }
+                for (name, value) in h.add() {
+                    writeln!(f, "    add {name}: {value}")?;
+                }
+                for name in h.remove() {
+                    writeln!(f, "    remove {name}")?;
+                }
+            }
+        }
+        Ok(())
+    }
+}
