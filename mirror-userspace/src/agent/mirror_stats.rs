@@ -174,7 +174,7 @@ mod tests {
             ("policy", "requests_mirrored", Some("p/b:80".into()))
         );
         let relay: Vec<_> = names.iter().filter(|n| n.0 == "relay").collect();
-        assert_eq!((relay[0].1, relay[1].1), ("sent", "sent"));
+        assert_eq!((relay[0].1, relay[1].1), ("requests", "requests"));
         let line = status_line(&registry);
         assert!(
             line.starts_with("policy: p/a:80 requests_mirrored=4 p/b:80 requests_mirrored=0"),

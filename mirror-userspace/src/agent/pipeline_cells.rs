@@ -62,14 +62,16 @@ impl Source for PipelineCells {
 mod tests {
     use mirror_cores::{
         flow::{FlowKey, Segment, TcpFlags},
-        pipeline::PipelineConfig,
+        pipeline::{Admission, PipelineConfig},
     };
 
     use super::*;
 
     #[test]
     fn publishes_what_the_pipeline_counted() {
-        let mut pipeline = Pipeline::new(PipelineConfig::default()).unwrap();
+        // Client-only admission: a lone SYN starts a flow, which is all this test needs.
+        let config = PipelineConfig::default().with_admission(Admission::ClientOnly);
+        let mut pipeline = Pipeline::new(config).unwrap();
         let flow = FlowKey {
             src: "10.0.0.1:40000".parse().unwrap(),
             dst: "10.0.0.2:80".parse().unwrap(),
