@@ -88,7 +88,7 @@ fn seed_scenario_in_container(security: &[String]) {
     assert_eq!(v2_lines[0].path, "/headers");
     assert_eq!(v2_lines[0].host, "httpbin-shadow:8000");
     assert!(answer.contains("\"Host\": \"httpbin:8000\""), "{answer}");
-    assert!(summary.contains("sent=1 "), "{summary}");
+    assert!(summary.contains("answered=1 "), "{summary}");
 }
 
 #[test]
