@@ -20,7 +20,14 @@ use crate::{
         clock, packet, record,
         session::{CaptureOptions, Session, SessionError},
     },
-    observe::{status::status_line, Registry},
+    observe::{
+        access_log::AccessLog,
+        admin::{self, AdminError, AdminState},
+        health::Health,
+        options::ObserveOptions,
+        status::{short_line, status_line},
+        Registry,
+    },
     relay::{Relay, RelayConfig},
     shutdown::shutdown_signal,
 };
@@ -35,6 +42,8 @@ pub const DEFAULT_SHADOW_MARK: u32 = 0x6d69_7272;
 pub struct RunArgs {
     #[command(flatten)]
     pub capture: CaptureOptions,
+    #[command(flatten)]
+    pub observe: ObserveOptions,
     /// The shadow (v2), HOST:PORT: a name (resolved at each connect) or an address.
     #[arg(long, value_name = "HOST:PORT")]
     pub shadow: String,
@@ -99,6 +108,10 @@ pub enum RunError {
     Config(#[from] ConfigError),
     #[error("reading the ring buffer failed")]
     Ring(#[source] std::io::Error),
+    #[error(transparent)]
+    Admin(#[from] AdminError),
+    #[error("cannot open the access log")]
+    AccessLog(#[source] std::io::Error),
 }
 
 impl RunArgs {
@@ -118,7 +131,7 @@ impl RunArgs {
         .with_rewrite(rewrite)
     }
 
-    fn relay_config(&self) -> RelayConfig {
+    fn relay_config(&self, access_log: Option<Arc<AccessLog>>) -> RelayConfig {
         RelayConfig {
             shadow: self.shadow.clone(),
             mark: self.shadow_mark,
@@ -127,6 +140,7 @@ impl RunArgs {
             max_inflight_bytes: self.max_inflight_mib.saturating_mul(1 << 20),
             connect_timeout: Duration::from_millis(self.connect_timeout_ms),
             response_timeout: Duration::from_millis(self.response_timeout_ms),
+            access_log,
             ..RelayConfig::default()
         }
     }
@@ -150,18 +164,42 @@ pub async fn run(args: RunArgs) -> Result<(), RunError> {
     } else {
         BATCH_WAKEUP_BYTES
     };
-    let mut session = Session::start(&args.capture, args.shadow_mark, wakeup_bytes)?;
-    let mut relay = Relay::new(args.relay_config());
-    let intake = Arc::new(Intake::default());
-    let cells = Arc::new(PipelineCells::default());
     // The order of the status line: where requests went first, then how they got there.
     let registry = Registry::default();
+    let health = Arc::new(Health::default());
+    // Up before attach, so that /readyz says "not ready" until the program is attached.
+    if let Some(addr) = args.observe.admin_addr() {
+        let state = AdminState {
+            registry: registry.clone(),
+            health: Arc::clone(&health),
+            config: args.effective_config(),
+        };
+        let bound = admin::start(addr, Arc::new(state)).await?;
+        tracing::info!(%bound, "admin endpoint listening");
+    }
+    let access_log = match &args.observe.access_log {
+        Some(destination) => Some(Arc::new(
+            AccessLog::start(destination, args.observe.access_log_every)
+                .await
+                .map_err(RunError::AccessLog)?,
+        )),
+        None => None,
+    };
+    let mut session = Session::start(&args.capture, args.shadow_mark, wakeup_bytes)?;
+    health.attached(&args.capture.ifaces);
+    let mut relay = Relay::new(args.relay_config(access_log.clone()));
+    let intake = Arc::new(Intake::default());
+    let cells = Arc::new(PipelineCells::default());
     registry.register("relay", relay.stats());
     registry.register("pipeline", cells.clone());
     registry.register("intake", intake.clone());
     let (kernel, bpf) = session.kernel_sources();
     registry.register("kernel", Arc::new(kernel));
     registry.register("bpf", Arc::new(bpf));
+    registry.register("agent", health.clone());
+    if let Some(access_log) = access_log {
+        registry.register("access_log", access_log);
+    }
     tracing::info!(shadow = %args.shadow, percent = args.percent, "mirroring");
     eprintln!("mirroring to {}; Ctrl-C to stop", args.shadow);
 
@@ -175,6 +213,7 @@ pub async fn run(args: RunArgs) -> Result<(), RunError> {
     let stop = shutdown_signal();
     tokio::pin!(stop);
     loop {
+        health.beat();
         let mut on_record = |item: &[u8]| intake_record(item, &intake, &mut pipeline, &mut relay);
         tokio::select! {
             biased;
@@ -187,11 +226,12 @@ pub async fn run(args: RunArgs) -> Result<(), RunError> {
                 session.reader().drain(&mut on_record);
                 cells.publish(&pipeline);
             }
-            _ = expire.tick() => {
+            due = expire.tick() => {
+                health.timer_ran(due.into_std());
                 pipeline.expire(clock::monotonic_ns(), &mut |event| relay.handle(event));
                 cells.publish(&pipeline);
             }
-            _ = report.tick() => tracing::info!("{}", status_line(&registry)),
+            _ = report.tick() => tracing::info!("{}", short_line(&registry)),
         }
     }
     session
@@ -199,7 +239,9 @@ pub async fn run(args: RunArgs) -> Result<(), RunError> {
         .drain(|item| intake_record(item, &intake, &mut pipeline, &mut relay));
     cells.publish(&pipeline);
     relay.shutdown(Duration::from_secs(args.grace_secs)).await;
-    // The relay's counters move during the grace period: report them after it.
+    // The relay's counters move during the grace period: report them after it. The final
+    // summary has every counter (tests and the bench read it); the periodic line is short.
+    tracing::info!("{}", short_line(&registry));
     eprintln!("{}", status_line(&registry));
     Ok(())
 }

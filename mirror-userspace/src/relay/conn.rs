@@ -3,6 +3,7 @@
 //! if a request cannot be completed, so v2 never receives half a request as a whole one.
 
 use std::{
+    collections::VecDeque,
     io,
     net::SocketAddr,
     sync::{atomic::Ordering::Relaxed, Arc},
@@ -17,6 +18,8 @@ use tokio::{
 };
 
 use super::{DropReason, Message, ResponseFramer, Shared};
+use crate::observe::access_log::Entry;
+use bytes::Bytes;
 use mirror_cores::flow::FlowKey;
 
 /// Most queued messages taken for one write.
@@ -31,7 +34,7 @@ pub(super) async fn run(flow: FlowKey, mut queue: mpsc::Receiver<Message>, share
         Ok(stream) => {
             shared.stats.connections_opened.fetch_add(1, Relaxed);
             shared.connected();
-            relay(stream, &mut queue, &shared).await
+            relay(flow, stream, &mut queue, &shared).await
         }
         Err(error) => {
             shared.stats.connect_failures.fetch_add(1, Relaxed);
@@ -45,9 +48,19 @@ pub(super) async fn run(flow: FlowKey, mut queue: mpsc::Receiver<Message>, share
         // requests under the reason the connection failed.
         queue.close();
         while let Some(message) = queue.recv().await {
-            shared.inflight_bytes.fetch_sub(message.len(), Relaxed);
-            if matches!(message, Message::Head(_)) {
+            shared.stats.queued_bytes.fetch_sub(message.len(), Relaxed);
+            if let Message::Head(head) = &message {
                 shared.stats.dropped(reason);
+                let entry = Entry {
+                    client: flow.src,
+                    head,
+                    bytes: 0,
+                    outcome: "dropped",
+                    status: None,
+                    latency: None,
+                    reason: Some(reason.label()),
+                };
+                log(&shared, &entry);
             }
         }
     }
@@ -93,6 +106,7 @@ async fn connect_to(addr: SocketAddr, mark: u32) -> io::Result<TcpStream> {
 /// Writes queued requests and reads responses until the queue closes between requests
 /// (`Ok`) or something fails (`Err` with the reason to count queued requests under).
 async fn relay(
+    flow: FlowKey,
     stream: TcpStream,
     queue: &mut mpsc::Receiver<Message>,
     shared: &Shared,
@@ -101,6 +115,8 @@ async fn relay(
     let mut framer = ResponseFramer::default();
     let mut buf = vec![0u8; 4 * 1024];
     let mut in_request = false;
+    // Requests written and not yet answered, oldest first (v2 answers in order).
+    let mut awaiting = Awaiting::new(flow);
     let mut batch = Vec::with_capacity(MAX_BATCH);
     let mut scratch = Vec::with_capacity(COALESCE_BYTES);
     let response_timeout = shared.config.response_timeout;
@@ -135,7 +151,7 @@ async fn relay(
                 }
                 let len: usize = batch.iter().map(Message::len).sum();
                 let written = write_batch(&mut writer, &batch, &mut scratch, response_timeout).await;
-                shared.inflight_bytes.fetch_sub(len, Relaxed);
+                shared.stats.queued_bytes.fetch_sub(len, Relaxed);
                 if let Err(error) = written {
                     tracing::debug!(%error, "shadow write failed");
                     // Lost: the request being written, and every request the batch started.
@@ -151,10 +167,12 @@ async fn relay(
                         Message::Head(head) => {
                             in_request = true;
                             framer.request_sent(head.starts_with(b"HEAD "));
+                            awaiting.head(head);
                         }
-                        Message::Body(_) => {}
+                        Message::Body(body) => awaiting.body(body.len()),
                         Message::End => {
                             in_request = false;
+                            awaiting.sent();
                             shared.stats.sent.fetch_add(1, Relaxed);
                             deadline.get_or_insert_with(|| Instant::now() + response_timeout);
                         }
@@ -164,7 +182,7 @@ async fn relay(
             read = reader.read(&mut buf) => {
                 let n = match read {
                     Ok(0) | Err(_) => {
-                        framer.closed(|status| shared.stats.response(status));
+                        framer.closed(|status| awaiting.answered(status, shared));
                         if framer.outstanding() > 0 {
                             shared.stats.response_errors.fetch_add(1, Relaxed);
                         }
@@ -173,7 +191,7 @@ async fn relay(
                     }
                     Ok(n) => n,
                 };
-                let fed = framer.feed(&buf[..n], |status| shared.stats.response(status));
+                let fed = framer.feed(&buf[..n], |status| awaiting.answered(status, shared));
                 if let Err(error) = fed {
                     tracing::debug!(%error, "unparseable shadow response");
                     shared.stats.response_errors.fetch_add(1, Relaxed);
@@ -197,7 +215,7 @@ async fn relay(
                         Ok(0) | Err(_) => break,
                         Ok(n) => {
                             if framer
-                                .feed(&buf[..n], |status| shared.stats.response(status))
+                                .feed(&buf[..n], |status| awaiting.answered(status, shared))
                                 .is_err()
                             {
                                 break;
@@ -212,7 +230,106 @@ async fn relay(
         }
         Err(_) => reset(reader, writer),
     }
+    awaiting.unanswered(shared);
     result
+}
+
+/// A request written to v2 whose response has not been read.
+#[derive(Debug)]
+struct Written {
+    head: Bytes,
+    bytes: u64,
+    /// When its last byte was written (`None` while it is being written).
+    at: Option<Instant>,
+}
+
+/// The connection's requests awaiting v2's answer, for the latency histogram and the access
+/// log (one call each, whatever the relay does around them).
+#[derive(Debug)]
+struct Awaiting {
+    client: std::net::SocketAddr,
+    requests: VecDeque<Written>,
+}
+
+/// Writes `entry` to the access log, if there is one.
+fn log(shared: &Shared, entry: &Entry<'_>) {
+    if let Some(access_log) = &shared.config.access_log {
+        access_log.record(entry);
+    }
+}
+
+impl Awaiting {
+    fn new(flow: FlowKey) -> Self {
+        Awaiting {
+            client: flow.src,
+            requests: VecDeque::new(),
+        }
+    }
+
+    fn head(&mut self, head: Bytes) {
+        let bytes = head.len() as u64;
+        self.requests.push_back(Written {
+            head,
+            bytes,
+            at: None,
+        });
+    }
+
+    fn body(&mut self, len: usize) {
+        if let Some(request) = self.requests.back_mut() {
+            request.bytes += len as u64;
+        }
+    }
+
+    fn sent(&mut self) {
+        if let Some(request) = self.requests.back_mut() {
+            request.at = Some(Instant::now());
+        }
+    }
+
+    /// v2 answered the oldest request with `status`.
+    fn answered(&mut self, status: u16, shared: &Shared) {
+        shared.stats.response(status);
+        let Some(request) = self.requests.pop_front() else {
+            return;
+        };
+        let latency = request.at.map(|at| at.elapsed());
+        if let Some(latency) = latency {
+            shared.stats.response_latency.observe(latency);
+        }
+        self.log(&request, "answered", Some(status), latency, shared);
+    }
+
+    /// The connection is over: whatever is still awaited was sent but never answered.
+    fn unanswered(&mut self, shared: &Shared) {
+        while let Some(request) = self.requests.pop_front() {
+            if request.at.is_some() {
+                self.log(&request, "unanswered", None, None, shared);
+            }
+        }
+    }
+
+    fn log(
+        &self,
+        request: &Written,
+        outcome: &'static str,
+        status: Option<u16>,
+        latency: Option<Duration>,
+        shared: &Shared,
+    ) {
+        log(
+            shared,
+            &Entry {
+                client: self.client,
+                head: &request.head,
+                bytes: request.bytes,
+                outcome,
+                status,
+                latency,
+                reason: None,
+            },
+        );
+    }
 }
 
 /// The connection failed: the request being written (if any) is lost, and so is everything

@@ -11,7 +11,7 @@ mod stats;
 use std::{
     collections::HashMap,
     sync::{
-        atomic::{AtomicU32, AtomicU64, AtomicUsize, Ordering::Relaxed},
+        atomic::{AtomicU32, AtomicU64, Ordering::Relaxed},
         Arc,
     },
     time::{Duration, Instant},
@@ -21,6 +21,7 @@ use bytes::Bytes;
 use tokio::{sync::mpsc, task::JoinSet};
 
 pub use self::stats::{DropReason, RelayStats};
+use crate::observe::access_log::AccessLog;
 use mirror_cores::{flow::FlowKey, http::ResponseFramer, pipeline::Event};
 
 /// Connect failures in a row after which v2 counts as down.
@@ -43,6 +44,8 @@ pub struct RelayConfig {
     pub response_timeout: Duration,
     /// After several failed connects in a row, new connections are not tried for this long.
     pub down_backoff: Duration,
+    /// Where each request's outcome is logged, if anywhere.
+    pub access_log: Option<Arc<AccessLog>>,
 }
 
 impl Default for RelayConfig {
@@ -56,6 +59,7 @@ impl Default for RelayConfig {
             connect_timeout: Duration::from_secs(2),
             response_timeout: Duration::from_secs(10),
             down_backoff: Duration::from_secs(1),
+            access_log: None,
         }
     }
 }
@@ -84,7 +88,6 @@ impl Message {
 struct Shared {
     config: RelayConfig,
     stats: Arc<RelayStats>,
-    inflight_bytes: AtomicUsize,
     started: Instant,
     /// Milliseconds since `started` before which no connect is tried.
     down_until_ms: AtomicU64,
@@ -148,7 +151,6 @@ impl Relay {
             shared: Arc::new(Shared {
                 config,
                 stats: Arc::new(RelayStats::default()),
-                inflight_bytes: AtomicUsize::new(0),
                 started: Instant::now(),
                 down_until_ms: AtomicU64::new(0),
                 failures_in_a_row: AtomicU32::new(0),
@@ -281,7 +283,8 @@ fn enqueue(
     let len = message.len();
     let budget = shared.config.max_inflight_bytes;
     let reserved = shared
-        .inflight_bytes
+        .stats
+        .queued_bytes
         .fetch_update(Relaxed, Relaxed, |used| {
             (used + len <= budget).then_some(used + len)
         })
@@ -292,7 +295,7 @@ fn enqueue(
         match queue.try_send(message) {
             Ok(()) => return,
             Err(error) => {
-                shared.inflight_bytes.fetch_sub(len, Relaxed);
+                shared.stats.queued_bytes.fetch_sub(len, Relaxed);
                 match error {
                     mpsc::error::TrySendError::Full(_) => DropReason::QueueFull,
                     mpsc::error::TrySendError::Closed(_) => DropReason::ShadowDown,

@@ -4,7 +4,7 @@
 
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering::Relaxed};
 
-use crate::observe::{Sample, Source};
+use crate::observe::{histogram::LatencyHistogram, registry::HistogramSample, Sample, Source};
 
 /// Why a mirrored request did not reach v2 whole.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -33,33 +33,20 @@ impl DropReason {
         DropReason::Shutdown,
     ];
 
-    /// The counter of requests dropped for this reason.
-    pub const fn counter_name(self) -> &'static str {
+    /// The `reason` label of requests dropped for this reason.
+    pub const fn label(self) -> &'static str {
         match self {
-            DropReason::QueueFull => "dropped_queue_full",
-            DropReason::ConnLimit => "dropped_conn_limit",
-            DropReason::ShadowDown => "dropped_shadow_down",
-            DropReason::WriteFailed => "dropped_write_failed",
-            DropReason::Aborted => "dropped_aborted",
-            DropReason::Shutdown => "dropped_shutdown",
-        }
-    }
-
-    const fn help(self) -> &'static str {
-        match self {
-            DropReason::QueueFull => {
-                "Requests dropped: the connection's queue or the in-flight budget was full."
-            }
-            DropReason::ConnLimit => "Requests dropped: the cap on shadow connections was reached.",
-            DropReason::ShadowDown => "Requests dropped: v2 could not be reached.",
-            DropReason::WriteFailed => "Requests dropped: writing to v2 failed or timed out.",
-            DropReason::Aborted => "Requests dropped: the capture lost bytes of the request.",
-            DropReason::Shutdown => "Requests dropped: the agent shut down before sending them.",
+            DropReason::QueueFull => "queue_full",
+            DropReason::ConnLimit => "conn_limit",
+            DropReason::ShadowDown => "shadow_down",
+            DropReason::WriteFailed => "write_failed",
+            DropReason::Aborted => "aborted",
+            DropReason::Shutdown => "shutdown",
         }
     }
 }
 
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct RelayStats {
     /// Requests written to v2 completely.
     pub sent: AtomicU64,
@@ -75,6 +62,31 @@ pub struct RelayStats {
     pub connect_failures: AtomicU64,
     /// Shadow connections open now (a gauge).
     pub shadow_connections: AtomicUsize,
+    /// Request bytes queued for v2 and not yet written, over all connections (a gauge).
+    pub queued_bytes: AtomicUsize,
+    /// From a request's last byte written to its response's status line read.
+    pub response_latency: LatencyHistogram,
+}
+
+impl Default for RelayStats {
+    fn default() -> Self {
+        RelayStats {
+            sent: AtomicU64::new(0),
+            bytes_sent: AtomicU64::new(0),
+            dropped: Default::default(),
+            responses: Default::default(),
+            response_timeouts: AtomicU64::new(0),
+            response_errors: AtomicU64::new(0),
+            connections_opened: AtomicU64::new(0),
+            connect_failures: AtomicU64::new(0),
+            shadow_connections: AtomicUsize::new(0),
+            queued_bytes: AtomicUsize::new(0),
+            response_latency: LatencyHistogram::new(
+                "response_latency_seconds",
+                "Seconds from a request's last byte written to v2 to v2's status line read.",
+            ),
+        }
+    }
 }
 
 impl RelayStats {
@@ -119,17 +131,21 @@ impl Source for RelayStats {
         ));
         for reason in DropReason::ALL {
             out(Sample::counter(
-                reason.counter_name(),
-                reason.help(),
+                "dropped",
+                "Requests that did not reach v2 whole, by reason: queue_full (a queue or the \
+                 in-flight budget was full), conn_limit, shadow_down (v2 unreachable), \
+                 write_failed, aborted (the capture lost bytes), shutdown.",
                 self.dropped_count(reason),
-            ));
+            )
+            .with_label("reason", reason.label()));
         }
-        for (class, name) in RESPONSE_COUNTERS.iter().enumerate() {
+        for (class, name) in RESPONSE_CLASSES.iter().enumerate() {
             out(Sample::counter(
-                name,
-                "Responses from v2 of this status class (1xx: 101 only).",
+                "responses",
+                "Responses from v2, by status class (1xx: 101 only).",
                 self.responses(class + 1),
-            ));
+            )
+            .with_label("class", *name));
         }
         out(Sample::counter(
             "response_timeouts",
@@ -156,17 +172,20 @@ impl Source for RelayStats {
             "Shadow connections open now.",
             self.shadow_connections.load(Relaxed) as u64,
         ));
+        out(Sample::gauge(
+            "queued_bytes",
+            "Request bytes queued for v2 and not yet written.",
+            self.queued_bytes.load(Relaxed) as u64,
+        ));
+    }
+
+    fn histograms(&self, out: &mut dyn FnMut(HistogramSample)) {
+        out(self.response_latency.sample());
     }
 }
 
-/// Names of the response counters, by status class.
-const RESPONSE_COUNTERS: [&str; 5] = [
-    "responses_1xx",
-    "responses_2xx",
-    "responses_3xx",
-    "responses_4xx",
-    "responses_5xx",
-];
+/// The `class` labels of the response counters.
+const RESPONSE_CLASSES: [&str; 5] = ["1xx", "2xx", "3xx", "4xx", "5xx"];
 
 #[cfg(test)]
 mod tests {
@@ -185,9 +204,13 @@ mod tests {
         assert_eq!(stats.responses(2), 1);
         assert_eq!(stats.responses(5), 1);
         let mut samples = Vec::new();
-        stats.visit(&mut |sample| samples.push((sample.name, sample.value)));
-        assert!(samples.contains(&("dropped_queue_full", 2)));
-        assert!(samples.contains(&("responses_2xx", 1)));
-        assert!(samples.contains(&("shadow_connections", 0)));
+        stats.visit(&mut |sample| {
+            let label = sample.labels.first().map(|(_, v)| v.clone());
+            samples.push((sample.name, label, sample.value));
+        });
+        let label = |value: &str| Some(value.to_owned());
+        assert!(samples.contains(&("dropped", label("queue_full"), 2)));
+        assert!(samples.contains(&("responses", label("2xx"), 1)));
+        assert!(samples.contains(&("shadow_connections", None, 0)));
     }
 }
