@@ -44,8 +44,9 @@ pub fn status_line(registry: &Registry) -> String {
 }
 
 /// The short periodic line: where mirrored requests went and whether every one is accounted
-/// for, then what the capture lost. `in_flight` is mirrored minus settled (answered,
-/// unanswered, dropped): requests still queued or awaiting v2's answer.
+/// for, then what the capture lost. `mirrored` counts every request handed to the relay
+/// (completed or later aborted); `in_flight` is mirrored minus settled (answered, unanswered,
+/// dropped): requests still queued or awaiting v2's answer.
 pub fn short_line(registry: &Registry) -> String {
     let total = |stage: &str, names: &[&str]| -> u64 {
         names
@@ -53,9 +54,7 @@ pub fn short_line(registry: &Registry) -> String {
             .filter_map(|name| registry.total(stage, name))
             .sum()
     };
-    let handed = total("pipeline", &["requests_mirrored"])
-        + aborted_requests(registry)
-        + total("pipeline", &["requests_aborted"]);
+    let handed = total("pipeline", &["requests_mirrored", "requests_aborted"]);
     let answered = total("relay", &["responses", "answered"]);
     let unanswered = total(
         "relay",
@@ -84,17 +83,6 @@ pub fn short_line(registry: &Registry) -> String {
         total("pipeline", &["flows"]),
     );
     line
-}
-
-/// Requests the pipeline handed out and then aborted, under the per-reason names.
-fn aborted_requests(registry: &Registry) -> u64 {
-    let mut total = 0u64;
-    registry.visit(&mut |stage, sample| {
-        if stage == "pipeline" && sample.name.starts_with("requests_aborted_") {
-            total = total.wrapping_add(sample.value);
-        }
-    });
-    total
 }
 
 fn group_of(sample: &Sample) -> Option<String> {
@@ -166,7 +154,7 @@ mod tests {
     impl Source for Pipeline {
         fn visit(&self, out: &mut dyn FnMut(Sample)) {
             out(Sample::counter("requests_mirrored", "Mirrored.", 10));
-            out(Sample::counter("requests_aborted_gap", "Aborted.", 1));
+            out(Sample::counter("requests_aborted", "Aborted.", 1).with_label("reason", "gap"));
             out(Sample::counter("gaps", "Gaps.", 1));
         }
     }
