@@ -241,7 +241,6 @@ pub async fn run(args: RunArgs) -> Result<(), RunError> {
     relay.shutdown(Duration::from_secs(args.grace_secs)).await;
     // The relay's counters move during the grace period: report them after it. The final
     // summary has every counter (tests and the bench read it); the periodic line is short.
-    tracing::info!("{}", short_line(&registry));
     eprintln!("{}", status_line(&registry));
     Ok(())
 }

@@ -19,11 +19,7 @@ impl Source for KernelCounters {
         match lock(&self.0).counters() {
             Ok(values) => {
                 for (counter, value) in Counter::ALL.iter().zip(values) {
-                    out(Sample::counter(
-                        counter.name(),
-                        "Kernel program counter, summed over CPUs (see mirror-common's Counter).",
-                        value,
-                    ));
+                    out(Sample::counter(counter.name(), help(*counter), value));
                 }
             }
             Err(error) => tracing::warn!(%error, "cannot read kernel counters"),
@@ -53,6 +49,21 @@ impl Source for KernelRunTimes {
             )
             .with_label("program", program));
         }
+    }
+}
+
+/// The help line of a kernel counter, summed over CPUs.
+fn help(counter: Counter) -> &'static str {
+    match counter {
+        Counter::Seen => "Packets the kernel program ran on.",
+        Counter::Matched => "TCP packets bound for a target.",
+        Counter::Emitted => "Records the kernel program wrote to the ring buffer.",
+        Counter::BytesEmitted => "Packet bytes written to the ring buffer (headers excluded).",
+        Counter::RingFull => "Matched packets lost because the ring buffer was full.",
+        Counter::Truncated => "Records cut short because the packet exceeded the capture size.",
+        Counter::LoadError => "Matched packets lost because copying them out of the skb failed.",
+        Counter::PureAck => "Matched pure ACKs, deliberately not copied.",
+        Counter::OwnTraffic => "Packets skipped because they carried the agent's own mark.",
     }
 }
 
