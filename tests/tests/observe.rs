@@ -40,8 +40,9 @@ fn admin_get(scenario: &Scenario, path: &str, accept: &str) -> (u16, String) {
             &url,
         ])
         .expect("curl the admin endpoint");
-    let (body, status) = out.trim_end().rsplit_once('\n').unwrap_or(("", out.trim()));
-    (status.parse().expect("status code"), format!("{body}\n"))
+    // `out` is the body, then the newline and status code `-w` appends.
+    let (body, status) = out.rsplit_once('\n').unwrap_or(("", out.as_str()));
+    (status.trim().parse().expect("status code"), body.to_owned())
 }
 
 fn metrics(scenario: &Scenario) -> Scrape {
@@ -143,14 +144,21 @@ fn every_stage_counts_the_requests_and_the_exposition_parses() {
     let n = N as f64;
     let scrape = metrics_until(&scenario, |s| {
         s.sum("mirror_relay_responses_total", &[]) >= n
+            && s.sum("mirror_relay_response_latency_seconds_count", &[]) >= n
     });
 
     // Each stage, from the kernel to v2's answers.
     assert!(scrape.sum("mirror_kernel_packets_matched_total", &[]) >= n);
     assert!(scrape.sum("mirror_kernel_records_emitted_total", &[]) >= n);
-    assert_eq!(scrape.sum("mirror_kernel_ringbuf_full_drops_total", &[]), 0.0);
+    assert_eq!(
+        scrape.sum("mirror_kernel_ringbuf_full_drops_total", &[]),
+        0.0
+    );
     assert!(scrape.sum("mirror_intake_records_total", &[]) >= n);
-    assert_eq!(scrape.sum("mirror_pipeline_requests_mirrored_total", &[]), n);
+    assert_eq!(
+        scrape.sum("mirror_pipeline_requests_mirrored_total", &[]),
+        n
+    );
     assert_eq!(scrape.sum("mirror_pipeline_gaps_total", &[]), 0.0);
     assert_eq!(scrape.sum("mirror_relay_sent_total", &[]), n);
     assert_eq!(scrape.sum("mirror_relay_dropped_total", &[]), 0.0);
@@ -227,7 +235,10 @@ fn every_stage_counts_the_requests_and_the_exposition_parses() {
     let queried = metric_names(&dashboard);
     assert!(queried.len() >= 5, "{queried:?}");
     for name in &queried {
-        assert!(classic_scrape.has(name), "the dashboard queries {name}, which /metrics lacks");
+        assert!(
+            classic_scrape.has(name),
+            "the dashboard queries {name}, which /metrics lacks"
+        );
     }
 
     // mirror status, as a person runs it on the node.
@@ -309,7 +320,10 @@ fn black_holed_v2_raises_drops_and_not_answers() {
     ]);
     let n = N as f64;
     let scrape = metrics_until(&scenario, |s| s.sum("mirror_relay_dropped_total", &[]) >= n);
-    assert_eq!(scrape.sum("mirror_pipeline_requests_mirrored_total", &[]), n);
+    assert_eq!(
+        scrape.sum("mirror_pipeline_requests_mirrored_total", &[]),
+        n
+    );
     assert_eq!(
         scrape.sum("mirror_relay_dropped_total", &[("reason", "shadow_down")]),
         n,
@@ -319,7 +333,10 @@ fn black_holed_v2_raises_drops_and_not_answers() {
     assert_eq!(scrape.sum("mirror_relay_sent_total", &[]), 0.0);
     assert!(scrape.sum("mirror_relay_connect_failures_total", &[]) >= 1.0);
     let summary = agent.stop(libc::SIGTERM).expect("stop");
-    assert!(summary.contains(&format!("dropped_shadow_down={N} ")), "{summary}");
+    assert!(
+        summary.contains(&format!("dropped_shadow_down={N} ")),
+        "{summary}"
+    );
 }
 
 #[test]

@@ -53,10 +53,7 @@ const FAMILIES: [(&str, &str); 4] = [
         "Connections no longer mirrored, by reason (upgrade, connect, or the request framing \
          error that made the framer give up).",
     ),
-    (
-        "flows_ended_",
-        "Flows that ended, by how: fin, rst.",
-    ),
+    ("flows_ended_", "Flows that ended, by how: fin, rst."),
     (
         "flows_evicted_",
         "Flows evicted to stay within a cap, by cap: table_full, memory.",

@@ -9,10 +9,11 @@ use std::{
 
 use super::registry::HistogramSample;
 
-/// Upper bounds in seconds, from half a millisecond (v2 on the same node) to the default
-/// response timeout (10 s); a last bucket holds everything slower.
-pub const LATENCY_BOUNDS: [f64; 14] = [
-    0.000_5, 0.001, 0.002_5, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+/// Upper bounds in seconds, from a tenth of a millisecond (v2 on the same node answers in
+/// under one) to the default response timeout (10 s); a last bucket holds everything slower.
+pub const LATENCY_BOUNDS: [f64; 16] = [
+    0.000_1, 0.000_25, 0.000_5, 0.001, 0.002_5, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
+    5.0, 10.0,
 ];
 
 #[derive(Debug)]
@@ -82,8 +83,9 @@ mod tests {
         histogram.observe(Duration::from_secs(60));
         let sample = histogram.sample();
         assert_eq!(sample.count, 4);
-        assert_eq!(sample.buckets[0], (0.000_5, 2));
-        assert_eq!(sample.buckets[3], (0.005, 1));
+        assert_eq!(sample.buckets[0], (0.000_1, 1));
+        assert_eq!(sample.buckets[2], (0.000_5, 1));
+        assert_eq!(sample.buckets[5], (0.005, 1));
         assert_eq!(sample.buckets.last(), Some(&(f64::INFINITY, 1)));
         assert!((sample.sum - 60.003_6).abs() < 1e-9, "{}", sample.sum);
     }

@@ -99,6 +99,8 @@ pub fn render(r: &Rendering<'_>) -> String {
     let _ = writeln!(out);
     let _ = writeln!(out, "{:<28}{:>14}{:>14}", "requests", "total", "per second");
     let row = |out: &mut String, label: &str, total: f64, before: f64| {
+        // `+ 0.0` turns the -0.0 an empty sum starts from into 0.
+        let total = total + 0.0;
         let rate = (total - before).max(0.0) / r.seconds;
         let _ = writeln!(out, "{label:<28}{total:>14.0}{rate:>14.1}");
     };

@@ -289,15 +289,15 @@ impl Awaiting {
 
     /// v2 answered the oldest request with `status`.
     fn answered(&mut self, status: u16, shared: &Shared) {
-        shared.stats.response(status);
-        let Some(request) = self.requests.pop_front() else {
-            return;
-        };
-        let latency = request.at.map(|at| at.elapsed());
+        let request = self.requests.pop_front();
+        let latency = request.as_ref().and_then(|r| r.at).map(|at| at.elapsed());
         if let Some(latency) = latency {
             shared.stats.response_latency.observe(latency);
         }
-        self.log(&request, "answered", Some(status), latency, shared);
+        shared.stats.response(status);
+        if let Some(request) = request {
+            self.log(&request, "answered", Some(status), latency, shared);
+        }
     }
 
     /// The connection is over: whatever is still awaited was sent but never answered.
