@@ -146,14 +146,7 @@ pub fn render(r: &Rendering<'_>) -> String {
         ("ring-full drops", "mirror_kernel_ringbuf_full_drops_total"),
         ("truncations", "mirror_kernel_truncations_total"),
         ("gaps", "mirror_pipeline_gaps_total"),
-        (
-            "flows evicted (memory)",
-            "mirror_pipeline_flows_evicted_memory_total",
-        ),
-        (
-            "flows evicted (table)",
-            "mirror_pipeline_flows_evicted_table_full_total",
-        ),
+        ("flows evicted", "mirror_pipeline_flows_evicted_total"),
     ] {
         row(
             &mut out,
