@@ -1,7 +1,8 @@
 //! The mirror access log: one JSON line per mirrored request and what became of it at v2, so
-//! users can grep what v2 got. Lines are formatted where the outcome is known (a shadow
-//! connection task, never the capture loop) and written by one writer task behind a bounded
-//! queue: when the writer falls behind, lines are dropped and counted, never waited for.
+//! users can grep what v2 got. Where the outcome is known (the dispatcher on the capture loop,
+//! or a shadow connection task) an entry is queued as it is (the head is shared, not copied);
+//! one writer task formats and writes the lines. The queue is bounded: when the writer falls
+//! behind, entries are dropped and counted, never waited for.
 
 use std::{
     net::SocketAddr,
@@ -10,6 +11,7 @@ use std::{
     time::{Duration, SystemTime, UNIX_EPOCH},
 };
 
+use bytes::Bytes;
 use tokio::{
     io::{AsyncWrite, AsyncWriteExt},
     sync::mpsc,
@@ -17,7 +19,7 @@ use tokio::{
 
 use super::{Sample, Source};
 
-/// Lines queued for the writer before new ones are dropped.
+/// Entries queued for the writer before new ones are dropped.
 const QUEUE_LINES: usize = 4096;
 
 /// Where the log goes.
@@ -40,10 +42,10 @@ impl std::str::FromStr for Destination {
 
 /// What happened to one mirrored request, as the relay knows it.
 #[derive(Debug)]
-pub struct Entry<'a> {
+pub struct Entry {
     pub client: SocketAddr,
     /// The request head as sent to v2 (request line and headers, Host rewritten).
-    pub head: &'a [u8],
+    pub head: Bytes,
     /// Request bytes written to v2 (head and body).
     pub bytes: u64,
     /// `answered`, `unanswered`, or `dropped`.
@@ -59,7 +61,7 @@ pub struct Entry<'a> {
 /// The log's handle, shared by every shadow connection.
 #[derive(Debug)]
 pub struct AccessLog {
-    queue: mpsc::Sender<String>,
+    queue: mpsc::Sender<(SystemTime, Entry)>,
     /// Log one request in this many (1: all).
     every: u64,
     seen: AtomicU64,
@@ -91,12 +93,12 @@ impl AccessLog {
         })
     }
 
-    /// Logs `entry` if it is sampled in; never waits.
-    pub fn record(&self, entry: &Entry<'_>) {
+    /// Logs `entry` if it is sampled in; never waits. `entry` is only called when it is.
+    pub fn record(&self, entry: impl FnOnce() -> Entry) {
         if !self.seen.fetch_add(1, Relaxed).is_multiple_of(self.every) {
             return;
         }
-        match self.queue.try_send(format_line(entry, SystemTime::now())) {
+        match self.queue.try_send((SystemTime::now(), entry())) {
             Ok(()) => self.queued.fetch_add(1, Relaxed),
             Err(_) => self.dropped.fetch_add(1, Relaxed),
         };
@@ -119,16 +121,16 @@ impl Source for AccessLog {
 }
 
 async fn write_lines(
-    mut lines: mpsc::Receiver<String>,
+    mut entries: mpsc::Receiver<(SystemTime, Entry)>,
     mut writer: Box<dyn AsyncWrite + Send + Unpin>,
 ) {
     let mut buffer = Vec::with_capacity(64 * 1024);
-    while let Some(line) = lines.recv().await {
+    while let Some((time, entry)) = entries.recv().await {
         buffer.clear();
-        buffer.extend_from_slice(line.as_bytes());
+        buffer.extend_from_slice(format_line(&entry, time).as_bytes());
         // Take whatever else is queued: one write for a burst.
-        while let Ok(line) = lines.try_recv() {
-            buffer.extend_from_slice(line.as_bytes());
+        while let Ok((time, entry)) = entries.try_recv() {
+            buffer.extend_from_slice(format_line(&entry, time).as_bytes());
         }
         if let Err(error) = async {
             writer.write_all(&buffer).await?;
@@ -144,8 +146,8 @@ async fn write_lines(
 
 /// One JSON object and a newline. Method, path and Host come from the head as sent; no other
 /// header is read (header values carry credentials).
-fn format_line(entry: &Entry<'_>, now: SystemTime) -> String {
-    let (method, path, host) = request_fields(entry.head);
+fn format_line(entry: &Entry, now: SystemTime) -> String {
+    let (method, path, host) = request_fields(&entry.head);
     let time = now
         .duration_since(UNIX_EPOCH)
         .map_or(0.0, |since| since.as_secs_f64());
@@ -194,7 +196,9 @@ mod tests {
     fn a_line_names_the_request_and_its_outcome_and_no_other_header() {
         let entry = Entry {
             client: "10.0.0.1:40000".parse().unwrap(),
-            head: b"GET /headers?a=1 HTTP/1.1\r\nAuthorization: Bearer x\r\nhOsT: httpbin-shadow:8000\r\n\r\n",
+            head: Bytes::from_static(
+                b"GET /headers?a=1 HTTP/1.1\r\nAuthorization: Bearer x\r\nhOsT: httpbin-shadow:8000\r\n\r\n",
+            ),
             bytes: 80,
             outcome: "answered",
             status: Some(200),
@@ -233,9 +237,9 @@ mod tests {
         let log = AccessLog::start(&Destination::File(path.clone()), 2)
             .await
             .unwrap();
-        let entry = Entry {
+        let entry = || Entry {
             client: "10.0.0.1:1".parse().unwrap(),
-            head: b"GET /x HTTP/1.1\r\n\r\n",
+            head: Bytes::from_static(b"GET /x HTTP/1.1\r\n\r\n"),
             bytes: 1,
             outcome: "dropped",
             status: None,
@@ -243,7 +247,7 @@ mod tests {
             reason: Some("shadow_down"),
         };
         for _ in 0..5 {
-            log.record(&entry);
+            log.record(entry);
         }
         assert_eq!(log.queued.load(Relaxed), 3);
         drop(log);

@@ -17,7 +17,7 @@ use tokio::{
     time::{timeout, Instant},
 };
 
-use super::{DropReason, Message, ResponseFramer, Shared};
+use super::{log_dropped, DropReason, Message, ResponseFramer, Shared};
 use crate::observe::access_log::Entry;
 use bytes::Bytes;
 use mirror_cores::flow::FlowKey;
@@ -49,18 +49,9 @@ pub(super) async fn run(flow: FlowKey, mut queue: mpsc::Receiver<Message>, share
         queue.close();
         while let Some(message) = queue.recv().await {
             shared.stats.queued_bytes.fetch_sub(message.len(), Relaxed);
-            if let Message::Head(head) = &message {
+            if let Message::Head(head) = message {
                 shared.stats.dropped(reason);
-                let entry = Entry {
-                    client: flow.src,
-                    head,
-                    bytes: 0,
-                    outcome: "dropped",
-                    status: None,
-                    latency: None,
-                    reason: Some(reason.label()),
-                };
-                log(&shared, &entry);
+                log_dropped(&shared, flow, head, reason);
             }
         }
     }
@@ -251,13 +242,6 @@ struct Awaiting {
     requests: VecDeque<Written>,
 }
 
-/// Writes `entry` to the access log, if there is one.
-fn log(shared: &Shared, entry: &Entry<'_>) {
-    if let Some(access_log) = &shared.config.access_log {
-        access_log.record(entry);
-    }
-}
-
 impl Awaiting {
     fn new(flow: FlowKey) -> Self {
         Awaiting {
@@ -317,18 +301,17 @@ impl Awaiting {
         latency: Option<Duration>,
         shared: &Shared,
     ) {
-        log(
-            shared,
-            &Entry {
+        if let Some(access_log) = &shared.config.access_log {
+            access_log.record(|| Entry {
                 client: self.client,
-                head: &request.head,
+                head: request.head.clone(),
                 bytes: request.bytes,
                 outcome,
                 status,
                 latency,
                 reason: None,
-            },
-        );
+            });
+        }
     }
 }
 

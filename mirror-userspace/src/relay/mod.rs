@@ -21,7 +21,7 @@ use bytes::Bytes;
 use tokio::{sync::mpsc, task::JoinSet};
 
 pub use self::stats::{DropReason, RelayStats};
-use crate::observe::access_log::AccessLog;
+use crate::observe::access_log::{AccessLog, Entry};
 use mirror_cores::{flow::FlowKey, http::ResponseFramer, pipeline::Event};
 
 /// Connect failures in a row after which v2 counts as down.
@@ -195,6 +195,7 @@ impl Relay {
                 };
                 if let Some(reason) = refusal {
                     self.shared.stats.dropped(reason);
+                    log_dropped(&self.shared, flow, head, reason);
                     entry.dropping = true;
                     return;
                 }
@@ -207,14 +208,16 @@ impl Relay {
             }
         };
         entry.in_request = true;
-        enqueue(&self.shared, entry, &queue, Message::Head(head));
+        if let Some(reason) = enqueue(&self.shared, entry, &queue, Message::Head(head.clone())) {
+            log_dropped(&self.shared, flow, head, reason);
+        }
     }
 
     /// Body bytes of the current request on `flow`, in wire form.
     pub fn request_body(&mut self, flow: FlowKey, data: Bytes) {
         if let Some(entry) = self.flows.get_mut(&flow) {
             if let (false, Some(queue)) = (entry.dropping, entry.queue.clone()) {
-                enqueue(&self.shared, entry, &queue, Message::Body(data));
+                let _ = enqueue(&self.shared, entry, &queue, Message::Body(data));
             }
         }
     }
@@ -224,7 +227,9 @@ impl Relay {
         if let Some(entry) = self.flows.get_mut(&flow) {
             entry.in_request = false;
             match (entry.dropping, entry.queue.clone()) {
-                (false, Some(queue)) => enqueue(&self.shared, entry, &queue, Message::End),
+                (false, Some(queue)) => {
+                    let _ = enqueue(&self.shared, entry, &queue, Message::End);
+                }
                 _ => entry.dropping = false,
             }
         }
@@ -272,14 +277,30 @@ impl Relay {
     }
 }
 
+/// Logs a request dropped before v2 got it (its head is all there is to log).
+fn log_dropped(shared: &Shared, flow: FlowKey, head: Bytes, reason: DropReason) {
+    if let Some(access_log) = &shared.config.access_log {
+        access_log.record(|| Entry {
+            client: flow.src,
+            head,
+            bytes: 0,
+            outcome: "dropped",
+            status: None,
+            latency: None,
+            reason: Some(reason.label()),
+        });
+    }
+}
+
 /// Queues `message` without waiting; if the queue or the byte budget is full, the request is
-/// dropped: the queue is closed mid-request, which makes the task reset the connection.
+/// dropped (and the reason returned): the queue is closed mid-request, which makes the task
+/// reset the connection.
 fn enqueue(
     shared: &Shared,
     entry: &mut ClientConnection,
     queue: &mpsc::Sender<Message>,
     message: Message,
-) {
+) -> Option<DropReason> {
     let len = message.len();
     let budget = shared.config.max_inflight_bytes;
     let reserved = shared
@@ -293,7 +314,7 @@ fn enqueue(
         DropReason::QueueFull
     } else {
         match queue.try_send(message) {
-            Ok(()) => return,
+            Ok(()) => return None,
             Err(error) => {
                 shared.stats.queued_bytes.fetch_sub(len, Relaxed);
                 match error {
@@ -306,4 +327,5 @@ fn enqueue(
     shared.stats.dropped(reason);
     entry.dropping = true;
     entry.queue = None;
+    Some(reason)
 }
