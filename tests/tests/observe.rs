@@ -312,7 +312,13 @@ fn black_holed_v2_raises_drops_and_not_answers() {
              add chain inet blackhole input { type filter hook input priority 0; policy drop; }",
         ])
         .expect("black-hole v2");
-    let agent = scenario.agent(&["--connect-timeout-ms", "300"]);
+    let access_log = scenario.testbed.log_dir().join("access.jsonl");
+    let agent = scenario.agent(&[
+        "--connect-timeout-ms",
+        "300",
+        "--access-log",
+        &access_log.display().to_string(),
+    ]);
     scenario.curl(&[
         "-o",
         "/dev/null",
