@@ -23,7 +23,7 @@ struct Record<const N: usize> {
     data: [u8; N],
 }
 
-const _: () = assert!(RECORD_HEADER_LEN % 8 == 0);
+const _: () = assert!(RECORD_HEADER_LEN.is_multiple_of(8));
 
 /// Emits the whole packet (from the Ethernet header) to the ring buffer.
 #[inline(always)]

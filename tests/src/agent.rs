@@ -54,6 +54,12 @@ impl Agent {
         let mut argv = vec![mirror_binary()?.display().to_string()];
         argv.extend(args.iter().cloned());
         let process = ns.spawn(label, &argv)?;
+        Agent::adopt(process, ready_marker)
+    }
+
+    /// Takes over an agent started some other way (inside a container, say) and waits until it
+    /// has attached, as [`Agent::start`] does.
+    pub fn adopt(process: Process, ready_marker: &'static str) -> Result<Agent> {
         let mut agent = Agent {
             process: Some(process),
             ready_marker,

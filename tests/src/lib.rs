@@ -40,6 +40,7 @@
 
 pub mod agent;
 pub mod cleanup;
+pub mod container;
 mod httpbin;
 pub mod load;
 mod netns;

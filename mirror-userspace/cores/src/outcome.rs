@@ -109,6 +109,36 @@ counters! {
     flows_evicted_table_full,
     /// Flows evicted (least recently active first) because buffered bytes exceeded the cap.
     flows_evicted_memory,
+    /// Flows evicted because their source address had its share of flows (its own, oldest first).
+    flows_evicted_source_flows,
+    /// Flows evicted because their source address buffered its share of bytes (its own).
+    flows_evicted_source_memory,
+    /// Client segments (at least partly) beyond the window: v1's advertised window, or the
+    /// out-of-order window when only the client direction is seen.
+    segments_beyond_window,
+    /// Payload bytes of those segments dropped for lying beyond the window.
+    bytes_beyond_window,
+    /// Client-only: flows moved forward to a segment beyond the window after nothing arrived
+    /// inside it for the hole timeout (the capture lost more than a window).
+    far_jumps,
+    /// RSTs ignored: not at the exact next sequence number (client), or outside the window (v1).
+    rst_ignored,
+    /// FINs ignored: outside the window.
+    fin_ignored,
+    /// Bytes held (out of order, or not yet acknowledged by v1) when their flow ended: never framed.
+    held_bytes_discarded,
+    /// Client segments of no connection v1 accepted (no handshake answered, no acknowledgement): ignored.
+    segments_unaccepted,
+    /// Payload bytes of those segments.
+    bytes_unaccepted,
+    /// SYN-ACKs from v1 recorded as pending handshakes.
+    handshakes_seen,
+    /// Pending handshakes forgotten to stay within `max_handshakes`.
+    handshakes_evicted,
+    /// Pending handshakes forgotten because the client never completed them in time.
+    handshakes_expired,
+    /// v1 segments ignored because the pipeline follows the client direction only.
+    server_segments_ignored,
 }
 
 /// Why a request already (partly) handed to the relay will not be completed. The relay must
@@ -210,7 +240,7 @@ mod tests {
             ..Counters::default()
         };
         let pairs: Vec<_> = c.iter().collect();
-        assert_eq!(pairs.len(), 37);
+        assert_eq!(pairs.len(), 51);
         assert!(pairs.contains(&("gaps", 3)));
         assert!(pairs.contains(&("flows_evicted_memory", 7)));
         let mut names: Vec<_> = pairs.iter().map(|p| p.0).collect();

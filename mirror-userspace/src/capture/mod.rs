@@ -4,12 +4,12 @@
 
 pub mod attached;
 pub mod classifier;
-pub mod clock;
-pub mod kernel_stats;
+pub(crate) mod clock;
+pub(crate) mod kernel_stats;
 pub mod packet;
 pub mod pcap;
 mod privileges;
-pub mod record;
+pub(crate) mod record;
 mod ring;
 pub mod session;
 pub mod target;

@@ -137,7 +137,7 @@ impl Session {
 
     /// The kernel program's counters (stage `kernel`) and run times (stage `bpf`), for the
     /// registry.
-    pub fn kernel_sources(&self) -> (KernelCounters, KernelRunTimes) {
+    pub(crate) fn kernel_sources(&self) -> (KernelCounters, KernelRunTimes) {
         (
             KernelCounters(Arc::clone(&self.classifier)),
             KernelRunTimes(Arc::clone(&self.classifier)),

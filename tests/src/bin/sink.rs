@@ -33,26 +33,20 @@ fn main() -> ExitCode {
     }
 }
 
+/// A stand-in shadow service that answers 200 and logs one JSON line per request.
+#[derive(clap::Parser)]
+#[command(name = "mirror-sink")]
+struct Args {
+    /// Address to listen on (repeatable).
+    #[arg(long, required = true, value_name = "ADDR")]
+    listen: Vec<SocketAddr>,
+    /// File to append the request records to.
+    #[arg(long, value_name = "FILE")]
+    log: PathBuf,
+}
+
 fn run() -> Result<(), String> {
-    let mut listen = Vec::new();
-    let mut log = None;
-    let mut args = std::env::args().skip(1);
-    while let Some(arg) = args.next() {
-        let value = args.next().ok_or(format!("{arg} needs a value"))?;
-        match arg.as_str() {
-            "--listen" => listen.push(
-                value
-                    .parse::<SocketAddr>()
-                    .map_err(|e| format!("--listen {value}: {e}"))?,
-            ),
-            "--log" => log = Some(PathBuf::from(value)),
-            _ => return Err(format!("unknown argument {arg}")),
-        }
-    }
-    let log = log.ok_or("--log FILE is required")?;
-    if listen.is_empty() {
-        return Err("at least one --listen ADDR is required".into());
-    }
+    let Args { listen, log } = <Args as clap::Parser>::parse();
     let log = OpenOptions::new()
         .create(true)
         .append(true)

@@ -9,6 +9,22 @@ use thiserror::Error;
 
 const SECOND_NS: u64 = 1_000_000_000;
 
+/// What lets client bytes through to the framer.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Admission {
+    /// v1's side of each connection is captured too (header-only records, fed to
+    /// [`Pipeline::on_server_segment`](super::Pipeline::on_server_segment)): a flow exists only
+    /// once v1 answered its SYN (and the client completed the handshake) or, joined
+    /// mid-stream, once v1 acknowledges its bytes; client bytes reach the framer only once v1
+    /// acknowledged them; data beyond v1's advertised window is dropped. The default.
+    AckedByV1,
+    /// Only the client direction is seen (a dataplane that bypasses the hook for v1's
+    /// packets): a client SYN or a request line starts a flow and bytes are framed as soon as
+    /// they are contiguous. Forged client packets can then reach v2: use only where v1's
+    /// direction cannot be captured, and say so.
+    ClientOnly,
+}
+
 /// Everything the pipeline can be told. `Default` gives the documented values.
 #[derive(Clone, Debug, PartialEq)]
 pub struct PipelineConfig {
@@ -36,6 +52,19 @@ pub struct PipelineConfig {
     pub sample_percent: f64,
     /// Seed of the sampling coin: the same seed and input give the same decisions.
     pub sample_seed: u64,
+    /// What releases client bytes. Default [`Admission::AckedByV1`].
+    pub admission: Admission,
+    /// Flows one source address (a pod) may have tracked; beyond, its own least recently
+    /// active flow is evicted. Default 16 384 (a quarter of `max_flows`).
+    pub max_flows_per_source: usize,
+    /// Bytes one source address's flows may buffer; beyond, its own least recently active
+    /// flows are evicted. Default 64 MiB (a quarter of `max_buffered_bytes`).
+    pub max_buffered_per_source: usize,
+    /// Handshakes v1 answered and the client has not completed, tracked at once; beyond, the
+    /// oldest is forgotten (its flow can still be joined mid-stream). Default 65 536.
+    pub max_handshakes: usize,
+    /// A handshake pending this long is forgotten. Default 10 s.
+    pub handshake_timeout_ns: u64,
 }
 
 impl Default for PipelineConfig {
@@ -50,13 +79,18 @@ impl Default for PipelineConfig {
             framer: FramerConfig::default(),
             sample_percent: 100.0,
             sample_seed: 0,
+            admission: Admission::AckedByV1,
+            max_flows_per_source: 16_384,
+            max_buffered_per_source: 64 << 20,
+            max_handshakes: 65_536,
+            handshake_timeout_ns: 10 * SECOND_NS,
         }
     }
 }
 
 #[derive(Debug, Error, PartialEq)]
 pub enum ConfigError {
-    #[error("max_flows must be at least 1")]
+    #[error("max_flows, max_flows_per_source and max_handshakes must be at least 1")]
     NoFlows,
     #[error("ooo_window must be within 1..={MAX_WINDOW}, got {0}")]
     Window(u32),
@@ -70,7 +104,7 @@ pub enum ConfigError {
 
 impl PipelineConfig {
     pub fn validate(&self) -> Result<(), ConfigError> {
-        if self.max_flows == 0 {
+        if self.max_flows == 0 || self.max_flows_per_source == 0 || self.max_handshakes == 0 {
             return Err(ConfigError::NoFlows);
         }
         if self.ooo_window == 0 || self.ooo_window > MAX_WINDOW {
@@ -81,6 +115,12 @@ impl PipelineConfig {
         }
         self.framer.rewrite.validate()?;
         Ok(())
+    }
+
+    /// The settings with `admission` replaced.
+    pub fn with_admission(mut self, admission: Admission) -> Self {
+        self.admission = admission;
+        self
     }
 
     /// The rewrite mode, for callers that only want to change it.
@@ -104,6 +144,15 @@ mod tests {
         );
         assert_eq!(c.framer.max_header_bytes, 64 * 1024);
         assert_eq!(c.framer.rewrite, HostRewrite::Suffix("-shadow".into()));
+        assert_eq!(c.admission, Admission::AckedByV1);
+        assert_eq!(
+            (
+                c.max_flows_per_source,
+                c.max_buffered_per_source,
+                c.max_handshakes
+            ),
+            (16_384, 64 << 20, 65_536)
+        );
     }
 
     #[test]
@@ -113,6 +162,13 @@ mod tests {
             (
                 PipelineConfig {
                     max_flows: 0,
+                    ..base()
+                },
+                ConfigError::NoFlows,
+            ),
+            (
+                PipelineConfig {
+                    max_flows_per_source: 0,
                     ..base()
                 },
                 ConfigError::NoFlows,

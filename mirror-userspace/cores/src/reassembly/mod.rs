@@ -1,10 +1,14 @@
 //! TCP stream reassembly for one direction of one flow: turns segments in any order, with
 //! retransmissions and overlaps, into the byte stream in order, or says where it has a gap.
+//! Optionally gated: bytes are handed on only up to a release point (v1's acknowledgement).
 
+mod pages;
 mod ranges;
 
+pub use pages::{PAGE, PAGE_COST};
 pub use ranges::{RangeSet, TooManyRanges, MAX_RANGES};
 
+use pages::Pages;
 use thiserror::Error;
 
 /// What the reassembler hands on, in stream order.
@@ -31,43 +35,69 @@ pub struct Pushed {
     pub duplicate: u32,
     /// Bytes skipped as lost to make room for this segment within the window.
     pub gap: u64,
+    /// Payload bytes refused because they lie at or beyond the window: never held, never
+    /// delivered. A segment that starts beyond the window cannot move the stream: one forged
+    /// far-ahead segment must not make the genuine ones that follow look old.
+    pub beyond_window: u32,
 }
 
 /// Largest out-of-order window a flow may have. Sequence offsets are compared as `i32`, so
 /// the window must stay well below 2^31 for "behind" and "ahead" to be told apart.
 pub const MAX_WINDOW: u32 = 1 << 30;
 
-/// An emptied buffer keeps at most this much capacity, so idle flows do not pin memory.
-const RETAINED_CAPACITY: usize = 64 * 1024;
-
 /// Reassembly state of one flow direction.
 ///
 /// Offsets below are relative to `next_seq`, the sequence number of the next byte to deliver.
+///
+/// **Overlap rule: the first bytes received win.** A byte already held or delivered is never
+/// replaced by a later segment carrying different bytes for the same sequence number, whether
+/// the later one is out of order or the next expected. Why: a receiver has already queued (or
+/// handed to the application) what arrived first, and Linux keeps queued bytes when a
+/// retransmission overlaps them; a peer that sends two versions of the same bytes is not a
+/// TCP stack, and one fixed, documented rule keeps the mirror deterministic. (Linux differs
+/// in two corners of its out-of-order queue: a segment that covers a held one with the same
+/// start replaces it, and the in-order segment wins over held data it overlaps. Only a
+/// client that sends different bytes twice can see the difference.)
+///
 /// Invariants:
-/// - every offset held in `ranges` is `< window` (enforced when a segment is buffered);
-/// - `buf[head + i]` is the byte at offset `i` for every `i` inside `ranges`, so
-///   `buf.len() >= head + ranges.end()`;
-/// - `ranges` never starts at 0 between calls: data at offset 0 is delivered at once;
-/// - when `ranges` is empty, `buf` is empty and `head == 0`.
+/// - every offset held in `ranges` is `< window` (enforced when a segment is held);
+/// - every held offset `i` is backed by `pages` at stream position `base + i`;
+/// - `ranges` starts at 0 between calls only when nothing more may be released (`room() == 0`):
+///   releasable data at offset 0 is delivered at once;
+/// - when `ranges` is empty, `pages` is empty.
 #[derive(Debug)]
 pub struct Reassembler {
     next_seq: u32,
+    /// Stream position of `next_seq`: bytes delivered or lost since the start. Never wraps.
+    base: u64,
     window: u32,
+    /// Bytes before this sequence number may be delivered; `None`: no gate.
+    release: Option<u32>,
     ranges: RangeSet,
-    buf: Vec<u8>,
-    head: usize,
+    pages: Pages,
 }
 
 impl Reassembler {
     /// Starts a stream whose next byte has sequence number `next_seq` (ISN + 1 after a SYN).
     /// `window` (clamped to [`MAX_WINDOW`]) bounds how far ahead of `next_seq` bytes are held.
+    /// Bytes are delivered as soon as they are contiguous.
     pub fn new(next_seq: u32, window: u32) -> Self {
         Self {
             next_seq,
+            base: 0,
             window: window.min(MAX_WINDOW),
+            release: None,
             ranges: RangeSet::default(),
-            buf: Vec::new(),
-            head: 0,
+            pages: Pages::default(),
+        }
+    }
+
+    /// Like [`Reassembler::new`], but nothing is delivered until [`Reassembler::release_to`]
+    /// allows it: contiguous bytes wait, held, for the release point to pass them.
+    pub fn gated(next_seq: u32, window: u32) -> Self {
+        Self {
+            release: Some(next_seq),
+            ..Self::new(next_seq, window)
         }
     }
 
@@ -76,19 +106,65 @@ impl Reassembler {
         self.next_seq
     }
 
-    /// Whether out-of-order bytes are held (a hole precedes them).
+    /// One past the highest byte held, or `next_seq` when nothing is held.
+    pub fn end_seq(&self) -> u32 {
+        self.next_seq.wrapping_add(self.ranges.end())
+    }
+
+    /// Whether bytes are held (behind a hole, or waiting for the release point).
     pub fn has_held(&self) -> bool {
         !self.ranges.is_empty()
     }
 
-    /// Heap bytes this state pins, for the global memory cap.
+    /// Bytes held and not yet delivered.
+    pub fn held_bytes(&self) -> u64 {
+        self.ranges
+            .as_slice()
+            .iter()
+            .map(|&(s, e)| u64::from(e - s))
+            .sum()
+    }
+
+    /// Heap bytes this state pins, for the memory caps.
     pub fn memory(&self) -> usize {
-        self.buf.capacity()
+        self.pages.memory()
+    }
+
+    /// Whether a hole in front could be given up on: bytes are held behind it (ungated), or
+    /// the release point has passed bytes that never arrived (gated: v1 has them, the capture
+    /// lost them or has not shown them yet).
+    pub fn hole_pending(&self) -> bool {
+        let front_missing = self.ranges.first().is_none_or(|r| r.0 > 0);
+        match self.release {
+            None => self.has_held(),
+            Some(_) => self.room() > 0 && front_missing,
+        }
+    }
+
+    /// How many bytes from `next_seq` on may be delivered.
+    fn room(&self) -> u32 {
+        match self.release {
+            None => u32::MAX,
+            Some(r) => (r.wrapping_sub(self.next_seq) as i32).max(0) as u32,
+        }
+    }
+
+    /// Moves the release point forward to `seq` (never back) and delivers what it frees.
+    /// Ignored when ungated.
+    pub fn release_to(&mut self, seq: u32, out: &mut (impl FnMut(Delivery<'_>) + ?Sized)) {
+        if let Some(r) = self.release {
+            if seq.wrapping_sub(r) as i32 > 0 {
+                self.release = Some(seq);
+                self.deliver_ready(out);
+            }
+        }
     }
 
     /// Takes one segment's payload starting at sequence number `seq`, delivering whatever
-    /// becomes contiguous. A segment that would end beyond the window makes the oldest hole a
-    /// gap, as often as needed: the capture lost it (a receiver would have it by now).
+    /// becomes contiguous (and released). A segment that starts inside the window but would
+    /// end beyond it makes the oldest hole a gap, as often as needed: the capture lost it (a
+    /// receiver would have it by now); gated, only as far as the release point. Bytes that
+    /// still lie at or beyond the window are refused and counted.
     ///
     /// The next expected segment is never refused; only an out-of-order one can be, when every
     /// range slot is taken (`Err`, nothing changed).
@@ -96,7 +172,7 @@ impl Reassembler {
         &mut self,
         seq: u32,
         payload: &[u8],
-        out: &mut impl FnMut(Delivery<'_>),
+        out: &mut (impl FnMut(Delivery<'_>) + ?Sized),
     ) -> Result<Pushed, ReassemblyError> {
         let mut pushed = Pushed::default();
         let mut data = payload;
@@ -112,74 +188,131 @@ impl Reassembler {
             if data.is_empty() {
                 return Ok(pushed);
             }
-            let end = off + data.len() as i64;
-            if off == 0 {
-                pushed.duplicate = pushed
-                    .duplicate
-                    .saturating_add(self.ranges.covered(0, to_u32(data.len())));
-                out(Delivery::Data(data));
-                self.advance(data.len());
-                self.deliver_ready(out);
+            let window = i64::from(self.window);
+            if off >= window {
+                pushed.beyond_window = pushed.beyond_window.saturating_add(to_u32(data.len()));
                 return Ok(pushed);
             }
-            if end <= i64::from(self.window) {
+            if off == 0 {
+                let held_at = self.ranges.first().map_or(u32::MAX, |r| r.0);
+                let cut = data.len().min(held_at as usize).min(self.room() as usize);
+                if cut > 0 {
+                    out(Delivery::Data(&data[..cut]));
+                    self.advance(cut);
+                    let ready = self.deliver_ready(out);
+                    data = &data[cut..];
+                    // What follows was delivered from held bytes (first received wins).
+                    off = -(ready as i64);
+                    continue;
+                }
+            }
+            let end = off + data.len() as i64;
+            if end <= window {
                 self.hold(off as u32, data, &mut pushed)?;
                 return Ok(pushed);
             }
-            let moved = self.skip_hole(off as u32, out);
+            // Gated, only what the release point passed may be declared lost: v1 has it, so
+            // the capture lost it. Anything else would let one segment skip the stream ahead.
+            let limit = match self.release {
+                None => off as u32,
+                Some(_) => (off as u32).min(self.room()),
+            };
+            let moved = self.skip_hole(limit, out);
+            if moved.lost == 0 && moved.delivered == 0 {
+                // Nothing can be skipped (held bytes at offset 0 wait for release, or nothing
+                // was released past the hole): keep what fits, refuse the rest.
+                let fits = (window - off) as usize;
+                pushed.beyond_window = pushed
+                    .beyond_window
+                    .saturating_add(to_u32(data.len() - fits));
+                self.hold(off as u32, &data[..fits], &mut pushed)?;
+                return Ok(pushed);
+            }
             pushed.gap += u64::from(moved.lost);
             off -= i64::from(moved.lost) + moved.delivered as i64;
         }
     }
 
-    /// Gives up on the hole in front of the held bytes, if any: reports it as a gap and
-    /// delivers what was held after it. Returns the gap size (0 if nothing was held).
-    pub fn skip_front_hole(&mut self, out: &mut impl FnMut(Delivery<'_>)) -> u32 {
-        match self.ranges.first() {
-            Some((start, _)) => self.skip_hole(start, out).lost,
-            None => 0,
+    /// Gives up on the hole in front, if there is one to give up on (see
+    /// [`Reassembler::hole_pending`]): reports it as a gap and delivers what was held after it.
+    /// Gated, only the part the release point passed is skipped. Returns the gap size.
+    pub fn skip_front_hole(&mut self, out: &mut (impl FnMut(Delivery<'_>) + ?Sized)) -> u32 {
+        if !self.hole_pending() {
+            return 0;
+        }
+        let limit = match self.release {
+            None => self.ranges.first().map_or(0, |r| r.0),
+            Some(_) => self.room(),
+        };
+        self.skip_hole(limit, out).lost
+    }
+
+    /// Moves the stream to `seq` (ahead of `next_seq`), declaring lost whatever is missing
+    /// before it and delivering what is held: the stream resumes there. Returns the bytes lost.
+    pub fn jump_to(&mut self, seq: u32, out: &mut (impl FnMut(Delivery<'_>) + ?Sized)) -> u64 {
+        let mut lost = 0u64;
+        loop {
+            let dist = seq.wrapping_sub(self.next_seq) as i32;
+            if dist <= 0 {
+                return lost;
+            }
+            let moved = self.skip_hole(dist as u32, out);
+            if moved.lost == 0 && moved.delivered == 0 {
+                return lost;
+            }
+            lost += u64::from(moved.lost);
         }
     }
 
     /// Declares lost everything before offset `limit` or the first held range, whichever is
     /// lower, then delivers the held run that became contiguous.
-    fn skip_hole(&mut self, limit: u32, out: &mut impl FnMut(Delivery<'_>)) -> Moved {
+    fn skip_hole(&mut self, limit: u32, out: &mut (impl FnMut(Delivery<'_>) + ?Sized)) -> Moved {
         let lost = self.ranges.first().map_or(limit, |r| r.0.min(limit));
+        if lost == 0 {
+            return Moved {
+                lost: 0,
+                delivered: 0,
+            };
+        }
         out(Delivery::Gap(lost));
         self.advance(lost as usize);
         let delivered = self.deliver_ready(out);
         Moved { lost, delivered }
     }
 
-    /// Copies an out-of-order segment at offset `off` (`0 < off`, `off + len <= window`).
+    /// Stores an out-of-order (or not yet released) segment at offset `off`
+    /// (`off + len <= window`): only its bytes not already held are written.
     fn hold(&mut self, off: u32, data: &[u8], pushed: &mut Pushed) -> Result<(), ReassemblyError> {
         let end = off + to_u32(data.len());
         let already = self.ranges.covered(off, end);
+        let mut fresh = [(0u32, 0u32); MAX_RANGES + 1];
+        let mut n = 0;
+        self.ranges.for_each_gap(off, end, |a, b| {
+            fresh[n] = (a, b);
+            n += 1;
+        });
         self.ranges.insert(off, end)?;
         pushed.duplicate = pushed.duplicate.saturating_add(already);
-        let need = self.head + end as usize;
-        if need > self.buf.len() {
-            if self.head > 0 && need > self.buf.capacity() {
-                // Reclaim the delivered prefix before growing, so the buffer stays within
-                // about one window.
-                self.buf.drain(..self.head);
-                self.head = 0;
-            }
-            self.buf.resize(self.head + end as usize, 0);
+        for &(a, b) in &fresh[..n] {
+            let bytes = &data[(a - off) as usize..(b - off) as usize];
+            self.pages.write(self.base + u64::from(a), bytes);
         }
-        let at = self.head + off as usize;
-        self.buf[at..at + data.len()].copy_from_slice(data);
         Ok(())
     }
 
-    /// Delivers the held run starting at offset 0, if there is one. Returns its length.
-    fn deliver_ready(&mut self, out: &mut impl FnMut(Delivery<'_>)) -> usize {
+    /// Delivers the released part of the held run starting at offset 0, if there is one.
+    /// Returns its length.
+    fn deliver_ready(&mut self, out: &mut (impl FnMut(Delivery<'_>) + ?Sized)) -> usize {
         match self.ranges.first() {
             Some((0, end)) => {
-                let end = end as usize;
-                out(Delivery::Data(&self.buf[self.head..self.head + end]));
-                self.advance(end);
-                end
+                let n = end.min(self.room()) as usize;
+                if n == 0 {
+                    return 0;
+                }
+                self.pages
+                    .read(self.base, n, &mut |b| out(Delivery::Data(b)));
+                self.advance(n);
+                n
             }
             _ => 0,
         }
@@ -189,15 +322,12 @@ impl Reassembler {
     fn advance(&mut self, n: usize) {
         let n32 = to_u32(n);
         self.next_seq = self.next_seq.wrapping_add(n32);
+        self.base += u64::from(n32);
         self.ranges.advance(n32);
         if self.ranges.is_empty() {
-            self.buf.clear();
-            self.head = 0;
-            if self.buf.capacity() > RETAINED_CAPACITY {
-                self.buf = Vec::new();
-            }
+            self.pages.clear();
         } else {
-            self.head += n;
+            self.pages.release_before(self.base);
         }
     }
 }

@@ -57,6 +57,26 @@ impl RangeSet {
             .sum()
     }
 
+    /// Calls `f` with each maximal part of `[start, end)` that is not held, in order.
+    pub fn for_each_gap(&self, start: u32, end: u32, mut f: impl FnMut(u32, u32)) {
+        let mut at = start;
+        for &(s, e) in self.as_slice() {
+            if e <= at {
+                continue;
+            }
+            if s >= end {
+                break;
+            }
+            if s > at {
+                f(at, s);
+            }
+            at = e;
+        }
+        if at < end {
+            f(at, end);
+        }
+    }
+
     /// Adds `[start, end)`, merging it with every range it overlaps or touches. On error
     /// nothing changed.
     pub fn insert(&mut self, start: u32, end: u32) -> Result<(), TooManyRanges> {
@@ -155,6 +175,20 @@ mod tests {
         s.advance(100);
         assert!(s.is_empty());
         assert_eq!(s.end(), 0);
+    }
+
+    #[test]
+    fn gaps_are_the_uncovered_parts() {
+        let s = set(&[(10, 20), (30, 40)]);
+        let mut gaps = Vec::new();
+        s.for_each_gap(0, 100, |a, b| gaps.push((a, b)));
+        assert_eq!(gaps, vec![(0, 10), (20, 30), (40, 100)]);
+        gaps.clear();
+        s.for_each_gap(12, 35, |a, b| gaps.push((a, b)));
+        assert_eq!(gaps, vec![(20, 30)]);
+        gaps.clear();
+        s.for_each_gap(31, 39, |a, b| gaps.push((a, b)));
+        assert!(gaps.is_empty());
     }
 
     #[test]

@@ -24,17 +24,8 @@ fn main() -> ExitCode {
     // The agent inherits it: its log lines are shown and kept in files, where colour codes
     // would be noise. Set before any thread exists.
     std::env::set_var("NO_COLOR", "1");
-    let options = match Options::parse(std::env::args().skip(1)) {
-        Ok(Some(options)) => options,
-        Ok(None) => {
-            println!("{}", cli::USAGE);
-            return ExitCode::SUCCESS;
-        }
-        Err(err) => {
-            eprintln!("mirror-demo: {err:#}");
-            return ExitCode::from(2);
-        }
-    };
+    // Help and bad arguments exit here (status 0 and 2), as clap does everywhere.
+    let options = <Options as clap::Parser>::parse();
     let result = require_root().and_then(|()| {
         if options.down {
             lifecycle::down(&options)

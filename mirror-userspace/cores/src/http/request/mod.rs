@@ -253,9 +253,13 @@ impl Framer {
         }
     }
 
+    /// Drops `n` bytes from the front. The head-end search position moves with them: a
+    /// blank line not found after the old start is not found after a later start either, so
+    /// the next candidate resumes the search instead of rescanning (resync stays linear).
     fn skip(&mut self, n: usize, env: &mut Env<'_>) {
         env.counters.resync_skipped_bytes += n as u64;
         self.buf.advance(n);
+        self.scanned = self.scanned.saturating_sub(n);
     }
 
     /// Tries to take a whole head off the buffer. Returns whether the state moved on.
@@ -298,7 +302,8 @@ impl Framer {
     }
 
     /// Cheap check for a complete head: the first empty line (`\n\n` or `\n\r\n`). Returns
-    /// the head length; remembers how far it looked.
+    /// the head length; remembers how far it looked (up to the blank line's `\n` when found,
+    /// so a later resync candidate before it finds the same end without a rescan).
     fn find_head_end(&mut self) -> Option<usize> {
         let buf = &self.buf[..];
         let mut i = self.scanned;
@@ -308,8 +313,14 @@ impl Framer {
         {
             let at = i + nl;
             match (buf.get(at + 1), buf.get(at + 2)) {
-                (Some(b'\n'), _) => return Some(at + 2),
-                (Some(b'\r'), Some(b'\n')) => return Some(at + 3),
+                (Some(b'\n'), _) => {
+                    self.scanned = at;
+                    return Some(at + 2);
+                }
+                (Some(b'\r'), Some(b'\n')) => {
+                    self.scanned = at;
+                    return Some(at + 3);
+                }
                 (Some(b'\r'), None) | (None, _) => {
                     self.scanned = at;
                     return None;
@@ -332,7 +343,6 @@ impl Framer {
     ) -> bool {
         if candidate {
             self.skip(1, env);
-            self.scanned = 0;
             self.state = State::Resync { line_start: false };
             true
         } else {

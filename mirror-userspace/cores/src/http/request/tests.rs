@@ -349,6 +349,35 @@ fn resync_does_not_start_mid_line() {
     assert_eq!(h.complete(), vec!["GET /b HTTP/1.1\r\n\r\n"]);
 }
 
+/// Rejected candidates before one blank line share its search: the later, valid candidate
+/// still ends at that blank line, and a too-large run of candidates is skipped, not fatal.
+#[test]
+fn rejected_resync_candidates_resume_the_head_end_search() {
+    let mut h = Harness::new();
+    h.framer = Framer::resyncing();
+    h.feed(b"GET \nPUT \nGET /ok HTTP/1.1\r\nHost: a\r\n\r\n");
+    assert_eq!(
+        h.complete(),
+        vec!["GET /ok HTTP/1.1\r\nHost: a-shadow\r\n\r\n"]
+    );
+    assert_eq!(h.counters.resync_skipped_bytes, 10);
+    let mut h = Harness::with(
+        FramerConfig {
+            max_header_bytes: 64,
+            ..FramerConfig::default()
+        },
+        100.0,
+    );
+    h.framer = Framer::resyncing();
+    for _ in 0..100 {
+        h.feed(b"GET \n");
+    }
+    h.feed(b"\nGET /b HTTP/1.1\r\n\r\n");
+    assert_eq!(h.complete(), vec!["GET /b HTTP/1.1\r\n\r\n"]);
+    assert_eq!(h.counters.resync_skipped_bytes, 501);
+    assert!(!h.framer.is_stopped());
+}
+
 #[test]
 fn mid_stream_framer_starts_at_a_request_line() {
     let mut h = Harness::new();

@@ -6,7 +6,16 @@ use crate::flow::TcpFlags;
 use crate::test_support::{request, Rebuilt};
 use proptest::prelude::*;
 
+mod acked;
+mod shares;
+
 const SEC: u64 = 1_000_000_000;
+
+/// The rules when only the client direction is seen: most table tests here are about
+/// reassembly and framing, which work the same under either admission.
+fn client_only() -> PipelineConfig {
+    PipelineConfig::default().with_admission(Admission::ClientOnly)
+}
 
 fn key(port: u16) -> FlowKey {
     FlowKey {
@@ -33,6 +42,83 @@ impl H {
         let events = &mut self.events;
         self.p.on_segment(now, &seg, &mut |e| events.push(e));
         self
+    }
+
+    /// A client segment carrying an acknowledgement of v1's bytes.
+    fn client(&mut self, port: u16, seq: u32, ack: u32, flags: u8, payload: &[u8]) -> &mut Self {
+        let seg = Segment {
+            ack,
+            window: 65535,
+            ..Segment::new(key(port), seq, TcpFlags(flags), payload)
+        };
+        let events = &mut self.events;
+        self.p.on_segment(0, &seg, &mut |e| events.push(e));
+        self
+    }
+
+    /// A v1-to-client header-only segment on the flow of `port`.
+    fn server(
+        &mut self,
+        now: u64,
+        port: u16,
+        seq: u32,
+        ack: u32,
+        window: u16,
+        flags: u8,
+    ) -> &mut Self {
+        self.server_scaled(now, port, seq, ack, window, None, flags)
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn server_scaled(
+        &mut self,
+        now: u64,
+        port: u16,
+        seq: u32,
+        ack: u32,
+        window: u16,
+        scale: Option<u8>,
+        flags: u8,
+    ) -> &mut Self {
+        let k = key(port);
+        let seg = Segment {
+            ack,
+            window,
+            window_scale: scale,
+            ..Segment::new(
+                FlowKey {
+                    src: k.dst,
+                    dst: k.src,
+                },
+                seq,
+                TcpFlags(flags),
+                b"",
+            )
+        };
+        let events = &mut self.events;
+        self.p.on_server_segment(now, &seg, &mut |e| events.push(e));
+        self
+    }
+
+    /// Client SYN (ISN `isn`), v1's SYN-ACK (ISN `server_isn`, window scale 7), client ACK.
+    fn handshake(&mut self, port: u16, isn: u32, server_isn: u32) -> &mut Self {
+        self.client(port, isn, 0, TcpFlags::SYN, b"");
+        self.server_scaled(
+            0,
+            port,
+            server_isn,
+            isn.wrapping_add(1),
+            65535,
+            Some(7),
+            TcpFlags::SYN | TcpFlags::ACK,
+        );
+        self.client(
+            port,
+            isn.wrapping_add(1),
+            server_isn.wrapping_add(1),
+            TcpFlags::ACK,
+            b"",
+        )
     }
 
     fn syn(&mut self, port: u16, isn: u32) -> &mut Self {
@@ -95,7 +181,7 @@ const GET_SHADOW: &str = "GET /a HTTP/1.1\r\nHost: api-shadow:80\r\n\r\n";
 
 #[test]
 fn syn_requests_fin() {
-    let mut h = H::new(PipelineConfig::default());
+    let mut h = H::new(client_only());
     h.syn(1, 1000)
         .data(1, 1001, GET)
         .data(1, 1001 + GET.len() as u32, GET);
@@ -118,7 +204,7 @@ fn syn_requests_fin() {
 
 #[test]
 fn syn_payload_and_fin_in_one_go_and_wrapping_isn() {
-    let mut h = H::new(PipelineConfig::default());
+    let mut h = H::new(client_only());
     let isn = u32::MAX - 5;
     h.syn(1, isn);
     h.seg(
@@ -134,7 +220,7 @@ fn syn_payload_and_fin_in_one_go_and_wrapping_isn() {
 
 #[test]
 fn fin_before_missing_data_waits_for_it() {
-    let mut h = H::new(PipelineConfig::default());
+    let mut h = H::new(client_only());
     h.syn(1, 0);
     h.seg(0, 1, 11, TcpFlags::FIN, &GET[10..]);
     assert_eq!(h.end(1), None);
@@ -145,10 +231,14 @@ fn fin_before_missing_data_waits_for_it() {
 
 #[test]
 fn rst_mid_request_aborts() {
-    let mut h = H::new(PipelineConfig::default());
+    let mut h = H::new(client_only());
     h.syn(1, 0)
         .data(1, 1, b"POST / HTTP/1.1\r\nContent-Length: 10\r\n\r\nabc");
+    // RFC 5961: only a RST at the exact next sequence number counts.
     h.seg(0, 1, 45, TcpFlags::RST, b"");
+    assert_eq!(h.end(1), None);
+    assert_eq!(h.p.counters().rst_ignored, 1);
+    h.seg(0, 1, 43, TcpFlags::RST, b"");
     let f = h.flows().remove(&key(1)).unwrap();
     assert_eq!((f.0.aborted, f.1), (1, Some(EndReason::Rst)));
     assert_eq!(h.p.counters().requests_aborted_closed, 1);
@@ -156,7 +246,7 @@ fn rst_mid_request_aborts() {
 
 #[test]
 fn retransmitted_syn_keeps_the_flow_new_isn_supersedes_it() {
-    let mut h = H::new(PipelineConfig::default());
+    let mut h = H::new(client_only());
     h.syn(1, 0)
         .data(1, 1, &GET[..5])
         .syn(1, 0)
@@ -170,7 +260,7 @@ fn retransmitted_syn_keeps_the_flow_new_isn_supersedes_it() {
 
 #[test]
 fn mid_stream_join_starts_at_a_request_line() {
-    let mut h = H::new(PipelineConfig::default());
+    let mut h = H::new(client_only());
     h.data(1, 500, b"tail of a body\r\n").data(1, 516, b"");
     assert_eq!(h.p.flow_count(), 0);
     h.data(1, 600, GET).data(1, 600 + GET.len() as u32, GET);
@@ -190,7 +280,7 @@ fn mid_stream_join_starts_at_a_request_line() {
 
 #[test]
 fn late_retransmission_after_fin_does_not_rejoin() {
-    let mut h = H::new(PipelineConfig::default());
+    let mut h = H::new(client_only());
     h.syn(1, 0).data(1, 1, GET);
     h.seg(0, 1, 1 + GET.len() as u32, TcpFlags::FIN, b"");
     h.data(1, 1, GET);
@@ -203,7 +293,7 @@ fn late_retransmission_after_fin_does_not_rejoin() {
 
 #[test]
 fn upgrade_stops_the_flow_and_later_bytes_are_ignored() {
-    let mut h = H::new(PipelineConfig::default());
+    let mut h = H::new(client_only());
     let up = b"GET /ws HTTP/1.1\r\nHost: a\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\r\n";
     h.syn(1, 0).data(1, 1, up).data(1, 1 + up.len() as u32, GET);
     assert_eq!(h.end(1), Some(EndReason::Stopped(StopReason::Upgrade)));
@@ -213,7 +303,7 @@ fn upgrade_stops_the_flow_and_later_bytes_are_ignored() {
 
 #[test]
 fn idle_flow_expires_and_aborts_its_request() {
-    let mut h = H::new(PipelineConfig::default());
+    let mut h = H::new(client_only());
     h.syn(1, 0)
         .data(1, 1, b"POST / HTTP/1.1\r\nContent-Length: 10\r\n\r\nabc");
     h.expire(119 * SEC);
@@ -229,7 +319,7 @@ fn idle_flow_expires_and_aborts_its_request() {
 fn lost_segment_past_the_window_aborts_and_resumes_at_the_next_request() {
     let config = PipelineConfig {
         ooo_window: 64,
-        ..PipelineConfig::default()
+        ..client_only()
     };
     let mut h = H::new(config);
     let post =
@@ -253,7 +343,7 @@ fn lost_segment_past_the_window_aborts_and_resumes_at_the_next_request() {
 
 #[test]
 fn unfilled_hole_is_given_up_after_the_hole_timeout() {
-    let mut h = H::new(PipelineConfig::default());
+    let mut h = H::new(client_only());
     h.syn(1, 0).data(1, 1, &GET[..5]);
     h.seg(SEC / 2, 1, 1 + GET.len() as u32, TcpFlags::ACK, GET);
     h.expire(SEC);
@@ -267,7 +357,7 @@ fn unfilled_hole_is_given_up_after_the_hole_timeout() {
 fn flow_table_cap_evicts_the_least_recently_active() {
     let config = PipelineConfig {
         max_flows: 2,
-        ..PipelineConfig::default()
+        ..client_only()
     };
     let mut h = H::new(config);
     h.syn(1, 0).syn(2, 0).data(1, 1, GET).syn(3, 0);
@@ -284,7 +374,7 @@ fn flow_table_cap_evicts_the_least_recently_active() {
 fn memory_cap_evicts_until_under() {
     let config = PipelineConfig {
         max_buffered_bytes: 100_000,
-        ..PipelineConfig::default()
+        ..client_only()
     };
     let mut h = H::new(config);
     let block = vec![b'x'; 40_000];
@@ -298,7 +388,7 @@ fn memory_cap_evicts_until_under() {
 
 #[test]
 fn out_of_slot_segments_are_counted() {
-    let mut h = H::new(PipelineConfig::default());
+    let mut h = H::new(client_only());
     h.syn(1, 0);
     for i in 0..=crate::reassembly::MAX_RANGES as u32 {
         h.data(1, 10 + i * 10, b"x");
@@ -310,7 +400,7 @@ fn out_of_slot_segments_are_counted() {
 fn invalid_config_is_refused() {
     let config = PipelineConfig {
         sample_percent: 101.0,
-        ..PipelineConfig::default()
+        ..client_only()
     };
     assert!(matches!(
         Pipeline::new(config),
@@ -334,7 +424,7 @@ proptest! {
         dups in prop::collection::vec(any::<prop::sample::Index>(), 0..6),
         window in 64u32..2048,
     ) {
-        let config = PipelineConfig { ooo_window: window, ..PipelineConfig::default() };
+        let config = PipelineConfig { ooo_window: window, ..client_only() };
         let mut h = H::new(config);
         // (port, seq, payload) in capture order.
         let mut segs: Vec<(u16, u32, Vec<u8>)> = Vec::new();
