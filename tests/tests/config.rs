@@ -192,11 +192,11 @@ fn two_mirrors_take_their_shares_with_their_own_header_rules() {
     assert_eq!(b_mirrored, at_b.len() as u64, "{summary}");
     assert_eq!(b_mirrored + b_out, n as u64, "{summary}");
     assert_eq!(
-        mirror_counter(&summary, "relay", &label_a, "sent"),
+        mirror_counter(&summary, "relay", &label_a, "answered"),
         n as u64
     );
     assert_eq!(
-        mirror_counter(&summary, "relay", &label_b, "sent"),
+        mirror_counter(&summary, "relay", &label_b, "answered"),
         b_mirrored
     );
 
@@ -370,11 +370,11 @@ fn reload_under_load_changes_a_percentage_and_conserves_requests() {
     let mirrored = mirror_counter(&summary, "policy", &label, "requests_mirrored");
     let sampled_out = mirror_counter(&summary, "policy", &label, "requests_sampled_out");
     let at_a = bed.a.records().expect("A").len() as u64;
-    // Every request decided exactly once, every mirrored one sent and received once.
+    // Every request decided exactly once, every mirrored one answered and received once.
     assert_eq!(mirrored + sampled_out, n as u64, "{summary}");
     assert!(mirrored >= 100 && sampled_out > 0, "{summary}");
     assert_eq!(
-        mirror_counter(&summary, "relay", &label, "sent"),
+        mirror_counter(&summary, "relay", &label, "answered"),
         mirrored,
         "{summary}"
     );

@@ -164,7 +164,9 @@ mod tests {
         registry.register("policy", Arc::new(PolicySource(stats.clone())));
         registry.register("relay", Arc::new(RelaySource(stats.clone())));
         let mut names = Vec::new();
-        registry.visit(&mut |stage, s| names.push((stage, s.name, s.label.map(|l| l.1))));
+        registry.visit(&mut |stage, s| {
+            names.push((stage, s.name, s.labels.last().map(|l| l.1.clone())))
+        });
         assert_eq!(
             names[0],
             ("policy", "requests_mirrored", Some("p/a:80".into()))
@@ -174,7 +176,7 @@ mod tests {
             ("policy", "requests_mirrored", Some("p/b:80".into()))
         );
         let relay: Vec<_> = names.iter().filter(|n| n.0 == "relay").collect();
-        assert_eq!((relay[0].1, relay[1].1), ("sent", "sent"));
+        assert_eq!((relay[0].1, relay[1].1), ("requests", "requests"));
         let line = status_line(&registry);
         assert!(
             line.starts_with("policy: p/a:80 requests_mirrored=4 p/b:80 requests_mirrored=0"),
