@@ -4,14 +4,25 @@
 use clap::{Parser, Subcommand};
 use std::io::Write as _;
 
-use mirror_userspace::{agent::run, capture::attached, control, inspect::dump};
+use mirror_userspace::{
+    agent::run, capture::attached, control, inspect::dump, observe::status_cmd,
+};
 use tracing_subscriber::EnvFilter;
 
 #[derive(Parser)]
 #[command(name = "mirror", version, about = "Kernel-level traffic mirroring")]
 struct Cli {
+    /// Log lines as text for people or as JSON objects for log collectors.
+    #[arg(long, global = true, value_enum, default_value = "text")]
+    log_format: LogFormat,
     #[command(subcommand)]
     command: Command,
+}
+
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum LogFormat {
+    Text,
+    Json,
 }
 
 #[derive(Subcommand)]
@@ -22,6 +33,8 @@ enum Command {
     Run(Box<run::RunArgs>),
     /// List the BPF programs on interfaces' TCX hooks, in run order.
     Attached(attached::AttachedArgs),
+    /// Summarise a running agent from its admin endpoint: interfaces, rates, drops, latency.
+    Status(status_cmd::StatusArgs),
     /// Check a config file, or write one from Istio or Gateway API objects.
     #[command(subcommand)]
     Config(ConfigCommand),
@@ -45,23 +58,16 @@ enum ConfigCommand {
 }
 
 fn main() -> anyhow::Result<()> {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            // aya warns that the object's BTF has names the kernel rejects (from
-            // aya-log-ebpf's generic types); it then loads without BTF, which our programs
-            // do not need, so that warning is noise.
-            EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| EnvFilter::new("info,aya::bpf=error")),
-        )
-        .with_writer(std::io::stderr)
-        .init();
-    match Cli::parse().command {
+    let cli = Cli::parse();
+    init_logging(cli.log_format);
+    match cli.command {
         Command::Capture(args) => runtime()?.block_on(dump::run(args))?,
         Command::Run(args) => {
             run::set_nice(args.nice)?;
             capture_runtime()?.block_on(run::run(*args))?
         }
         Command::Attached(args) => print_attached(&args)?,
+        Command::Status(args) => runtime()?.block_on(status_cmd::run(&args))?,
         Command::Config(command) => config_command(command)?,
     }
     Ok(())
@@ -87,6 +93,23 @@ fn config_command(command: ConfigCommand) -> anyhow::Result<()> {
         }
     }
     Ok(())
+}
+
+/// Logs go to stderr (stdout carries command output and `--access-log -`). No log line carries
+/// a request's body or header values: they hold credentials.
+fn init_logging(format: LogFormat) {
+    // aya warns that the object's BTF has names the kernel rejects (from aya-log-ebpf's
+    // generic types); it then loads without BTF, which our programs do not need, so that
+    // warning is noise.
+    let filter =
+        EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info,aya::bpf=error"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match format {
+        LogFormat::Text => builder.init(),
+        LogFormat::Json => builder.json().flatten_event(true).init(),
+    }
 }
 
 /// Two worker threads, one per core here. A single thread was measured too: it mirrored only

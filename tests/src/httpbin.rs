@@ -25,6 +25,8 @@ pub const VENV_PINS: &[&str] = &[
     "gunicorn==27.0.1",
     "Flask==3.1.3",
     "Werkzeug==3.1.9",
+    // Not httpbin's: the reference parser the observability tests check `/metrics` with.
+    "prometheus-client==0.26.0",
 ];
 
 /// Port httpbin listens on inside its pod, like the Kubernetes sample's container port.

@@ -408,8 +408,8 @@ mod tests {
         // The old mirror left the counters once its request was done.
         let mut labels = Vec::new();
         super::super::mirror_stats::PolicySource(stats).visit(&mut |s| {
-            if let Some((_, l)) = s.label {
-                labels.push(l);
+            if let Some((_, l)) = s.labels.last() {
+                labels.push(l.clone());
             }
         });
         assert!(

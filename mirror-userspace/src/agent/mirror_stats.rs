@@ -164,7 +164,9 @@ mod tests {
         registry.register("policy", Arc::new(PolicySource(stats.clone())));
         registry.register("relay", Arc::new(RelaySource(stats.clone())));
         let mut names = Vec::new();
-        registry.visit(&mut |stage, s| names.push((stage, s.name, s.label.map(|l| l.1))));
+        registry.visit(&mut |stage, s| {
+            names.push((stage, s.name, s.labels.last().map(|l| l.1.clone())))
+        });
         assert_eq!(
             names[0],
             ("policy", "requests_mirrored", Some("p/a:80".into()))

@@ -3,6 +3,7 @@
 //! traffic went.
 
 mod dispatch;
+mod effective;
 mod intake;
 mod mirror_stats;
 mod pipeline_cells;

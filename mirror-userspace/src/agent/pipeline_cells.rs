@@ -40,10 +40,41 @@ impl PipelineCells {
     }
 }
 
+/// Counters that are one family by reason: `requests_aborted_gap` is exported as
+/// `requests_aborted{reason="gap"}` (the status line still reads `requests_aborted_gap=`).
+const FAMILIES: [(&str, &str); 4] = [
+    (
+        "requests_aborted_",
+        "Requests cut short after their head was handed out, by reason: gap, closed, \
+         expired, evicted, invalid (chunked framing).",
+    ),
+    (
+        "stopped_",
+        "Connections no longer mirrored, by reason (upgrade, connect, or the request framing \
+         error that made the framer give up).",
+    ),
+    ("flows_ended_", "Flows that ended, by how: fin, rst."),
+    (
+        "flows_evicted_",
+        "Flows evicted to stay within a cap, by cap: table_full, memory.",
+    ),
+];
+
+/// The sample of one pipeline counter, as a family member where it belongs to one.
+fn sample(name: &'static str, help: &'static str, value: u64) -> Sample {
+    for (prefix, family_help) in FAMILIES {
+        if let Some(reason) = name.strip_prefix(prefix) {
+            let family = prefix.trim_end_matches('_');
+            return Sample::counter(family, family_help, value).with_label("reason", reason);
+        }
+    }
+    Sample::counter(name, help, value)
+}
+
 impl Source for PipelineCells {
     fn visit(&self, out: &mut dyn FnMut(Sample)) {
         for (cell, (name, help)) in self.counters.iter().zip(Counters::HELP) {
-            out(Sample::counter(name, help, cell.load(Relaxed)));
+            out(sample(name, help, cell.load(Relaxed)));
         }
         out(Sample::gauge(
             "flows",
@@ -93,5 +124,26 @@ mod tests {
         assert_eq!(read(&cells, "flows_started"), Some(1));
         assert_eq!(read(&cells, "flows"), Some(1));
         assert_eq!(read(&cells, "requests_mirrored"), Some(0));
+    }
+
+    #[test]
+    fn per_reason_counters_are_one_labelled_family() {
+        let cells = PipelineCells::default();
+        let mut evicted = Vec::new();
+        cells.visit(&mut |sample| {
+            if sample.name == "flows_evicted" {
+                evicted.push(sample.labels[0].1.clone());
+            }
+            assert!(!sample.name.starts_with("stopped_"), "{}", sample.name);
+        });
+        assert!(evicted.len() >= 2, "{evicted:?}");
+        assert!(
+            evicted.iter().any(|reason| reason == "table_full"),
+            "{evicted:?}"
+        );
+        assert!(
+            evicted.iter().any(|reason| reason == "memory"),
+            "{evicted:?}"
+        );
     }
 }

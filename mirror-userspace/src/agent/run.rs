@@ -38,7 +38,14 @@ use crate::{
         target::Target,
     },
     control::{self, interfaces::InterfacesError, reload, MirrorConfig},
-    observe::{status::status_line, Registry},
+    observe::{
+        access_log::AccessLog,
+        admin::{self, AdminError, AdminState},
+        health::Health,
+        options::ObserveOptions,
+        status::{short_line, status_line},
+        Registry,
+    },
     relay::{raise_fd_limit, FdLimitError, Relay, RelayConfig, Shadow},
     shutdown::shutdown_signal,
 };
@@ -51,6 +58,8 @@ const BATCH_WAKEUP_BYTES: u32 = 256 << 10;
 pub struct RunArgs {
     #[command(flatten)]
     pub capture: CaptureOptions,
+    #[command(flatten)]
+    pub observe: ObserveOptions,
     /// Mirror policies from this YAML file (see the README's "Config file"), reloaded on
     /// SIGHUP and when it changes. Replaces the flags that say what to mirror.
     #[arg(long, value_name = "FILE", conflicts_with_all = POLICY_FLAGS)]
@@ -158,6 +167,10 @@ pub enum RunError {
     FdLimit(#[from] FdLimitError),
     #[error("starting the relay's runtime failed")]
     Runtime(#[source] std::io::Error),
+    #[error(transparent)]
+    Admin(#[from] AdminError),
+    #[error("cannot open the access log")]
+    AccessLog(#[source] std::io::Error),
 }
 
 /// `--shadow`: HOST:PORT, said plainly when it is not.
@@ -225,7 +238,7 @@ impl RunArgs {
     }
 
     /// The relay settings; under a config file, every mirror's (its backend as the shadow).
-    fn relay_config(&self) -> RelayConfig {
+    fn relay_config(&self, access_log: Option<Arc<AccessLog>>) -> RelayConfig {
         RelayConfig {
             shadow: self.shadow.clone().unwrap_or_default(),
             mark: self.shadow_mark,
@@ -234,6 +247,7 @@ impl RunArgs {
             max_inflight_bytes: self.max_inflight_mib.saturating_mul(1 << 20),
             connect_timeout: Duration::from_millis(self.connect_timeout_ms),
             response_timeout: Duration::from_millis(self.response_timeout_ms),
+            access_log,
             ..RelayConfig::default()
         }
     }
@@ -311,18 +325,38 @@ pub async fn run(args: RunArgs) -> Result<(), RunError> {
         value: args.shadow_mark,
         mask: args.shadow_mark_mask,
     };
+    // The order of the status line: where requests went first, then how they got there.
+    let registry = Registry::default();
+    let health = Arc::new(Health::default());
+    // Up before attach, so that /readyz says "not ready" until the program is attached.
+    if let Some(addr) = args.observe.admin_addr() {
+        let state = AdminState {
+            registry: registry.clone(),
+            health: Arc::clone(&health),
+            config: args.effective_config(),
+        };
+        let bound = admin::start(addr, Arc::new(state)).await?;
+        tracing::info!(%bound, "admin endpoint listening");
+    }
+    let access_log = match &args.observe.access_log {
+        Some(destination) => Some(Arc::new(
+            AccessLog::start(destination, args.observe.access_log_every)
+                .await
+                .map_err(RunError::AccessLog)?,
+        )),
+        None => None,
+    };
     let mut session = Session::start(&capture, own_mark, wakeup_bytes)?;
+    health.attached(&capture.ifaces);
     // Relays (and the dispatcher's, made and replaced on reloads) spawn their tasks on a
     // runtime of their own: enter it wherever one is made.
     let relay_runtime = relay_runtime().map_err(RunError::Runtime)?;
     let intake = Arc::new(Intake::default());
     let cells = Arc::new(PipelineCells::default());
-    // The order of the status line: where requests went first, then how they got there.
-    let registry = Registry::default();
     let on_relay_runtime = relay_runtime.enter();
     let (mut outlet, mut reloads) = match &file {
         None => {
-            let relay = Relay::new(args.relay_config());
+            let relay = Relay::new(args.relay_config(access_log.clone()));
             registry.register("relay", relay.stats());
             let shadow = args.shadow.clone().unwrap_or_default();
             tracing::info!(%shadow, percent = args.percent, "mirroring");
@@ -330,7 +364,12 @@ pub async fn run(args: RunArgs) -> Result<(), RunError> {
             (Outlet::Relay(relay), None)
         }
         Some((path, config)) => {
-            let dispatcher = Dispatcher::new(config, args.relay_config(), args.seed, grace);
+            let dispatcher = Dispatcher::new(
+                config,
+                args.relay_config(access_log.clone()),
+                args.seed,
+                grace,
+            );
             registry.register("policy", Arc::new(PolicySource(dispatcher.stats())));
             registry.register("relay", Arc::new(RelaySource(dispatcher.stats())));
             let mirrors: usize = config.policies.iter().map(|p| p.backends.len()).sum();
@@ -350,6 +389,10 @@ pub async fn run(args: RunArgs) -> Result<(), RunError> {
     let (kernel, bpf) = session.kernel_sources();
     registry.register("kernel", Arc::new(kernel));
     registry.register("bpf", Arc::new(bpf));
+    registry.register("agent", health.clone());
+    if let Some(access_log) = access_log {
+        registry.register("access_log", access_log);
+    }
     if capture.no_reverse {
         tracing::warn!(
             "--no-reverse: v1's side is not captured, so requests are mirrored as the client \
@@ -367,16 +410,18 @@ pub async fn run(args: RunArgs) -> Result<(), RunError> {
     let stop = shutdown_signal();
     tokio::pin!(stop);
     loop {
+        health.beat();
         let mut on_record = |item: &[u8]| intake_record(item, &intake, &mut pipeline, &mut outlet);
         // Timers first: a ring that is never empty must not starve them.
         tokio::select! {
             biased;
             () = &mut stop => break,
-            _ = expire.tick() => {
+            due = expire.tick() => {
+                health.timer_ran(due.into_std());
                 pipeline.expire(clock::monotonic_ns(), &mut |event| outlet.handle(event));
                 cells.publish(&pipeline);
             }
-            _ = report.tick() => tracing::info!("{}", status_line(&registry)),
+            _ = report.tick() => tracing::info!("{}", short_line(&registry)),
             batch = session.reader().next_batch(&mut on_record) => {
                 batch.map_err(RunError::Ring)?;
                 cells.publish(&pipeline);
@@ -399,7 +444,8 @@ pub async fn run(args: RunArgs) -> Result<(), RunError> {
     cells.publish(&pipeline);
     outlet.shutdown(grace).await;
     relay_runtime.shutdown_background();
-    // The relay's counters move during the grace period: report them after it.
+    // The relay's counters move during the grace period: report them after it. The final
+    // summary has every counter (tests and the bench read it); the periodic line is short.
     eprintln!("{}", status_line(&registry));
     Ok(())
 }

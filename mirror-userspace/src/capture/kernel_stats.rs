@@ -19,11 +19,7 @@ impl Source for KernelCounters {
         match lock(&self.0).counters() {
             Ok(values) => {
                 for (counter, value) in Counter::ALL.iter().zip(values) {
-                    out(Sample::counter(
-                        counter.name(),
-                        "Kernel program counter, summed over CPUs (see mirror-common's Counter).",
-                        value,
-                    ));
+                    out(Sample::counter(counter.name(), help(*counter), value));
                 }
             }
             Err(error) => tracing::warn!(%error, "cannot read kernel counters"),
@@ -53,6 +49,31 @@ impl Source for KernelRunTimes {
             )
             .with_label("program", program));
         }
+    }
+}
+
+/// The help line of a kernel counter, summed over CPUs.
+fn help(counter: Counter) -> &'static str {
+    match counter {
+        Counter::Seen => "Packets the kernel program ran on.",
+        Counter::Matched => "TCP packets bound for a target.",
+        Counter::Emitted => "Records the kernel program wrote to the ring buffer.",
+        Counter::BytesEmitted => "Packet bytes written to the ring buffer (headers excluded).",
+        Counter::RingFull => "Matched packets lost because the ring buffer was full.",
+        Counter::Truncated => "Records cut short because the packet exceeded the capture size.",
+        Counter::LoadError => "Matched packets lost because copying them out of the skb failed.",
+        Counter::PureAck => "Matched pure ACKs, deliberately not copied.",
+        Counter::OwnTraffic => "Packets skipped because they carried the agent's own mark.",
+        Counter::ReverseMatched => "TCP packets from a target (v1 to client) on the reverse hook.",
+        Counter::ReverseEmitted => "Header-only records of reverse packets written to the ring.",
+        Counter::ReverseRingFull => "Reverse packets lost because the ring buffer was full.",
+        Counter::VlanTagged => "Frames parsed through one or two VLAN tags.",
+        Counter::VlanTooDeep => "Frames with more VLAN tags than the parser follows: not parsed.",
+        Counter::Ipv6ExtHeaders => "IPv6 packets parsed through extension headers.",
+        Counter::Ipv6Jumbo => "IPv6 packets with a jumbo payload option (BIG TCP).",
+        Counter::Fragments => "TCP in IP fragments: counted, not parsed.",
+        Counter::Ipv6ExtUnparsed => "IPv6 packets whose header chain is not followed: not parsed.",
+        Counter::NoEthernet => "Frames without an Ethernet header: counted, not parsed.",
     }
 }
 

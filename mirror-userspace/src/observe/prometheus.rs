@@ -1,20 +1,53 @@
-//! The registry in the Prometheus exposition format (OpenMetrics text, as `prometheus-client`
-//! encodes it): `mirror_<stage>_<name>`, counters with `_total`, the help from each sample.
+//! The registry in the Prometheus exposition formats, as `prometheus-client` encodes them:
+//! the classic text format (0.0.4, what a scrape gets by default) and OpenMetrics text (when
+//! the scraper's `Accept` asks for it). Metrics are `mirror_<stage>_<name>`, counters with
+//! `_total`, the help from each sample.
 
 use prometheus_client::{
     collector::Collector,
-    encoding::{DescriptorEncoder, EncodeMetric},
+    encoding::{DescriptorEncoder, EncodeMetric, NoLabelSet},
     metrics::{counter::ConstCounter, gauge::ConstGauge, MetricType},
 };
 
-use super::{Kind, Registry, Sample};
+use super::{registry::Unit, Kind, Registry, Sample};
 
-/// Encodes every sample of `registry` as text.
-pub fn encode(registry: &Registry) -> Result<String, std::fmt::Error> {
+/// Which text format to encode.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Format {
+    /// Prometheus text format 0.0.4.
+    Prometheus,
+    /// OpenMetrics 1.0 text.
+    OpenMetrics,
+}
+
+impl Format {
+    /// OpenMetrics when `accept` (an HTTP `Accept` header) names it, else the classic format.
+    pub fn negotiate(accept: Option<&str>) -> Format {
+        match accept {
+            Some(accept) if accept.contains("application/openmetrics-text") => Format::OpenMetrics,
+            _ => Format::Prometheus,
+        }
+    }
+
+    pub fn content_type(self) -> &'static str {
+        match self {
+            Format::Prometheus => prometheus_client::encoding::prometheus_text::CONTENT_TYPE,
+            Format::OpenMetrics => "application/openmetrics-text; version=1.0.0; charset=utf-8",
+        }
+    }
+}
+
+/// Encodes every sample and histogram of `registry` as text in `format`.
+pub fn encode(registry: &Registry, format: Format) -> Result<String, std::fmt::Error> {
     let mut exposition = prometheus_client::registry::Registry::default();
     exposition.register_collector(Box::new(RegistryCollector(registry.clone())));
     let mut out = String::new();
-    prometheus_client::encoding::text::encode(&mut out, &exposition)?;
+    match format {
+        Format::Prometheus => {
+            prometheus_client::encoding::prometheus_text::encode(&mut out, &exposition)?
+        }
+        Format::OpenMetrics => prometheus_client::encoding::text::encode(&mut out, &exposition)?,
+    }
     Ok(out)
 }
 
@@ -25,7 +58,7 @@ struct RegistryCollector(Registry);
 impl Collector for RegistryCollector {
     fn encode(&self, mut encoder: DescriptorEncoder<'_>) -> Result<(), std::fmt::Error> {
         // Samples of one metric come one after another: describe each metric once, then
-        // encode each of its samples (one per label value).
+        // encode each of its samples (one per label set).
         let mut families: Vec<(String, Vec<Sample>)> = Vec::new();
         self.0.visit(&mut |stage, sample| {
             let name = format!("mirror_{stage}_{}", sample.name);
@@ -46,18 +79,45 @@ impl Collector for RegistryCollector {
                 encoder.encode_descriptor(&name, first.help.trim(), None, metric_type)?;
             for sample in &samples {
                 let labels: Vec<(&str, &str)> = sample
-                    .label
-                    .as_ref()
+                    .labels
+                    .iter()
                     .map(|(key, value)| (*key, value.as_str()))
-                    .into_iter()
                     .collect();
                 let metric = family.encode_family(&labels)?;
-                match sample.kind {
-                    Kind::Counter => ConstCounter::new(sample.value).encode(metric)?,
-                    Kind::Gauge => ConstGauge::new(i64::try_from(sample.value).unwrap_or(i64::MAX))
-                        .encode(metric)?,
+                match (sample.kind, sample.unit) {
+                    (Kind::Counter, Unit::Plain) => {
+                        ConstCounter::new(sample.value).encode(metric)?
+                    }
+                    (Kind::Counter, Unit::Nanoseconds) => {
+                        ConstCounter::new(sample.exported_value()).encode(metric)?
+                    }
+                    (Kind::Gauge, Unit::Plain) => {
+                        ConstGauge::new(i64::try_from(sample.value).unwrap_or(i64::MAX))
+                            .encode(metric)?
+                    }
+                    (Kind::Gauge, Unit::Nanoseconds) => {
+                        ConstGauge::new(sample.exported_value()).encode(metric)?
+                    }
                 }
             }
+        }
+        let mut histograms = Vec::new();
+        self.0
+            .visit_histograms(&mut |stage, histogram| histograms.push((stage, histogram)));
+        for (stage, histogram) in histograms {
+            let name = format!("mirror_{stage}_{}", histogram.name);
+            let mut family = encoder.encode_descriptor(
+                &name,
+                histogram.help.trim(),
+                None,
+                MetricType::Histogram,
+            )?;
+            family.encode_histogram::<NoLabelSet>(
+                histogram.sum,
+                histogram.count,
+                &histogram.buckets,
+                None,
+            )?;
         }
         Ok(())
     }
@@ -77,7 +137,7 @@ mod tests {
         relay.sent.store(5, Relaxed);
         relay.open.store(1, Relaxed);
         registry.register("relay", relay);
-        let text = encode(&registry).unwrap();
+        let text = encode(&registry, Format::OpenMetrics).unwrap();
         assert!(
             text.contains("# HELP mirror_relay_sent Requests sent.\n"),
             "{text}"
@@ -89,6 +149,66 @@ mod tests {
         assert!(text.contains("\nmirror_relay_sent_total 5\n"), "{text}");
         assert!(text.contains("# TYPE mirror_relay_open gauge\n"), "{text}");
         assert!(text.contains("\nmirror_relay_open 1\n"), "{text}");
+        assert!(text.ends_with("# EOF\n"), "{text}");
+    }
+}
+
+#[cfg(test)]
+mod format_tests {
+    use std::{sync::Arc, time::Duration};
+
+    use super::*;
+    use crate::observe::{histogram::LatencyHistogram, registry::HistogramSample, Source};
+
+    struct Relay(LatencyHistogram);
+
+    impl Source for Relay {
+        fn visit(&self, out: &mut dyn FnMut(Sample)) {
+            for (reason, n) in [("queue_full", 2), ("shadow_down", 0)] {
+                out(Sample::counter("dropped", "Requests dropped.", n).with_label("reason", reason));
+            }
+            out(Sample::gauge_nanos("loop_lag_seconds", "Lag.", 1_500_000));
+        }
+
+        fn histograms(&self, out: &mut dyn FnMut(HistogramSample)) {
+            out(self.0.sample());
+        }
+    }
+
+    fn registry() -> Registry {
+        let registry = Registry::default();
+        let histogram = LatencyHistogram::new("response_latency_seconds", "Latency.");
+        histogram.observe(Duration::from_millis(2));
+        registry.register("relay", Arc::new(Relay(histogram)));
+        registry
+    }
+
+    #[test]
+    fn classic_format_has_labelled_families_seconds_and_histograms() {
+        let text = encode(&registry(), Format::Prometheus).unwrap();
+        for line in [
+            "# TYPE mirror_relay_dropped_total counter\n",
+            "mirror_relay_dropped_total{reason=\"queue_full\"} 2\n",
+            "mirror_relay_dropped_total{reason=\"shadow_down\"} 0\n",
+            "mirror_relay_loop_lag_seconds 0.0015\n",
+            "# TYPE mirror_relay_response_latency_seconds histogram\n",
+            "mirror_relay_response_latency_seconds_bucket{le=\"0.001\"} 0\n",
+            "mirror_relay_response_latency_seconds_bucket{le=\"0.0025\"} 1\n",
+            "mirror_relay_response_latency_seconds_bucket{le=\"+Inf\"} 1\n",
+            "mirror_relay_response_latency_seconds_count 1\n",
+        ] {
+            assert!(text.contains(line), "{line:?} missing from:\n{text}");
+        }
+        assert!(!text.contains("# EOF"), "{text}");
+    }
+
+    #[test]
+    fn negotiates_openmetrics_only_when_asked() {
+        assert_eq!(Format::negotiate(None), Format::Prometheus);
+        assert_eq!(Format::negotiate(Some("text/plain")), Format::Prometheus);
+        let accept = "application/openmetrics-text;version=1.0.0,text/plain;q=0.5";
+        assert_eq!(Format::negotiate(Some(accept)), Format::OpenMetrics);
+        let text = encode(&registry(), Format::OpenMetrics).unwrap();
         assert!(text.ends_with("# EOF\n"), "{text}");
     }
 }

@@ -16,6 +16,17 @@ pub enum Kind {
     Gauge,
 }
 
+/// What a sample's `value` is measured in. Exported metrics use base units: a value kept in
+/// nanoseconds (cheap to keep in an integer) is exported in seconds.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Unit {
+    Plain,
+    Nanoseconds,
+}
+
+/// A sample's labels: few, with bounded values (a reason, a status class, a program).
+pub type Labels = Vec<(&'static str, String)>;
+
 /// One value read from a source.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Sample {
@@ -25,8 +36,9 @@ pub struct Sample {
     /// One line saying what is counted.
     pub help: &'static str,
     pub kind: Kind,
-    /// At most one label, e.g. the program a kernel run-time counter belongs to.
-    pub label: Option<(&'static str, String)>,
+    pub unit: Unit,
+    /// E.g. the program a kernel run-time counter belongs to, or the reason of a drop.
+    pub labels: Labels,
     pub value: u64,
 }
 
@@ -36,7 +48,8 @@ impl Sample {
             name,
             help,
             kind: Kind::Counter,
-            label: None,
+            unit: Unit::Plain,
+            labels: Labels::new(),
             value,
         }
     }
@@ -48,15 +61,48 @@ impl Sample {
         }
     }
 
+    /// A gauge kept in nanoseconds; exported in seconds (`name` should end in `_seconds`).
+    pub fn gauge_nanos(name: &'static str, help: &'static str, nanos: u64) -> Self {
+        Sample {
+            unit: Unit::Nanoseconds,
+            ..Sample::gauge(name, help, nanos)
+        }
+    }
+
+    /// Adds a label (`Sample::counter(..).with_label("reason", "queue_full")`).
     pub fn with_label(mut self, key: &'static str, value: impl Into<String>) -> Self {
-        self.label = Some((key, value.into()));
+        self.labels.push((key, value.into()));
         self
     }
+
+    /// The value in the exported unit (seconds for nanoseconds).
+    pub fn exported_value(&self) -> f64 {
+        match self.unit {
+            Unit::Plain => self.value as f64,
+            Unit::Nanoseconds => self.value as f64 / 1e9,
+        }
+    }
+}
+
+/// A histogram read from a source: per-bucket counts (not cumulative) under their upper
+/// bounds, the last bound being infinity.
+#[derive(Clone, Debug, PartialEq)]
+pub struct HistogramSample {
+    /// As for [`Sample::name`]; in base units (`response_latency_seconds`).
+    pub name: &'static str,
+    pub help: &'static str,
+    pub buckets: Vec<(f64, u64)>,
+    pub sum: f64,
+    pub count: u64,
 }
 
 /// A stage's counters, read on demand. Samples of one name must come one after another.
 pub trait Source: Send + Sync {
     fn visit(&self, out: &mut dyn FnMut(Sample));
+
+    /// The source's histograms, if it keeps any (the metrics endpoint renders them; the
+    /// status line leaves them out).
+    fn histograms(&self, _out: &mut dyn FnMut(HistogramSample)) {}
 }
 
 /// A source under its stage name.
@@ -89,6 +135,26 @@ impl Registry {
         for (stage, source) in stages {
             source.visit(&mut |sample| out(stage, sample));
         }
+    }
+
+    /// Calls `out` with each stage name and each of its histograms, in order.
+    pub fn visit_histograms(&self, out: &mut dyn FnMut(&'static str, HistogramSample)) {
+        let stages = self.lock().clone();
+        for (stage, source) in stages {
+            source.histograms(&mut |histogram| out(stage, histogram));
+        }
+    }
+
+    /// The sum of every sample of one stage and name (over all its labels), if it has any:
+    /// a labelled family's total, or a plain sample's value.
+    pub fn total(&self, stage: &str, name: &str) -> Option<u64> {
+        let mut total = None;
+        self.visit(&mut |s, sample| {
+            if s == stage && sample.name == name {
+                total = Some(total.unwrap_or(0u64).wrapping_add(sample.value));
+            }
+        });
+        total
     }
 
     /// The value of one sample (the first with that stage and name), for tests and summaries.

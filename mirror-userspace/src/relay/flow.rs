@@ -277,7 +277,12 @@ async fn attempt(
         };
         tokio::select! {
             piece = queue.recv(), if !request.complete => match piece {
-                Some(Piece::Body(chunk)) => request.chunks.push(chunk),
+                Some(Piece::Body(chunk)) => {
+                    if let Some(ticket) = &mut request.ticket {
+                        ticket.body(chunk.bytes.len());
+                    }
+                    request.chunks.push(chunk);
+                }
                 Some(Piece::End) => request.complete = true,
                 Some(Piece::Head { ticket, .. }) => stray(ticket),
                 None => {

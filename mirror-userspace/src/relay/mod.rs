@@ -36,6 +36,7 @@ pub use self::{
     resolve::{Shadow, ShadowError},
     stats::{ConnectFailure, DropReason, Outcome, RelayStats, Unanswered},
 };
+use crate::observe::access_log::AccessLog;
 use mirror_cores::{flow::FlowKey, http::ResponseFramer, pipeline::Event};
 
 /// How the relay reaches v2 and how much it may hold.
@@ -60,6 +61,8 @@ pub struct RelayConfig {
     pub down_backoff: Duration,
     /// Idle connections to v2 are closed after this long.
     pub idle_timeout: Duration,
+    /// Where each request's outcome is logged, if anywhere.
+    pub access_log: Option<Arc<AccessLog>>,
 }
 
 impl Default for RelayConfig {
@@ -74,6 +77,7 @@ impl Default for RelayConfig {
             response_timeout: Duration::from_secs(10),
             down_backoff: Duration::from_secs(1),
             idle_timeout: Duration::from_secs(30),
+            access_log: None,
         }
     }
 }
@@ -116,7 +120,7 @@ impl Relay {
     pub fn new(config: RelayConfig) -> Relay {
         let stats = Arc::new(RelayStats::default());
         let shared = Arc::new(Shared {
-            budget: Budget::new(config.max_inflight_bytes),
+            budget: Budget::new(config.max_inflight_bytes, Arc::clone(&stats)),
             pool: Pool::new(config.clone(), Arc::clone(&stats)),
             config,
             stats,
@@ -150,7 +154,12 @@ impl Relay {
     /// A new request on `flow`: its complete head (request line and headers, Host rewritten).
     pub fn request_head(&mut self, flow: FlowKey, head: Bytes) {
         self.reap();
-        let ticket = Ticket::issue(&self.shared.stats);
+        let ticket = Ticket::issue(
+            &self.shared.stats,
+            self.shared.config.access_log.as_ref(),
+            flow.src,
+            &head,
+        );
         let entry = self.flows.entry(flow).or_default();
         if entry.in_request && !entry.dropping {
             // The previous request never ended: it cannot be completed now.

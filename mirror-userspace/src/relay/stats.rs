@@ -6,11 +6,11 @@
 
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering::Relaxed};
 
-use crate::observe::{Sample, Source};
+use crate::observe::{histogram::LatencyHistogram, registry::HistogramSample, Sample, Source};
 
-/// Defines a reason enum with its counter names and help texts from one list.
+/// Defines a reason enum with its `reason` labels and help texts from one list.
 macro_rules! reasons {
-    ($(#[$meta:meta])* $name:ident { $( $(#[doc = $doc:literal])* $variant:ident => $counter:literal ),+ $(,)? }) => {
+    ($(#[$meta:meta])* $name:ident { $( $(#[doc = $doc:literal])* $variant:ident => $label:literal ),+ $(,)? }) => {
         $(#[$meta])*
         #[derive(Clone, Copy, Debug, PartialEq, Eq)]
         pub enum $name { $( $(#[doc = $doc])* $variant ),+ }
@@ -18,13 +18,10 @@ macro_rules! reasons {
         impl $name {
             pub const ALL: &'static [$name] = &[$( $name::$variant ),+];
 
-            /// The counter of requests with this outcome.
-            pub const fn counter_name(self) -> &'static str {
-                match self { $( $name::$variant => $counter ),+ }
-            }
-
-            const fn help(self) -> &'static str {
-                match self { $( $name::$variant => concat!($($doc),+) ),+ }
+            /// The `reason` label of requests with this outcome (in the status line, the
+            /// family's name and this: `dropped_queue_full`).
+            pub const fn label(self) -> &'static str {
+                match self { $( $name::$variant => $label ),+ }
             }
         }
     };
@@ -34,19 +31,19 @@ reasons! {
     /// Why a mirrored request never reached v2 (whole).
     DropReason {
         /// The client connection's queue or the global in-flight byte budget was full.
-        QueueFull => "dropped_queue_full",
+        QueueFull => "queue_full",
         /// Every allowed connection to v2 was busy for the whole connect timeout.
-        ConnLimit => "dropped_conn_limit",
+        ConnLimit => "conn_limit",
         /// v2 refused, did not answer the connect, or was unreachable (or backing off after that).
-        ShadowDown => "dropped_shadow_down",
+        ShadowDown => "shadow_down",
         /// A local error prevented the connect (no local port, no file descriptor, no buffers).
-        LocalError => "dropped_local_error",
+        LocalError => "local_error",
         /// The shadow's name did not resolve.
-        ResolveFailed => "dropped_resolve_failed",
+        ResolveFailed => "resolve_failed",
         /// The capture lost bytes of the request after it had started streaming.
-        Aborted => "dropped_aborted",
+        Aborted => "aborted",
         /// The agent shut down before v2 answered the request.
-        Shutdown => "dropped_shutdown",
+        Shutdown => "shutdown",
     }
 }
 
@@ -54,13 +51,13 @@ reasons! {
     /// Why a request given to v2 got no answer.
     Unanswered {
         /// No answer within the response timeout, or v2 stopped accepting the request's bytes.
-        Timeout => "unanswered_timeout",
+        Timeout => "timeout",
         /// v2 closed the connection without answering.
-        Closed => "unanswered_closed",
+        Closed => "closed",
         /// v2 reset the connection without answering.
-        Reset => "unanswered_reset",
+        Reset => "reset",
         /// v2's response could not be parsed.
-        Malformed => "unanswered_malformed",
+        Malformed => "malformed",
     }
 }
 
@@ -137,17 +134,10 @@ impl ConnectFailure {
     }
 }
 
-/// Status classes counted: 1xx to 5xx, and anything else.
-const STATUS_CLASSES: [&str; 6] = [
-    "answered_1xx",
-    "answered_2xx",
-    "answered_3xx",
-    "answered_4xx",
-    "answered_5xx",
-    "answered_other",
-];
+/// The `class` labels of the answered counters: 1xx to 5xx, and anything else.
+const STATUS_CLASSES: [&str; 6] = ["1xx", "2xx", "3xx", "4xx", "5xx", "other"];
 
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct RelayStats {
     /// Requests handed to the relay (their head arrived).
     pub requests: AtomicU64,
@@ -168,6 +158,36 @@ pub struct RelayStats {
     pub shadow_connections: AtomicUsize,
     /// Of those, idle in the pool now (a gauge).
     pub idle_connections: AtomicUsize,
+    /// Request bytes held now (queued, or sent and not yet answered), as the in-flight
+    /// budget charges them (a gauge; kept by `ticket::Budget`).
+    pub queued_bytes: AtomicUsize,
+    /// From a request handed to the relay to v2's answer framed, for answered requests.
+    pub response_latency: LatencyHistogram,
+}
+
+impl Default for RelayStats {
+    fn default() -> Self {
+        RelayStats {
+            requests: AtomicU64::new(0),
+            answered: Default::default(),
+            unanswered: Default::default(),
+            dropped: Default::default(),
+            resent: AtomicU64::new(0),
+            bytes_sent: AtomicU64::new(0),
+            connections_opened: AtomicU64::new(0),
+            connections_reused: AtomicU64::new(0),
+            connect_failures: Default::default(),
+            resolve_failures: AtomicU64::new(0),
+            shadow_connections: AtomicUsize::new(0),
+            idle_connections: AtomicUsize::new(0),
+            queued_bytes: AtomicUsize::new(0),
+            response_latency: LatencyHistogram::new(
+                "response_latency_seconds",
+                "Seconds from a request handed to the relay to v2's response framed (answered \
+                 requests only).",
+            ),
+        }
+    }
 }
 
 impl RelayStats {
@@ -246,47 +266,40 @@ impl Source for RelayStats {
             "Requests handed to the relay.",
             load(&self.requests),
         ));
-        out(Sample::counter(
-            "answered",
-            "Requests v2 answered (its response was framed).",
-            self.answered(),
-        ));
-        out(Sample::counter(
-            "unanswered",
-            "Requests given to v2 that it did not answer.",
-            self.unanswered(),
-        ));
-        out(Sample::counter(
-            "dropped",
-            "Requests that never reached v2 whole.",
-            self.dropped(),
-        ));
+        // The outcome families, each summing to its total (the status line prints the total
+        // before the family: `dropped=1 dropped_queue_full=1 ...`).
+        for (class, name) in STATUS_CLASSES.iter().enumerate() {
+            out(Sample::counter(
+                "answered",
+                "Requests v2 answered (its response was framed), by status class.",
+                self.answered_class(class + 1),
+            )
+            .with_label("class", *name));
+        }
+        for cause in Unanswered::ALL {
+            out(Sample::counter(
+                "unanswered",
+                "Requests given to v2 that it did not answer, by reason: timeout, closed, reset, \
+                 malformed.",
+                self.unanswered_count(*cause),
+            )
+            .with_label("reason", cause.label()));
+        }
+        for reason in DropReason::ALL {
+            out(Sample::counter(
+                "dropped",
+                "Requests that never reached v2 whole, by reason: queue_full (a queue or the \
+                 in-flight budget was full), conn_limit, shadow_down, local_error, \
+                 resolve_failed, aborted (the capture lost bytes), shutdown.",
+                self.dropped_count(*reason),
+            )
+            .with_label("reason", reason.label()));
+        }
         out(Sample::gauge(
             "pending",
             "Requests without an outcome yet (queued, being sent, or awaiting the answer).",
             self.pending(),
         ));
-        for (class, name) in STATUS_CLASSES.iter().enumerate() {
-            out(Sample::counter(
-                name,
-                "Requests v2 answered with this status class.",
-                self.answered_class(class + 1),
-            ));
-        }
-        for cause in Unanswered::ALL {
-            out(Sample::counter(
-                cause.counter_name(),
-                cause.help(),
-                self.unanswered_count(*cause),
-            ));
-        }
-        for reason in DropReason::ALL {
-            out(Sample::counter(
-                reason.counter_name(),
-                reason.help(),
-                self.dropped_count(*reason),
-            ));
-        }
         out(Sample::counter(
             "resent",
             "Requests written again because v2 closed before processing them.",
@@ -329,6 +342,16 @@ impl Source for RelayStats {
             "Connections to v2 idle in the pool now.",
             self.idle_connections.load(Relaxed) as u64,
         ));
+        out(Sample::gauge(
+            "queued_bytes",
+            "Request bytes held now (queued, or sent and not yet answered), as the in-flight \
+             budget charges them.",
+            self.queued_bytes.load(Relaxed) as u64,
+        ));
+    }
+
+    fn histograms(&self, out: &mut dyn FnMut(HistogramSample)) {
+        out(self.response_latency.sample());
     }
 }
 
@@ -355,20 +378,28 @@ mod tests {
         );
         assert_eq!(stats.pending(), 1);
         let mut samples = Vec::new();
-        stats.visit(&mut |sample| samples.push((sample.name, sample.value)));
+        stats.visit(&mut |sample| {
+            let label = sample.labels.first().map(|(_, v)| v.clone());
+            samples.push((sample.name, label, sample.value));
+        });
+        assert_eq!(samples[0], ("requests", None, 6));
+        let family = |name: &str| -> u64 {
+            samples
+                .iter()
+                .filter(|(n, label, _)| *n == name && label.is_some())
+                .map(|(_, _, value)| value)
+                .sum()
+        };
         assert_eq!(
-            &samples[..5],
-            &[
-                ("requests", 6),
-                ("answered", 3),
-                ("unanswered", 1),
-                ("dropped", 1),
-                ("pending", 1)
-            ]
+            (family("answered"), family("unanswered"), family("dropped")),
+            (3, 1, 1)
         );
-        assert!(samples.contains(&("dropped_queue_full", 1)));
-        assert!(samples.contains(&("unanswered_reset", 1)));
-        assert!(samples.contains(&("shadow_connections", 0)));
+        let label = |value: &str| Some(value.to_owned());
+        assert!(samples.contains(&("dropped", label("queue_full"), 1)));
+        assert!(samples.contains(&("unanswered", label("reset"), 1)));
+        assert!(samples.contains(&("answered", label("other"), 1)));
+        assert!(samples.contains(&("pending", None, 1)));
+        assert!(samples.contains(&("shadow_connections", None, 0)));
     }
 
     #[test]

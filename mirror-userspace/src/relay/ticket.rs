@@ -2,61 +2,124 @@
 //! that counts its outcome when consumed, and every queued piece of it holds its share of the
 //! in-flight byte budget in a [`Chunk`] that gives it back when dropped. A ticket dropped
 //! without an outcome (its task was cancelled at shutdown) counts as `dropped_shutdown`, so
-//! no exit can leave a request uncounted or count one twice.
+//! no exit can leave a request uncounted or count one twice. The ticket's end is also where
+//! the latency of an answered request is observed and the access log gets its one entry.
 
-use std::sync::{
-    atomic::{AtomicUsize, Ordering::Relaxed},
-    Arc,
+use std::{
+    net::SocketAddr,
+    sync::{atomic::Ordering::Relaxed, Arc},
+    time::Instant,
 };
 
 use bytes::Bytes;
 
 use super::stats::{DropReason, Outcome, RelayStats};
+use crate::observe::access_log::{AccessLog, Entry};
 
 /// One mirrored request's claim to exactly one outcome.
 #[derive(Debug)]
 pub(super) struct Ticket {
     stats: Arc<RelayStats>,
     ended: bool,
+    /// When the request was handed to the relay: the start of its latency.
+    issued: Instant,
+    /// What its access-log entry needs, when an access log is configured.
+    log: Option<Logged>,
+}
+
+/// A request as the access log reports it.
+#[derive(Debug)]
+struct Logged {
+    access_log: Arc<AccessLog>,
+    client: SocketAddr,
+    head: Bytes,
+    bytes: u64,
 }
 
 impl Ticket {
-    /// Counts a request handed to the relay.
-    pub(super) fn issue(stats: &Arc<RelayStats>) -> Ticket {
+    /// Counts a request handed to the relay; `head` is kept (a reference count) only when
+    /// `access_log` is set.
+    pub(super) fn issue(
+        stats: &Arc<RelayStats>,
+        access_log: Option<&Arc<AccessLog>>,
+        client: SocketAddr,
+        head: &Bytes,
+    ) -> Ticket {
         stats.requests.fetch_add(1, Relaxed);
         Ticket {
             stats: Arc::clone(stats),
             ended: false,
+            issued: Instant::now(),
+            log: access_log.map(|access_log| Logged {
+                access_log: Arc::clone(access_log),
+                client,
+                head: head.clone(),
+                bytes: head.len() as u64,
+            }),
+        }
+    }
+
+    /// `len` more body bytes of the request were received (for the access log).
+    pub(super) fn body(&mut self, len: usize) {
+        if let Some(log) = &mut self.log {
+            log.bytes += len as u64;
         }
     }
 
     pub(super) fn end(mut self, outcome: Outcome) {
+        self.finish(outcome);
+    }
+
+    /// The one place a request's outcome is counted, timed and logged.
+    fn finish(&mut self, outcome: Outcome) {
         self.ended = true;
         self.stats.outcome(outcome);
+        let latency = match outcome {
+            Outcome::Answered(_) => {
+                let latency = self.issued.elapsed();
+                self.stats.response_latency.observe(latency);
+                Some(latency)
+            }
+            _ => None,
+        };
+        if let Some(log) = self.log.take() {
+            let (kind, status, reason) = match outcome {
+                Outcome::Answered(status) => ("answered", Some(status), None),
+                Outcome::Unanswered(cause) => ("unanswered", None, Some(cause.label())),
+                Outcome::Dropped(reason) => ("dropped", None, Some(reason.label())),
+            };
+            log.access_log.record(|| Entry {
+                client: log.client,
+                head: log.head,
+                bytes: log.bytes,
+                outcome: kind,
+                status,
+                latency,
+                reason,
+            });
+        }
     }
 }
 
 impl Drop for Ticket {
     fn drop(&mut self) {
         if !self.ended {
-            self.stats.outcome(Outcome::Dropped(DropReason::Shutdown));
+            self.finish(Outcome::Dropped(DropReason::Shutdown));
         }
     }
 }
 
-/// Request bytes not yet answered, over all connections, against a fixed limit.
+/// Request bytes not yet answered, over all connections, against a fixed limit. The bytes
+/// held are the stats' `queued_bytes` gauge.
 #[derive(Debug)]
 pub(super) struct Budget {
-    used: AtomicUsize,
+    stats: Arc<RelayStats>,
     limit: usize,
 }
 
 impl Budget {
-    pub(super) fn new(limit: usize) -> Arc<Budget> {
-        Arc::new(Budget {
-            used: AtomicUsize::new(0),
-            limit,
-        })
+    pub(super) fn new(limit: usize, stats: Arc<RelayStats>) -> Arc<Budget> {
+        Arc::new(Budget { stats, limit })
     }
 
     /// Takes `bytes` out of the budget if they fit; the returned chunk gives them back. A
@@ -64,7 +127,8 @@ impl Budget {
     /// bounds, however small a client makes them.
     pub(super) fn reserve(self: &Arc<Self>, bytes: Bytes) -> Option<Chunk> {
         let charge = bytes.len().max(MIN_CHARGE);
-        self.used
+        self.stats
+            .queued_bytes
             .fetch_update(Relaxed, Relaxed, |used| {
                 let total = used.checked_add(charge)?;
                 (total <= self.limit).then_some(total)
@@ -79,7 +143,7 @@ impl Budget {
 
     #[cfg(test)]
     pub(super) fn used(&self) -> usize {
-        self.used.load(Relaxed)
+        self.stats.queued_bytes.load(Relaxed)
     }
 }
 
@@ -97,7 +161,10 @@ pub(super) struct Chunk {
 
 impl Drop for Chunk {
     fn drop(&mut self) {
-        self.budget.used.fetch_sub(self.charge, Relaxed);
+        self.budget
+            .stats
+            .queued_bytes
+            .fetch_sub(self.charge, Relaxed);
     }
 }
 
@@ -108,17 +175,20 @@ mod tests {
     #[test]
     fn a_ticket_counts_once_and_a_lost_one_counts_as_shutdown() {
         let stats = Arc::new(RelayStats::default());
-        Ticket::issue(&stats).end(Outcome::Answered(200));
-        drop(Ticket::issue(&stats));
+        let client = SocketAddr::from(([127, 0, 0, 1], 40000));
+        let head = Bytes::from_static(b"GET / HTTP/1.1\r\n\r\n");
+        Ticket::issue(&stats, None, client, &head).end(Outcome::Answered(200));
+        drop(Ticket::issue(&stats, None, client, &head));
         assert_eq!(stats.requests.load(Relaxed), 2);
         assert_eq!(stats.answered(), 1);
         assert_eq!(stats.dropped_count(DropReason::Shutdown), 1);
         assert_eq!(stats.pending(), 0);
+        assert_eq!(stats.response_latency.sample().count, 1);
     }
 
     #[test]
     fn chunks_give_their_bytes_back() {
-        let budget = Budget::new(1000);
+        let budget = Budget::new(1000, Arc::default());
         let a = budget.reserve(Bytes::from(vec![0; 600])).unwrap();
         assert!(budget.reserve(Bytes::from(vec![0; 401])).is_none());
         let b = budget.reserve(Bytes::from(vec![0; 400])).unwrap();
@@ -130,7 +200,7 @@ mod tests {
 
     #[test]
     fn small_pieces_are_charged_their_overhead() {
-        let budget = Budget::new(2 * MIN_CHARGE);
+        let budget = Budget::new(2 * MIN_CHARGE, Arc::default());
         let a = budget.reserve(Bytes::from_static(b"x")).unwrap();
         let b = budget.reserve(Bytes::from_static(b"y")).unwrap();
         assert!(budget.reserve(Bytes::from_static(b"z")).is_none());

@@ -1,0 +1,271 @@
+//! `mirror status`: a summary a person reads at a glance, from a running agent's admin
+//! endpoint. Two scrapes of `/metrics` a moment apart give the rates; `/readyz` the state.
+
+use std::{fmt::Write as _, net::SocketAddr, time::Duration};
+
+use tokio::{
+    io::{AsyncReadExt, AsyncWriteExt},
+    net::TcpStream,
+};
+
+use super::{admin::DEFAULT_ADDR, scrape::Scrape};
+
+#[derive(Clone, Debug, clap::Args)]
+pub struct StatusArgs {
+    /// The agent's admin endpoint.
+    #[arg(long, default_value = DEFAULT_ADDR, value_name = "ADDR:PORT")]
+    pub admin_addr: SocketAddr,
+    /// Seconds between the two scrapes the rates are computed from.
+    #[arg(long, default_value_t = 1.0)]
+    pub interval_secs: f64,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum StatusError {
+    #[error(
+        "cannot reach the admin endpoint at {addr} (is `mirror run` up, with this --admin-addr?)"
+    )]
+    Connect {
+        addr: SocketAddr,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("the admin endpoint at {addr} sent no HTTP response")]
+    BadResponse { addr: SocketAddr },
+    #[error("the admin endpoint sent metrics that do not parse")]
+    Metrics(#[from] super::scrape::ScrapeError),
+    #[error("--interval-secs must be positive and finite")]
+    Interval,
+}
+
+/// Prints the summary to stdout.
+pub async fn run(args: &StatusArgs) -> Result<(), StatusError> {
+    if !(args.interval_secs.is_finite() && args.interval_secs > 0.0) {
+        return Err(StatusError::Interval);
+    }
+    let addr = args.admin_addr;
+    let before = Scrape::parse(&get(addr, "/metrics").await?.1)?;
+    tokio::time::sleep(Duration::from_secs_f64(args.interval_secs)).await;
+    let after = Scrape::parse(&get(addr, "/metrics").await?.1)?;
+    let (ready_status, readiness) = get(addr, "/readyz").await?;
+    print!(
+        "{}",
+        render(&Rendering {
+            addr,
+            ready: ready_status == 200,
+            readiness: &readiness,
+            before: &before,
+            after: &after,
+            seconds: args.interval_secs,
+        })
+    );
+    Ok(())
+}
+
+/// Everything the summary is drawn from.
+pub struct Rendering<'a> {
+    pub addr: SocketAddr,
+    pub ready: bool,
+    /// `/readyz`'s body: `interface NAME attached|gone` lines.
+    pub readiness: &'a str,
+    pub before: &'a Scrape,
+    pub after: &'a Scrape,
+    pub seconds: f64,
+}
+
+/// Rows of the outcome table: label and metric.
+const OUTCOMES: [(&str, &str); 4] = [
+    ("mirrored", "mirror_pipeline_requests_mirrored_total"),
+    ("answered", "mirror_relay_answered_total"),
+    ("unanswered", "mirror_relay_unanswered_total"),
+    ("dropped", "mirror_relay_dropped_total"),
+];
+
+/// The summary as aligned text.
+pub fn render(r: &Rendering<'_>) -> String {
+    let mut out = String::new();
+    let state = if r.ready { "ready" } else { "NOT READY" };
+    let _ = writeln!(out, "mirror agent at {}: {state}", r.addr);
+    let interfaces: Vec<&str> = r
+        .readiness
+        .lines()
+        .filter_map(|line| line.strip_prefix("interface "))
+        .collect();
+    if interfaces.is_empty() {
+        let _ = writeln!(out, "interfaces: none attached");
+    } else {
+        let _ = writeln!(out, "interfaces: {}", interfaces.join(", "));
+    }
+    let _ = writeln!(out);
+    let _ = writeln!(out, "{:<28}{:>14}{:>14}", "requests", "total", "per second");
+    let row = |out: &mut String, label: &str, total: f64, before: f64| {
+        // `+ 0.0` turns the -0.0 an empty sum starts from into 0.
+        let total = total + 0.0;
+        let rate = (total - before).max(0.0) / r.seconds;
+        let _ = writeln!(out, "{label:<28}{total:>14.0}{rate:>14.1}");
+    };
+    for (label, metric) in OUTCOMES {
+        let (total, before) = (r.after.sum(metric, &[]), r.before.sum(metric, &[]));
+        row(&mut out, label, total, before);
+        let by = match label {
+            "answered" => "class",
+            "unanswered" | "dropped" => "reason",
+            _ => continue,
+        };
+        for sample in r.after.matching(metric, &[]) {
+            let Some(value) = sample.label(by) else {
+                continue;
+            };
+            if sample.value > 0.0 {
+                let earlier = r.before.sum(metric, &[(by, value)]);
+                row(&mut out, &format!("  {value}"), sample.value, earlier);
+            }
+        }
+    }
+    row(
+        &mut out,
+        "sampled out",
+        r.after
+            .sum("mirror_pipeline_requests_sampled_out_total", &[]),
+        r.before
+            .sum("mirror_pipeline_requests_sampled_out_total", &[]),
+    );
+    let _ = writeln!(out);
+    let _ = writeln!(out, "{:<28}{:>14}{:>14}", "capture", "total", "per second");
+    for (label, metric) in [
+        ("packets matched", "mirror_kernel_packets_matched_total"),
+        ("ring-full drops", "mirror_kernel_ringbuf_full_drops_total"),
+        ("truncations", "mirror_kernel_truncations_total"),
+        ("gaps", "mirror_pipeline_gaps_total"),
+        ("flows evicted", "mirror_pipeline_flows_evicted_total"),
+    ] {
+        row(
+            &mut out,
+            label,
+            r.after.sum(metric, &[]),
+            r.before.sum(metric, &[]),
+        );
+    }
+    let _ = writeln!(out);
+    let latency = "mirror_relay_response_latency_seconds";
+    let responses = r.after.sum(&format!("{latency}_count"), &[]);
+    match [0.5, 0.9, 0.99].map(|q| r.after.quantile(latency, q)) {
+        [Some(p50), Some(p90), Some(p99)] => {
+            let _ = writeln!(
+                out,
+                "v2 latency: p50 {}  p90 {}  p99 {}  (over {responses:.0} responses)",
+                millis(p50),
+                millis(p90),
+                millis(p99)
+            );
+        }
+        _ => {
+            let _ = writeln!(out, "v2 latency: no responses yet");
+        }
+    }
+    let _ = writeln!(
+        out,
+        "shadow: {:.0} connections open, {} queued; agent: {} resident, loop lag {}",
+        r.after.sum("mirror_relay_shadow_connections", &[]),
+        bytes(r.after.sum("mirror_relay_queued_bytes", &[])),
+        bytes(r.after.sum("mirror_agent_resident_memory_bytes", &[])),
+        millis(r.after.sum("mirror_agent_loop_lag_seconds", &[])),
+    );
+    out
+}
+
+fn millis(seconds: f64) -> String {
+    format!("{:.2} ms", seconds * 1e3)
+}
+
+fn bytes(n: f64) -> String {
+    if n >= f64::from(1u32 << 20) {
+        format!("{:.1} MiB", n / f64::from(1u32 << 20))
+    } else if n >= 1024.0 {
+        format!("{:.1} KiB", n / 1024.0)
+    } else {
+        format!("{n:.0} B")
+    }
+}
+
+/// GET `path` over HTTP/1.1 with `Connection: close`; returns the status and body.
+async fn get(addr: SocketAddr, path: &str) -> Result<(u16, String), StatusError> {
+    let connect = |source| StatusError::Connect { addr, source };
+    let exchange = async {
+        let mut stream = TcpStream::connect(addr).await?;
+        let request = format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n");
+        stream.write_all(request.as_bytes()).await?;
+        let mut response = Vec::new();
+        // The endpoint's answers are a few hundred KiB at most.
+        stream.take(64 << 20).read_to_end(&mut response).await?;
+        Ok::<_, std::io::Error>(response)
+    };
+    let response = tokio::time::timeout(Duration::from_secs(10), exchange)
+        .await
+        .map_err(|_| connect(std::io::ErrorKind::TimedOut.into()))?
+        .map_err(connect)?;
+    let text = String::from_utf8_lossy(&response);
+    let (head, body) = text
+        .split_once("\r\n\r\n")
+        .ok_or(StatusError::BadResponse { addr })?;
+    let status = head
+        .split_whitespace()
+        .nth(1)
+        .and_then(|code| code.parse().ok())
+        .ok_or(StatusError::BadResponse { addr })?;
+    Ok((status, body.to_owned()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn renders_rates_reasons_and_quantiles() {
+        let before = Scrape::parse(
+            "mirror_pipeline_requests_mirrored_total 10\n\
+             mirror_relay_answered_total{class=\"2xx\"} 8\n\
+             mirror_relay_dropped_total{reason=\"queue_full\"} 0\n",
+        )
+        .unwrap();
+        let after = Scrape::parse(
+            "mirror_pipeline_requests_mirrored_total 30\n\
+             mirror_relay_answered_total{class=\"2xx\"} 25\n\
+             mirror_relay_dropped_total{reason=\"queue_full\"} 4\n\
+             mirror_relay_dropped_total{reason=\"conn_limit\"} 0\n\
+             mirror_relay_response_latency_seconds_bucket{le=\"0.001\"} 20\n\
+             mirror_relay_response_latency_seconds_bucket{le=\"+Inf\"} 25\n\
+             mirror_relay_response_latency_seconds_count 25\n",
+        )
+        .unwrap();
+        let text = render(&Rendering {
+            addr: "127.0.0.1:9477".parse().unwrap(),
+            ready: true,
+            readiness: "ready\ninterface n1 attached\n",
+            before: &before,
+            after: &after,
+            seconds: 2.0,
+        });
+        assert!(
+            text.contains(": ready\ninterfaces: n1 attached\n"),
+            "{text}"
+        );
+        assert!(
+            text.contains(&format!("{:<28}{:>14}{:>14}\n", "mirrored", 30, "10.0")),
+            "{text}"
+        );
+        assert!(
+            text.contains(&format!("{:<28}{:>14}{:>14}\n", "  2xx", 25, "8.5")),
+            "{text}"
+        );
+        assert!(
+            text.contains(&format!("{:<28}{:>14}{:>14}\n", "  queue_full", 4, "2.0")),
+            "{text}"
+        );
+        assert!(
+            !text.contains("conn_limit"),
+            "zero reasons are left out: {text}"
+        );
+        assert!(text.contains("v2 latency: p50 0.6"), "{text}");
+    }
+}
