@@ -72,7 +72,9 @@ impl Drop for Kmock {
 /// file run in parallel: one makes the virtualenv while the others wait.
 fn venv() -> Option<PathBuf> {
     static MAKING: std::sync::Mutex<()> = std::sync::Mutex::new(());
-    let _one_at_a_time = MAKING.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+    let _one_at_a_time = MAKING
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner());
     let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../target/kmock-venv");
     let python = dir.join("bin/python");
     let ready = |python: &Path| {
