@@ -2,8 +2,9 @@
 //! SYN-ACK: a small bounded table, so that a SYN flood costs pending entries only, never the
 //! flow table. A blind spoofer never completes a handshake: it does not see v1's ISN.
 
+use super::lru::Lru;
 use crate::flow::FlowKey;
-use std::collections::{HashMap, VecDeque};
+use std::collections::HashMap;
 
 /// What v1's SYN-ACK told us.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -29,8 +30,8 @@ struct Pending {
 #[derive(Debug, Default)]
 pub struct Handshakes {
     map: HashMap<FlowKey, Pending>,
-    order: VecDeque<(FlowKey, u64)>,
-    clock: u64,
+    /// Oldest first; an entry is live while its stamp is its handshake's.
+    order: Lru,
 }
 
 impl Handshakes {
@@ -44,19 +45,15 @@ impl Handshakes {
             }
             dropped += 1;
         }
-        self.clock += 1;
+        let stamp = self.order.touch(key);
         let pending = Pending {
             syn_ack,
             seen_ns: now_ns,
-            stamp: self.clock,
+            stamp,
         };
         self.map.insert(key, pending);
-        self.order.push_back((key, self.clock));
-        if self.order.len() > 2 * self.map.len() + 1024 {
-            let map = &self.map;
-            self.order
-                .retain(|(k, s)| map.get(k).is_some_and(|p| p.stamp == *s));
-        }
+        let map = &self.map;
+        self.order.compact(map.len(), |k, s| is_current(map, k, s));
         dropped
     }
 
@@ -75,31 +72,35 @@ impl Handshakes {
     /// Forgets handshakes pending for `timeout_ns` or longer; returns how many.
     pub fn expire(&mut self, now_ns: u64, timeout_ns: u64) -> u64 {
         let mut n = 0;
-        while let Some(&(key, stamp)) = self.order.front() {
-            match self.map.get(&key) {
-                Some(p) if p.stamp == stamp => {
-                    if now_ns.saturating_sub(p.seen_ns) < timeout_ns {
-                        break;
-                    }
-                    self.map.remove(&key);
-                    n += 1;
-                }
-                _ => {}
+        loop {
+            let map = &self.map;
+            let Some((key, _)) = self.order.oldest(|k, s| is_current(map, k, s)) else {
+                break;
+            };
+            if self
+                .map
+                .get(&key)
+                .is_some_and(|p| now_ns.saturating_sub(p.seen_ns) < timeout_ns)
+            {
+                break;
             }
-            self.order.pop_front();
+            self.pop_front();
+            n += 1;
         }
         n
     }
 
     fn pop_front(&mut self) -> Option<FlowKey> {
-        while let Some((key, stamp)) = self.order.pop_front() {
-            if self.map.get(&key).is_some_and(|p| p.stamp == stamp) {
-                self.map.remove(&key);
-                return Some(key);
-            }
-        }
-        None
+        let map = &self.map;
+        let key = self.order.pop_oldest(|k, s| is_current(map, k, s))?;
+        self.map.remove(&key);
+        Some(key)
     }
+}
+
+/// Whether `(key, stamp)` is the latest entry of a handshake still pending.
+fn is_current(map: &HashMap<FlowKey, Pending>, key: &FlowKey, stamp: u64) -> bool {
+    map.get(key).is_some_and(|p| p.stamp == stamp)
 }
 
 #[cfg(test)]

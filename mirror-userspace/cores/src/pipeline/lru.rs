@@ -30,10 +30,19 @@ impl Lru {
     /// Removes and returns the least recently touched flow for which `current(flow, stamp)`
     /// holds (the entry is its latest). `None` once no live entry is left.
     pub fn pop_oldest(&mut self, current: impl Fn(&FlowKey, u64) -> bool) -> Option<FlowKey> {
-        while let Some((flow, stamp)) = self.queue.pop_front() {
+        let (flow, _) = self.oldest(current)?;
+        self.queue.pop_front();
+        Some(flow)
+    }
+
+    /// The least recently touched live flow and its stamp, left in place; stale entries in
+    /// front of it are dropped on the way.
+    pub fn oldest(&mut self, current: impl Fn(&FlowKey, u64) -> bool) -> Option<(FlowKey, u64)> {
+        while let Some(&(flow, stamp)) = self.queue.front() {
             if current(&flow, stamp) {
-                return Some(flow);
+                return Some((flow, stamp));
             }
+            self.queue.pop_front();
         }
         None
     }
