@@ -318,6 +318,7 @@ async fn attempt(
             }
             event = events.recv() => match event {
                 Some(ReadEvent::Answered(status)) => {
+                    shared.pool.alive();
                     request.end(Outcome::Answered(status));
                     answer_deadline = None;
                 }

@@ -2,9 +2,11 @@
 //! connection no longer needs goes idle here and carries the next client connection's
 //! requests, so clients that open a connection per request do not cost a TCP connection (and
 //! a TIME_WAIT on the node) each. At most `max_connections` are open, idle ones included.
-//! Only failures that say v2 is down (refused, timed out, unreachable) count towards taking it
-//! for down; local shortages (ports, descriptors, buffers, the resolver) are counted as
-//! themselves.
+//! Only failures that say v2 is down count towards taking it for down: refused, unreachable,
+//! and a connect timeout while v2 showed no sign of life (no connect completed, no answer
+//! framed) since that connect began. A timeout while v2 answers elsewhere is a full accept
+//! queue (`shadow_busy`); local shortages (ports, descriptors, buffers, the resolver) are
+//! counted as themselves.
 
 use std::{
     sync::{
@@ -43,6 +45,9 @@ pub(super) struct Pool {
     /// Milliseconds since `started` before which no connect is tried.
     down_until_ms: AtomicU64,
     failures_in_a_row: AtomicU32,
+    /// One more than the milliseconds since `started` when v2 last completed a connect or
+    /// answered a request; 0: never.
+    alive_ms: AtomicU64,
 }
 
 impl Pool {
@@ -57,6 +62,7 @@ impl Pool {
             started: Instant::now(),
             down_until_ms: AtomicU64::new(0),
             failures_in_a_row: AtomicU32::new(0),
+            alive_ms: AtomicU64::new(0),
         }
     }
 
@@ -112,15 +118,17 @@ impl Pool {
                 tracing::debug!(%error, shadow = %self.config.shadow, "shadow lookup failed");
                 DropReason::ResolveFailed
             })?;
+        let began_ms = self.now_ms();
         match conn::connect(&addrs, self.config.mark, self.config.connect_timeout).await {
             Ok(stream) => {
                 self.stats.connections_opened.fetch_add(1, Relaxed);
                 self.failures_in_a_row.store(0, Relaxed);
+                self.alive();
                 Ok(Conn::new(stream, Slot::new(permit, &self.stats)))
             }
             Err(failure) => {
                 self.stats.connect_failed(failure);
-                Err(self.connect_failed(failure))
+                Err(self.connect_failed(failure, began_ms))
             }
         }
     }
@@ -168,12 +176,22 @@ impl Pool {
         self.now_ms() < self.down_until_ms.load(Relaxed)
     }
 
-    /// Counts a failed connect and says what to drop its request as. One failure under load
-    /// (a full SYN backlog) says little; after [`DOWN_AFTER_FAILURES`] in a row that blame v2,
-    /// it is spared new connects for `down_backoff`.
-    fn connect_failed(&self, failure: ConnectFailure) -> DropReason {
+    /// v2 completed a connect or answered a request: it is up, whatever its accept queue does.
+    pub(super) fn alive(&self) {
+        self.alive_ms
+            .fetch_max(self.now_ms().saturating_add(1), Relaxed);
+    }
+
+    /// Counts a failed connect begun at `began_ms` and says what to drop its request as. A
+    /// timeout while v2 showed life elsewhere is a full accept queue and blames nothing;
+    /// after [`DOWN_AFTER_FAILURES`] in a row that blame v2, it is spared new connects for
+    /// `down_backoff`.
+    fn connect_failed(&self, failure: ConnectFailure, began_ms: u64) -> DropReason {
         if !failure.blames_shadow() {
             return DropReason::LocalError;
+        }
+        if failure == ConnectFailure::TimedOut && self.alive_ms.load(Relaxed) > began_ms {
+            return DropReason::ShadowBusy;
         }
         if self.failures_in_a_row.fetch_add(1, Relaxed) + 1 >= DOWN_AFTER_FAILURES {
             let backoff = u64::try_from(self.config.down_backoff.as_millis()).unwrap_or(u64::MAX);

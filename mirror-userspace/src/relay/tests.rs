@@ -457,28 +457,96 @@ async fn a_refusing_v2_drops_requests_as_shadow_down_and_backs_off() {
     relay.shutdown(Duration::from_secs(1)).await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_full_accept_queue_ends_every_request_where_it_went() {
-    // Backlog 1 and never accepted: the kernel completes a couple of handshakes into the
-    // accept queue, then drops SYNs.
+/// A listener whose accept queue (backlog 1) is full: a connect to it times out.
+async fn full_accept_queue() -> (TcpListener, Vec<TcpStream>) {
     let socket = TcpSocket::new_v4().unwrap();
     socket.bind("127.0.0.1:0".parse().unwrap()).unwrap();
     let listener = socket.listen(1).unwrap();
-    let mut relay = Relay::new(config(listener.local_addr().unwrap()));
+    let addr = listener.local_addr().unwrap();
+    let mut queued = Vec::new();
+    // The kernel completes handshakes until the queue holds more than the backlog.
+    for _ in 0..3 {
+        if let Ok(Ok(stream)) =
+            tokio::time::timeout(Duration::from_millis(200), TcpStream::connect(addr)).await
+        {
+            queued.push(stream);
+        }
+    }
+    (listener, queued)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_accept_queue_while_v2_answers_is_busy_not_down() {
+    // v2 serves one keep-alive connection and accepts nothing more: every other connect
+    // finds its accept queue full, while v2 keeps answering.
+    let socket = TcpSocket::new_v4().unwrap();
+    socket.bind("127.0.0.1:0".parse().unwrap()).unwrap();
+    let listener = socket.listen(1).unwrap();
+    let addr = listener.local_addr().unwrap();
+    let received = Arc::<Mutex<Vec<String>>>::default();
+    let served = Arc::clone(&received);
+    let accepting = tokio::spawn(async move {
+        let (stream, _) = listener.accept().await.unwrap();
+        let script = Script::Answer {
+            close_after: None,
+            say_close: false,
+        };
+        tokio::spawn(serve(stream, script, served));
+        std::future::pending::<()>().await;
+    });
+    let mut relay = Relay::new(config(addr));
+    request(&mut relay, flow(1), "/alive-0", 0);
+    settle(&relay, Duration::from_secs(5)).await;
     for i in 0..20 {
         request(&mut relay, flow(2000 + i), &format!("/queued-{i}"), 0);
     }
+    // An answer every 100 ms on the served connection, past the connect timeout (500 ms).
+    for i in 1..=15 {
+        request(&mut relay, flow(1), &format!("/alive-{i}"), 0);
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
     settle(&relay, Duration::from_secs(10)).await;
     let stats = relay.stats();
-    let timeouts = stats.unanswered_count(Unanswered::Timeout);
-    let down = stats.dropped_count(DropReason::ShadowDown);
-    assert_eq!(stats.pending(), 0);
-    assert_eq!(timeouts + down, 20, "{:?}", outcomes(&stats));
-    assert!(timeouts >= 1 && down >= 1, "{:?}", outcomes(&stats));
-    // Each connection that got through carried one request, which v2 never answered.
-    assert_eq!(timeouts, stats.connections_opened.load(Relaxed));
+    // The connects the kernel completed into the queue carried a request nobody read.
+    let queued = stats.connections_opened.load(Relaxed) - 1;
+    assert!((1..=3).contains(&queued), "{queued} connects completed");
+    let busy = 20 - queued;
+    assert_eq!(
+        outcomes(&stats),
+        [
+            ("requests", 36),
+            ("answered", 16),
+            ("answered_2xx", 16),
+            ("unanswered", queued),
+            ("unanswered_timeout", queued),
+            ("dropped", busy),
+            ("dropped_shadow_busy", busy),
+        ]
+    );
+    assert_eq!(stats.connect_failures(ConnectFailure::TimedOut), busy);
+    assert!(!relay.shared.pool.shadow_down());
+    assert_eq!(received.lock().unwrap().len(), 16);
     relay.shutdown(Duration::from_secs(1)).await;
-    drop(listener);
+    accepting.abort();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connect_timeouts_with_no_sign_of_life_take_v2_for_down() {
+    let (listener, _queued) = full_accept_queue().await;
+    let mut relay = Relay::new(config(listener.local_addr().unwrap()));
+    for i in 0..8 {
+        request(&mut relay, flow(8), &format!("/unheard-{i}"), 0);
+    }
+    settle(&relay, Duration::from_secs(10)).await;
+    let stats = relay.stats();
+    assert_eq!(
+        outcomes(&stats),
+        [("requests", 8), ("dropped", 8), ("dropped_shadow_down", 8)]
+    );
+    // Five timeouts in a row, then no more connects during the back-off.
+    assert_eq!(stats.connect_failures(ConnectFailure::TimedOut), 5);
+    assert_eq!(stats.connections_opened.load(Relaxed), 0);
+    relay.shutdown(Duration::from_secs(1)).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
