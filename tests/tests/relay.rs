@@ -484,6 +484,18 @@ fn concurrent_connections_against_a_small_accept_queue_are_all_counted_where_the
         answered <= logged && logged <= answered + unanswered,
         "v2 logged {logged}: {summary}"
     );
+    // v2 answered throughout: connects that found its accept queue full are counted as such,
+    // and v2 was never taken for down.
+    assert_eq!(
+        counter(&summary, "dropped_shadow_down"),
+        Some(0),
+        "{summary}"
+    );
+    assert_eq!(
+        counter(&summary, "dropped_shadow_busy"),
+        counter(&summary, "connect_timeouts"),
+        "{summary}"
+    );
 }
 
 #[test]

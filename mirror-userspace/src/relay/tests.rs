@@ -33,6 +33,9 @@ enum Script {
     ResetAfter(usize),
     /// Accepts and reads nothing.
     Stall,
+    /// Answers only once this many whole requests (without bodies) have arrived, then all of
+    /// them: only a relay that pipelines gets anything answered.
+    Batches(usize),
 }
 
 /// A scripted v2 on loopback; `received` lists the paths of the requests it took whole.
@@ -73,6 +76,9 @@ impl V2 {
 }
 
 async fn serve(mut stream: TcpStream, script: Script, received: Arc<Mutex<Vec<String>>>) {
+    if let Script::Batches(size) = script {
+        return serve_batches(stream, size, received).await;
+    }
     let mut buf = Vec::new();
     let mut answered = 0;
     let read_size = match script {
@@ -131,6 +137,31 @@ async fn serve(mut stream: TcpStream, script: Script, received: Arc<Mutex<Vec<St
             }
         }
         if closing {
+            return;
+        }
+    }
+}
+
+async fn serve_batches(mut stream: TcpStream, size: usize, received: Arc<Mutex<Vec<String>>>) {
+    let mut buf = Vec::new();
+    let mut chunk = vec![0u8; 64 * 1024];
+    loop {
+        let mut heads = Vec::new();
+        while heads.len() < size {
+            match find(&buf, b"\r\n\r\n") {
+                Some(at) => {
+                    heads.push(parse_head(&buf[..at + 4]).0);
+                    buf.drain(..at + 4);
+                }
+                None => match stream.read(&mut chunk).await {
+                    Ok(0) | Err(_) => return,
+                    Ok(n) => buf.extend_from_slice(&chunk[..n]),
+                },
+            }
+        }
+        let answers = "HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok".repeat(size);
+        received.lock().unwrap().extend(heads);
+        if stream.write_all(answers.as_bytes()).await.is_err() {
             return;
         }
     }
@@ -267,6 +298,26 @@ async fn keep_alive_requests_are_answered_in_order_on_one_connection() {
     assert_eq!(stats.connections_reused.load(Relaxed), 19);
     relay.shutdown(Duration::from_secs(1)).await;
     assert_eq!(stats.shadow_connections.load(Relaxed), 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn queued_requests_of_a_client_connection_are_pipelined() {
+    let v2 = V2::start(Script::Batches(4)).await;
+    let mut relay = Relay::new(config(v2.addr));
+    for path in paths("pipelined", 24) {
+        request(&mut relay, flow(3), &path, 0);
+    }
+    settle(&relay, Duration::from_secs(10)).await;
+    let stats = relay.stats();
+    assert_eq!(
+        outcomes(&stats),
+        [("requests", 24), ("answered", 24), ("answered_2xx", 24)]
+    );
+    assert_eq!(v2.received(), paths("pipelined", 24));
+    assert_eq!(v2.connections.load(Relaxed), 1);
+    assert_eq!(stats.resent.load(Relaxed), 0);
+    assert_eq!(stats.connections_reused.load(Relaxed), 23);
+    relay.shutdown(Duration::from_secs(1)).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

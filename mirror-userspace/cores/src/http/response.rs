@@ -65,6 +65,11 @@ impl ResponseFramer {
         self.outstanding.len()
     }
 
+    /// Whether bytes have arrived that do not make a whole response yet.
+    pub fn mid_response(&self) -> bool {
+        self.body != Body::Head || !self.head.is_empty()
+    }
+
     /// Consumes response bytes, calling `on_status` for each complete final response.
     pub fn feed(
         &mut self,
