@@ -212,6 +212,26 @@ mod tests {
     }
 
     #[test]
+    fn mid_response_until_the_response_is_whole() {
+        let mut framer = ResponseFramer::default();
+        framer.request_sent(false);
+        framer.request_sent(false);
+        assert!(!framer.mid_response());
+        let mut seen = Vec::new();
+        framer
+            .feed(b"HTTP/1.1 200 OK\r\nContent-", |s| seen.push(s))
+            .unwrap();
+        assert!(framer.mid_response());
+        framer
+            .feed(b"Length: 2\r\n\r\nok", |s| seen.push(s))
+            .unwrap();
+        assert!(!framer.mid_response());
+        framer.feed(b"HTTP/1.1 204 No", |s| seen.push(s)).unwrap();
+        assert!(framer.mid_response());
+        assert_eq!(seen, [200]);
+    }
+
+    #[test]
     fn close_delimited_body_ends_at_close() {
         let mut framer = ResponseFramer::default();
         framer.request_sent(false);
