@@ -554,3 +554,62 @@ fn a_connection_per_request_reuses_pooled_shadow_connections() {
         "{opened} shadow connections for {CLIENTS} client connections: {summary}"
     );
 }
+
+#[test]
+fn ten_thousand_connections_per_second_at_kernel_default_sysctls_are_mirrored_completely() {
+    if !require_root() {
+        return;
+    }
+    // A new connection per request (`Connection: close`, v1 closes first), offered at a fixed
+    // rate whatever the servers do; every namespace has kernel-default sysctls.
+    const RATE: u64 = 10_000;
+    const SECONDS: u64 = 10;
+    raise_nofile(65536);
+    let scenario = Scenario::new().expect("scenario");
+    let v1 = scenario.v1.clone();
+    let (v1_sink, v2) = sinks(&scenario, &v1);
+    let agent = scenario.agent(&[]);
+    let load = mirror_tests::load::load_binary().expect("mirror-load");
+    let (rate, seconds) = (RATE.to_string(), SECONDS.to_string());
+    let url = format!("http://{VIP}:8000/rate");
+    let line = scenario
+        .client
+        .ns()
+        .exec_ok(&[
+            load.as_os_str(),
+            "--rate".as_ref(),
+            rate.as_ref(),
+            "--connections".as_ref(),
+            "1024".as_ref(),
+            "--seconds".as_ref(),
+            seconds.as_ref(),
+            "--host".as_ref(),
+            "httpbin:8000".as_ref(),
+            "--close".as_ref(),
+            url.as_ref(),
+        ])
+        .expect("mirror-load");
+    let field = |name| mirror_tests::load::bench_field(&line, name).unwrap_or(0);
+    let v1_count = v1_sink.records().expect("v1 records").len();
+    let records = v2
+        .wait_for_records(v1_count, Duration::from_secs(60))
+        .expect("v2 got every request");
+    let summary = agent.stop(libc::SIGTERM).expect("stop");
+    eprintln!(
+        "offered {RATE}/s for {SECONDS} s: answered {} ({:.0}/s), errors {}, never sent {}; v1 \
+         {v1_count}, v2 {}; agent: {summary}",
+        field("requests"),
+        field("requests") as f64 / SECONDS as f64,
+        field("errors"),
+        field("late"),
+        records.len()
+    );
+    assert!(v1_count > 0, "{line}");
+    assert_eq!(records.len(), v1_count, "{summary}");
+    assert_eq!(counter(&summary, "requests"), Some(v1_count as u64));
+    assert_eq!(
+        relay_conserved(&summary).expect("conserved"),
+        v1_count as u64,
+        "{summary}"
+    );
+}

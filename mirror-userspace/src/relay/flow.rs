@@ -355,6 +355,7 @@ async fn attempt(
     // have their outcomes, the connection is reset so v2 never takes it for whole.
     let mut poisoned = false;
     let mut stall_deadline = Instant::now() + timeout;
+    let mut was_pending = false;
     let mut answer_deadline: Option<Instant> = None;
     loop {
         let stop_writing = write_failed || poisoned;
@@ -390,6 +391,11 @@ async fn attempt(
             }
             None => None,
         };
+        if pending.is_some() && !was_pending {
+            // Bytes to write again after a wait for the client: the stall clock starts now.
+            stall_deadline = Instant::now() + timeout;
+        }
+        was_pending = pending.is_some();
         if let Some(awaited) = line.iter_mut().find(|request| !request.ended()) {
             if awaited.begun && (stop_writing || awaited.sent()) {
                 answer_deadline.get_or_insert_with(|| Instant::now() + timeout);
