@@ -83,6 +83,8 @@ pub(super) struct Conn {
     pub(super) idle_since: Instant,
     dead: bool,
     _slot: Slot,
+    /// Held until v2 first answers on this connection (the pool's bound on new connections).
+    opening: Option<OwnedSemaphorePermit>,
 }
 
 impl Conn {
@@ -102,7 +104,19 @@ impl Conn {
             idle_since: Instant::now(),
             dead: false,
             _slot: slot,
+            opening: None,
         }
+    }
+
+    /// Holds `permit` until v2 first answers.
+    pub(super) fn opening(&mut self, permit: OwnedSemaphorePermit) {
+        self.opening = Some(permit);
+    }
+
+    /// v2 answered a request on this connection.
+    pub(super) fn answered(&mut self) {
+        self.answers += 1;
+        self.opening = None;
     }
 
     /// A request starts: its response comes after those of the requests begun before it.

@@ -469,7 +469,7 @@ async fn attempt(
             event = events.recv() => match event {
                 Some(ReadEvent::Answered(status)) => {
                     shared.pool.alive();
-                    conn.answers += 1;
+                    conn.answered();
                     shared.depth.answered(conn.answers);
                     progress = true;
                     answer_deadline = None;

@@ -36,8 +36,9 @@ reasons! {
         ConnLimit => "conn_limit",
         /// v2 refused, did not answer the connect, or was unreachable (or backing off after that).
         ShadowDown => "shadow_down",
-        /// The connect timed out while v2 answered on other connections or completed other
-        /// connects: a full accept queue, not a v2 that is down.
+        /// v2 took no new connection in time while it answered on others: the connect timed
+        /// out (a full accept queue), or as many new connections as are opened at once waited
+        /// for their first answer for the whole response timeout. Not a v2 that is down.
         ShadowBusy => "shadow_busy",
         /// A local error prevented the connect (no local port, no file descriptor, no buffers).
         LocalError => "local_error",

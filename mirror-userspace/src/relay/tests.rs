@@ -43,6 +43,8 @@ struct V2 {
     addr: SocketAddr,
     received: Arc<Mutex<Vec<String>>>,
     connections: Arc<std::sync::atomic::AtomicUsize>,
+    /// Most connections open at once.
+    most_open: Arc<std::sync::atomic::AtomicUsize>,
 }
 
 impl V2 {
@@ -58,13 +60,21 @@ impl V2 {
             addr: listener.local_addr().unwrap(),
             received: Arc::default(),
             connections: Arc::default(),
+            most_open: Arc::default(),
         };
         let received = Arc::clone(&v2.received);
         let connections = Arc::clone(&v2.connections);
+        let most_open = Arc::clone(&v2.most_open);
+        let open = Arc::new(std::sync::atomic::AtomicUsize::new(0));
         tokio::spawn(async move {
             while let Ok((stream, _)) = listener.accept().await {
                 connections.fetch_add(1, Relaxed);
-                tokio::spawn(serve(stream, script, Arc::clone(&received)));
+                most_open.fetch_max(open.fetch_add(1, Relaxed) + 1, Relaxed);
+                let (received, open) = (Arc::clone(&received), Arc::clone(&open));
+                tokio::spawn(async move {
+                    serve(stream, script, received).await;
+                    open.fetch_sub(1, Relaxed);
+                });
             }
         });
         v2
@@ -342,6 +352,38 @@ async fn v2_closing_after_every_response_still_gets_every_request_once_in_order(
         assert_eq!(v2.received(), paths("close", 200));
         relay.shutdown(Duration::from_secs(1)).await;
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn new_connections_wait_for_answers_instead_of_flooding_v2() {
+    // v2 closes after every response: each request needs a new connection, and 300 client
+    // connections have one each at once.
+    let v2 = V2::start(Script::Answer {
+        close_after: Some(1),
+        say_close: true,
+    })
+    .await;
+    let mut relay = Relay::new(config(v2.addr));
+    for i in 0..300 {
+        request(&mut relay, flow(3000 + i), &format!("/burst-{i}"), 0);
+        relay.flow_end(flow(3000 + i));
+    }
+    settle(&relay, Duration::from_secs(20)).await;
+    let stats = relay.stats();
+    assert_eq!(
+        outcomes(&stats),
+        [("requests", 300), ("answered", 300), ("answered_2xx", 300)]
+    );
+    // 64 wait for a first answer at most; v2 may not have closed an answered one yet when
+    // the next opens. Without the bound, all 300 open at once.
+    let most_open = v2.most_open.load(Relaxed);
+    assert!(most_open < 100, "{most_open} connections open at once");
+    let mut received = v2.received();
+    received.sort();
+    let mut expected: Vec<_> = (0..300).map(|i| format!("/burst-{i}")).collect();
+    expected.sort();
+    assert_eq!(received, expected);
+    relay.shutdown(Duration::from_secs(1)).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
