@@ -466,8 +466,9 @@ fn concurrent_connections_against_a_small_accept_queue_are_all_counted_where_the
         })
         .expect("clients");
     assert_eq!(answered_by_v1, CLIENTS);
-    // Past the connect (2 s) and response (10 s) timeouts, everything has an outcome.
-    std::thread::sleep(Duration::from_secs(15));
+    // Past the wait for a new connection (10 s), the connect (2 s) and response (10 s)
+    // timeouts, everything has an outcome.
+    std::thread::sleep(Duration::from_secs(25));
     let summary = agent.stop(libc::SIGTERM).expect("stop");
     let answered = relay_conserved(&summary).expect("conserved");
     let logged = httpbin_v2.access_log_lines().expect("v2 log").len() as u64;
@@ -484,16 +485,11 @@ fn concurrent_connections_against_a_small_accept_queue_are_all_counted_where_the
         answered <= logged && logged <= answered + unanswered,
         "v2 logged {logged}: {summary}"
     );
-    // v2 answered throughout: connects that found its accept queue full are counted as such,
-    // and v2 was never taken for down.
+    // v2 answered throughout: what it could not take in time is counted as busy, and it was
+    // never taken for down.
     assert_eq!(
         counter(&summary, "dropped_shadow_down"),
         Some(0),
-        "{summary}"
-    );
-    assert_eq!(
-        counter(&summary, "dropped_shadow_busy"),
-        counter(&summary, "connect_timeouts"),
         "{summary}"
     );
 }
