@@ -1,7 +1,8 @@
 //! The connections to v2 of one mirror, as Envoy's pool keeps them: a connection a client
 //! connection no longer needs goes idle here and carries the next client connection's
 //! requests, so clients that open a connection per request do not cost a TCP connection (and
-//! a TIME_WAIT on the node) each. At most `max_connections` are open, idle ones included.
+//! a TIME_WAIT on the node) each. At most `max_connections` are open, idle ones included, and
+//! at most [`MAX_OPENING`] new ones wait for their first answer at once.
 //! Only failures that say v2 is down count towards taking it for down: refused, unreachable,
 //! and a connect timeout while v2 showed no sign of life (no connect completed, no answer
 //! framed) since that connect began. A timeout while v2 answers elsewhere is a full accept
