@@ -4,19 +4,15 @@
 
 use anyhow::{bail, Result};
 
-use super::measure::Offered;
 use super::mode::Mode;
 use super::report::Results;
 
-/// Least share of requests a mirroring mode must deliver to v2 in the smoke run at a fixed
-/// rate. Short runs on a shared CI machine are noisy, so it only catches a broken mode, not a
-/// regression.
+/// Least share of requests a mirroring mode must deliver to v2 in the smoke run, at a fixed
+/// rate and at saturation alike (httpbin's one sync worker closes after every response: the
+/// agent measured 96.8% there once its new connections waited for answers instead of
+/// overflowing v2's accept queue). Short runs on a shared CI machine are noisy, so it only
+/// catches a broken mode, not a small regression.
 const MIN_COMPLETENESS: f64 = 0.95;
-
-/// The same at saturation, where v2 shares the machine's two cores with the primary and the
-/// load generator and cannot take every request: what it cannot take is dropped and counted
-/// (the relay's `dropped_*`), so the smoke only asks that most of it gets through.
-const MIN_COMPLETENESS_SATURATED: f64 = 0.5;
 
 pub fn check(results: &Results) -> Result<()> {
     let mut problems = Vec::new();
@@ -49,12 +45,8 @@ pub fn check(results: &Results) -> Result<()> {
                 problems.push(format!("{what}: v2 logged nothing"));
             }
         } else {
-            let floor = match s.offered {
-                Offered::Saturate(_) => MIN_COMPLETENESS_SATURATED,
-                _ => MIN_COMPLETENESS,
-            };
             match s.completeness() {
-                Some(c) if (floor..=1.0 / MIN_COMPLETENESS).contains(&c) => {}
+                Some(c) if (MIN_COMPLETENESS..=1.0 / MIN_COMPLETENESS).contains(&c) => {}
                 c => problems.push(format!("{what}: completeness {c:?}")),
             }
         }
