@@ -93,6 +93,10 @@ impl Pool {
             Opening::Permit(permit) => permit,
             Opening::Idle(conn) => return Ok(conn),
         };
+        if self.shadow_down() {
+            // v2 was taken for down during the wait.
+            return Err(DropReason::ShadowDown);
+        }
         if fresh && self.slots.available_permits() == 0 {
             // Make room: an idle connection is worth less than a request.
             drop(self.take_idle());
