@@ -609,3 +609,60 @@ fn ten_thousand_connections_per_second_at_kernel_default_sysctls_are_mirrored_co
         "{summary}"
     );
 }
+
+#[test]
+fn v2_answering_every_request_with_a_mebibyte_costs_the_capture_no_ring_drops() {
+    if !require_root() {
+        return;
+    }
+    // The relay reads 1 MiB of v2's answer per mirrored request (200 MiB/s) on its own
+    // runtime, while the capture drains the ring on another.
+    let scenario = Scenario::new().expect("scenario");
+    let v1_sink = Sink::start(&scenario.v1, 80).expect("v1 sink");
+    let v2 = Sink::start_with(&scenario.v2, 80, &["--response-bytes", "1048576"]).expect("v2 sink");
+    let agent = scenario.agent(&[]);
+    let load = mirror_tests::load::load_binary().expect("mirror-load");
+    let url = format!("http://{VIP}:8000/large-answer");
+    let line = scenario
+        .client
+        .ns()
+        .exec_ok(&[
+            load.as_os_str(),
+            "--rate".as_ref(),
+            "200".as_ref(),
+            "--connections".as_ref(),
+            "16".as_ref(),
+            "--seconds".as_ref(),
+            "5".as_ref(),
+            "--host".as_ref(),
+            "httpbin:8000".as_ref(),
+            url.as_ref(),
+        ])
+        .expect("mirror-load");
+    let v1_count = v1_sink.records().expect("v1 records").len();
+    let records = v2
+        .wait_for_records(v1_count, Duration::from_secs(60))
+        .expect("v2 got every request");
+    let summary = agent.stop(libc::SIGTERM).expect("stop");
+    eprintln!(
+        "load: {line}; v1 {v1_count}, v2 {}; agent: {summary}",
+        records.len()
+    );
+    assert!(v1_count > 0, "{line}");
+    assert_eq!(
+        counter(&summary, "ringbuf_full_drops"),
+        Some(0),
+        "{summary}"
+    );
+    assert_eq!(
+        counter(&summary, "reverse_ringbuf_full_drops"),
+        Some(0),
+        "{summary}"
+    );
+    assert_eq!(
+        relay_conserved(&summary).expect("conserved"),
+        v1_count as u64,
+        "{summary}"
+    );
+    assert_eq!(counter(&summary, "answered"), Some(v1_count as u64));
+}
