@@ -160,9 +160,13 @@ impl Pool {
     /// connection goes idle.
     async fn opening(&self, fresh: bool) -> Result<Opening, DropReason> {
         let wait = async {
+            // Made once: a waiter keeps its place in the semaphore's queue while idle
+            // connections come and go.
+            let permit = Arc::clone(&self.opening).acquire_owned();
+            tokio::pin!(permit);
             loop {
                 tokio::select! {
-                    permit = Arc::clone(&self.opening).acquire_owned() => {
+                    permit = &mut permit => {
                         return permit.map(Opening::Permit).map_err(|_| DropReason::Shutdown);
                     }
                     () = self.returned.notified(), if !fresh => {
