@@ -4,15 +4,21 @@
 
 use anyhow::{bail, Result};
 
+use super::measure::Offered;
 use super::mode::Mode;
 use super::report::Results;
 
-/// Least share of requests a mirroring mode must deliver to v2 in the smoke run, at a fixed
-/// rate and at saturation alike (httpbin's one sync worker closes after every response: the
-/// agent measured 96.8% there once its new connections waited for answers instead of
-/// overflowing v2's accept queue). Short runs on a shared CI machine are noisy, so it only
-/// catches a broken mode, not a small regression.
+/// Least share of requests a mirroring mode must deliver to v2 in the smoke run at a fixed
+/// rate. Short runs on a shared CI machine are noisy, so it only catches a broken mode, not a
+/// regression.
 const MIN_COMPLETENESS: f64 = 0.95;
+
+/// The same at saturation, where v2 (httpbin: one sync worker, closing after every response)
+/// shares the two cores with the primary and the load generator and cannot always keep up:
+/// what it cannot take in time is counted (`dropped_shadow_busy`, `unanswered_timeout`).
+/// Measured on a busy 2-core machine once new connections waited for answers instead of
+/// overflowing v2's accept queue: 91.7% to 98.8% (it was 67-76% before).
+const MIN_COMPLETENESS_SATURATED: f64 = 0.85;
 
 pub fn check(results: &Results) -> Result<()> {
     let mut problems = Vec::new();
@@ -45,8 +51,12 @@ pub fn check(results: &Results) -> Result<()> {
                 problems.push(format!("{what}: v2 logged nothing"));
             }
         } else {
+            let floor = match s.offered {
+                Offered::Saturate(_) => MIN_COMPLETENESS_SATURATED,
+                Offered::Rate(_) => MIN_COMPLETENESS,
+            };
             match s.completeness() {
-                Some(c) if (MIN_COMPLETENESS..=1.0 / MIN_COMPLETENESS).contains(&c) => {}
+                Some(c) if (floor..=1.0 / MIN_COMPLETENESS).contains(&c) => {}
                 c => problems.push(format!("{what}: completeness {c:?}")),
             }
         }
