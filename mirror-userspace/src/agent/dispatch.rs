@@ -5,6 +5,9 @@
 //! end or abort. Each mirror has its own relay, hence its own connections, queues, budgets
 //! and counters: a slow mirror never costs another one a request.
 //!
+//! A raw TCP connection (`protocol: tcp`) is decided once, at its first bytes: each mirror
+//! of its policy takes the whole connection or none of it, by its share.
+//!
 //! A new config ([`Dispatcher::reconfigure`]) applies from the next request head on; a
 //! request in progress finishes with the mirrors it started with, and a removed mirror's
 //! relay is shut down only once no request is left on it.
@@ -25,7 +28,7 @@ use mirror_cores::{
 use super::mirror_stats::{MirrorCounters, MirrorStats};
 use crate::{
     capture::target::Target,
-    control::MirrorConfig,
+    control::{MirrorConfig, Protocol},
     relay::{Relay, RelayConfig},
 };
 
@@ -35,6 +38,7 @@ type MirrorId = u32;
 #[derive(Debug)]
 struct ActivePolicy {
     target: Option<Target>,
+    protocol: Protocol,
     policy: Policy,
     /// `policy.mirrors[i]` is relayed by `mirrors[i]`.
     mirrors: Vec<MirrorId>,
@@ -125,6 +129,7 @@ impl Dispatcher {
             }
             policies.push(ActivePolicy {
                 target: p.target,
+                protocol: p.protocol,
                 policy: p.policy.clone(),
                 mirrors,
             });
@@ -207,6 +212,17 @@ impl Dispatcher {
                 });
                 self.request_done(flow);
             }
+            Event::StreamData { flow, data } => {
+                if !self.flows.contains_key(&flow) {
+                    self.stream_start(flow);
+                }
+                self.each_current(flow, |relay| {
+                    relay.handle(Event::StreamData {
+                        flow,
+                        data: data.clone(),
+                    })
+                });
+            }
             Event::FlowEnd { flow, reason } => {
                 self.request_done(flow);
                 if let Some(state) = self.flows.remove(&flow) {
@@ -224,10 +240,7 @@ impl Dispatcher {
         // Heads come after the previous request's end or abort; should one not have, the
         // previous request is over for the mirrors all the same.
         self.request_done(flow);
-        let Some(pi) = self.policies.iter().position(|p| {
-            p.target
-                .is_none_or(|t| t.contains(flow.dst.ip(), flow.dst.port()))
-        }) else {
+        let Some(pi) = self.policy_of(flow, Protocol::Http) else {
             self.stats
                 .dispatch
                 .requests_without_policy
@@ -276,6 +289,47 @@ impl Dispatcher {
                 Verdict::NotMatched => {
                     slot.decided.requests_not_matched.fetch_add(1, Relaxed);
                 }
+            }
+        }
+    }
+
+    /// The first policy of `protocol` whose target holds the flow's destination.
+    fn policy_of(&self, flow: FlowKey, protocol: Protocol) -> Option<usize> {
+        self.policies.iter().position(|p| {
+            p.protocol == protocol
+                && p.target
+                    .is_none_or(|t| t.contains(flow.dst.ip(), flow.dst.port()))
+        })
+    }
+
+    /// A raw TCP connection's first bytes: which mirrors take it, for its whole life. The
+    /// flow is remembered even if none does, so that it is decided once.
+    fn stream_start(&mut self, flow: FlowKey) {
+        let pi = self.policy_of(flow, Protocol::Tcp);
+        let Self {
+            policies,
+            slots,
+            flows,
+            coin,
+            stats,
+            ..
+        } = self;
+        let state = flows.entry(flow).or_default();
+        let Some(active) = pi.map(|pi| &policies[pi]) else {
+            stats.dispatch.requests_without_policy.fetch_add(1, Relaxed);
+            return;
+        };
+        for (rule, &id) in active.policy.mirrors.iter().zip(&active.mirrors) {
+            let Some(slot) = slots.get_mut(&id) else {
+                continue;
+            };
+            if rule.share.takes(coin.draw()) {
+                slot.decided.requests_mirrored.fetch_add(1, Relaxed);
+                slot.open_requests += 1;
+                state.current.push(id);
+                state.used.push(id);
+            } else {
+                slot.decided.requests_sampled_out.fetch_add(1, Relaxed);
             }
         }
     }

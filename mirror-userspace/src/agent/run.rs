@@ -21,7 +21,7 @@ use std::{
 };
 
 use mirror_cores::{
-    pipeline::{Admission, ConfigError, Event, Pipeline, PipelineConfig},
+    pipeline::{Admission, ConfigError, Event, Pipeline, PipelineConfig, StreamTarget},
     rewrite::HostRewrite,
 };
 
@@ -37,7 +37,7 @@ use crate::{
         session::{self, CaptureOptions, OwnMark, Session, SessionError},
         target::Target,
     },
-    control::{self, interfaces::InterfacesError, reload, MirrorConfig},
+    control::{self, interfaces::InterfacesError, reload, MirrorConfig, Protocol},
     observe::{
         access_log::AccessLog,
         admin::{self, AdminError, AdminState},
@@ -290,6 +290,21 @@ fn config_targets(config: &MirrorConfig) -> BTreeSet<Target> {
     config.policies.iter().filter_map(|p| p.target).collect()
 }
 
+/// The destinations of a config's raw TCP policies.
+fn stream_targets(config: &MirrorConfig) -> Vec<StreamTarget> {
+    config
+        .policies
+        .iter()
+        .filter(|p| p.protocol == Protocol::Tcp)
+        .filter_map(|p| p.target)
+        .map(|t| StreamTarget {
+            addr: t.addr,
+            prefix: t.prefix,
+            port: t.port,
+        })
+        .collect()
+}
+
 /// Mirrors until SIGINT/SIGTERM, then gives queued requests a grace period.
 pub async fn run(args: RunArgs) -> Result<(), RunError> {
     let grace = Duration::from_secs(args.grace_secs);
@@ -311,6 +326,9 @@ pub async fn run(args: RunArgs) -> Result<(), RunError> {
         .with_rewrite(HostRewrite::Keep);
     }
     let mut pipeline = Pipeline::new(pipeline_config)?;
+    if let Some((_, config)) = &file {
+        pipeline.set_stream_targets(stream_targets(config));
+    }
     let wakeup_bytes = if args.poll_ms == 0 {
         0
     } else {
@@ -432,7 +450,9 @@ pub async fn run(args: RunArgs) -> Result<(), RunError> {
             }
             Some(config) = next_reload(&mut reloads) => {
                 let _on_relay_runtime = relay_runtime.enter();
-                apply_reload(&config, &session, &mut outlet);
+                if apply_reload(&config, &session, &mut outlet) {
+                    pipeline.set_stream_targets(stream_targets(&config));
+                }
             }
         }
         // Let the runtime's own work (timers, signals) in between batches.
@@ -460,16 +480,18 @@ async fn next_reload(
     }
 }
 
-/// Applies a reloaded config between two records: later request heads follow it.
-fn apply_reload(config: &MirrorConfig, session: &Session, outlet: &mut Outlet) {
+/// Applies a reloaded config between two records: later request heads follow it. Returns
+/// whether it was applied.
+fn apply_reload(config: &MirrorConfig, session: &Session, outlet: &mut Outlet) -> bool {
     if let Err(error) = session.set_targets(&config_targets(config)) {
         tracing::error!(%error, "config reload: targets not updated; keeping the running config");
-        return;
+        return false;
     }
     if let Outlet::Policies(dispatcher) = outlet {
         dispatcher.reconfigure(config);
     }
     tracing::info!(policies = config.policies.len(), "config reloaded");
+    true
 }
 
 fn intake_record(item: &[u8], intake: &Intake, pipeline: &mut Pipeline, outlet: &mut Outlet) {

@@ -31,6 +31,16 @@ pub struct PolicyEntry {
     pub mirrors: Vec<Spanned<MirrorEntry>>,
     #[serde(default)]
     pub sampling: Option<Spanned<SamplingEntry>>,
+    /// What the target's connections carry: `http` (the default) or `tcp` (raw TCP mode).
+    #[serde(default)]
+    pub protocol: Option<Spanned<ProtocolEntry>>,
+}
+
+#[derive(Clone, Copy, Debug, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum ProtocolEntry {
+    Http,
+    Tcp,
 }
 
 #[derive(Debug, Deserialize)]

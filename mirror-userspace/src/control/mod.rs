@@ -10,4 +10,4 @@ pub mod reload;
 #[cfg(test)]
 mod tests;
 
-pub use config::{load, parse, ConfigError, MirrorConfig, PolicyConfig};
+pub use config::{load, parse, ConfigError, MirrorConfig, PolicyConfig, Protocol};

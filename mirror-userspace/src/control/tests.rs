@@ -155,3 +155,32 @@ fn bad_files_are_refused_with_their_line() {
         assert!(message.contains(word), "{word:?} not in {message}");
     }
 }
+
+#[test]
+fn raw_tcp_policies_take_shares_and_refuse_http_rules() {
+    let tcp = "interfaces: [eth0]\npolicies:\n- name: cache\n  target: {address: 10.96.0.20, port: 6379}\n  protocol: tcp\n  mirrors:\n  - backend: redis-v2:6379\n    percent: 50\n";
+    let config = parse(tcp, "t").unwrap();
+    assert_eq!(config.policies[0].protocol, super::Protocol::Tcp);
+    let printed = config.to_string();
+    assert!(printed.contains("protocol: tcp"), "{printed}");
+    assert!(printed.contains("mirror redis-v2:6379: 50% of connections"), "{printed}");
+    let http = tcp.replace("protocol: tcp", "protocol: http");
+    assert_eq!(parse(&http, "t").unwrap().policies[0].protocol, super::Protocol::Http);
+    for (extra, key) in [
+        ("  matches: [{method: GET}]\n", "matches"),
+        ("  sampling: {consistentBy: header, header: x-id}\n", "sampling"),
+    ] {
+        let text = tcp.replace("  protocol: tcp\n", &format!("  protocol: tcp\n{extra}"));
+        let error = refused(&text).to_string();
+        assert!(error.starts_with("t:5:13: ") && error.contains(key), "{error}");
+    }
+    for (extra, key) in [
+        ("    hostRewrite: {keep: true}\n", "hostRewrite"),
+        ("    requestHeaderModifier: {remove: [a]}\n", "requestHeaderModifier"),
+    ] {
+        let error = refused(&format!("{tcp}{extra}")).to_string();
+        assert!(error.contains(key), "{error}");
+    }
+    let error = refused(&tcp.replace("protocol: tcp", "protocol: udp")).to_string();
+    assert!(error.contains("udp"), "{error}");
+}

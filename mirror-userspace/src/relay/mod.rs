@@ -15,6 +15,7 @@ mod limits;
 mod pool;
 mod resolve;
 mod stats;
+mod stream;
 mod ticket;
 
 use std::{collections::HashMap, sync::Arc, time::Duration};
@@ -111,6 +112,8 @@ pub struct Relay {
     shared: Arc<Shared>,
     runtime: Handle,
     flows: HashMap<FlowKey, ClientConnection>,
+    /// Raw TCP mode's connections.
+    streams: stream::Streams,
     tasks: JoinSet<()>,
     pruner: JoinHandle<()>,
 }
@@ -131,6 +134,7 @@ impl Relay {
             shared,
             runtime,
             flows: HashMap::new(),
+            streams: stream::Streams::default(),
             tasks: JoinSet::new(),
             pruner,
         }
@@ -147,7 +151,21 @@ impl Relay {
             Event::RequestBody { flow, data } => self.request_body(flow, data),
             Event::RequestEnd { flow } => self.request_end(flow),
             Event::RequestAbort { flow, .. } => self.request_abort(flow),
-            Event::FlowEnd { flow, .. } => self.flow_end(flow),
+            Event::FlowEnd { flow, reason } => {
+                self.streams.end(flow, reason);
+                self.flow_end(flow);
+            }
+            Event::StreamData { flow, data } => {
+                self.reap();
+                let Relay {
+                    shared,
+                    runtime,
+                    streams,
+                    tasks,
+                    ..
+                } = self;
+                streams.data(flow, data, shared, tasks, runtime);
+            }
         }
     }
 
@@ -269,6 +287,7 @@ impl Relay {
             }
         }
         self.flows.clear();
+        self.streams.shutdown();
         let drain = async { while self.tasks.join_next().await.is_some() {} };
         if tokio::time::timeout(grace, drain).await.is_err() {
             tracing::info!(

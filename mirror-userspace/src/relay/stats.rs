@@ -134,8 +134,13 @@ impl ConnectFailure {
     }
 }
 
-/// The `class` labels of the answered counters: 1xx to 5xx, and anything else.
-const STATUS_CLASSES: [&str; 6] = ["1xx", "2xx", "3xx", "4xx", "5xx", "other"];
+/// The `class` labels of the answered counters: 1xx to 5xx, anything else, and raw TCP
+/// connections v2 took whole ([`STREAM_TAKEN`]).
+const STATUS_CLASSES: [&str; 7] = ["1xx", "2xx", "3xx", "4xx", "5xx", "other", "tcp"];
+
+/// The "status" a raw TCP connection is answered with when v2 took every byte of it and
+/// the connection ended as the client's did: counted in class `tcp`, no latency observed.
+pub const STREAM_TAKEN: u16 = 0;
 
 #[derive(Debug)]
 pub struct RelayStats {
@@ -194,6 +199,7 @@ impl RelayStats {
     /// Counts a request's terminal outcome. Called once per request (see `ticket`).
     pub fn outcome(&self, outcome: Outcome) {
         let slot = match outcome {
+            Outcome::Answered(STREAM_TAKEN) => &self.answered[6],
             Outcome::Answered(status) => {
                 let class = usize::from(status / 100);
                 let index = if (1..=5).contains(&class) {
@@ -225,7 +231,8 @@ impl RelayStats {
         self.connect_failures[failure as usize].load(Relaxed)
     }
 
-    /// Answers of status class `class` (1 to 5; anything else is counted as 6).
+    /// Answers of status class `class` (1 to 5; anything else is counted as 6; raw TCP
+    /// connections are 7).
     pub fn answered_class(&self, class: usize) -> u64 {
         class
             .checked_sub(1)
@@ -271,7 +278,8 @@ impl Source for RelayStats {
         for (class, name) in STATUS_CLASSES.iter().enumerate() {
             out(Sample::counter(
                 "answered",
-                "Requests v2 answered (its response was framed), by status class.",
+                "Requests v2 answered (its response was framed), by status class; class tcp: \
+                 raw TCP connections v2 took whole.",
                 self.answered_class(class + 1),
             )
             .with_label("class", *name));
