@@ -163,20 +163,35 @@ fn raw_tcp_policies_take_shares_and_refuse_http_rules() {
     assert_eq!(config.policies[0].protocol, super::Protocol::Tcp);
     let printed = config.to_string();
     assert!(printed.contains("protocol: tcp"), "{printed}");
-    assert!(printed.contains("mirror redis-v2:6379: 50% of connections"), "{printed}");
+    assert!(
+        printed.contains("mirror redis-v2:6379: 50% of connections"),
+        "{printed}"
+    );
     let http = tcp.replace("protocol: tcp", "protocol: http");
-    assert_eq!(parse(&http, "t").unwrap().policies[0].protocol, super::Protocol::Http);
+    assert_eq!(
+        parse(&http, "t").unwrap().policies[0].protocol,
+        super::Protocol::Http
+    );
     for (extra, key) in [
         ("  matches: [{method: GET}]\n", "matches"),
-        ("  sampling: {consistentBy: header, header: x-id}\n", "sampling"),
+        (
+            "  sampling: {consistentBy: header, header: x-id}\n",
+            "sampling",
+        ),
     ] {
         let text = tcp.replace("  protocol: tcp\n", &format!("  protocol: tcp\n{extra}"));
         let error = refused(&text).to_string();
-        assert!(error.starts_with("t:5:13: ") && error.contains(key), "{error}");
+        assert!(
+            error.starts_with("t:5:13: ") && error.contains(key),
+            "{error}"
+        );
     }
     for (extra, key) in [
         ("    hostRewrite: {keep: true}\n", "hostRewrite"),
-        ("    requestHeaderModifier: {remove: [a]}\n", "requestHeaderModifier"),
+        (
+            "    requestHeaderModifier: {remove: [a]}\n",
+            "requestHeaderModifier",
+        ),
     ] {
         let error = refused(&format!("{tcp}{extra}")).to_string();
         assert!(error.contains(key), "{error}");

@@ -11,17 +11,20 @@
 
 use std::{
     collections::HashMap,
-    sync::{Arc, OnceLock},
+    io,
+    sync::{atomic::Ordering::Relaxed, Arc, OnceLock},
+    time::Duration,
 };
 
 use bytes::Bytes;
 use mirror_cores::{flow::FlowKey, outcome::EndReason};
 use tokio::{
     io::{AsyncReadExt, AsyncWriteExt},
-    net::{tcp::OwnedWriteHalf, TcpStream},
+    net::TcpStream,
     runtime::Handle,
     sync::mpsc,
-    task::{JoinHandle, JoinSet},
+    task::JoinSet,
+    time::{sleep_until, Instant},
 };
 
 use super::{
@@ -38,7 +41,9 @@ const DISCARD_BUFFER: usize = 16 * 1024;
 enum Piece {
     Data(Chunk),
     /// The client's connection ended: with a FIN (`fin`) or a RST.
-    End { fin: bool },
+    End {
+        fin: bool,
+    },
 }
 
 /// Why the dispatcher gave up on a stream (read by its task when the queue closes early).
@@ -136,7 +141,12 @@ fn start(flow: FlowKey, shared: &Arc<Shared>, tasks: &mut JoinSet<()>, runtime: 
     }
 }
 
-async fn run(mut queue: mpsc::Receiver<Piece>, cancel: Cancel, ticket: Ticket, shared: Arc<Shared>) {
+async fn run(
+    mut queue: mpsc::Receiver<Piece>,
+    cancel: Cancel,
+    ticket: Ticket,
+    shared: Arc<Shared>,
+) {
     let outcome = relay(&mut queue, &cancel, &shared).await;
     ticket.end(outcome);
 }
@@ -144,96 +154,355 @@ async fn run(mut queue: mpsc::Receiver<Piece>, cancel: Cancel, ticket: Ticket, s
 /// Gives the stream to v2 and says how it ended.
 async fn relay(queue: &mut mpsc::Receiver<Piece>, cancel: &Cancel, shared: &Shared) -> Outcome {
     // Bytes queue (bounded) while the connection is made.
-    let (stream, _slot) = match shared.pool.open_stream().await {
+    let (mut stream, _slot) = match shared.pool.open_stream().await {
         Ok(opened) => opened,
         Err(reason) => return Outcome::Dropped(reason),
     };
-    let (mut reader, mut writer) = stream.into_split();
-    let mut discard = Discard(tokio::spawn(async move {
-        let mut buf = vec![0u8; DISCARD_BUFFER];
-        loop {
-            match reader.read(&mut buf).await {
-                Ok(0) => return Ok(()),
-                Ok(_) => {}
-                Err(error) => return Err(error),
-            }
-        }
-    }));
+    let (outcome, close) = exchange(&mut stream, queue, cancel, shared).await;
+    if close == Close::Reset {
+        // RST (zero linger): v2 never takes an incomplete stream for a complete one.
+        let _ = socket2::SockRef::from(&stream).set_linger(Some(Duration::ZERO));
+    }
+    outcome
+}
+
+/// How v2's connection is closed once the stream's outcome is known.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Close {
+    /// Both sides sent their FIN.
+    Graceful,
+    Reset,
+}
+
+/// Writes each piece as it comes, reading (and throwing away) v2's replies all the while so
+/// that neither side can block the other.
+async fn exchange(
+    stream: &mut TcpStream,
+    queue: &mut mpsc::Receiver<Piece>,
+    cancel: &Cancel,
+    shared: &Shared,
+) -> (Outcome, Close) {
     let timeout = shared.config.response_timeout;
+    let (mut reader, mut writer) = stream.split();
+    let mut replies = Replies::default();
     loop {
-        match queue.recv().await {
+        let piece = loop {
+            tokio::select! {
+                piece = queue.recv() => break piece,
+                read = reader.read(&mut replies.buf), if replies.open() => replies.read(read),
+            }
+        };
+        match piece {
             Some(Piece::Data(chunk)) => {
-                let write = tokio::time::timeout(timeout, writer.write_all(&chunk.bytes)).await;
-                match write {
-                    Ok(Ok(())) => {
-                        let sent = chunk.bytes.len() as u64;
-                        shared.stats.bytes_sent.fetch_add(sent, std::sync::atomic::Ordering::Relaxed);
-                    }
-                    Ok(Err(error)) => {
-                        reset(writer);
-                        return Outcome::Unanswered(closed_by(&error));
-                    }
-                    Err(_) => {
-                        reset(writer);
-                        return Outcome::Unanswered(Unanswered::Timeout);
+                let mut at = 0;
+                let mut deadline = Instant::now() + timeout;
+                while at < chunk.bytes.len() {
+                    tokio::select! {
+                        wrote = writer.write(&chunk.bytes[at..]) => match wrote {
+                            Ok(0) => return (Outcome::Unanswered(Unanswered::Closed), Close::Reset),
+                            Ok(n) => {
+                                at += n;
+                                deadline = Instant::now() + timeout;
+                            }
+                            Err(error) => {
+                                return (Outcome::Unanswered(closed_by(&error)), Close::Reset)
+                            }
+                        },
+                        read = reader.read(&mut replies.buf), if replies.open() => replies.read(read),
+                        () = sleep_until(deadline) => {
+                            return (Outcome::Unanswered(Unanswered::Timeout), Close::Reset)
+                        }
                     }
                 }
+                shared.stats.bytes_sent.fetch_add(at as u64, Relaxed);
             }
+            // The client reset its connection after v1 took these bytes: so does v2's.
             Some(Piece::End { fin: false }) => {
-                // The client reset its connection after v1 took these bytes: so does v2's.
-                reset(writer);
-                return Outcome::Answered(STREAM_TAKEN);
+                return (Outcome::Answered(STREAM_TAKEN), Close::Reset)
             }
             Some(Piece::End { fin: true }) => {
-                // v2 saw the whole stream once it closes its side after our FIN.
                 if writer.shutdown().await.is_err() {
-                    return Outcome::Unanswered(Unanswered::Reset);
+                    return (Outcome::Unanswered(Unanswered::Reset), Close::Reset);
                 }
-                return match tokio::time::timeout(timeout, discard.finished()).await {
-                    Ok(Ok(())) => Outcome::Answered(STREAM_TAKEN),
-                    Ok(Err(error)) => Outcome::Unanswered(closed_by(&error)),
-                    Err(_) => Outcome::Unanswered(Unanswered::Timeout),
+                // v2 saw the whole stream once it closes its side after our FIN.
+                let deadline = Instant::now() + timeout;
+                while replies.open() {
+                    tokio::select! {
+                        read = reader.read(&mut replies.buf) => replies.read(read),
+                        () = sleep_until(deadline) => {
+                            return (Outcome::Unanswered(Unanswered::Timeout), Close::Reset)
+                        }
+                    }
+                }
+                return match replies.closed {
+                    Some(Ok(())) => (Outcome::Answered(STREAM_TAKEN), Close::Graceful),
+                    Some(Err(kind)) => (Outcome::Unanswered(closed_by_kind(kind)), Close::Reset),
+                    None => (Outcome::Unanswered(Unanswered::Closed), Close::Reset),
                 };
             }
             None => {
-                reset(writer);
-                return Outcome::Dropped(cancel.get().copied().unwrap_or(DropReason::Shutdown));
+                let reason = cancel.get().copied().unwrap_or(DropReason::Shutdown);
+                return (Outcome::Dropped(reason), Close::Reset);
             }
         }
     }
 }
 
-/// The task reading v2's replies; aborted (dropping its half of the socket) when the
-/// stream's task is done with it.
-struct Discard(JoinHandle<std::io::Result<()>>);
+/// v2's side of the connection: read into a buffer that is thrown away, until it closes.
+struct Replies {
+    buf: Vec<u8>,
+    /// How v2 closed its side, once it did: with a FIN (`Ok`) or an error.
+    closed: Option<Result<(), io::ErrorKind>>,
+}
 
-impl Discard {
-    /// Waits for v2 to close its side.
-    async fn finished(&mut self) -> std::io::Result<()> {
-        match (&mut self.0).await {
-            Ok(result) => result,
-            Err(_) => Err(std::io::ErrorKind::Other.into()),
+impl Default for Replies {
+    fn default() -> Self {
+        Replies {
+            buf: vec![0; DISCARD_BUFFER],
+            closed: None,
         }
     }
 }
 
-impl Drop for Discard {
-    fn drop(&mut self) {
-        self.0.abort();
+impl Replies {
+    fn open(&self) -> bool {
+        self.closed.is_none()
+    }
+
+    fn read(&mut self, read: io::Result<usize>) {
+        match read {
+            Ok(0) => self.closed = Some(Ok(())),
+            Ok(_) => {}
+            Err(error) => self.closed = Some(Err(error.kind())),
+        }
     }
 }
 
-fn closed_by(error: &std::io::Error) -> Unanswered {
-    match error.kind() {
-        std::io::ErrorKind::ConnectionReset => Unanswered::Reset,
+fn closed_by(error: &io::Error) -> Unanswered {
+    closed_by_kind(error.kind())
+}
+
+/// A reset is told from other closes (a write into a closed connection).
+fn closed_by_kind(kind: io::ErrorKind) -> Unanswered {
+    match kind {
+        io::ErrorKind::ConnectionReset => Unanswered::Reset,
         _ => Unanswered::Closed,
     }
 }
 
-/// Closes v2's connection with RST (zero linger), so v2 never takes an incomplete stream
-/// for a complete one; the socket closes when the reading half goes too.
-fn reset(writer: OwnedWriteHalf) {
-    let stream: &TcpStream = writer.as_ref();
-    let _ = socket2::SockRef::from(stream).set_linger(Some(std::time::Duration::ZERO));
-    writer.forget();
+#[cfg(test)]
+mod tests {
+    use std::{net::SocketAddr, sync::Mutex};
+
+    use mirror_cores::outcome::StopReason;
+    use tokio::net::TcpListener;
+
+    use super::*;
+    use crate::{
+        observe::Source,
+        relay::{Relay, RelayConfig, RelayStats},
+    };
+
+    /// How one of v2's connections ended, and what it got.
+    #[derive(Clone, Debug, PartialEq, Eq)]
+    struct Received {
+        bytes: Vec<u8>,
+        /// The peer closed with a FIN (rather than a reset).
+        fin: bool,
+    }
+
+    /// A v2 that keeps what each connection sends and answers every read with a line (to be
+    /// thrown away); after the client's FIN it closes, or holds on for `linger`.
+    async fn v2(linger: Duration) -> (SocketAddr, Arc<Mutex<Vec<Received>>>) {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let got = Arc::new(Mutex::new(Vec::new()));
+        let record = Arc::clone(&got);
+        tokio::spawn(async move {
+            while let Ok((mut conn, _)) = listener.accept().await {
+                let record = Arc::clone(&record);
+                tokio::spawn(async move {
+                    let mut bytes = Vec::new();
+                    let mut buf = vec![0u8; 8192];
+                    // A reset shows in a read or, reported once, in a reply's write.
+                    let fin = loop {
+                        match conn.read(&mut buf).await {
+                            Ok(0) => break true,
+                            Ok(n) => {
+                                bytes.extend_from_slice(&buf[..n]);
+                                if conn.write_all(b"+OK\r\n").await.is_err() {
+                                    break false;
+                                }
+                            }
+                            Err(_) => break false,
+                        }
+                    };
+                    record.lock().unwrap().push(Received { bytes, fin });
+                    tokio::time::sleep(linger).await;
+                });
+            }
+        });
+        (addr, got)
+    }
+
+    fn config(addr: SocketAddr) -> RelayConfig {
+        RelayConfig {
+            shadow: addr.to_string(),
+            connect_timeout: Duration::from_millis(500),
+            response_timeout: Duration::from_millis(500),
+            ..RelayConfig::default()
+        }
+    }
+
+    fn flow(port: u16) -> FlowKey {
+        FlowKey {
+            src: SocketAddr::from(([10, 0, 0, 1], port)),
+            dst: SocketAddr::from(([10, 0, 0, 2], 6379)),
+        }
+    }
+
+    /// A connection's bytes: distinct per connection, so a mix-up shows.
+    fn stream_bytes(port: u16, len: usize) -> Vec<u8> {
+        (0..len)
+            .map(|i| (i as u64 * 31 + u64::from(port)) as u8)
+            .collect()
+    }
+
+    fn send(relay: &mut Relay, flow: FlowKey, bytes: &[u8], piece: usize) {
+        for part in bytes.chunks(piece) {
+            relay.handle(Event::StreamData {
+                flow,
+                data: Bytes::copy_from_slice(part),
+            });
+        }
+    }
+
+    async fn settle(stats: &RelayStats, got: &Mutex<Vec<Received>>, connections: usize) {
+        for _ in 0..500 {
+            if stats.pending() == 0 && got.lock().unwrap().len() >= connections {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+
+    /// Non-zero outcome counters by name (`answered_tcp`, `dropped_queue_full`, ...).
+    fn outcomes(stats: &Arc<RelayStats>) -> Vec<(String, u64)> {
+        let mut out = Vec::new();
+        stats.visit(&mut |s| {
+            let name = match s.labels.first() {
+                Some((_, label)) => format!("{}_{label}", s.name),
+                None => s.name.to_owned(),
+            };
+            let counted = matches!(s.name, "requests" | "answered" | "unanswered" | "dropped");
+            if counted && s.value > 0 {
+                out.push((name, s.value));
+            }
+        });
+        out
+    }
+
+    fn named(pairs: &[(&str, u64)]) -> Vec<(String, u64)> {
+        pairs.iter().map(|(n, v)| (n.to_string(), *v)).collect()
+    }
+
+    use crate::relay::Event;
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn streams_reach_v2_whole_and_in_order_and_are_answered_at_their_close() {
+        let (addr, got) = v2(Duration::ZERO).await;
+        let mut relay = Relay::new(config(addr));
+        let stats = relay.stats();
+        let ports = [1u16, 2, 3];
+        for &port in &ports {
+            send(&mut relay, flow(port), &stream_bytes(port, 200_000), 1448);
+        }
+        relay.handle(Event::FlowEnd {
+            flow: flow(1),
+            reason: EndReason::Fin,
+        });
+        relay.handle(Event::FlowEnd {
+            flow: flow(2),
+            reason: EndReason::Fin,
+        });
+        // A client RST: v2 took every byte v1 took, then its connection is reset too.
+        relay.handle(Event::FlowEnd {
+            flow: flow(3),
+            reason: EndReason::Rst,
+        });
+        settle(&stats, &got, 3).await;
+        assert_eq!(
+            outcomes(&stats),
+            named(&[("requests", 3), ("answered_tcp", 3)])
+        );
+        let mut received = got.lock().unwrap().clone();
+        received.sort_by_key(|r| r.bytes.first().copied());
+        assert_eq!(received.len(), 3);
+        for (got, port) in received.iter().zip(ports) {
+            let sent = stream_bytes(port, 200_000);
+            if port == 3 {
+                // Reset as the client's was: what v2 had not read yet is lost, as at v1.
+                assert!(!got.fin && sent.starts_with(&got.bytes), "{port}");
+            } else {
+                assert!(got.fin && got.bytes == sent, "{port}");
+            }
+        }
+        assert_eq!(stats.bytes_sent.load(Relaxed), 600_000);
+        relay.shutdown(Duration::from_secs(1)).await;
+        assert_eq!(stats.queued_bytes.load(Relaxed), 0);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_v2_that_does_not_close_after_the_fin_leaves_the_stream_unanswered() {
+        let (addr, got) = v2(Duration::from_secs(5)).await;
+        let mut relay = Relay::new(config(addr));
+        let stats = relay.stats();
+        send(&mut relay, flow(1), b"*1\r\n$4\r\nPING\r\n", 100);
+        relay.handle(Event::FlowEnd {
+            flow: flow(1),
+            reason: EndReason::Fin,
+        });
+        settle(&stats, &got, 1).await;
+        assert_eq!(
+            outcomes(&stats),
+            named(&[("requests", 1), ("unanswered_timeout", 1)])
+        );
+        relay.shutdown(Duration::from_secs(1)).await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_full_queue_or_a_capture_gap_drops_the_stream_and_resets_v2() {
+        let (addr, got) = v2(Duration::ZERO).await;
+        let mut relay = Relay::new(RelayConfig {
+            queue_depth: 2,
+            ..config(addr)
+        });
+        let stats = relay.stats();
+        // Far more pieces than the queue holds, handed over before the task runs.
+        send(&mut relay, flow(1), &stream_bytes(1, 100_000), 100);
+        relay.handle(Event::FlowEnd {
+            flow: flow(1),
+            reason: EndReason::Fin,
+        });
+        send(&mut relay, flow(2), b"*1\r\n$4\r\nPING\r\n", 100);
+        relay.handle(Event::FlowEnd {
+            flow: flow(2),
+            reason: EndReason::Stopped(StopReason::StreamGap),
+        });
+        settle(&stats, &got, 2).await;
+        assert_eq!(
+            outcomes(&stats),
+            named(&[
+                ("requests", 2),
+                ("dropped_queue_full", 1),
+                ("dropped_aborted", 1)
+            ])
+        );
+        // v2 never saw either stream end as if it were complete.
+        let received = got.lock().unwrap().clone();
+        assert_eq!(received.len(), 2);
+        assert!(received.iter().all(|r| !r.fin), "{received:?}");
+        relay.shutdown(Duration::from_secs(1)).await;
+        assert_eq!(stats.queued_bytes.load(Relaxed), 0);
+    }
 }
