@@ -182,7 +182,7 @@ fn raw_tcp_policies_take_shares_and_refuse_http_rules() {
         let text = tcp.replace("  protocol: tcp\n", &format!("  protocol: tcp\n{extra}"));
         let error = refused(&text).to_string();
         assert!(
-            error.starts_with("t:5:13: ") && error.contains(key),
+            error.starts_with("test.yaml:5:13: ") && error.contains(key),
             "{error}"
         );
     }
