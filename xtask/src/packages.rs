@@ -68,6 +68,16 @@ const TEST: &[Need] = &[
         recommends: true,
         ..need(Probe::Program("runc"), "runc", "the image tests' runtime")
     },
+    need(
+        Probe::Program("redis-server"),
+        "redis-server",
+        "raw TCP mode's v1 and v2 (tests/tests/protocols.rs)",
+    ),
+    need(
+        Probe::Program("redis-cli"),
+        "redis-tools",
+        "MONITOR on raw TCP mode's v1 and v2",
+    ),
 ];
 
 /// What the bench adds to the test-bed.
