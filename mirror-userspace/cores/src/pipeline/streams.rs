@@ -64,7 +64,7 @@ pub(super) fn deliver(
         return;
     }
     match d {
-        Delivery::Data(bytes) if bytes.is_empty() => {}
+        Delivery::Data([]) => {}
         Delivery::Data(bytes) => {
             counters.stream_bytes = counters.stream_bytes.wrapping_add(bytes.len() as u64);
             emit(Event::StreamData {
