@@ -410,6 +410,54 @@ mod tests {
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_raw_tcp_connection_is_decided_once_and_relayed_whole() {
+        let (taker, got) = shadow().await;
+        let text = format!(
+            "interfaces: [lo]\npolicies:\n- name: web\n  target: {{address: 10.0.0.2, port: 80}}\n  mirrors:\n  - backend: 127.0.0.1:1\n- name: cache\n  target: {{address: 10.0.0.2, port: 6379}}\n  protocol: tcp\n  mirrors:\n  - backend: {taker}\n  - backend: 127.0.0.1:2\n    percent: 0\n"
+        );
+        let config = parse(&text, "t").unwrap();
+        let mut d = Dispatcher::new(&config, RelayConfig::default(), 0, Duration::from_secs(2));
+        let flow = FlowKey {
+            src: "10.0.0.1:1000".parse().unwrap(),
+            dst: "10.0.0.2:6379".parse().unwrap(),
+        };
+        for part in [&b"*1\r\n$4\r\n"[..], b"PING\r\n", b"GET / HTTP/1.1\r\n"] {
+            d.handle(Event::StreamData {
+                flow,
+                data: Bytes::from_static(part),
+            });
+        }
+        d.handle(Event::FlowEnd {
+            flow,
+            reason: EndReason::Fin,
+        });
+        let stats = d.stats();
+        d.shutdown(Duration::from_secs(2)).await;
+        assert_eq!(
+            got.await.unwrap(),
+            b"*1\r\n$4\r\nPING\r\nGET / HTTP/1.1\r\n"
+        );
+        let mut decided = Vec::new();
+        super::super::mirror_stats::PolicySource(stats).visit(&mut |s| {
+            let label = s.labels.last().map(|(_, l)| l.clone()).unwrap_or_default();
+            if s.value > 0 {
+                decided.push((label, s.name));
+            }
+        });
+        // One decision per connection (not per piece), per mirror, under the tcp policy.
+        assert!(
+            decided.contains(&(format!("cache/{taker}"), "requests_mirrored")),
+            "{decided:?}"
+        );
+        let zero = ("cache/127.0.0.1:2".to_owned(), "requests_sampled_out");
+        assert!(decided.contains(&zero), "{decided:?}");
+        assert!(
+            !decided.iter().any(|(l, _)| l.starts_with("web/")),
+            "{decided:?}"
+        );
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_request_in_progress_finishes_under_the_config_it_started_with() {
         let (old, old_got) = shadow().await;
         let (new, new_got) = shadow().await;
