@@ -3,7 +3,8 @@
 //! command stream as v1 received it, command for command (`MONITOR` on both; the order
 //! across connections is not kept, as no mirror keeps it), every connection ends in one
 //! counted outcome, and a connection already open when the agent starts is counted and not
-//! mirrored.
+//! mirrored. HTTP/2 with prior knowledge (`curl --http2-prior-knowledge`) on an HTTP policy
+//! is counted as such and not mirrored.
 
 use std::{
     io::{BufRead, BufReader, Read, Write},
@@ -15,7 +16,7 @@ use mirror_tests::{
     agent::{counter, relay_conserved, Agent},
     require_root,
     scenario::{Scenario, READY, VIP},
-    Host, Process,
+    Host, Process, Sink,
 };
 
 /// Where v2's Redis listens (v1's is behind the VIP, on port 80).
@@ -384,4 +385,48 @@ fn a_connection_open_before_the_agent_is_counted_and_not_mirrored() {
     );
     relay_conserved(&summary).expect("conservation");
     assert_eq!(agent_counter(&summary, "answered_tcp"), 1, "{summary}");
+}
+
+#[test]
+fn h2c_on_an_http_policy_is_counted_and_not_mirrored() {
+    if !require_root() {
+        return;
+    }
+    let scenario = Scenario::new().expect("scenario");
+    let _v1 = Sink::start(&scenario.v1, 80).expect("v1 sink");
+    let v2 = Sink::start(&scenario.v2, 80).expect("v2 sink");
+    let agent = scenario.agent(&[]);
+    // An HTTP/1.1 request first: the connection after it is the one that speaks h2c.
+    scenario.curl(&["-sS", "-o", "/dev/null", "http://httpbin:8000/before"]);
+    let url = "http://httpbin:8000/h2c";
+    let argv = [
+        "curl",
+        "-sS",
+        "-m",
+        "5",
+        "--http2-prior-knowledge",
+        "-o",
+        "/dev/null",
+        url,
+    ];
+    // v1 is an HTTP/1.1 server: curl's exchange fails, after v1 took the preface.
+    let _ = scenario.client.ns().exec(&argv);
+    v2.wait_for_records(1, Duration::from_secs(20))
+        .expect("the HTTP/1.1 request at v2");
+    std::thread::sleep(Duration::from_secs(1));
+    let summary = agent.stop(libc::SIGTERM).expect("stop");
+    assert_eq!(agent_counter(&summary, "stopped_h2c"), 1, "{summary}");
+    assert_eq!(
+        agent_counter(&summary, "stopped_invalid_head"),
+        0,
+        "{summary}"
+    );
+    let paths: Vec<String> = v2
+        .records()
+        .expect("v2")
+        .into_iter()
+        .map(|r| r.path)
+        .collect();
+    assert_eq!(paths, ["/before"], "{summary}");
+    relay_conserved(&summary).expect("conservation");
 }
