@@ -430,3 +430,159 @@ fn h2c_on_an_http_policy_is_counted_and_not_mirrored() {
     assert_eq!(paths, ["/before"], "{summary}");
     relay_conserved(&summary).expect("conservation");
 }
+
+/// What an `nghttpd -v` log says it received: per stream, `:authority`, `:path` and the
+/// DATA payload bytes, in the order the streams opened.
+#[derive(Debug, Default, PartialEq, Eq)]
+struct H2Seen {
+    authority: String,
+    path: String,
+    data: u64,
+}
+
+fn nghttpd_seen(path: &std::path::Path) -> Vec<H2Seen> {
+    let text = std::fs::read_to_string(path).unwrap_or_default();
+    // Keyed by connection and stream: "[id=2]/1".
+    let mut streams: Vec<(String, H2Seen)> = Vec::new();
+    for line in text.lines() {
+        let conn = line.split(']').next().unwrap_or_default();
+        // "[id=2] [  0.553] recv (stream_id=1) :path: /a"
+        if let Some((_, rest)) = line.split_once("recv (stream_id=") {
+            let (stream, field) = rest.split_once(") ").unwrap_or_default();
+            let key = format!("{conn}/{stream}");
+            let at = match streams.iter().position(|(k, _)| *k == key) {
+                Some(at) => at,
+                None => {
+                    streams.push((key, H2Seen::default()));
+                    streams.len() - 1
+                }
+            };
+            if let Some(v) = field.strip_prefix(":authority: ") {
+                streams[at].1.authority = v.to_owned();
+            } else if let Some(v) = field.strip_prefix(":path: ") {
+                streams[at].1.path = v.to_owned();
+            }
+            continue;
+        }
+        // "[id=2] [  0.560] recv DATA frame <length=16384, flags=0x00, stream_id=13>"
+        if let Some((_, rest)) = line.split_once("recv DATA frame <length=") {
+            let len: u64 = rest
+                .split(',')
+                .next()
+                .and_then(|l| l.parse().ok())
+                .unwrap_or(0);
+            let stream = rest
+                .split("stream_id=")
+                .nth(1)
+                .unwrap_or_default()
+                .trim_end_matches('>');
+            let key = format!("{conn}/{stream}");
+            if let Some((_, seen)) = streams.iter_mut().find(|(k, _)| *k == key) {
+                seen.data += len;
+            }
+        }
+    }
+    streams.into_iter().map(|(_, s)| s).collect()
+}
+
+fn nghttpd(host: &Host, port: u16, docroot: &std::path::Path, label: &str) -> Process {
+    let port_text = port.to_string();
+    let root = docroot.display().to_string();
+    let argv = ["nghttpd", "--no-tls", "-v", "-d", &root, &port_text];
+    let process = host
+        .ns()
+        .spawn(&format!("nghttpd-{label}"), &argv)
+        .expect("nghttpd (is nghttp2-server installed?)");
+    host.ns()
+        .wait_for_tcp(
+            SocketAddr::from((host.ipv4(), port)),
+            Duration::from_secs(10),
+        )
+        .expect("nghttpd listening");
+    process
+}
+
+#[test]
+fn h2c_streams_reach_v2_with_authority_rewritten_and_whole_bodies() {
+    if !require_root() {
+        return;
+    }
+    let scenario = Scenario::new().expect("scenario");
+    let dir = scenario.testbed.log_dir().to_path_buf();
+    let docroot = dir.join("htdocs");
+    std::fs::create_dir_all(&docroot).expect("docroot");
+    std::fs::write(docroot.join("a"), "page a").expect("page");
+    let v1 = nghttpd(&scenario.v1, 80, &docroot, "v1");
+    let v2 = nghttpd(&scenario.v2, 8080, &docroot, "v2");
+    let config = format!(
+        "interfaces: [{iface}]\npolicies:\n- name: grpc\n  target: {{address: {VIP}, port: 8000}}\n  protocol: http2\n  mirrors:\n  - backend: {v2}:8080\n",
+        iface = scenario.client.node_ifname(),
+        v2 = scenario.v2.ipv4(),
+    );
+    let path = dir.join("mirror.yaml");
+    std::fs::write(&path, config).expect("write config");
+    let args: Vec<String> = [
+        "run",
+        "--config",
+        &path.display().to_string(),
+        "--grace-secs",
+        "2",
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
+    let agent = Agent::start(scenario.testbed.node(), "mirror-run", &args, READY).expect("agent");
+    let body = dir.join("body");
+    std::fs::write(&body, value(7, 100_000)).expect("body");
+    let body_arg = format!("@{}", body.display());
+    let run = |argv: &[&str]| {
+        scenario.client.ns().exec_ok(argv).expect("h2c client");
+    };
+    let curl = ["curl", "-sS", "--http2-prior-knowledge", "-o", "/dev/null"];
+    run(&[&curl[..], &["http://httpbin:8000/a"]].concat());
+    run(&[
+        &curl[..],
+        &["--data-binary", &body_arg, "http://httpbin:8000/upload"],
+    ]
+    .concat());
+    // Three streams on one connection: later heads use the HPACK dynamic table.
+    run(&[
+        "nghttp",
+        "-n",
+        "http://httpbin:8000/a?x=1",
+        "http://httpbin:8000/b",
+        "http://httpbin:8000/a?x=2",
+    ]);
+    let streams = 5;
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while nghttpd_seen(v2.stdout_path()).len() < streams && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    std::thread::sleep(Duration::from_secs(1));
+    let summary = agent.stop(libc::SIGTERM).expect("stop");
+    let at_v1 = nghttpd_seen(v1.stdout_path());
+    let at_v2 = nghttpd_seen(v2.stdout_path());
+    assert_eq!(at_v1.len(), streams, "{at_v1:?}");
+    let want: Vec<H2Seen> = at_v1
+        .iter()
+        .map(|s| H2Seen {
+            authority: s.authority.replace("httpbin:8000", "httpbin-shadow:8000"),
+            path: s.path.clone(),
+            data: s.data,
+        })
+        .collect();
+    assert_eq!(at_v2, want, "{summary}");
+    assert_eq!(at_v1[1].data, 100_000);
+    relay_conserved(&summary).expect("conservation");
+    assert_eq!(
+        agent_counter(&summary, "requests"),
+        streams as u64,
+        "{summary}"
+    );
+    assert_eq!(
+        agent_counter(&summary, "answered"),
+        streams as u64,
+        "{summary}"
+    );
+    assert_eq!(agent_counter(&summary, "h2c_stopped"), 0, "{summary}");
+}

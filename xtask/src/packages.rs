@@ -78,6 +78,16 @@ const TEST: &[Need] = &[
         "redis-tools",
         "MONITOR on raw TCP mode's v1 and v2",
     ),
+    need(
+        Probe::Program("nghttpd"),
+        "nghttp2-server",
+        "h2c mode's v1 and v2 (tests/tests/protocols.rs)",
+    ),
+    need(
+        Probe::Program("nghttp"),
+        "nghttp2-client",
+        "several h2c streams on one connection",
+    ),
 ];
 
 /// What the bench adds to the test-bed.

@@ -122,7 +122,11 @@ impl Dispatcher {
                 let label = p.mirror_label(i);
                 let id = match self.by_label.get(&label) {
                     Some(&id) => id,
-                    None => self.open_mirror(label, backend),
+                    None => {
+                        let h2c = (p.protocol == Protocol::Http2)
+                            .then(|| p.policy.mirrors[i].rewrite.host.clone());
+                        self.open_mirror(label, backend, h2c)
+                    }
                 };
                 mirrors.push(id);
                 wanted.push(id);
@@ -150,11 +154,17 @@ impl Dispatcher {
         }
     }
 
-    fn open_mirror(&mut self, label: String, backend: &str) -> MirrorId {
+    fn open_mirror(
+        &mut self,
+        label: String,
+        backend: &str,
+        h2c: Option<mirror_cores::rewrite::HostRewrite>,
+    ) -> MirrorId {
         let id = self.next_id;
         self.next_id = self.next_id.wrapping_add(1);
         let relay = Relay::new(RelayConfig {
             shadow: backend.to_owned(),
+            h2c,
             ..self.relay_template.clone()
         });
         let decided = Arc::new(MirrorCounters::default());
@@ -240,7 +250,7 @@ impl Dispatcher {
         // Heads come after the previous request's end or abort; should one not have, the
         // previous request is over for the mirrors all the same.
         self.request_done(flow);
-        let Some(pi) = self.policy_of(flow, Protocol::Http) else {
+        let Some(pi) = self.policy_of(flow, |p| p == Protocol::Http) else {
             self.stats
                 .dispatch
                 .requests_without_policy
@@ -293,19 +303,20 @@ impl Dispatcher {
         }
     }
 
-    /// The first policy of `protocol` whose target holds the flow's destination.
-    fn policy_of(&self, flow: FlowKey, protocol: Protocol) -> Option<usize> {
+    /// The first policy whose protocol `fits` and whose target holds the flow's
+    /// destination.
+    fn policy_of(&self, flow: FlowKey, fits: impl Fn(Protocol) -> bool) -> Option<usize> {
         self.policies.iter().position(|p| {
-            p.protocol == protocol
+            fits(p.protocol)
                 && p.target
                     .is_none_or(|t| t.contains(flow.dst.ip(), flow.dst.port()))
         })
     }
 
-    /// A raw TCP connection's first bytes: which mirrors take it, for its whole life. The
+    /// A raw TCP or h2c connection's first bytes: which mirrors take it, for its whole life. The
     /// flow is remembered even if none does, so that it is decided once.
     fn stream_start(&mut self, flow: FlowKey) {
-        let pi = self.policy_of(flow, Protocol::Tcp);
+        let pi = self.policy_of(flow, Protocol::is_stream);
         let Self {
             policies,
             slots,

@@ -37,7 +37,7 @@ use crate::{
         session::{self, CaptureOptions, OwnMark, Session, SessionError},
         target::Target,
     },
-    control::{self, interfaces::InterfacesError, reload, MirrorConfig, Protocol},
+    control::{self, interfaces::InterfacesError, reload, MirrorConfig},
     observe::{
         access_log::AccessLog,
         admin::{self, AdminError, AdminState},
@@ -295,7 +295,7 @@ fn stream_targets(config: &MirrorConfig) -> Vec<StreamTarget> {
     config
         .policies
         .iter()
-        .filter(|p| p.protocol == Protocol::Tcp)
+        .filter(|p| p.protocol.is_stream())
         .filter_map(|p| p.target)
         .map(|t| StreamTarget {
             addr: t.addr,

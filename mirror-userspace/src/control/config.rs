@@ -93,6 +93,17 @@ pub enum Protocol {
     /// Raw TCP mode: each connection's bytes, as they are, to a connection of its own to
     /// each mirror that takes it (sampling per connection; nothing is rewritten).
     Tcp,
+    /// h2c with prior knowledge: each connection followed from its preface (sampling per
+    /// connection), each stream replayed on an HTTP/2 connection to the mirror with
+    /// `:authority` rewritten.
+    Http2,
+}
+
+impl Protocol {
+    /// Whether the pipeline hands this protocol's connections on as byte streams.
+    pub fn is_stream(self) -> bool {
+        matches!(self, Protocol::Tcp | Protocol::Http2)
+    }
 }
 
 impl PolicyConfig {
@@ -251,6 +262,17 @@ fn build_policy(
     let protocol = match &p.protocol {
         None => Protocol::Http,
         Some(proto) if proto.value == ProtocolEntry::Http => Protocol::Http,
+        Some(proto) if proto.value == ProtocolEntry::Http2 => {
+            check_http2(p).map_err(|key| {
+                check.invalid(
+                    At::from(proto),
+                    key,
+                    "not yet on a protocol: http2 policy: connections are sampled whole and \
+                     only hostRewrite applies (to :authority)",
+                )
+            })?;
+            Protocol::Http2
+        }
         Some(proto) => {
             check_raw_tcp(p).map_err(|key| {
                 check.invalid(
@@ -275,6 +297,23 @@ fn build_policy(
         match_text,
         protocol,
     })
+}
+
+/// What an http2 policy does not support yet. Returns the key that is out of place.
+fn check_http2(p: &PolicyEntry) -> Result<(), &'static str> {
+    if !p.matches.is_empty() {
+        return Err("matches");
+    }
+    if p.sampling.is_some() {
+        return Err("sampling");
+    }
+    if p.mirrors
+        .iter()
+        .any(|m| m.value.request_header_modifier.is_some())
+    {
+        return Err("requestHeaderModifier");
+    }
+    Ok(())
 }
 
 /// A raw TCP policy's connections carry no HTTP: it may say only how much to mirror where.
@@ -455,6 +494,12 @@ impl fmt::Display for MirrorConfig {
                 .target
                 .map_or("every captured destination".to_owned(), |t| t.to_string());
             writeln!(f, "policy {} -> {target}", p.name)?;
+            if p.protocol == Protocol::Http2 {
+                writeln!(
+                    f,
+                    "  protocol: http2 (h2c, streams replayed, :authority rewritten)"
+                )?;
+            }
             if p.protocol == Protocol::Tcp {
                 writeln!(f, "  protocol: tcp (each connection's bytes, as they are)")?;
                 for (rule, backend) in p.policy.mirrors.iter().zip(&p.backends) {

@@ -31,7 +31,8 @@ pub struct PolicyEntry {
     pub mirrors: Vec<Spanned<MirrorEntry>>,
     #[serde(default)]
     pub sampling: Option<Spanned<SamplingEntry>>,
-    /// What the target's connections carry: `http` (the default) or `tcp` (raw TCP mode).
+    /// What the target's connections carry: `http` (the default), `tcp` (raw TCP mode) or
+    /// `http2` (h2c with prior knowledge).
     #[serde(default)]
     pub protocol: Option<Spanned<ProtocolEntry>>,
 }
@@ -41,6 +42,7 @@ pub struct PolicyEntry {
 pub enum ProtocolEntry {
     Http,
     Tcp,
+    Http2,
 }
 
 #[derive(Debug, Deserialize)]

@@ -11,6 +11,7 @@
 
 mod conn;
 mod flow;
+mod h2c;
 mod limits;
 mod pool;
 mod resolve;
@@ -64,6 +65,9 @@ pub struct RelayConfig {
     pub idle_timeout: Duration,
     /// Where each request's outcome is logged, if anywhere.
     pub access_log: Option<Arc<AccessLog>>,
+    /// Raw connections carry h2c (`protocol: http2`): replayed stream by stream on an HTTP/2
+    /// connection to v2, `:authority` rewritten by this rule.
+    pub h2c: Option<mirror_cores::rewrite::HostRewrite>,
 }
 
 impl Default for RelayConfig {
@@ -79,6 +83,7 @@ impl Default for RelayConfig {
             down_backoff: Duration::from_secs(1),
             idle_timeout: Duration::from_secs(30),
             access_log: None,
+            h2c: None,
         }
     }
 }

@@ -159,6 +159,8 @@ pub struct RelayStats {
     connect_failures: [AtomicU64; ConnectFailure::ALL.len()],
     /// Name lookups of the shadow that failed.
     pub resolve_failures: AtomicU64,
+    /// h2c connections no longer followed (see `mirror_cores::http2::H2Stop`).
+    h2c_stopped: AtomicU64,
     /// Connections to v2 open now (a gauge), idle ones included.
     pub shadow_connections: AtomicUsize,
     /// Of those, idle in the pool now (a gauge).
@@ -183,6 +185,7 @@ impl Default for RelayStats {
             connections_reused: AtomicU64::new(0),
             connect_failures: Default::default(),
             resolve_failures: AtomicU64::new(0),
+            h2c_stopped: AtomicU64::new(0),
             shadow_connections: AtomicUsize::new(0),
             idle_connections: AtomicUsize::new(0),
             queued_bytes: AtomicUsize::new(0),
@@ -213,6 +216,11 @@ impl RelayStats {
             Outcome::Dropped(reason) => &self.dropped[reason as usize],
         };
         slot.fetch_add(1, Relaxed);
+    }
+
+    /// An h2c connection stopped being followed: its streams from then on are not mirrored.
+    pub fn count_h2c_stopped(&self) {
+        self.h2c_stopped.fetch_add(1, Relaxed);
     }
 
     pub fn connect_failed(&self, failure: ConnectFailure) {
@@ -339,6 +347,12 @@ impl Source for RelayStats {
             "resolve_failures",
             "Lookups of the shadow's name that failed.",
             load(&self.resolve_failures),
+        ));
+        out(Sample::counter(
+            "h2c_stopped",
+            "h2c connections no longer followed (not HTTP/2, a capture gap, a frame or header \
+             block over its bound, HPACK or protocol errors): later streams not mirrored.",
+            load(&self.h2c_stopped),
         ));
         out(Sample::gauge(
             "shadow_connections",

@@ -38,7 +38,7 @@ const DISCARD_BUFFER: usize = 16 * 1024;
 
 /// What a stream's task is given, in order.
 #[derive(Debug)]
-enum Piece {
+pub(super) enum Piece {
     Data(Chunk),
     /// The client's connection ended: with a FIN (`fin`) or a RST.
     End {
@@ -47,7 +47,7 @@ enum Piece {
 }
 
 /// Why the dispatcher gave up on a stream (read by its task when the queue closes early).
-type Cancel = Arc<OnceLock<DropReason>>;
+pub(super) type Cancel = Arc<OnceLock<DropReason>>;
 
 /// One raw client connection, as the dispatcher sees it.
 #[derive(Debug)]
@@ -128,13 +128,28 @@ impl Streams {
 }
 
 fn start(flow: FlowKey, shared: &Arc<Shared>, tasks: &mut JoinSet<()>, runtime: &Handle) -> Client {
-    let ticket = Ticket::issue(&shared.stats, None, flow.src, &Bytes::new());
     let (sender, receiver) = mpsc::channel(shared.config.queue_depth.max(1));
     let cancel = Cancel::default();
-    tasks.spawn_on(
-        run(receiver, Arc::clone(&cancel), ticket, Arc::clone(shared)),
-        runtime,
-    );
+    match &shared.config.h2c {
+        // h2c: one ticket per stream, issued as streams are decoded.
+        Some(rewrite) => tasks.spawn_on(
+            super::h2c::run(
+                receiver,
+                Arc::clone(&cancel),
+                flow.src,
+                rewrite.clone(),
+                Arc::clone(shared),
+            ),
+            runtime,
+        ),
+        None => {
+            let ticket = Ticket::issue(&shared.stats, None, flow.src, &Bytes::new());
+            tasks.spawn_on(
+                run(receiver, Arc::clone(&cancel), ticket, Arc::clone(shared)),
+                runtime,
+            )
+        }
+    };
     Client {
         queue: Some(sender),
         cancel,
