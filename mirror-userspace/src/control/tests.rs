@@ -199,3 +199,25 @@ fn raw_tcp_policies_take_shares_and_refuse_http_rules() {
     let error = refused(&tcp.replace("protocol: tcp", "protocol: udp")).to_string();
     assert!(error.contains("udp"), "{error}");
 }
+
+#[test]
+fn http2_policies_rewrite_authority_and_refuse_what_is_not_there_yet() {
+    let h2 = "interfaces: [eth0]\npolicies:\n- name: grpc\n  target: {address: 10.96.0.30, port: 50051}\n  protocol: http2\n  mirrors:\n  - backend: grpc-v2:50051\n    hostRewrite: {host: grpc-v2}\n";
+    let config = parse(h2, "t").unwrap();
+    assert_eq!(config.policies[0].protocol, super::Protocol::Http2);
+    assert!(config.to_string().contains("protocol: http2"), "{config}");
+    for extra in [
+        "  matches: [{method: GET}]\n",
+        "  sampling: {consistentBy: header, header: x}\n",
+    ] {
+        let text = h2.replace(
+            "  protocol: http2\n",
+            &format!("  protocol: http2\n{extra}"),
+        );
+        assert!(refused(&text).to_string().contains("not yet"), "{extra}");
+    }
+    let modifier = format!("{h2}    requestHeaderModifier: {{remove: [a]}}\n");
+    assert!(refused(&modifier)
+        .to_string()
+        .contains("requestHeaderModifier"));
+}
