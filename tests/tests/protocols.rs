@@ -9,12 +9,13 @@
 use std::{
     io::{BufRead, BufReader, Read, Write},
     net::{SocketAddr, TcpStream},
+    path::PathBuf,
     time::{Duration, Instant},
 };
 
 use mirror_tests::{
     agent::{counter, relay_conserved, Agent},
-    require_root,
+    ensure_venv, require_root,
     scenario::{Scenario, READY, VIP},
     Host, Process, Sink,
 };
@@ -585,4 +586,146 @@ fn h2c_streams_reach_v2_with_authority_rewritten_and_whole_bodies() {
         "{summary}"
     );
     assert_eq!(agent_counter(&summary, "h2c_stopped"), 0, "{summary}");
+}
+
+/// A gRPC server (PyPI grpcio, no generated code: messages are raw bytes) that records each
+/// call's method and messages, one JSON line per call, and answers unary calls with their
+/// message and client-streaming calls with the number of messages.
+const GRPC_SERVER: &str = r#"
+import json, sys
+from concurrent import futures
+import grpc
+
+port, log = int(sys.argv[1]), open(sys.argv[2], "a", buffering=1)
+
+def record(method, messages):
+    log.write(json.dumps({"method": method, "messages": [m.hex() for m in messages]}) + "\n")
+
+def unary(request, context):
+    record("Unary", [request])
+    return request
+
+def upload(requests, context):
+    messages = list(requests)
+    record("Upload", messages)
+    return b"%d" % len(messages)
+
+handler = grpc.method_handlers_generic_handler("mirror.Test", {
+    "Unary": grpc.unary_unary_rpc_method_handler(unary),
+    "Upload": grpc.stream_unary_rpc_method_handler(upload),
+})
+server = grpc.server(futures.ThreadPoolExecutor(max_workers=4))
+server.add_generic_rpc_handlers((handler,))
+server.add_insecure_port("0.0.0.0:%d" % port)
+server.start()
+server.wait_for_termination()
+"#;
+
+/// Unary calls of growing sizes, then a client-streaming call of four messages, on one
+/// channel (one HTTP/2 connection), each answer checked.
+const GRPC_CLIENT: &str = r#"
+import sys
+import grpc
+
+with grpc.insecure_channel(sys.argv[1]) as channel:
+    unary = channel.unary_unary("/mirror.Test/Unary")
+    upload = channel.stream_unary("/mirror.Test/Upload")
+    for i in range(5):
+        message = bytes([i + 1]) * (3000 * i + 1)
+        assert unary(message, timeout=10) == message
+    messages = [bytes([j + 7]) * (20000 * j + 5) for j in range(4)]
+    assert upload(iter(messages), timeout=10) == b"4"
+"#;
+
+fn grpc_calls(path: &std::path::Path) -> Vec<String> {
+    let mut calls: Vec<String> = std::fs::read_to_string(path)
+        .unwrap_or_default()
+        .lines()
+        .map(str::to_owned)
+        .collect();
+    calls.sort();
+    calls
+}
+
+#[test]
+fn grpc_unary_and_client_streaming_calls_reach_v2_with_identical_messages() {
+    if !require_root() {
+        return;
+    }
+    let venv = ensure_venv().expect("python venv with grpcio");
+    let python = venv.join("bin/python").display().to_string();
+    let scenario = Scenario::new().expect("scenario");
+    let dir = scenario.testbed.log_dir().to_path_buf();
+    let server = dir.join("grpc_server.py");
+    let client = dir.join("grpc_client.py");
+    std::fs::write(&server, GRPC_SERVER).expect("server script");
+    std::fs::write(&client, GRPC_CLIENT).expect("client script");
+    let server_text = server.display().to_string();
+    let start = |host: &Host, port: u16, label: &str| {
+        let log = dir.join(format!("{label}.calls")).display().to_string();
+        let port_text = port.to_string();
+        let argv = [&python[..], &server_text, &port_text, &log];
+        let process = host
+            .ns()
+            .spawn(&format!("grpc-{label}"), &argv)
+            .expect("grpc server");
+        host.ns()
+            .wait_for_tcp(
+                SocketAddr::from((host.ipv4(), port)),
+                Duration::from_secs(30),
+            )
+            .expect("grpc server listening");
+        (process, PathBuf::from(log))
+    };
+    let (_v1, v1_calls) = start(&scenario.v1, 80, "v1");
+    let (_v2, v2_calls) = start(&scenario.v2, 50051, "v2");
+    let config = format!(
+        "interfaces: [{iface}]\npolicies:\n- name: grpc\n  target: {{address: {VIP}, port: 8000}}\n  protocol: http2\n  mirrors:\n  - backend: {v2}:50051\n",
+        iface = scenario.client.node_ifname(),
+        v2 = scenario.v2.ipv4(),
+    );
+    let path = dir.join("mirror.yaml");
+    std::fs::write(&path, config).expect("write config");
+    let args: Vec<String> = [
+        "run",
+        "--config",
+        &path.display().to_string(),
+        "--grace-secs",
+        "2",
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
+    let agent = Agent::start(scenario.testbed.node(), "mirror-run", &args, READY).expect("agent");
+    let client_text = client.display().to_string();
+    let target = format!("{VIP}:8000");
+    scenario
+        .client
+        .ns()
+        .exec_ok(&[&python[..], &client_text, &target])
+        .expect("grpc client");
+    let calls = 6;
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while grpc_calls(&v2_calls).len() < calls && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    std::thread::sleep(Duration::from_secs(1));
+    let summary = agent.stop(libc::SIGTERM).expect("stop");
+    let at_v1 = grpc_calls(&v1_calls);
+    assert_eq!(at_v1.len(), calls);
+    assert!(
+        at_v1 == grpc_calls(&v2_calls),
+        "v2's calls differ from v1's\n{summary}"
+    );
+    relay_conserved(&summary).expect("conservation");
+    assert_eq!(
+        agent_counter(&summary, "requests"),
+        calls as u64,
+        "{summary}"
+    );
+    assert_eq!(
+        agent_counter(&summary, "answered_2xx"),
+        calls as u64,
+        "{summary}"
+    );
 }
