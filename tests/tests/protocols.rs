@@ -729,3 +729,103 @@ fn grpc_unary_and_client_streaming_calls_reach_v2_with_identical_messages() {
         "{summary}"
     );
 }
+
+/// One call, then (once `argv[2]` exists) another on the same channel.
+const GRPC_TWO_CALLS: &str = r#"
+import os, sys, time
+import grpc
+
+with grpc.insecure_channel(sys.argv[1]) as channel:
+    unary = channel.unary_unary("/mirror.Test/Unary")
+    assert unary(b"before", timeout=10) == b"before"
+    while not os.path.exists(sys.argv[2]):
+        time.sleep(0.05)
+    assert unary(b"after", timeout=10) == b"after"
+"#;
+
+#[test]
+fn a_grpc_channel_open_before_the_agent_is_counted_and_not_mirrored() {
+    if !require_root() {
+        return;
+    }
+    let venv = ensure_venv().expect("python venv with grpcio");
+    let python = venv.join("bin/python").display().to_string();
+    let scenario = Scenario::new().expect("scenario");
+    let dir = scenario.testbed.log_dir().to_path_buf();
+    let server = dir.join("grpc_server.py");
+    let client = dir.join("grpc_two_calls.py");
+    std::fs::write(&server, GRPC_SERVER).expect("server script");
+    std::fs::write(&client, GRPC_TWO_CALLS).expect("client script");
+    let mut servers = Vec::new();
+    let mut logs = Vec::new();
+    for (host, port, label) in [(&scenario.v1, 80, "v1"), (&scenario.v2, 50051, "v2")] {
+        let log = dir.join(format!("{label}.calls"));
+        let argv = [
+            python.clone(),
+            server.display().to_string(),
+            port.to_string(),
+            log.display().to_string(),
+        ];
+        servers.push(
+            host.ns()
+                .spawn(&format!("grpc-{label}"), &argv)
+                .expect("grpc server"),
+        );
+        host.ns()
+            .wait_for_tcp(
+                SocketAddr::from((host.ipv4(), port)),
+                Duration::from_secs(30),
+            )
+            .expect("grpc server listening");
+        logs.push(log);
+    }
+    let go = dir.join("go");
+    let argv = [
+        python.clone(),
+        client.display().to_string(),
+        format!("{VIP}:8000"),
+        go.display().to_string(),
+    ];
+    let mut caller = scenario
+        .client
+        .ns()
+        .spawn("grpc-client", &argv)
+        .expect("client");
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while grpc_calls(&logs[0]).is_empty() && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let config = format!(
+        "interfaces: [{iface}]\npolicies:\n- name: grpc\n  target: {{address: {VIP}, port: 8000}}\n  protocol: http2\n  mirrors:\n  - backend: {v2}:50051\n",
+        iface = scenario.client.node_ifname(),
+        v2 = scenario.v2.ipv4(),
+    );
+    let path = dir.join("mirror.yaml");
+    std::fs::write(&path, config).expect("write config");
+    let args: Vec<String> = [
+        "run",
+        "--config",
+        &path.display().to_string(),
+        "--grace-secs",
+        "2",
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
+    let agent = Agent::start(scenario.testbed.node(), "mirror-run", &args, READY).expect("agent");
+    std::fs::write(&go, "").expect("go");
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while caller.try_status().expect("client status").is_none() && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    std::thread::sleep(Duration::from_secs(1));
+    let summary = agent.stop(libc::SIGTERM).expect("stop");
+    assert_eq!(grpc_calls(&logs[0]).len(), 2, "both calls at v1");
+    assert_eq!(grpc_calls(&logs[1]).len(), 0, "{summary}");
+    assert_eq!(
+        agent_counter(&summary, "stream_joins_skipped"),
+        1,
+        "{summary}"
+    );
+    assert_eq!(agent_counter(&summary, "requests"), 0, "{summary}");
+}
