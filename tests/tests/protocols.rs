@@ -610,9 +610,14 @@ def upload(requests, context):
     record("Upload", messages)
     return b"%d" % len(messages)
 
+def fail(request, context):
+    record("Fail", [request])
+    context.abort(grpc.StatusCode.INVALID_ARGUMENT, "refused")
+
 handler = grpc.method_handlers_generic_handler("mirror.Test", {
     "Unary": grpc.unary_unary_rpc_method_handler(unary),
     "Upload": grpc.stream_unary_rpc_method_handler(upload),
+    "Fail": grpc.unary_unary_rpc_method_handler(fail),
 })
 server = grpc.server(futures.ThreadPoolExecutor(max_workers=4))
 server.add_generic_rpc_handlers((handler,))
@@ -621,8 +626,9 @@ server.start()
 server.wait_for_termination()
 "#;
 
-/// Unary calls of growing sizes, then a client-streaming call of four messages, on one
-/// channel (one HTTP/2 connection), each answer checked.
+/// Unary calls of growing sizes, a client-streaming call of four messages and a call the
+/// server refuses (`grpc-status: 3`), on one channel (one HTTP/2 connection), each answer
+/// checked.
 const GRPC_CLIENT: &str = r#"
 import sys
 import grpc
@@ -635,6 +641,11 @@ with grpc.insecure_channel(sys.argv[1]) as channel:
         assert unary(message, timeout=10) == message
     messages = [bytes([j + 7]) * (20000 * j + 5) for j in range(4)]
     assert upload(iter(messages), timeout=10) == b"4"
+    try:
+        channel.unary_unary("/mirror.Test/Fail")(b"x", timeout=10)
+        raise SystemExit("Fail succeeded")
+    except grpc.RpcError as error:
+        assert error.code() == grpc.StatusCode.INVALID_ARGUMENT
 "#;
 
 fn grpc_calls(path: &std::path::Path) -> Vec<String> {
@@ -704,7 +715,7 @@ fn grpc_unary_and_client_streaming_calls_reach_v2_with_identical_messages() {
         .ns()
         .exec_ok(&[&python[..], &client_text, &target])
         .expect("grpc client");
-    let calls = 6;
+    let calls = 7;
     let deadline = Instant::now() + Duration::from_secs(20);
     while grpc_calls(&v2_calls).len() < calls && Instant::now() < deadline {
         std::thread::sleep(Duration::from_millis(100));
@@ -728,6 +739,12 @@ fn grpc_unary_and_client_streaming_calls_reach_v2_with_identical_messages() {
         calls as u64,
         "{summary}"
     );
+    assert_eq!(
+        agent_counter(&summary, "grpc_ok"),
+        calls as u64 - 1,
+        "{summary}"
+    );
+    assert_eq!(agent_counter(&summary, "grpc_error"), 1, "{summary}");
 }
 
 /// One call, then (once `argv[2]` exists) another on the same channel.

@@ -5,7 +5,13 @@
 //! outcome: answered by v2's status class, unanswered, or dropped by reason. Bodies are sent
 //! as v2's flow-control window opens, never buffered beyond the in-flight budget.
 
-use std::{collections::HashMap, future::poll_fn, net::SocketAddr, sync::Arc, time::Duration};
+use std::{
+    collections::HashMap,
+    future::poll_fn,
+    net::SocketAddr,
+    sync::{atomic::Ordering::Relaxed, Arc},
+    time::Duration,
+};
 
 use bytes::{Bytes, BytesMut};
 use h2::{client::ResponseFuture, Reason, SendStream};
@@ -240,9 +246,17 @@ impl Replay {
     /// Waits for v2's answer to a complete request on a task of its own.
     fn answer(&mut self, response: ResponseFuture, ticket: Ticket) {
         let timeout = self.shared.config.response_timeout;
+        let stats = Arc::clone(&self.shared.stats);
         self.answers.spawn(async move {
             let outcome = match tokio::time::timeout(timeout, read_response(response)).await {
-                Ok(Ok(status)) => Outcome::Answered(status),
+                Ok(Ok((status, grpc))) => {
+                    match grpc {
+                        Some(true) => stats.grpc_ok.fetch_add(1, Relaxed),
+                        Some(false) => stats.grpc_error.fetch_add(1, Relaxed),
+                        None => 0,
+                    };
+                    Outcome::Answered(status)
+                }
                 Ok(Err(error)) => Outcome::Unanswered(failed(&error)),
                 Err(_) => Outcome::Unanswered(Unanswered::Timeout),
             };
@@ -257,17 +271,26 @@ async fn drive(connection: h2::client::Connection<TcpStream, Bytes>) {
     }
 }
 
-/// v2's status, once its response (body and trailers read and thrown away) is complete.
-async fn read_response(response: ResponseFuture) -> Result<u16, h2::Error> {
+/// v2's status and, for gRPC, whether its `grpc-status` (in the trailers, or in the head
+/// of a trailers-only response) was 0, once the response (body and trailers read and thrown
+/// away) is complete.
+async fn read_response(response: ResponseFuture) -> Result<(u16, Option<bool>), h2::Error> {
     let response = response.await?;
     let status = response.status().as_u16();
+    let mut grpc = grpc_ok(response.headers());
     let mut body = response.into_body();
     while let Some(chunk) = body.data().await {
         let chunk = chunk?;
         let _ = body.flow_control().release_capacity(chunk.len());
     }
-    body.trailers().await?;
-    Ok(status)
+    if let Some(trailers) = body.trailers().await? {
+        grpc = grpc_ok(&trailers).or(grpc);
+    }
+    Ok((status, grpc))
+}
+
+fn grpc_ok(fields: &http::HeaderMap) -> Option<bool> {
+    fields.get("grpc-status").map(|v| v.as_bytes() == b"0")
 }
 
 /// Sends `data` as v2's window allows, within `timeout` for each opening of it.

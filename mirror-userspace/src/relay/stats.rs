@@ -161,6 +161,10 @@ pub struct RelayStats {
     pub resolve_failures: AtomicU64,
     /// h2c connections no longer followed (see `mirror_cores::http2::H2Stop`).
     h2c_stopped: AtomicU64,
+    /// Answered h2c streams whose response carried `grpc-status: 0`.
+    pub grpc_ok: AtomicU64,
+    /// Answered h2c streams whose response carried another `grpc-status`.
+    pub grpc_error: AtomicU64,
     /// Connections to v2 open now (a gauge), idle ones included.
     pub shadow_connections: AtomicUsize,
     /// Of those, idle in the pool now (a gauge).
@@ -186,6 +190,8 @@ impl Default for RelayStats {
             connect_failures: Default::default(),
             resolve_failures: AtomicU64::new(0),
             h2c_stopped: AtomicU64::new(0),
+            grpc_ok: AtomicU64::new(0),
+            grpc_error: AtomicU64::new(0),
             shadow_connections: AtomicUsize::new(0),
             idle_connections: AtomicUsize::new(0),
             queued_bytes: AtomicUsize::new(0),
@@ -353,6 +359,16 @@ impl Source for RelayStats {
             "h2c connections no longer followed (not HTTP/2, a capture gap, a frame or header \
              block over its bound, HPACK or protocol errors): later streams not mirrored.",
             load(&self.h2c_stopped),
+        ));
+        out(Sample::counter(
+            "grpc_ok",
+            "Answered h2c streams whose response said grpc-status 0 (of answered_2xx).",
+            load(&self.grpc_ok),
+        ));
+        out(Sample::counter(
+            "grpc_error",
+            "Answered h2c streams whose response said a grpc-status other than 0.",
+            load(&self.grpc_error),
         ));
         out(Sample::gauge(
             "shadow_connections",
