@@ -376,3 +376,187 @@ fn header_map(fields: &[Field]) -> http::HeaderMap {
     }
     map
 }
+
+#[cfg(test)]
+mod tests {
+    use std::sync::{atomic::Ordering::Relaxed, Mutex};
+
+    use mirror_cores::{flow::FlowKey, pipeline::Event};
+    use tokio::net::TcpListener;
+
+    use super::*;
+    use crate::relay::{Relay, RelayConfig, RelayStats};
+
+    /// What the loopback v2 got per stream: `:authority`, path, body.
+    type Got = Arc<Mutex<Vec<(String, String, Vec<u8>)>>>;
+
+    /// An HTTP/2 v2 on loopback that answers each stream with `status` once its body is in,
+    /// or resets streams whose path is `/reset`.
+    async fn v2(status: u16) -> (SocketAddr, Got) {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let got: Got = Arc::default();
+        let record = Arc::clone(&got);
+        tokio::spawn(async move {
+            while let Ok((socket, _)) = listener.accept().await {
+                let record = Arc::clone(&record);
+                tokio::spawn(async move {
+                    let Ok(mut conn) = h2::server::handshake(socket).await else {
+                        return;
+                    };
+                    while let Some(Ok((request, mut respond))) = conn.accept().await {
+                        let record = Arc::clone(&record);
+                        tokio::spawn(async move {
+                            let authority = request.uri().authority().unwrap().to_string();
+                            let path = request.uri().path().to_owned();
+                            if path == "/reset" {
+                                respond.send_reset(Reason::REFUSED_STREAM);
+                                return;
+                            }
+                            let mut body = request.into_body();
+                            let mut bytes = Vec::new();
+                            while let Some(Ok(chunk)) = body.data().await {
+                                let _ = body.flow_control().release_capacity(chunk.len());
+                                bytes.extend_from_slice(&chunk);
+                            }
+                            record.lock().unwrap().push((authority, path, bytes));
+                            let response =
+                                http::Response::builder().status(status).body(()).unwrap();
+                            let _ = respond.send_response(response, true);
+                        });
+                    }
+                });
+            }
+        });
+        (addr, got)
+    }
+
+    /// A client connection's bytes: the preface, then each request as HPACK-encoded HEADERS
+    /// (with END_STREAM when it has no body) and one DATA frame.
+    fn client_bytes(requests: &[(&str, &[u8])]) -> Vec<u8> {
+        use mirror_cores::http2::frame::{FrameHeader, DATA, END_HEADERS, END_STREAM, HEADERS};
+        let frame = |kind, flags, stream, payload: &[u8]| {
+            let mut out = FrameHeader {
+                len: payload.len() as u32,
+                kind,
+                flags,
+                stream,
+            }
+            .encode()
+            .to_vec();
+            out.extend_from_slice(payload);
+            out
+        };
+        let mut encoder = loona_hpack::Encoder::new();
+        let mut out = mirror_cores::http2::frame::PREFACE.to_vec();
+        for (i, (path, body)) in requests.iter().enumerate() {
+            let stream = 2 * i as u32 + 1;
+            let fields: [(&[u8], &[u8]); 4] = [
+                (b":method", b"POST"),
+                (b":scheme", b"http"),
+                (b":authority", b"api:8080"),
+                (b":path", path.as_bytes()),
+            ];
+            let block = encoder.encode(fields);
+            let end = if body.is_empty() { END_STREAM } else { 0 };
+            out.extend(frame(HEADERS, END_HEADERS | end, stream, &block));
+            if !body.is_empty() {
+                out.extend(frame(DATA, END_STREAM, stream, body));
+            }
+        }
+        out
+    }
+
+    fn h2c_relay(addr: SocketAddr) -> Relay {
+        Relay::new(RelayConfig {
+            shadow: addr.to_string(),
+            connect_timeout: Duration::from_millis(500),
+            response_timeout: Duration::from_secs(2),
+            h2c: Some(HostRewrite::Suffix("-shadow".into())),
+            ..RelayConfig::default()
+        })
+    }
+
+    fn flow() -> FlowKey {
+        FlowKey {
+            src: "10.0.0.1:4000".parse().unwrap(),
+            dst: "10.0.0.2:8080".parse().unwrap(),
+        }
+    }
+
+    /// Hands `bytes` over in pieces of `piece`, then the client's FIN.
+    fn send(relay: &mut Relay, bytes: &[u8], piece: usize) {
+        for part in bytes.chunks(piece) {
+            relay.handle(Event::StreamData {
+                flow: flow(),
+                data: Bytes::copy_from_slice(part),
+            });
+        }
+        relay.handle(Event::FlowEnd {
+            flow: flow(),
+            reason: mirror_cores::outcome::EndReason::Fin,
+        });
+    }
+
+    async fn settle(stats: &RelayStats, requests: u64) {
+        for _ in 0..300 {
+            if stats.requests.load(Relaxed) >= requests && stats.pending() == 0 {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn every_stream_is_replayed_with_its_authority_rewritten_and_answered() {
+        let (addr, got) = v2(204).await;
+        let mut relay = h2c_relay(addr);
+        let stats = relay.stats();
+        let big = vec![7u8; 200_000];
+        let bytes = client_bytes(&[("/a", b""), ("/b", b"hello"), ("/c", &big)]);
+        send(&mut relay, &bytes, 1000);
+        settle(&stats, 3).await;
+        assert_eq!(stats.answered_class(2), 3);
+        assert_eq!(stats.pending(), 0);
+        let mut got = got.lock().unwrap().clone();
+        got.sort();
+        let want = |path: &str, body: &[u8]| {
+            ("api-shadow:8080".to_owned(), path.to_owned(), body.to_vec())
+        };
+        assert_eq!(
+            got,
+            [want("/a", b""), want("/b", b"hello"), want("/c", &big)]
+        );
+        relay.shutdown(Duration::from_secs(1)).await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_reset_stream_is_unanswered_and_a_down_v2_drops_each_stream() {
+        let (addr, _) = v2(200).await;
+        let mut relay = h2c_relay(addr);
+        let stats = relay.stats();
+        send(
+            &mut relay,
+            &client_bytes(&[("/reset", b""), ("/ok", b"")]),
+            7,
+        );
+        settle(&stats, 2).await;
+        assert_eq!(stats.unanswered_count(Unanswered::Reset), 1);
+        assert_eq!(stats.answered_class(2), 1);
+        relay.shutdown(Duration::from_secs(1)).await;
+
+        // Nothing listens there.
+        let closed = TcpListener::bind("127.0.0.1:0")
+            .await
+            .unwrap()
+            .local_addr()
+            .unwrap();
+        let mut relay = h2c_relay(closed);
+        let stats = relay.stats();
+        send(&mut relay, &client_bytes(&[("/a", b""), ("/b", b"x")]), 100);
+        settle(&stats, 2).await;
+        assert_eq!(stats.dropped_count(DropReason::ShadowDown), 2);
+        assert_eq!(stats.pending(), 0);
+        relay.shutdown(Duration::from_secs(1)).await;
+    }
+}
