@@ -140,6 +140,9 @@ impl ClientStream {
         if self.buf.is_empty() {
             // A large frame's buffer is not kept for the small ones after it.
             self.buf = Vec::new();
+        } else if self.buf.capacity() > 2 * (HEADER_LEN + self.config.max_frame_bytes) {
+            // What is left is less than a frame: a large delivery's room is given back.
+            self.buf.shrink_to_fit();
         }
     }
 

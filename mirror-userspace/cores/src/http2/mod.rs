@@ -96,7 +96,9 @@ pub enum H2Stop {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct H2Config {
     /// Longest frame payload buffered. RFC 9113 allows up to 2^24 - 1 when v1 raised
-    /// SETTINGS_MAX_FRAME_SIZE; most peers keep the default 16 KiB. Default 1 MiB.
+    /// SETTINGS_MAX_FRAME_SIZE; most peers keep the default 16 KiB. Default 64 KiB: a
+    /// connection holds at most one frame and one header block, outside the relay's
+    /// in-flight budget.
     pub max_frame_bytes: usize,
     /// Longest header block (HEADERS plus its CONTINUATIONs, still encoded). Default 64 KiB.
     pub max_header_block: usize,
@@ -114,7 +116,7 @@ pub struct H2Config {
 impl Default for H2Config {
     fn default() -> Self {
         H2Config {
-            max_frame_bytes: 1 << 20,
+            max_frame_bytes: 64 << 10,
             max_header_block: 64 << 10,
             max_header_list: 64 << 10,
             max_table_bytes: 64 << 10,
