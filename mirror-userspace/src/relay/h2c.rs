@@ -432,7 +432,7 @@ mod tests {
     }
 
     /// A client connection's bytes: the preface, then each request as HPACK-encoded HEADERS
-    /// (with END_STREAM when it has no body) and one DATA frame.
+    /// (with END_STREAM when it has no body) and its body in DATA frames of 16 KiB.
     fn client_bytes(requests: &[(&str, &[u8])]) -> Vec<u8> {
         use mirror_cores::http2::frame::{FrameHeader, DATA, END_HEADERS, END_STREAM, HEADERS};
         let frame = |kind, flags, stream, payload: &[u8]| {
@@ -460,8 +460,11 @@ mod tests {
             let block = encoder.encode(fields);
             let end = if body.is_empty() { END_STREAM } else { 0 };
             out.extend(frame(HEADERS, END_HEADERS | end, stream, &block));
-            if !body.is_empty() {
-                out.extend(frame(DATA, END_STREAM, stream, body));
+            // DATA frames of the protocol's default largest size.
+            let pieces: Vec<&[u8]> = body.chunks(16 << 10).collect();
+            for (n, piece) in pieces.iter().enumerate() {
+                let end = if n + 1 == pieces.len() { END_STREAM } else { 0 };
+                out.extend(frame(DATA, end, stream, piece));
             }
         }
         out
@@ -471,7 +474,8 @@ mod tests {
         Relay::new(RelayConfig {
             shadow: addr.to_string(),
             connect_timeout: Duration::from_millis(500),
-            response_timeout: Duration::from_secs(2),
+            // Generous: a loaded machine must not turn a slow answer into a failed test.
+            response_timeout: Duration::from_secs(10),
             h2c: Some(HostRewrite::Suffix("-shadow".into())),
             ..RelayConfig::default()
         })
@@ -499,7 +503,7 @@ mod tests {
     }
 
     async fn settle(stats: &RelayStats, requests: u64) {
-        for _ in 0..300 {
+        for _ in 0..1500 {
             if stats.requests.load(Relaxed) >= requests && stats.pending() == 0 {
                 return;
             }
@@ -516,7 +520,8 @@ mod tests {
         let bytes = client_bytes(&[("/a", b""), ("/b", b"hello"), ("/c", &big)]);
         send(&mut relay, &bytes, 1000);
         settle(&stats, 3).await;
-        assert_eq!(stats.answered_class(2), 3);
+        let timeouts = stats.unanswered_count(Unanswered::Timeout);
+        assert_eq!(stats.answered_class(2), 3, "timeouts {timeouts}");
         assert_eq!(stats.pending(), 0);
         let mut got = got.lock().unwrap().clone();
         got.sort();
