@@ -174,14 +174,16 @@ pub enum RunError {
 }
 
 /// `--shadow`: HOST:PORT, said plainly when it is not.
-fn parse_shadow(text: &str) -> Result<String, String> {
+pub(super) fn parse_shadow(text: &str) -> Result<String, String> {
     Shadow::parse(text)
         .map(|_| text.to_owned())
         .map_err(|error| error.to_string())
 }
 
 /// A limit that must be at least 1 (0 would mean "drop everything").
-fn positive<T: std::str::FromStr + PartialOrd + Default>(text: &str) -> Result<T, String> {
+pub(super) fn positive<T: std::str::FromStr + PartialOrd + Default>(
+    text: &str,
+) -> Result<T, String> {
     match text.parse::<T>() {
         Ok(value) if value > T::default() => Ok(value),
         _ => Err(format!("`{text}`: must be a whole number of at least 1")),
@@ -190,7 +192,7 @@ fn positive<T: std::str::FromStr + PartialOrd + Default>(text: &str) -> Result<T
 
 /// Says at start if the shadow's name does not resolve now (it is looked up again later, so
 /// this is a warning, not an error).
-async fn check_shadow(shadow: &str) {
+pub(super) async fn check_shadow(shadow: &str) {
     let looked_up =
         tokio::time::timeout(Duration::from_secs(5), tokio::net::lookup_host(shadow)).await;
     match looked_up.map(|found| found.map(|mut addrs| addrs.next().is_some())) {
@@ -204,7 +206,7 @@ async fn check_shadow(shadow: &str) {
 }
 
 /// The relay's own runtime: its connection work never takes the capture thread.
-fn relay_runtime() -> std::io::Result<tokio::runtime::Runtime> {
+pub(super) fn relay_runtime() -> std::io::Result<tokio::runtime::Runtime> {
     tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .thread_name("mirror-relay")
@@ -264,20 +266,20 @@ pub fn set_nice(nice: i32) -> std::io::Result<()> {
 }
 
 /// Where the pipeline's events go: one relay (flags) or the policies' dispatcher (file).
-enum Outlet {
+pub(super) enum Outlet {
     Relay(Relay),
     Policies(Box<Dispatcher>),
 }
 
 impl Outlet {
-    fn handle(&mut self, event: Event) {
+    pub(super) fn handle(&mut self, event: Event) {
         match self {
             Outlet::Relay(relay) => relay.handle(event),
             Outlet::Policies(dispatcher) => dispatcher.handle(event),
         }
     }
 
-    async fn shutdown(self, grace: Duration) {
+    pub(super) async fn shutdown(self, grace: Duration) {
         match self {
             Outlet::Relay(relay) => relay.shutdown(grace).await,
             Outlet::Policies(dispatcher) => (*dispatcher).shutdown(grace).await,
@@ -286,7 +288,7 @@ impl Outlet {
 }
 
 /// The capture targets of a config: every policy's.
-fn config_targets(config: &MirrorConfig) -> BTreeSet<Target> {
+pub(super) fn config_targets(config: &MirrorConfig) -> BTreeSet<Target> {
     config.policies.iter().filter_map(|p| p.target).collect()
 }
 
