@@ -4,6 +4,7 @@
 
 mod agent_summary;
 mod bed;
+mod capture_path;
 mod envoy;
 mod kernel_isolated;
 mod large;
@@ -54,6 +55,13 @@ struct BenchArgs {
     /// keep-alive and mirroring on (the agent), one set of runs per fraction.
     #[arg(long, value_delimiter = ',', default_values_t = [0.25, 0.5, 0.75])]
     rate_fractions: Vec<f64>,
+    /// Run only the capture-path measurement (record real traffic, replay it with `mirror
+    /// replay --discard`): requests per CPU second of the capture path alone.
+    #[arg(long, conflicts_with_all = ["smoke", "micro"])]
+    capture_path: bool,
+    /// Replays of the recorded file in the capture-path measurement.
+    #[arg(long, default_value_t = 3)]
+    replays: u32,
     /// Skip the criterion micro-benchmarks in a full run.
     #[arg(long)]
     no_micro: bool,
@@ -99,6 +107,9 @@ fn main() -> Result<()> {
         bail!("the bench needs root: it builds network namespaces");
     }
     let started = Instant::now();
+    if args.capture_path {
+        return capture_path_only(args, started);
+    }
     let tools = tools::ensure(&target_dir())?;
     // First: it builds the cores' benches, and a failure should not cost the whole run.
     let micro = if args.smoke || args.no_micro {
@@ -163,6 +174,8 @@ fn main() -> Result<()> {
     }
     let unmatched = unmatched::run(&bed, &work.join("unmatched"), duration)?;
     let isolated = kernel_isolated::run(&bed, &work.join("kernel-isolated"))?;
+    let replays = if args.smoke { 1 } else { args.replays.max(1) };
+    let capture_path = capture_path::run(&bed, &work.join("capture-path"), duration, replays)?;
     let large_plan = if args.smoke {
         LargePlan {
             big_bytes: 64 << 20,
@@ -185,6 +198,7 @@ fn main() -> Result<()> {
         samples,
         unmatched: Some(unmatched),
         isolated: Some(isolated),
+        capture_path: Some(capture_path),
         large: Some(large),
         micro,
     };
@@ -207,6 +221,28 @@ fn main() -> Result<()> {
     if args.smoke {
         smoke::check(&results)?;
     }
+    Ok(())
+}
+
+/// `--capture-path`: that section alone, printed as the report prints it.
+fn capture_path_only(args: &BenchArgs, started: Instant) -> Result<()> {
+    let bed = Bed::new()?;
+    let dir = bed.testbed.log_dir().join("bench").join("capture-path");
+    let duration = Duration::from_secs(args.seconds);
+    let capture_path = capture_path::run(&bed, &dir, duration, args.replays.max(1))?;
+    drop(bed);
+    let results = Results {
+        command: command_line(),
+        machine: machine(),
+        seconds: started.elapsed().as_secs_f64(),
+        samples: Vec::new(),
+        unmatched: None,
+        isolated: None,
+        capture_path: Some(capture_path),
+        large: None,
+        micro: Vec::new(),
+    };
+    println!("{}", report::markdown(&results));
     Ok(())
 }
 

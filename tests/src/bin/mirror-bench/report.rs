@@ -6,6 +6,7 @@ use std::fmt::Write as _;
 
 use super::agent_summary::AgentStats;
 use super::bed::Backend;
+use super::capture_path::CapturePath;
 use super::kernel_isolated::Isolated;
 use super::large::LargeResult;
 use super::load::Conn;
@@ -23,6 +24,7 @@ pub struct Results {
     pub samples: Vec<Sample>,
     pub unmatched: Option<Unmatched>,
     pub isolated: Option<Isolated>,
+    pub capture_path: Option<CapturePath>,
     pub large: Option<LargeResult>,
     pub micro: Vec<Micro>,
 }
@@ -247,6 +249,7 @@ pub fn markdown(results: &Results) -> String {
         md.push('\n');
     }
     kernel(&mut md, results);
+    capture_path(&mut md, results);
     large(&mut md, results);
     micro(&mut md, results);
     md.push_str(&verdicts(results));
@@ -320,6 +323,38 @@ fn kernel(md: &mut String, results: &Results) {
         }
         md.push('\n');
     }
+}
+
+fn capture_path(md: &mut String, results: &Results) {
+    let Some(c) = &results.capture_path else {
+        return;
+    };
+    let _ = writeln!(
+        md,
+        "#### Capture path alone (`mirror replay --discard`)\n\n\
+         Recorded: fast backend, keep-alive, saturation, nothing mirroring: {:.0} req/s, {} \
+         requests; {} records ({:.1} MiB of pcap), {} ring drops. Replayed through record \
+         decoding and the pipeline (admission by v1's acknowledgements, framing, Host \
+         rewrite), requests counted and dropped: no kernel, relay or v2.\n\n\
+         | replay | requests | CPU s | wall s | requests per CPU second |\n|---|---|---|---|---|",
+        c.load.rps(),
+        c.load.requests,
+        c.records,
+        c.pcap_bytes as f64 / f64::from(1u32 << 20),
+        c.ring_drops,
+    );
+    for (i, r) in c.replays.iter().enumerate() {
+        let _ = writeln!(
+            md,
+            "| {} | {} | {:.3} | {:.3} | {:.0} |",
+            i + 1,
+            r.requests,
+            r.cpu_seconds,
+            r.wall_seconds,
+            r.per_cpu_second()
+        );
+    }
+    md.push('\n');
 }
 
 fn large(md: &mut String, results: &Results) {
@@ -469,6 +504,15 @@ fn verdicts(results: &Results) -> String {
         opt(unmatched, |n| format!("{n:.0}")),
         if unmatched.is_some_and(|n| n < 100.0) { "met" } else { "missed" },
     );
+    if let Some(c) = &results.capture_path {
+        let _ = writeln!(
+            md,
+            "- Capture path alone: {} requests per CPU second (median of {} replays of {} recorded requests).",
+            opt(c.median_per_cpu_second(), |n| format!("{n:.0}")),
+            c.replays.len(),
+            c.load.requests,
+        );
+    }
     if let Some(isolated) = &results.isolated {
         let listed: Vec<String> = isolated
             .frames
