@@ -10,6 +10,7 @@ mod kernel_isolated;
 mod large;
 mod load;
 mod measure;
+mod memory;
 mod micro;
 mod mode;
 mod nginx;
@@ -62,6 +63,13 @@ struct BenchArgs {
     /// Replays of the recorded file in the capture-path measurement.
     #[arg(long, default_value_t = 3)]
     replays: u32,
+    /// Run only the memory section (the agent at saturation with each of --ring-sizes);
+    /// with --capture-path, both.
+    #[arg(long, conflicts_with_all = ["smoke", "micro"])]
+    memory: bool,
+    /// Ring sizes (MiB) the memory section runs the agent with at saturation.
+    #[arg(long, value_delimiter = ',', default_values_t = [4, 16, 64])]
+    ring_sizes: Vec<u32>,
     /// Skip the criterion micro-benchmarks in a full run.
     #[arg(long)]
     no_micro: bool,
@@ -107,8 +115,8 @@ fn main() -> Result<()> {
         bail!("the bench needs root: it builds network namespaces");
     }
     let started = Instant::now();
-    if args.capture_path {
-        return capture_path_only(args, started);
+    if args.capture_path || args.memory {
+        return sections_only(args, started);
     }
     let tools = tools::ensure(&target_dir())?;
     // First: it builds the cores' benches, and a failure should not cost the whole run.
@@ -174,6 +182,8 @@ fn main() -> Result<()> {
     }
     let unmatched = unmatched::run(&bed, &work.join("unmatched"), duration)?;
     let isolated = kernel_isolated::run(&bed, &work.join("kernel-isolated"))?;
+    let ring_sizes: &[u32] = if args.smoke { &[16] } else { &args.ring_sizes };
+    let memory = memory::run(&bed, &work.join("memory"), duration, ring_sizes)?;
     let replays = if args.smoke { 1 } else { args.replays.max(1) };
     let capture_path = capture_path::run(&bed, &work.join("capture-path"), duration, replays)?;
     let large_plan = if args.smoke {
@@ -199,6 +209,7 @@ fn main() -> Result<()> {
         unmatched: Some(unmatched),
         isolated: Some(isolated),
         capture_path: Some(capture_path),
+        memory,
         large: Some(large),
         micro,
     };
@@ -224,12 +235,27 @@ fn main() -> Result<()> {
     Ok(())
 }
 
-/// `--capture-path`: that section alone, printed as the report prints it.
-fn capture_path_only(args: &BenchArgs, started: Instant) -> Result<()> {
+/// `--capture-path` and `--memory`: those sections alone, printed as the report prints them.
+fn sections_only(args: &BenchArgs, started: Instant) -> Result<()> {
     let bed = Bed::new()?;
-    let dir = bed.testbed.log_dir().join("bench").join("capture-path");
+    let work = bed.testbed.log_dir().join("bench");
     let duration = Duration::from_secs(args.seconds);
-    let capture_path = capture_path::run(&bed, &dir, duration, args.replays.max(1))?;
+    let capture_path = if args.capture_path {
+        let dir = work.join("capture-path");
+        Some(capture_path::run(
+            &bed,
+            &dir,
+            duration,
+            args.replays.max(1),
+        )?)
+    } else {
+        None
+    };
+    let memory = if args.memory {
+        memory::run(&bed, &work.join("memory"), duration, &args.ring_sizes)?
+    } else {
+        Vec::new()
+    };
     drop(bed);
     let results = Results {
         command: command_line(),
@@ -238,7 +264,8 @@ fn capture_path_only(args: &BenchArgs, started: Instant) -> Result<()> {
         samples: Vec::new(),
         unmatched: None,
         isolated: None,
-        capture_path: Some(capture_path),
+        capture_path,
+        memory,
         large: None,
         micro: Vec::new(),
     };

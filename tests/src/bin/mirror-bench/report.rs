@@ -11,6 +11,7 @@ use super::kernel_isolated::Isolated;
 use super::large::LargeResult;
 use super::load::Conn;
 use super::measure::{Offered, Sample};
+use super::memory::RingRun;
 use super::micro::Micro;
 use super::mode::{Mode, MODES};
 use super::unmatched::Unmatched;
@@ -25,6 +26,7 @@ pub struct Results {
     pub unmatched: Option<Unmatched>,
     pub isolated: Option<Isolated>,
     pub capture_path: Option<CapturePath>,
+    pub memory: Vec<RingRun>,
     pub large: Option<LargeResult>,
     pub micro: Vec<Micro>,
 }
@@ -250,6 +252,7 @@ pub fn markdown(results: &Results) -> String {
     }
     kernel(&mut md, results);
     capture_path(&mut md, results);
+    memory(&mut md, results);
     large(&mut md, results);
     micro(&mut md, results);
     md.push_str(&verdicts(results));
@@ -352,6 +355,35 @@ fn capture_path(md: &mut String, results: &Results) {
             r.cpu_seconds,
             r.wall_seconds,
             r.per_cpu_second()
+        );
+    }
+    md.push('\n');
+}
+
+fn memory(md: &mut String, results: &Results) {
+    if results.memory.is_empty() {
+        return;
+    }
+    let mib = |kib: u64| kib as f64 / 1024.0;
+    let _ = writeln!(
+        md,
+        "#### Agent memory by ring size (fast backend, keep-alive, saturation)\n\n\
+         Read from `/proc/PID/smaps_rollup` at the end of the load: PSS counts each physical \
+         page once (the ring's data pages are mapped twice, so RSS counts them twice).\n\n\
+         | --ring-mib | req/s | mirrored | ring drops | PSS MiB | private MiB | RSS MiB |\n\
+         |---|---|---|---|---|---|---|"
+    );
+    for r in &results.memory {
+        let _ = writeln!(
+            md,
+            "| {} | {:.0} | {} | {} | {:.1} | {:.1} | {:.1} |",
+            r.ring_mib,
+            r.load.rps(),
+            r.agent.sent,
+            r.agent.ringbuf_full_drops,
+            mib(r.memory.pss_kib),
+            mib(r.memory.private_kib),
+            mib(r.memory.rss_kib),
         );
     }
     md.push('\n');
