@@ -156,7 +156,7 @@ fn assert_v2_got_every_request(v2: &Sink, count: usize, summary: &str) {
 }
 
 #[test]
-fn recorded_capture_replays_every_request_to_v2_as_fast_and_paced() {
+fn recorded_capture_replays_every_request_to_v2_as_fast_paced_and_sharded() {
     if !require_root() {
         return;
     }
@@ -186,6 +186,20 @@ fn recorded_capture_replays_every_request_to_v2_as_fast_and_paced() {
     let took = started.elapsed();
     assert_v2_got_every_request(&v2, 2 * REQUESTS.len(), &summary);
     assert!(took >= PAUSE / 4, "paced replay took {took:?}");
+
+    // Sharded over two pipeline threads (each with its own relay): the same requests.
+    let summary = replay(
+        &scenario,
+        &pcap,
+        &["--shadow", &shadow, "--capture-threads", "2"],
+    );
+    assert_v2_got_every_request(&v2, 3 * REQUESTS.len(), &summary);
+    assert_eq!(counter(&summary, "threads"), Some(2), "{summary}");
+    assert_eq!(
+        counter(&summary, "records_dropped_queue_full"),
+        Some(0),
+        "{summary}"
+    );
 }
 
 /// Writes the packets of `file` that come from the client (not from VIP:8000) to a new file.

@@ -9,3 +9,5 @@ mod mirror_stats;
 mod pipeline_cells;
 pub mod replay;
 pub mod run;
+mod run_shards;
+mod shards;

@@ -30,6 +30,7 @@ use super::{
     intake::Intake,
     mirror_stats::{PolicySource, RelaySource},
     pipeline_cells::PipelineCells,
+    run_shards,
 };
 use crate::{
     capture::{
@@ -137,6 +138,12 @@ pub struct RunArgs {
     /// Seed of the per-request sampling decisions (fixed: reproducible runs).
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
+    /// Pipeline threads of the capture path: above 1, one ring reader shards records by
+    /// client address over this many threads, each with its own relay and its share of the
+    /// connection and byte budgets (see `agent/shards.rs`). Not with --config yet.
+    #[arg(long, default_value_t = 1, conflicts_with = "config",
+          value_parser = clap::value_parser!(u16).range(1..=256))]
+    pub capture_threads: u16,
 }
 
 /// The flags a config file replaces (their clap ids).
@@ -240,7 +247,7 @@ impl RunArgs {
     }
 
     /// The relay settings; under a config file, every mirror's (its backend as the shadow).
-    fn relay_config(&self, access_log: Option<Arc<AccessLog>>) -> RelayConfig {
+    pub(super) fn relay_config(&self, access_log: Option<Arc<AccessLog>>) -> RelayConfig {
         RelayConfig {
             shadow: self.shadow.clone().unwrap_or_default(),
             mark: self.shadow_mark,
@@ -312,7 +319,7 @@ pub async fn run(args: RunArgs) -> Result<(), RunError> {
         }
         .with_rewrite(HostRewrite::Keep);
     }
-    let mut pipeline = Pipeline::new(pipeline_config)?;
+    let mut pipeline = Pipeline::new(pipeline_config.clone())?;
     let wakeup_bytes = if args.poll_ms == 0 {
         0
     } else {
@@ -356,10 +363,23 @@ pub async fn run(args: RunArgs) -> Result<(), RunError> {
     let intake = Arc::new(Intake::default());
     let cells = Arc::new(PipelineCells::default());
     let on_relay_runtime = relay_runtime.enter();
+    let mut shards = match args.capture_threads {
+        1 => None,
+        threads => Some(run_shards::start(
+            &args,
+            &pipeline_config,
+            access_log.clone(),
+            &registry,
+            usize::from(threads),
+        )?),
+    };
     let (mut outlet, mut reloads) = match &file {
         None => {
+            // Sharded, the threads' relays send; this one stays idle.
             let relay = Relay::new(args.relay_config(access_log.clone()));
-            registry.register("relay", relay.stats());
+            if shards.is_none() {
+                registry.register("relay", relay.stats());
+            }
             let shadow = args.shadow.clone().unwrap_or_default();
             tracing::info!(%shadow, percent = args.percent, "mirroring");
             eprintln!("mirroring to {shadow}; Ctrl-C to stop");
@@ -386,8 +406,10 @@ pub async fn run(args: RunArgs) -> Result<(), RunError> {
         }
     };
     drop(on_relay_runtime);
-    registry.register("pipeline", cells.clone());
-    registry.register("intake", intake.clone());
+    if shards.is_none() {
+        registry.register("pipeline", cells.clone());
+        registry.register("intake", intake.clone());
+    }
     let (kernel, bpf) = session.kernel_sources();
     registry.register("kernel", Arc::new(kernel));
     registry.register("bpf", Arc::new(bpf));
@@ -413,7 +435,10 @@ pub async fn run(args: RunArgs) -> Result<(), RunError> {
     tokio::pin!(stop);
     loop {
         health.beat();
-        let mut on_record = |item: &[u8]| intake_record(item, &intake, &mut pipeline, &mut outlet);
+        let mut on_record = |item: &[u8]| match &mut shards {
+            Some(shards) => shards.dispatch(item),
+            None => intake_record(item, &intake, &mut pipeline, &mut outlet),
+        };
         // Timers first: a ring that is never empty must not starve them.
         tokio::select! {
             biased;
@@ -437,13 +462,20 @@ pub async fn run(args: RunArgs) -> Result<(), RunError> {
                 apply_reload(&config, &session, &mut outlet);
             }
         }
+        if let Some(shards) = &mut shards {
+            shards.flush();
+        }
         // Let the runtime's own work (timers, signals) in between batches.
         tokio::task::yield_now().await;
     }
-    session
-        .reader()
-        .drain(|item| intake_record(item, &intake, &mut pipeline, &mut outlet));
+    session.reader().drain(|item| match &mut shards {
+        Some(shards) => shards.dispatch(item),
+        None => intake_record(item, &intake, &mut pipeline, &mut outlet),
+    });
     cells.publish(&pipeline);
+    if let Some(shards) = shards {
+        run_shards::finish(shards, grace).await;
+    }
     outlet.shutdown(grace).await;
     relay_runtime.shutdown_background();
     // The relay's counters move during the grace period: report them after it. The final

@@ -23,7 +23,9 @@ use std::{
     time::{Duration, Instant},
 };
 
+use mirror_common::{RecordHeader, RECORD_REVERSE};
 use mirror_cores::{
+    flow::Segment,
     pipeline::{Admission, ConfigError, Event, Pipeline, PipelineConfig},
     rewrite::HostRewrite,
 };
@@ -37,11 +39,12 @@ use super::{
     mirror_stats::{PolicySource, RelaySource},
     pipeline_cells::PipelineCells,
     run::{check_shadow, config_targets, parse_shadow, positive, relay_runtime, Outlet},
+    shards::{shard_config, EventSink, Shard, ShardClock, Shards, Summed, WhenFull},
 };
 use crate::{
-    capture::{packet, pcap, target::Target},
+    capture::{packet, pcap, record, target::Target},
     control,
-    observe::{status::status_line, Registry},
+    observe::{status::status_line, Registry, Source},
     relay::{raise_fd_limit, FdLimitError, Relay, RelayConfig},
     shutdown::shutdown_signal,
 };
@@ -50,6 +53,8 @@ use crate::{
 const EXPIRE_EVERY_NS: u64 = 250_000_000;
 /// A pause shorter than this is not slept (a timer costs more than it paces).
 const MIN_SLEEP: Duration = Duration::from_millis(1);
+/// Batches queued per pipeline thread with --capture-threads.
+const SHARD_QUEUE_BATCHES: usize = 64;
 /// Packets between two looks at the signals when replaying as fast as possible.
 const SIGNAL_CHECK_EVERY: u64 = 4096;
 
@@ -110,6 +115,12 @@ pub struct ReplayArgs {
     /// Seconds queued requests get to reach the shadow after the end of the file.
     #[arg(long, default_value_t = 10)]
     pub grace_secs: u64,
+    /// Shard the pipeline over this many threads, by client address, behind one reader (as
+    /// `mirror run --capture-threads`); each has its own relay with its share of the budgets.
+    /// Without it, one thread reads and runs the pipeline.
+    #[arg(long, value_name = "N", conflicts_with = "config",
+          value_parser = clap::value_parser!(u16).range(1..=256))]
+    pub capture_threads: Option<u16>,
 }
 
 fn parse_speed(text: &str) -> Result<f64, String> {
@@ -152,6 +163,32 @@ impl Sink {
             Sink::Discard(discarded) => discarded.take(event),
         }
     }
+
+    async fn shutdown(self, grace: Duration) {
+        if let Sink::Send(outlet) = self {
+            outlet.shutdown(grace).await;
+        }
+    }
+}
+
+impl EventSink for Sink {
+    fn handle(&mut self, event: Event) {
+        Sink::handle(self, event);
+    }
+}
+
+/// How the file's segments reach the pipeline: on the reading thread, or through shards.
+enum Feed {
+    Direct {
+        pipeline: Box<Pipeline>,
+        sink: Sink,
+        cells: Arc<PipelineCells>,
+        next_expire_ns: u64,
+    },
+    Sharded {
+        shards: Shards<Sink>,
+        record: Vec<u8>,
+    },
 }
 
 impl ReplayArgs {
@@ -183,13 +220,64 @@ impl ReplayArgs {
         .with_admission(admission)
     }
 
-    fn relay_config(&self) -> RelayConfig {
+    /// One relay's settings, with `1 / share` of the connections and bytes.
+    fn relay_config(&self, share: usize) -> RelayConfig {
+        let share = share.max(1);
         RelayConfig {
             shadow: self.shadow.clone().unwrap_or_default(),
-            max_connections: self.max_shadow_connections,
-            max_inflight_bytes: self.max_inflight_mib.saturating_mul(1 << 20),
+            max_connections: (self.max_shadow_connections / share).max(1),
+            max_inflight_bytes: (self.max_inflight_mib.saturating_mul(1 << 20) / share).max(1),
             response_timeout: Duration::from_millis(self.response_timeout_ms),
             ..RelayConfig::default()
+        }
+    }
+}
+
+/// Makes one sink (a relay, the policies' dispatcher, or the discarding counter) and
+/// registers its counters in `sources`.
+fn make_sink(
+    args: &ReplayArgs,
+    config: Option<&control::MirrorConfig>,
+    share: usize,
+    grace: Duration,
+    sources: &mut Vec<(&'static str, Arc<dyn Source>)>,
+) -> Sink {
+    if args.discard {
+        let discarded = Arc::new(Discarded::default());
+        sources.push(("discard", discarded.clone()));
+        return Sink::Discard(discarded);
+    }
+    match config {
+        None => {
+            let relay = Relay::new(args.relay_config(share));
+            sources.push(("relay", relay.stats()));
+            Sink::Send(Outlet::Relay(relay))
+        }
+        Some(config) => {
+            let dispatcher = Dispatcher::new(config, args.relay_config(share), args.seed, grace);
+            sources.push(("policy", Arc::new(PolicySource(dispatcher.stats()))));
+            sources.push(("relay", Arc::new(RelaySource(dispatcher.stats()))));
+            Sink::Send(Outlet::Policies(Box::new(dispatcher)))
+        }
+    }
+}
+
+/// Registers each stage once: one source, or the sum of the shards' sources of that stage.
+fn register_summed(registry: &Registry, sources: Vec<(&'static str, Arc<dyn Source>)>) {
+    let mut stages: Vec<(&'static str, Vec<Arc<dyn Source>>)> = Vec::new();
+    for (stage, source) in sources {
+        match stages.iter_mut().find(|(name, _)| *name == stage) {
+            Some((_, list)) => list.push(source),
+            None => stages.push((stage, vec![source])),
+        }
+    }
+    for (stage, mut list) in stages {
+        if list.len() == 1 {
+            if let Some(source) = list.pop() {
+                registry.register(stage, source);
+            }
+        } else {
+            registry.register(stage, Arc::new(Summed(list)));
         }
     }
 }
@@ -210,7 +298,7 @@ pub async fn run(args: ReplayArgs) -> Result<(), ReplayError> {
     };
     let pipeline_config = args.pipeline_config();
     let end_of_file_ns = pipeline_config.idle_timeout_ns + pipeline_config.closed_linger_ns;
-    let mut pipeline = Pipeline::new(pipeline_config)?;
+    pipeline_config.validate()?;
     let mut targets = args.targets.clone();
     if let Some(config) = &config {
         targets.extend(config_targets(config));
@@ -220,33 +308,59 @@ pub async fn run(args: ReplayArgs) -> Result<(), ReplayError> {
 
     let registry = Registry::default();
     let relay_runtime = relay_runtime().map_err(ReplayError::Runtime)?;
-    let mut sink = if args.discard {
-        let discarded = Arc::new(Discarded::default());
-        registry.register("discard", discarded.clone());
-        Sink::Discard(discarded)
-    } else {
+    if !args.discard {
         raise_fd_limit(args.max_shadow_connections)?;
-        let _on_relay_runtime = relay_runtime.enter();
-        match &config {
-            None => {
-                let shadow = args.shadow.clone().unwrap_or_default();
-                check_shadow(&shadow).await;
-                let relay = Relay::new(args.relay_config());
-                registry.register("relay", relay.stats());
-                Sink::Send(Outlet::Relay(relay))
+        if let Some(shadow) = &args.shadow {
+            check_shadow(shadow).await;
+        }
+    }
+    let on_relay_runtime = relay_runtime.enter();
+    let mut sources: Vec<(&'static str, Arc<dyn Source>)> = Vec::new();
+    let mut feed = match args.capture_threads {
+        None => {
+            let sink = make_sink(&args, config.as_ref(), 1, grace, &mut sources);
+            let cells = Arc::new(PipelineCells::default());
+            sources.push(("pipeline", cells.clone()));
+            Feed::Direct {
+                pipeline: Box::new(Pipeline::new(pipeline_config)?),
+                sink,
+                cells,
+                next_expire_ns: 0,
             }
-            Some(config) => {
-                let dispatcher = Dispatcher::new(config, args.relay_config(), args.seed, grace);
-                registry.register("policy", Arc::new(PolicySource(dispatcher.stats())));
-                registry.register("relay", Arc::new(RelaySource(dispatcher.stats())));
-                Sink::Send(Outlet::Policies(Box::new(dispatcher)))
+        }
+        Some(threads) => {
+            let threads = usize::from(threads);
+            let mut shards = Vec::new();
+            let mut pipelines = Vec::new();
+            for index in 0..threads {
+                let sink = make_sink(&args, config.as_ref(), threads, grace, &mut sources);
+                let pipeline = Pipeline::new(shard_config(&pipeline_config, index, threads))?;
+                pipelines.push(Shard::new(pipeline, sink));
+            }
+            for shard in &pipelines {
+                sources.push(("pipeline", shard.cells.clone()));
+                sources.push(("intake", shard.intake.clone()));
+            }
+            // A saved capture waits for room rather than drop: it has no primary to protect.
+            let started = Shards::start(
+                pipelines,
+                SHARD_QUEUE_BATCHES,
+                ShardClock::Records,
+                WhenFull::Wait,
+            )
+            .map_err(ReplayError::Runtime)?;
+            sources.push(("shards", started.stats()));
+            shards.push(started);
+            Feed::Sharded {
+                shards: shards.remove(0),
+                record: Vec::new(),
             }
         }
     };
-    let cells = Arc::new(PipelineCells::default());
+    drop(on_relay_runtime);
     let tally = Arc::new(FileTally::default());
-    registry.register("pipeline", cells.clone());
-    registry.register("file", tally.clone());
+    sources.push(("file", tally.clone()));
+    register_summed(&registry, sources);
     eprintln!("replaying {path}");
 
     let stop = shutdown_signal();
@@ -254,9 +368,9 @@ pub async fn run(args: ReplayArgs) -> Result<(), ReplayError> {
     let link = reader.link_type();
     let (mut buffer, mut scratch) = (Vec::new(), Vec::new());
     let mut clock: Option<(u64, Instant)> = None;
-    let (mut last_ns, mut next_expire_ns) = (0u64, 0u64);
+    let mut last_ns = 0u64;
     let started = Instant::now();
-    let cpu_started = thread_cpu_ns();
+    let cpu_started = process_cpu_ns();
     while let Some(captured) = reader.next_packet(&mut buffer).map_err(file_error)? {
         let count = tally.packets.fetch_add(1, Relaxed) + 1;
         let now = captured.unix_ns.max(last_ns);
@@ -265,17 +379,17 @@ pub async fn run(args: ReplayArgs) -> Result<(), ReplayError> {
         let stopped = match args.speed {
             Some(speed) => {
                 let due = start + Duration::from_nanos(((now - first_ns) as f64 / speed) as u64);
-                due > Instant::now() + MIN_SLEEP && sleep_or_stop(due, &mut stop).await
+                if due > Instant::now() + MIN_SLEEP {
+                    feed.flush();
+                    sleep_or_stop(due, &mut stop).await
+                } else {
+                    false
+                }
             }
             None => count.is_multiple_of(SIGNAL_CHECK_EVERY) && has_stopped(&mut stop).await,
         };
         if stopped {
             break;
-        }
-        if now >= next_expire_ns {
-            pipeline.expire(now, &mut |event| sink.handle(event));
-            cells.publish(&pipeline);
-            next_expire_ns = now + EXPIRE_EVERY_NS;
         }
         let Some(frame) = pcap::ethernet_frame(link, captured.data, &mut scratch) else {
             tally.undecodable_packets.fetch_add(1, Relaxed);
@@ -286,50 +400,122 @@ pub async fn run(args: ReplayArgs) -> Result<(), ReplayError> {
             tally.undecodable_packets.fetch_add(1, Relaxed);
             continue;
         };
-        match sides.side(&headers) {
-            Side::Server => {
-                tally.server_segments.fetch_add(1, Relaxed);
-                pipeline.on_server_segment(now, &headers, &mut |event| sink.handle(event));
-            }
-            Side::Client => match packet::parse_ethernet(frame) {
-                Ok(segment) => {
-                    tally.client_segments.fetch_add(1, Relaxed);
-                    pipeline.on_segment(now, &segment, &mut |event| sink.handle(event));
-                }
-                Err(_) => {
-                    tally.undecodable_packets.fetch_add(1, Relaxed);
-                }
-            },
-            Side::Unknown => {
-                tally.unattributed_packets.fetch_add(1, Relaxed);
-            }
+        let side = sides.side(&headers);
+        match side {
+            Side::Server => tally.server_segments.fetch_add(1, Relaxed),
+            Side::Client => tally.client_segments.fetch_add(1, Relaxed),
+            Side::Unknown => tally.unattributed_packets.fetch_add(1, Relaxed),
+        };
+        if side != Side::Unknown {
+            feed.segment(now, frame, &headers, side == Side::Server, &tally);
         }
     }
-    // The capture is over: every flow still open ends, as if idle past every timeout.
-    pipeline.expire(last_ns.saturating_add(end_of_file_ns), &mut |event| {
-        sink.handle(event)
-    });
-    cells.publish(&pipeline);
-    let cpu_ns = thread_cpu_ns().saturating_sub(cpu_started);
+    let shards = feed.finish(last_ns.saturating_add(end_of_file_ns));
+    let cpu_ns = process_cpu_ns().saturating_sub(cpu_started);
     let wall = started.elapsed();
     tally.endpoints_not_learnt.store(sides.not_learnt, Relaxed);
     explain(&args, &tally);
-    match sink {
-        Sink::Send(outlet) => outlet.shutdown(grace).await,
-        Sink::Discard(discarded) => {
-            let requests = discarded.request_ends.load(Relaxed);
-            let per_cpu_second = requests as f64 / (cpu_ns.max(1) as f64 / 1e9);
-            eprintln!(
-                "replay: {requests} requests in {:.3} s ({:.3} s of CPU on the replay thread): \
-                 {per_cpu_second:.0} requests per CPU second",
-                wall.as_secs_f64(),
-                cpu_ns as f64 / 1e9,
-            );
-        }
+    if args.discard {
+        let requests = registry.total("discard", "request_ends").unwrap_or(0);
+        let per_cpu_second = requests as f64 / (cpu_ns.max(1) as f64 / 1e9);
+        eprintln!(
+            "replay: {requests} requests in {:.3} s ({:.3} s of CPU, all threads): \
+             {per_cpu_second:.0} requests per CPU second, {:.0} per second",
+            wall.as_secs_f64(),
+            cpu_ns as f64 / 1e9,
+            requests as f64 / wall.as_secs_f64().max(1e-9),
+        );
     }
+    let mut closing = tokio::task::JoinSet::new();
+    for sink in shards {
+        closing.spawn_on(sink.shutdown(grace), relay_runtime.handle());
+    }
+    while closing.join_next().await.is_some() {}
     relay_runtime.shutdown_background();
     eprintln!("{}", status_line(&registry));
     Ok(())
+}
+
+impl Feed {
+    /// One segment of the file: `frame` whole, `headers` already parsed from it.
+    fn segment(
+        &mut self,
+        now: u64,
+        frame: &[u8],
+        headers: &Segment<'_>,
+        server: bool,
+        tally: &FileTally,
+    ) {
+        match self {
+            Feed::Direct {
+                pipeline,
+                sink,
+                cells,
+                next_expire_ns,
+            } => {
+                if now >= *next_expire_ns {
+                    pipeline.expire(now, &mut |event| sink.handle(event));
+                    cells.publish(pipeline);
+                    *next_expire_ns = now + EXPIRE_EVERY_NS;
+                }
+                if server {
+                    pipeline.on_server_segment(now, headers, &mut |event| sink.handle(event));
+                } else if let Ok(segment) = packet::parse_ethernet(frame) {
+                    pipeline.on_segment(now, &segment, &mut |event| sink.handle(event));
+                } else {
+                    tally.undecodable_packets.fetch_add(1, Relaxed);
+                }
+            }
+            Feed::Sharded { shards, record } => {
+                let len = u32::try_from(frame.len()).unwrap_or(u32::MAX);
+                let header = RecordHeader {
+                    timestamp_ns: now,
+                    orig_len: len,
+                    cap_len: len,
+                    flags: if server { RECORD_REVERSE } else { 0 },
+                    ..RecordHeader::default()
+                };
+                record.clear();
+                record::encode(&header, frame, record);
+                shards.dispatch(record);
+            }
+        }
+    }
+
+    /// Hands on what waits in partly filled batches.
+    fn flush(&mut self) {
+        if let Feed::Sharded { shards, .. } = self {
+            shards.flush();
+        }
+    }
+
+    /// Ends every flow still open as of `end_ns` and returns the sinks.
+    fn finish(self, end_ns: u64) -> Vec<Sink> {
+        match self {
+            Feed::Direct {
+                mut pipeline,
+                mut sink,
+                cells,
+                ..
+            } => {
+                pipeline.expire(end_ns, &mut |event| sink.handle(event));
+                cells.publish(&pipeline);
+                vec![sink]
+            }
+            Feed::Sharded { shards, .. } => shards
+                .finish()
+                .into_iter()
+                .map(|mut shard| {
+                    let sink = &mut shard.sink;
+                    shard
+                        .pipeline
+                        .expire(end_ns, &mut |event| sink.handle(event));
+                    shard.cells.publish(&shard.pipeline);
+                    shard.sink
+                })
+                .collect(),
+        }
+    }
 }
 
 /// Sleeps until `due`; true if `stop` completed first.
@@ -373,13 +559,13 @@ fn explain(args: &ReplayArgs, tally: &FileTally) {
     }
 }
 
-/// CPU time the calling thread has used, in nanoseconds.
-fn thread_cpu_ns() -> u64 {
+/// CPU time the whole process has used, in nanoseconds.
+fn process_cpu_ns() -> u64 {
     let mut ts = libc::timespec {
         tv_sec: 0,
         tv_nsec: 0,
     };
     // SAFETY: `ts` is a valid, writable timespec; the clock exists on Linux.
-    unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut ts) };
+    unsafe { libc::clock_gettime(libc::CLOCK_PROCESS_CPUTIME_ID, &mut ts) };
     u64::try_from(ts.tv_sec).unwrap_or(0) * 1_000_000_000 + u64::try_from(ts.tv_nsec).unwrap_or(0)
 }
