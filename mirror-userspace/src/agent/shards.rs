@@ -369,3 +369,195 @@ impl Source for Summed {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::capture::packet::tests::frame;
+    use mirror_common::RecordHeader;
+    use mirror_cores::{
+        flow::{FlowKey, TcpFlags},
+        pipeline::Admission,
+    };
+    use std::sync::{mpsc, Mutex};
+
+    /// Events as (shard, flow, is a request head).
+    type Seen = Arc<Mutex<Vec<(usize, FlowKey, bool)>>>;
+
+    struct Recorder {
+        shard: usize,
+        seen: Seen,
+        /// Blocks the first event until a message arrives (a slow pipeline).
+        gate: Option<mpsc::Receiver<()>>,
+    }
+
+    impl EventSink for Recorder {
+        fn handle(&mut self, event: Event) {
+            if let Some(gate) = self.gate.take() {
+                let _ = gate.recv();
+            }
+            let (flow, head) = match &event {
+                Event::RequestHead { flow, .. } => (*flow, true),
+                Event::RequestBody { flow, .. }
+                | Event::RequestEnd { flow }
+                | Event::RequestAbort { flow, .. }
+                | Event::FlowEnd { flow, .. } => (*flow, false),
+            };
+            self.seen.lock().unwrap().push((self.shard, flow, head));
+        }
+    }
+
+    fn record(flow: FlowKey, seq: u32, flags: u8, payload: &[u8]) -> Vec<u8> {
+        let packet = frame(flow, seq, flags, payload, 0);
+        let len = packet.len() as u32;
+        let header = RecordHeader {
+            timestamp_ns: 1,
+            orig_len: len,
+            cap_len: len,
+            ..RecordHeader::default()
+        };
+        let mut out = Vec::new();
+        record::encode(&header, &packet, &mut out);
+        out
+    }
+
+    fn shards(
+        threads: usize,
+        seen: &Seen,
+        gate: Option<mpsc::Receiver<()>>,
+    ) -> Vec<Shard<Recorder>> {
+        let config = PipelineConfig::default().with_admission(Admission::ClientOnly);
+        let mut gate = gate;
+        (0..threads)
+            .map(|shard| {
+                let pipeline = Pipeline::new(shard_config(&config, shard, threads)).unwrap();
+                let sink = Recorder {
+                    shard,
+                    seen: Arc::clone(seen),
+                    gate: gate.take(),
+                };
+                Shard::new(pipeline, sink)
+            })
+            .collect()
+    }
+
+    fn client(i: usize) -> FlowKey {
+        FlowKey {
+            src: format!("10.1.{}.{}:40000", i / 200, i % 200 + 1)
+                .parse()
+                .unwrap(),
+            dst: "10.96.0.10:80".parse().unwrap(),
+        }
+    }
+
+    #[test]
+    fn every_flow_stays_on_one_thread_and_no_request_is_lost() {
+        let seen = Seen::default();
+        let mut set = Shards::start(
+            shards(3, &seen, None),
+            4,
+            ShardClock::Records,
+            WhenFull::Wait,
+        )
+        .unwrap();
+        let clients = 40;
+        for i in 0..clients {
+            set.dispatch(&record(client(i), 100, TcpFlags::SYN, b""));
+        }
+        for i in 0..clients {
+            let request = format!("GET /{i} HTTP/1.1\r\nHost: a\r\n\r\n");
+            set.dispatch(&record(client(i), 101, TcpFlags::ACK, request.as_bytes()));
+        }
+        // Not a TCP record: goes to the first thread, which counts it.
+        set.dispatch(&[0u8; 8]);
+        let stats = set.stats();
+        let done = set.finish();
+        let seen = seen.lock().unwrap();
+        assert_eq!(seen.iter().filter(|(_, _, head)| *head).count(), clients);
+        for i in 0..clients {
+            let threads: std::collections::BTreeSet<usize> = seen
+                .iter()
+                .filter(|(_, flow, _)| *flow == client(i))
+                .map(|(shard, _, _)| *shard)
+                .collect();
+            assert_eq!(threads.len(), 1, "client {i} on threads {threads:?}");
+        }
+        // With 40 sources over 3 threads, every thread gets some.
+        let used: std::collections::BTreeSet<usize> = seen.iter().map(|(s, _, _)| *s).collect();
+        assert_eq!(used.len(), 3, "{used:?}");
+        assert_eq!(stats.records_queued.load(Relaxed), 2 * clients as u64 + 1);
+        assert_eq!(stats.records_dropped_queue_full.load(Relaxed), 0);
+        let malformed: u64 = done
+            .iter()
+            .map(|shard| shard.intake.malformed_records.load(Relaxed))
+            .sum();
+        assert_eq!(malformed, 1);
+    }
+
+    #[test]
+    fn a_full_queue_drops_and_counts_instead_of_waiting() {
+        let seen = Seen::default();
+        let (open, gate) = mpsc::channel();
+        let mut set = Shards::start(
+            shards(1, &seen, Some(gate)),
+            1,
+            ShardClock::Records,
+            WhenFull::Drop,
+        )
+        .unwrap();
+        let sent = 20u64;
+        for i in 0..sent as usize {
+            let request = format!("GET /{i} HTTP/1.1\r\nHost: a\r\n\r\n");
+            set.dispatch(&record(client(i), 101, TcpFlags::ACK, request.as_bytes()));
+            // One batch per record, so the one-batch queue fills behind the blocked thread.
+            set.flush();
+        }
+        let stats = set.stats();
+        let (queued, dropped) = (
+            stats.records_queued.load(Relaxed),
+            stats.records_dropped_queue_full.load(Relaxed),
+        );
+        open.send(()).unwrap();
+        set.finish();
+        assert_eq!(queued + dropped, sent);
+        assert!(dropped >= sent - 2, "queued {queued}, dropped {dropped}");
+        assert_eq!(stats.batches_dropped.load(Relaxed), dropped);
+        let heads = seen
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|(_, _, head)| *head)
+            .count();
+        assert_eq!(heads as u64, queued);
+    }
+
+    #[test]
+    fn summed_sources_add_samples_by_name() {
+        let a = Arc::new(Intake::default());
+        let b = Arc::new(Intake::default());
+        a.records.fetch_add(2, Relaxed);
+        b.records.fetch_add(3, Relaxed);
+        let summed = Summed(vec![a, b]);
+        let mut records = Vec::new();
+        summed.visit(&mut |sample| {
+            if sample.name == "records" {
+                records.push(sample.value);
+            }
+        });
+        assert_eq!(records, vec![5]);
+    }
+
+    #[test]
+    fn shard_configs_divide_the_global_caps_only() {
+        let config = PipelineConfig::default();
+        let shard = shard_config(&config, 1, 4);
+        assert_eq!(shard.max_flows, config.max_flows / 4);
+        assert_eq!(shard.max_buffered_bytes, config.max_buffered_bytes / 4);
+        assert_eq!(shard.max_flows_per_source, config.max_flows_per_source);
+        assert_eq!(
+            shard.max_buffered_per_source,
+            config.max_buffered_per_source
+        );
+        assert_ne!(shard.sample_seed, shard_config(&config, 0, 4).sample_seed);
+    }
+}
