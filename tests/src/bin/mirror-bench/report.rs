@@ -6,7 +6,7 @@ use std::fmt::Write as _;
 
 use super::agent_summary::AgentStats;
 use super::bed::Backend;
-use super::capture_path::CapturePath;
+use super::capture_path::{CapturePath, Replay, THREADS};
 use super::kernel_isolated::Isolated;
 use super::large::LargeResult;
 use super::load::Conn;
@@ -338,23 +338,36 @@ fn capture_path(md: &mut String, results: &Results) {
          Recorded: fast backend, keep-alive, saturation, nothing mirroring: {:.0} req/s, {} \
          requests; {} records ({:.1} MiB of pcap), {} ring drops. Replayed through record \
          decoding and the pipeline (admission by v1's acknowledgements, framing, Host \
-         rewrite), requests counted and dropped: no kernel, relay or v2.\n\n\
-         | replay | requests | CPU s | wall s | requests per CPU second |\n|---|---|---|---|---|",
+         rewrite), requests counted and dropped: no kernel, relay or v2. CPU is the whole \
+         process's (reader and pipeline threads); medians of {} replays each.\n\n\
+         | pipeline threads | requests | requests per CPU second | requests per second |\n\
+         |---|---|---|---|",
         c.load.rps(),
         c.load.requests,
         c.records,
         c.pcap_bytes as f64 / f64::from(1u32 << 20),
         c.ring_drops,
+        c.replays.len() / THREADS.len().max(1),
     );
-    for (i, r) in c.replays.iter().enumerate() {
+    for threads in THREADS {
+        let Some(requests) = c
+            .replays
+            .iter()
+            .find(|r| r.threads == threads)
+            .map(|r| r.requests)
+        else {
+            continue;
+        };
+        let name = threads.map_or("none (reader runs it)".to_owned(), |n| {
+            format!("{n} (+ reader)")
+        });
         let _ = writeln!(
             md,
-            "| {} | {} | {:.3} | {:.3} | {:.0} |",
-            i + 1,
-            r.requests,
-            r.cpu_seconds,
-            r.wall_seconds,
-            r.per_cpu_second()
+            "| {name} | {requests} | {} | {} |",
+            opt(c.median(threads, Replay::per_cpu_second), |n| format!(
+                "{n:.0}"
+            )),
+            opt(c.median(threads, Replay::per_second), |n| format!("{n:.0}")),
         );
     }
     md.push('\n');
@@ -539,9 +552,10 @@ fn verdicts(results: &Results) -> String {
     if let Some(c) = &results.capture_path {
         let _ = writeln!(
             md,
-            "- Capture path alone: {} requests per CPU second (median of {} replays of {} recorded requests).",
-            opt(c.median_per_cpu_second(), |n| format!("{n:.0}")),
-            c.replays.len(),
+            "- Capture path alone: {} requests per CPU second on one thread; sharded over 2 threads {} requests per second, over 4 {} (medians; {} recorded requests).",
+            opt(c.median(None, Replay::per_cpu_second), |n| format!("{n:.0}")),
+            opt(c.median(Some(2), Replay::per_second), |n| format!("{n:.0}")),
+            opt(c.median(Some(4), Replay::per_second), |n| format!("{n:.0}")),
             c.load.requests,
         );
     }
