@@ -56,6 +56,14 @@ struct BenchArgs {
     /// keep-alive and mirroring on (the agent), one set of runs per fraction.
     #[arg(long, value_delimiter = ',', default_values_t = [0.25, 0.5, 0.75])]
     rate_fractions: Vec<f64>,
+    /// The same for the httpbin backend (slow, CPU-bound: one rate tells its story).
+    #[arg(long, value_delimiter = ',', default_values_t = [0.5])]
+    httpbin_rate_fractions: Vec<f64>,
+    /// Rounds of the fixed-rate runs (each round runs every mode at every rate). One by
+    /// default, so that a first full run stays under 15 minutes; the saturation runs, whose
+    /// ratios are noisier, get --rounds.
+    #[arg(long, default_value_t = 1)]
+    rate_rounds: u32,
     /// Run only the capture-path measurement (record real traffic, replay it with `mirror
     /// replay --discard`): requests per CPU second of the capture path alone.
     #[arg(long, conflicts_with_all = ["smoke", "micro"])]
@@ -161,21 +169,28 @@ fn main() -> Result<()> {
             }
         }
     }
-    let fractions: &[f64] = if args.smoke {
-        &[0.5]
-    } else {
-        &args.rate_fractions
+    let fractions = |backend: Backend| -> &[f64] {
+        match (args.smoke, backend) {
+            (true, _) => &[0.5],
+            (false, Backend::Fast) => &args.rate_fractions,
+            (false, Backend::Httpbin) => &args.httpbin_rate_fractions,
+        }
     };
     let rates: Vec<(Backend, u64)> = [Backend::Fast, Backend::Httpbin]
         .into_iter()
         .flat_map(|backend| {
             let carried = report::carried_with_mirror(&samples, backend);
-            fractions
+            fractions(backend)
                 .iter()
                 .map(move |fraction| (backend, ((carried * fraction) as u64).max(10)))
         })
         .collect();
-    for round in 0..rounds {
+    let rate_rounds = if args.smoke {
+        1
+    } else {
+        args.rate_rounds.max(1)
+    };
+    for round in 0..rate_rounds {
         for &(backend, rate) in &rates {
             run_modes(&mut samples, round, backend, Offered::Rate(rate))?;
         }
