@@ -78,6 +78,10 @@ struct BenchArgs {
     /// Ring sizes (MiB) the memory section runs the agent with at saturation.
     #[arg(long, value_delimiter = ',', default_values_t = [4, 16, 64])]
     ring_sizes: Vec<u32>,
+    /// Capture threads the memory section also runs the agent with (64 MiB ring), end to end
+    /// at saturation beside the one-thread runs.
+    #[arg(long, value_delimiter = ',', default_values_t = [2u16])]
+    capture_threads: Vec<u16>,
     /// Skip the criterion micro-benchmarks in a full run.
     #[arg(long)]
     no_micro: bool,
@@ -197,8 +201,7 @@ fn main() -> Result<()> {
     }
     let unmatched = unmatched::run(&bed, &work.join("unmatched"), duration)?;
     let isolated = kernel_isolated::run(&bed, &work.join("kernel-isolated"))?;
-    let ring_sizes: &[u32] = if args.smoke { &[16] } else { &args.ring_sizes };
-    let memory = memory::run(&bed, &work.join("memory"), duration, ring_sizes)?;
+    let memory = memory::run(&bed, &work.join("memory"), duration, &agent_configs(args))?;
     let replays = if args.smoke { 1 } else { args.replays.max(1) };
     let capture_path = capture_path::run(&bed, &work.join("capture-path"), duration, replays)?;
     let large_plan = if args.smoke {
@@ -250,6 +253,17 @@ fn main() -> Result<()> {
     Ok(())
 }
 
+/// The memory section's agents: every ring size on one thread, then the default ring on each
+/// of --capture-threads (the smoke: one ring size, one and two threads).
+fn agent_configs(args: &BenchArgs) -> Vec<(u32, u16)> {
+    if args.smoke {
+        return vec![(16, 1), (16, 2)];
+    }
+    let mut configs: Vec<(u32, u16)> = args.ring_sizes.iter().map(|&mib| (mib, 1)).collect();
+    configs.extend(args.capture_threads.iter().map(|&threads| (64, threads)));
+    configs
+}
+
 /// `--capture-path` and `--memory`: those sections alone, printed as the report prints them.
 fn sections_only(args: &BenchArgs, started: Instant) -> Result<()> {
     let bed = Bed::new()?;
@@ -267,7 +281,7 @@ fn sections_only(args: &BenchArgs, started: Instant) -> Result<()> {
         None
     };
     let memory = if args.memory {
-        memory::run(&bed, &work.join("memory"), duration, &args.ring_sizes)?
+        memory::run(&bed, &work.join("memory"), duration, &agent_configs(args))?
     } else {
         Vec::new()
     };

@@ -2,7 +2,8 @@
 //! (keep-alive) with each `--ring-mib`, its memory read from `smaps_rollup` at the end of the
 //! load (each physical page once: the ring's data pages are mapped twice, so RSS counts them
 //! twice) and the kernel's ring drops, so the default ring size can be the smallest that
-//! drops nothing at the node's saturation rate.
+//! drops nothing at the node's saturation rate; and end to end with the pipeline sharded
+//! (`--capture-threads`).
 
 use std::path::Path;
 use std::time::Duration;
@@ -18,19 +19,32 @@ use super::procstat::{self, Memory};
 #[derive(Clone, Debug, serde::Serialize)]
 pub struct RingRun {
     pub ring_mib: u32,
+    /// `--capture-threads`.
+    pub threads: u16,
     pub load: Load,
     pub memory: Memory,
     pub agent: AgentStats,
 }
 
-pub fn run(bed: &Bed, dir: &Path, duration: Duration, ring_sizes: &[u32]) -> Result<Vec<RingRun>> {
+/// Runs the agent once per (ring size, capture threads) in `runs`.
+pub fn run(
+    bed: &Bed,
+    dir: &Path,
+    duration: Duration,
+    configs: &[(u32, u16)],
+) -> Result<Vec<RingRun>> {
     let backend = Backend::Fast;
     let service = bed.service(backend);
     let mut runs = Vec::new();
-    for &ring_mib in ring_sizes {
-        let dir = dir.join(format!("ring-{ring_mib}"));
+    for &(ring_mib, threads) in configs {
+        let dir = dir.join(format!("ring-{ring_mib}-threads-{threads}"));
         std::fs::create_dir_all(&dir).with_context(|| format!("create {}", dir.display()))?;
-        let extra = ["--ring-mib".to_owned(), ring_mib.to_string()];
+        let extra = [
+            "--ring-mib".to_owned(),
+            ring_mib.to_string(),
+            "--capture-threads".to_owned(),
+            threads.to_string(),
+        ];
         let agent = start_agent_with(bed, service, bed.shadow(backend), &extra)?;
         let target = Target {
             addr: service,
@@ -46,6 +60,7 @@ pub fn run(bed: &Bed, dir: &Path, duration: Duration, ring_sizes: &[u32]) -> Res
             .context("no agent summary")?;
         runs.push(RingRun {
             ring_mib,
+            threads,
             load,
             memory,
             agent: AgentStats::parse(line)?,

@@ -380,19 +380,21 @@ fn memory(md: &mut String, results: &Results) {
     let mib = |kib: u64| kib as f64 / 1024.0;
     let _ = writeln!(
         md,
-        "#### Agent memory by ring size (fast backend, keep-alive, saturation)\n\n\
+        "#### Agent memory by ring size, and capture threads (fast backend, keep-alive, saturation)\n\n\
          Read from `/proc/PID/smaps_rollup` at the end of the load: PSS counts each physical \
          page once (the ring's data pages are mapped twice, so RSS counts them twice).\n\n\
-         | --ring-mib | req/s | mirrored | ring drops | PSS MiB | private MiB | RSS MiB |\n\
-         |---|---|---|---|---|---|---|"
+         | --ring-mib | --capture-threads | req/s | mirrored | dropped | ring drops | PSS MiB | private MiB | RSS MiB |\n\
+         |---|---|---|---|---|---|---|---|---|"
     );
     for r in &results.memory {
         let _ = writeln!(
             md,
-            "| {} | {:.0} | {} | {} | {:.1} | {:.1} | {:.1} |",
+            "| {} | {} | {:.0} | {} | {} | {} | {:.1} | {:.1} | {:.1} |",
             r.ring_mib,
+            r.threads,
             r.load.rps(),
             r.agent.sent,
+            r.agent.dropped,
             r.agent.ringbuf_full_drops,
             mib(r.memory.pss_kib),
             mib(r.memory.private_kib),
