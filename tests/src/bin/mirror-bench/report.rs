@@ -383,18 +383,19 @@ fn memory(md: &mut String, results: &Results) {
         "#### Agent memory by ring size, and capture threads (fast backend, keep-alive, saturation)\n\n\
          Read from `/proc/PID/smaps_rollup` at the end of the load: PSS counts each physical \
          page once (the ring's data pages are mapped twice, so RSS counts them twice).\n\n\
-         | --ring-mib | --capture-threads | req/s | mirrored | dropped | ring drops | PSS MiB | private MiB | RSS MiB |\n\
+         | --ring-mib | --capture-threads | req/s | mirrored | dropped (by reason) | ring drops | PSS MiB | private MiB | RSS MiB |\n\
          |---|---|---|---|---|---|---|---|---|"
     );
     for r in &results.memory {
         let _ = writeln!(
             md,
-            "| {} | {} | {:.0} | {} | {} | {} | {:.1} | {:.1} | {:.1} |",
+            "| {} | {} | {:.0} | {} | {}{} | {} | {:.1} | {:.1} | {:.1} |",
             r.ring_mib,
             r.threads,
             r.load.rps(),
             r.agent.sent,
             r.agent.dropped,
+            drop_reasons(&r.agent.summary),
             r.agent.ringbuf_full_drops,
             mib(r.memory.pss_kib),
             mib(r.memory.private_kib),
@@ -402,6 +403,22 @@ fn memory(md: &mut String, results: &Results) {
         );
     }
     md.push('\n');
+}
+
+/// The relay's non-zero `dropped_<reason>=N` fields, as ` (reason N, ...)`.
+fn drop_reasons(summary: &str) -> String {
+    let relay = summary.split(" | ").next().unwrap_or("");
+    let reasons: Vec<String> = relay
+        .split_whitespace()
+        .filter_map(|field| field.strip_prefix("dropped_")?.split_once('='))
+        .filter(|(_, value)| *value != "0")
+        .map(|(reason, value)| format!("{reason} {value}"))
+        .collect();
+    if reasons.is_empty() {
+        String::new()
+    } else {
+        format!(" ({})", reasons.join(", "))
+    }
 }
 
 fn large(md: &mut String, results: &Results) {
