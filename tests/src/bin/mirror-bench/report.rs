@@ -568,6 +568,14 @@ fn verdicts(results: &Results) -> String {
         opt(unmatched, |n| format!("{n:.0}")),
         if unmatched.is_some_and(|n| n < 100.0) { "met" } else { "missed" },
     );
+    if let Some(isolated) = &results.isolated {
+        let listed: Vec<String> = isolated
+            .frames
+            .iter()
+            .map(|(what, ns)| format!("{what} {ns} ns"))
+            .collect();
+        let _ = writeln!(md, "  In isolation: {}.", listed.join(", "));
+    }
     if let Some(c) = &results.capture_path {
         let _ = writeln!(
             md,
@@ -577,14 +585,6 @@ fn verdicts(results: &Results) -> String {
             opt(c.median(Some(4), Replay::per_second), |n| format!("{n:.0}")),
             c.load.requests,
         );
-    }
-    if let Some(isolated) = &results.isolated {
-        let listed: Vec<String> = isolated
-            .frames
-            .iter()
-            .map(|(what, ns)| format!("{what} {ns} ns"))
-            .collect();
-        let _ = writeln!(md, "  In isolation: {}.", listed.join(", "));
     }
     md
 }
