@@ -148,19 +148,11 @@ pub fn render(r: &Rendering<'_>) -> String {
     }
     let _ = writeln!(out);
     let latency = "mirror_relay_response_latency_seconds";
-    let responses = r.after.sum(&format!("{latency}_count"), &[]);
-    match [0.5, 0.9, 0.99].map(|q| r.after.quantile(latency, q)) {
-        [Some(p50), Some(p90), Some(p99)] => {
-            let _ = writeln!(
-                out,
-                "v2 latency: p50 {}  p90 {}  p99 {}  (over {responses:.0} responses)",
-                millis(p50),
-                millis(p90),
-                millis(p99)
-            );
-        }
-        _ => {
-            let _ = writeln!(out, "v2 latency: no responses yet");
+    latency_line(&mut out, r.after, latency, None);
+    // Under --config each mirror keeps its own histogram (label `mirror`).
+    for sample in r.after.matching(&format!("{latency}_count"), &[]) {
+        if let Some(mirror) = sample.label("mirror") {
+            latency_line(&mut out, r.after, latency, Some(mirror));
         }
     }
     let _ = writeln!(
@@ -171,7 +163,34 @@ pub fn render(r: &Rendering<'_>) -> String {
         bytes(r.after.sum("mirror_agent_resident_memory_bytes", &[])),
         millis(r.after.sum("mirror_agent_loop_lag_seconds", &[])),
     );
+    let _ = writeln!(
+        out,
+        "ring buffer: {} of {} waiting to be read",
+        bytes(r.after.sum("mirror_ring_used_bytes", &[])),
+        bytes(r.after.sum("mirror_ring_size_bytes", &[])),
+    );
     out
+}
+
+/// `v2 latency[ of MIRROR]: p50 ..  p90 ..  p99 ..  (over N responses)`.
+fn latency_line(out: &mut String, scrape: &Scrape, latency: &str, mirror: Option<&str>) {
+    let labels: Vec<(&str, &str)> = mirror.map(|m| ("mirror", m)).into_iter().collect();
+    let of = mirror.map(|m| format!(" of {m}")).unwrap_or_default();
+    let responses = scrape.sum(&format!("{latency}_count"), &labels);
+    match [0.5, 0.9, 0.99].map(|q| scrape.quantile(latency, &labels, q)) {
+        [Some(p50), Some(p90), Some(p99)] => {
+            let _ = writeln!(
+                out,
+                "v2 latency{of}: p50 {}  p90 {}  p99 {}  (over {responses:.0} responses)",
+                millis(p50),
+                millis(p90),
+                millis(p99)
+            );
+        }
+        _ => {
+            let _ = writeln!(out, "v2 latency{of}: no responses yet");
+        }
+    }
 }
 
 fn millis(seconds: f64) -> String {
@@ -267,5 +286,48 @@ mod tests {
             "zero reasons are left out: {text}"
         );
         assert!(text.contains("v2 latency: p50 0.6"), "{text}");
+    }
+
+    #[test]
+    fn each_mirror_gets_its_latency_line_and_the_ring_its_fill() {
+        let after = Scrape::parse(
+            "mirror_relay_response_latency_seconds_bucket{mirror=\"p/a:80\",le=\"0.001\"} 4\n\
+             mirror_relay_response_latency_seconds_bucket{mirror=\"p/a:80\",le=\"+Inf\"} 4\n\
+             mirror_relay_response_latency_seconds_count{mirror=\"p/a:80\"} 4\n\
+             mirror_relay_response_latency_seconds_bucket{mirror=\"p/b:80\",le=\"0.001\"} 0\n\
+             mirror_relay_response_latency_seconds_bucket{mirror=\"p/b:80\",le=\"+Inf\"} 0\n\
+             mirror_relay_response_latency_seconds_count{mirror=\"p/b:80\"} 0\n\
+             mirror_ring_used_bytes 2048\n\
+             mirror_ring_size_bytes 4194304\n",
+        )
+        .unwrap();
+        let text = render(&Rendering {
+            addr: "127.0.0.1:9477".parse().unwrap(),
+            ready: true,
+            readiness: "ready\n",
+            before: &Scrape::default(),
+            after: &after,
+            seconds: 1.0,
+        });
+        assert!(
+            text.contains(
+                "v2 latency: p50 0.50 ms  p90 0.90 ms  p99 0.99 ms  (over 4 responses)\n"
+            ),
+            "{text}"
+        );
+        assert!(
+            text.contains(
+                "v2 latency of p/a:80: p50 0.50 ms  p90 0.90 ms  p99 0.99 ms  (over 4 responses)\n"
+            ),
+            "{text}"
+        );
+        assert!(
+            text.contains("v2 latency of p/b:80: no responses yet\n"),
+            "{text}"
+        );
+        assert!(
+            text.contains("ring buffer: 2.0 KiB of 4.0 MiB waiting to be read\n"),
+            "{text}"
+        );
     }
 }
