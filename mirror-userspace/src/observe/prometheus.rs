@@ -64,11 +64,11 @@ impl Collector for RegistryCollector {
         // encode each of its samples (one per label set).
         let mut families: Vec<(String, Vec<Sample>)> = Vec::new();
         self.0.visit(&mut |stage, sample| {
-            let name = format!("mirror_{stage}_{}", sample.name);
-            match families.last_mut() {
-                Some((last, samples)) if *last == name => samples.push(sample),
-                _ => families.push((name, vec![sample])),
-            }
+            add_to_family(
+                &mut families,
+                format!("mirror_{stage}_{}", sample.name),
+                sample,
+            )
         });
         for (name, samples) in families {
             let Some(first) = samples.first() else {
@@ -103,10 +103,7 @@ impl Collector for RegistryCollector {
         let mut histograms: Vec<(String, Vec<HistogramSample>)> = Vec::new();
         self.0.visit_histograms(&mut |stage, histogram| {
             let name = format!("mirror_{stage}_{}", histogram.name);
-            match histograms.last_mut() {
-                Some((last, members)) if *last == name => members.push(histogram),
-                _ => histograms.push((name, vec![histogram])),
-            }
+            add_to_family(&mut histograms, name, histogram)
         });
         for (name, members) in histograms {
             let Some(first) = members.first() else {
@@ -127,6 +124,15 @@ impl Collector for RegistryCollector {
             }
         }
         Ok(())
+    }
+}
+
+/// Appends `member` to the last family if it has `name` (members of one name come one after
+/// another), else starts a family.
+fn add_to_family<T>(families: &mut Vec<(String, Vec<T>)>, name: String, member: T) {
+    match families.last_mut() {
+        Some((last, members)) if *last == name => members.push(member),
+        _ => families.push((name, vec![member])),
     }
 }
 
