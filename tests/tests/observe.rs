@@ -582,6 +582,19 @@ fn each_mirror_under_config_has_its_own_latency_histogram() {
             "{status}"
         );
     }
+    // A's own table: every request mirrored to it.
+    let table_a = format!(
+        "{:<28}{:>14}{:>14}\n{:<28}{:>14}",
+        format!("mirror {label_a}"),
+        "total",
+        "per second",
+        "mirrored",
+        n
+    );
+    assert!(status.contains(&table_a), "{status}");
+    // The totals count the copies handed to both mirrors.
+    let copies = format!("{:<28}{:>14}", "mirrored", n + at_b.len());
+    assert!(status.contains(&copies), "{status}");
     drop(agent);
 }
 
