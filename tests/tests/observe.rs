@@ -120,14 +120,30 @@ fn ours(scrape: &Scrape) -> BTreeMap<String, f64> {
         .collect()
 }
 
+/// The seed scenario with sinks as v1 and v2 (port 80 each).
+fn with_sinks() -> (Scenario, Sink, Sink) {
+    let scenario = Scenario::new().expect("scenario");
+    let v1 = Sink::start(&scenario.v1, 80).expect("v1 sink");
+    let v2 = Sink::start(&scenario.v2, 80).expect("v2 sink");
+    (scenario, v1, v2)
+}
+
+/// `mirror status`'s output on the node, as a person runs it there.
+fn mirror_status(scenario: &Scenario) -> String {
+    let mirror = mirror_binary().expect("mirror").display().to_string();
+    scenario
+        .testbed
+        .node()
+        .exec_ok(&[mirror.as_str(), "status", "--admin-addr", ADMIN])
+        .expect("mirror status")
+}
+
 #[test]
 fn every_stage_counts_the_requests_and_the_exposition_parses() {
     if !require_root() {
         return;
     }
-    let scenario = Scenario::new().expect("scenario");
-    let _v1 = Sink::start(&scenario.v1, 80).expect("v1 sink");
-    let v2 = Sink::start(&scenario.v2, 80).expect("v2 sink");
+    let (scenario, _v1, v2) = with_sinks();
     let access_log = scenario.testbed.log_dir().join("access.jsonl");
     let agent = scenario.agent(&[
         "--access-log",
@@ -250,16 +266,7 @@ fn every_stage_counts_the_requests_and_the_exposition_parses() {
     }
 
     // mirror status, as a person runs it on the node.
-    let status = scenario
-        .testbed
-        .node()
-        .exec_ok(&[
-            mirror_binary().expect("mirror").display().to_string(),
-            "status".into(),
-            "--admin-addr".into(),
-            ADMIN.into(),
-        ])
-        .expect("mirror status");
+    let status = mirror_status(&scenario);
     eprintln!("mirror status:\n{status}");
     assert!(status.contains(": ready\n"), "{status}");
     let mirrored = format!("{:<28}{:>14}", "mirrored", N);
@@ -308,9 +315,7 @@ fn black_holed_v2_raises_drops_and_not_answers() {
     if !require_root() {
         return;
     }
-    let scenario = Scenario::new().expect("scenario");
-    let _v1 = Sink::start(&scenario.v1, 80).expect("v1 sink");
-    let _v2 = Sink::start(&scenario.v2, 80).expect("v2 sink");
+    let (scenario, _v1, _v2) = with_sinks();
     scenario
         .v2
         .ns()
@@ -389,24 +394,12 @@ fn readyz_fails_once_an_interface_disappears() {
     drop(agent);
 }
 
-/// `mirror status` on the node, as a person runs it there.
-fn mirror_status() -> Vec<String> {
-    vec![
-        mirror_binary().expect("mirror").display().to_string(),
-        "status".into(),
-        "--admin-addr".into(),
-        ADMIN.into(),
-    ]
-}
-
 #[test]
 fn ring_fill_level_rises_while_records_wait_and_is_zero_when_idle() {
     if !require_root() {
         return;
     }
-    let scenario = Scenario::new().expect("scenario");
-    let _v1 = Sink::start(&scenario.v1, 80).expect("v1 sink");
-    let _v2 = Sink::start(&scenario.v2, 80).expect("v2 sink");
+    let (scenario, _v1, _v2) = with_sinks();
     // A 4 MiB ring read every 4 s: records of a few requests wait there between reads.
     let agent = scenario.agent(&["--ring-mib", "4", "--poll-ms", "4000"]);
     let size = f64::from(4u32 << 20);
@@ -447,11 +440,7 @@ fn ring_fill_level_rises_while_records_wait_and_is_zero_when_idle() {
     });
     assert_eq!(scrape.sum("mirror_relay_answered_total", &[]), n);
     assert_eq!(fill(&scrape), 0.0, "idle after the reads");
-    let status = scenario
-        .testbed
-        .node()
-        .exec_ok(&mirror_status())
-        .expect("mirror status");
+    let status = mirror_status(&scenario);
     assert!(
         status.contains("ring buffer: 0 B of 4.0 MiB waiting to be read\n"),
         "{status}"
@@ -570,11 +559,7 @@ fn each_mirror_under_config_has_its_own_latency_histogram() {
     );
     check_readme_table(&scrape, |name| name.starts_with("mirror_policy_"));
 
-    let status = scenario
-        .testbed
-        .node()
-        .exec_ok(&mirror_status())
-        .expect("mirror status");
+    let status = mirror_status(&scenario);
     eprintln!("mirror status:\n{status}");
     for mirror in [&label_a, &label_b] {
         assert!(
