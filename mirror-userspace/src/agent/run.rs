@@ -389,6 +389,7 @@ pub async fn run(args: RunArgs) -> Result<(), RunError> {
     let (kernel, bpf) = session.kernel_sources();
     registry.register("kernel", Arc::new(kernel));
     registry.register("bpf", Arc::new(bpf));
+    registry.register("ring", session.ring_fill());
     registry.register("agent", health.clone());
     if let Some(access_log) = access_log {
         registry.register("access_log", access_log);

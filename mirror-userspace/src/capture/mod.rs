@@ -12,6 +12,7 @@ mod port_filter;
 mod privileges;
 pub(crate) mod record;
 mod ring;
+pub(crate) mod ring_fill;
 pub mod session;
 pub mod target;
 mod target_set;

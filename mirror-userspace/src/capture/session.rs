@@ -2,6 +2,7 @@
 //! with their source, forward kernel logs, and stop on SIGINT/SIGTERM.
 
 use std::{
+    os::fd::AsFd,
     path::PathBuf,
     sync::{Arc, Mutex},
     time::Duration,
@@ -14,6 +15,7 @@ use super::{
     classifier::{AttachMode, Classifier, ClassifierError, ClassifierOptions, Direction},
     kernel_stats::{lock, KernelCounters, KernelRunTimes},
     ring::RingReader,
+    ring_fill::RingFill,
     target::Target,
     target_set::{TargetSetError, TargetSource},
 };
@@ -100,6 +102,8 @@ pub fn parse_mark(text: &str) -> Result<u32, String> {
 pub struct Session {
     classifier: Arc<Mutex<Classifier>>,
     reader: RingReader,
+    /// The ring's fill level (stage `ring`).
+    fill: Arc<RingFill>,
     /// Follows the targets file, if there is one.
     watcher: Option<tokio::task::JoinHandle<()>>,
     /// Keeps BPF run-time statistics on while open.
@@ -160,6 +164,10 @@ impl Session {
         let ring = classifier
             .take_ring()
             .ok_or(ClassifierError::MissingMap { map: "EVENTS" })?;
+        let fill = RingFill::new(ring.as_fd(), ring_bytes).map_err(|source| SessionError::Io {
+            what: "the ring buffer's positions",
+            source,
+        })?;
         let reader = RingReader::new(ring).map_err(|source| SessionError::Io {
             what: "the ring buffer reader",
             source,
@@ -176,6 +184,7 @@ impl Session {
         Ok(Session {
             classifier,
             reader,
+            fill: Arc::new(fill),
             watcher,
             _stats: stats,
         })
@@ -200,6 +209,11 @@ impl Session {
             KernelCounters(Arc::clone(&self.classifier)),
             KernelRunTimes(Arc::clone(&self.classifier)),
         )
+    }
+
+    /// The ring buffer's fill level (stage `ring`), for the registry.
+    pub(crate) fn ring_fill(&self) -> Arc<RingFill> {
+        Arc::clone(&self.fill)
     }
 }
 
