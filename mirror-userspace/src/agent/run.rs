@@ -285,9 +285,15 @@ impl Outlet {
     }
 }
 
-/// The capture targets of a config: every policy's.
+/// The capture targets of a config: every policy's (a Service's as discovered).
 fn config_targets(config: &MirrorConfig) -> BTreeSet<Target> {
-    config.policies.iter().filter_map(|p| p.target).collect()
+    let discovered = config.policies.iter().flat_map(|p| p.discovered.iter());
+    config
+        .policies
+        .iter()
+        .filter_map(|p| p.target)
+        .chain(discovered.copied())
+        .collect()
 }
 
 /// Mirrors until SIGINT/SIGTERM, then gives queued requests a grace period.

@@ -7,6 +7,7 @@ mod file;
 pub mod interfaces;
 pub mod istio;
 pub mod reload;
+mod service;
 #[cfg(test)]
 mod tests;
 
