@@ -17,7 +17,7 @@ pub mod policy;
 pub mod watch;
 
 pub use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, LabelSelectorRequirement};
-pub use kube::Client;
+pub use kube::{self, Client};
 
 pub use desired::{desired_state, Cluster, DesiredState, PodCapture, PodKey, Target};
 pub use policy::{Capture, PolicyError, ServicePolicy, ServicePort, ServiceRef};

@@ -1,0 +1,336 @@
+//! `mirror run --kubernetes`: the node agent. Discovery (crate mirror-discovery) watches the
+//! API for the config's Service targets and this node's pods; this task turns each desired
+//! state into live changes of the running capture: the pods' veths attached or detached
+//! (`capture::live`), the kernel's targets and the dispatcher's policies updated (through the
+//! same channel as a reloaded config file, so the capture loop applies them between two
+//! records). It reacts to discovery's updates, to netlink link events (a veth that appears
+//! after its pod was published) and to a periodic resync. The config's `interfaces` patterns
+//! are attached live as well: the fallback where the API gives nothing.
+
+use std::{
+    collections::{BTreeMap, BTreeSet},
+    net::IpAddr,
+    sync::{
+        atomic::{AtomicU64, Ordering::Relaxed},
+        Arc,
+    },
+    time::Duration,
+};
+
+use mirror_discovery::{
+    interfaces::pod_interfaces, ApiStatus, Capture, Client, Discovery, DiscoveryConfig,
+    DiscoveryUpdate,
+};
+use tokio::sync::mpsc;
+
+use super::link_events::LinkEvents;
+use crate::{
+    capture::{classifier::Direction, live::LiveAttachments, target::Target},
+    control::{interfaces, MirrorConfig},
+    observe::{health::Health, Registry, Sample, Source},
+};
+
+/// Everything is looked at again this often even without an event.
+const RESYNC: Duration = Duration::from_secs(10);
+
+#[derive(Clone, Debug, clap::Args)]
+pub struct KubernetesOptions {
+    /// Run as the Kubernetes node agent: follow the config's Service targets through the API
+    /// (in-cluster service account, or $KUBECONFIG) and attach to this node's pods as they
+    /// come and go.
+    #[arg(long = "kubernetes", requires = "config")]
+    pub enabled: bool,
+    /// This node's name (default: $NODE_NAME, which the DaemonSet sets from the downward API).
+    #[arg(long, value_name = "NAME")]
+    pub node_name: Option<String>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum KubernetesError {
+    #[error("policy {0} targets a Service: run with --kubernetes (or give it an address target)")]
+    NeedsKubernetes(String),
+    #[error("--kubernetes needs the node's name: --node-name or $NODE_NAME")]
+    NoNodeName,
+    #[error(
+        "one agent captures one side: policies {server} (capture: server) and {client} \
+         (capture: client) cannot run together yet"
+    )]
+    MixedCapture { server: String, client: String },
+    #[error("no Kubernetes API configuration (in-cluster service account or $KUBECONFIG)")]
+    Client(#[source] mirror_discovery::kube::Error),
+    #[error("the Kubernetes client's start-up task failed")]
+    Task(#[source] tokio::task::JoinError),
+}
+
+/// Refuses Service targets without `--kubernetes`, and picks the hook that sees the client's
+/// packets on the node side of a pod's veth: egress for `capture: server` (the packets go
+/// into the server pod), ingress for `capture: client` (they come out of the client pod).
+pub fn direction(
+    config: &MirrorConfig,
+    options: &KubernetesOptions,
+    flag: Direction,
+) -> Result<Direction, KubernetesError> {
+    let services: Vec<_> = config
+        .policies
+        .iter()
+        .filter_map(|p| p.service.as_ref())
+        .collect();
+    if !options.enabled {
+        return match services.first() {
+            Some(policy) => Err(KubernetesError::NeedsKubernetes(policy.name.clone())),
+            None => Ok(flag),
+        };
+    }
+    let server = services
+        .iter()
+        .find(|p| matches!(p.capture, Capture::Server));
+    let client = services
+        .iter()
+        .find(|p| matches!(p.capture, Capture::Client { .. }));
+    match (server, client) {
+        (Some(server), Some(client)) => Err(KubernetesError::MixedCapture {
+            server: server.name.clone(),
+            client: client.name.clone(),
+        }),
+        (Some(_), None) => Ok(Direction::Egress),
+        (None, Some(_)) => Ok(Direction::Ingress),
+        (None, None) => Ok(flag),
+    }
+}
+
+/// What the agent task is given.
+pub struct AgentParts {
+    pub options: KubernetesOptions,
+    pub config: MirrorConfig,
+    pub reloads: Option<mpsc::Receiver<MirrorConfig>>,
+    pub live: LiveAttachments,
+    pub registry: Registry,
+    pub health: Arc<Health>,
+}
+
+/// Connects to the API and starts the agent task on `runtime`. The returned channel carries
+/// the config to run with (the file's, its Service targets resolved) at every change.
+pub async fn start(
+    parts: AgentParts,
+    runtime: &tokio::runtime::Handle,
+) -> Result<mpsc::Receiver<MirrorConfig>, KubernetesError> {
+    let node = parts
+        .options
+        .node_name
+        .clone()
+        .or_else(|| std::env::var("NODE_NAME").ok())
+        .filter(|n| !n.is_empty())
+        .ok_or(KubernetesError::NoNodeName)?;
+    // Made on the relay's runtime: the client's connection tasks run where it is made, and
+    // must not take the capture thread.
+    let client = runtime
+        .spawn(Client::try_default())
+        .await
+        .map_err(KubernetesError::Task)?
+        .map_err(KubernetesError::Client)?;
+    let stats = Arc::new(AgentStats::default());
+    parts.registry.register("attach", parts.live.stats());
+    parts.registry.register("kubernetes", stats.clone());
+    let (sender, receiver) = mpsc::channel(4);
+    tracing::info!(%node, "following the Kubernetes API for this node's pods");
+    runtime.spawn(run(parts, node, client, stats, sender));
+    Ok(receiver)
+}
+
+/// The agent's gauges (stage `kubernetes`).
+#[derive(Debug, Default)]
+struct AgentStats {
+    /// 1 while every watch runs; 0 while syncing or while the API is unreachable.
+    api_live: AtomicU64,
+    pods: AtomicU64,
+    /// Wanted pods whose interface was not found on the node.
+    pods_without_interface: AtomicU64,
+    resyncs: AtomicU64,
+}
+
+impl Source for AgentStats {
+    fn visit(&self, out: &mut dyn FnMut(Sample)) {
+        out(Sample::gauge(
+            "api_live",
+            "1 while the API watches run; 0 while they sync or the API is unreachable (the last known state is kept).",
+            self.api_live.load(Relaxed),
+        ));
+        out(Sample::gauge(
+            "pods",
+            "Pods on this node the policies want captured.",
+            self.pods.load(Relaxed),
+        ));
+        out(Sample::gauge(
+            "pods_without_interface",
+            "Wanted pods whose veth was not found on the node (yet).",
+            self.pods_without_interface.load(Relaxed),
+        ));
+        out(Sample::counter(
+            "reconciles",
+            "Times the attachments and targets were brought in line with the desired state.",
+            self.resyncs.load(Relaxed),
+        ));
+    }
+}
+
+async fn run(
+    parts: AgentParts,
+    node: String,
+    client: Client,
+    stats: Arc<AgentStats>,
+    sender: mpsc::Sender<MirrorConfig>,
+) {
+    let AgentParts {
+        mut config,
+        mut reloads,
+        mut live,
+        health,
+        ..
+    } = parts;
+    let discovery = Discovery::start(
+        client,
+        DiscoveryConfig {
+            node,
+            policies: service_policies(&config),
+            mirror_policies: false,
+        },
+    );
+    let mut updates = discovery.updates();
+    let mut links = match LinkEvents::open() {
+        Ok(links) => Some(links),
+        Err(error) => {
+            tracing::warn!(%error, "no netlink link events: new veths are seen at the periodic resync");
+            None
+        }
+    };
+    let mut resync = tokio::time::interval(RESYNC);
+    let mut sent: Option<Vec<Vec<Target>>> = None;
+    let mut api = ApiStatus::Syncing;
+    loop {
+        tokio::select! {
+            changed = updates.changed() => if changed.is_err() { return },
+            Some(reloaded) = next(&mut reloads) => {
+                config = reloaded;
+                sent = None;
+            }
+            () = next_link_event(&mut links) => {}
+            _ = resync.tick() => {}
+        }
+        let update: DiscoveryUpdate = updates.borrow_and_update().clone();
+        if update.api != api {
+            api = update.api.clone();
+            match &api {
+                ApiStatus::Live => {
+                    tracing::info!(pods = update.desired.pods.len(), "Kubernetes API in sync")
+                }
+                ApiStatus::Unreachable { error, .. } => {
+                    tracing::warn!(%error, pods = update.desired.pods.len(), "Kubernetes API unreachable: keeping the last known pods and targets")
+                }
+                ApiStatus::Syncing => {}
+            }
+        }
+        stats
+            .api_live
+            .store(u64::from(matches!(api, ApiStatus::Live)), Relaxed);
+        stats.resyncs.fetch_add(1, Relaxed);
+        if let Some(wanted) = wanted_interfaces(&config, &update, &stats) {
+            let attached = live.reconcile(&wanted);
+            health.attached(&attached);
+        }
+        let resolved = resolve(&config, &update);
+        let discovered: Vec<Vec<Target>> = resolved
+            .policies
+            .iter()
+            .map(|p| p.discovered.clone())
+            .collect();
+        if sent.as_ref() != Some(&discovered) {
+            if sender.send(resolved).await.is_err() {
+                return;
+            }
+            sent = Some(discovered);
+        }
+    }
+}
+
+/// The config's Service policies, as discovery reads them.
+fn service_policies(config: &MirrorConfig) -> Vec<mirror_discovery::ServicePolicy> {
+    config
+        .policies
+        .iter()
+        .filter_map(|p| p.service.clone())
+        .collect()
+}
+
+/// `config` with each Service policy's destinations as discovered.
+fn resolve(config: &MirrorConfig, update: &DiscoveryUpdate) -> MirrorConfig {
+    let mut resolved = config.clone();
+    for policy in &mut resolved.policies {
+        if policy.service.is_none() {
+            continue;
+        }
+        policy.discovered = update
+            .desired
+            .policy_targets
+            .get(&policy.name)
+            .into_iter()
+            .flatten()
+            .map(|t| Target {
+                addr: t.addr,
+                prefix: if t.addr.is_ipv4() { 32 } else { 128 },
+                port: t.port,
+            })
+            .collect();
+    }
+    resolved
+}
+
+/// The interfaces to be attached now: each wanted pod's node-side veth (by its namespace and
+/// peer index), and whatever the config's patterns match. `None` when the node's links
+/// could not be read: the attached ones stay.
+fn wanted_interfaces(
+    config: &MirrorConfig,
+    update: &DiscoveryUpdate,
+    stats: &AgentStats,
+) -> Option<BTreeMap<String, u32>> {
+    let mut wanted = BTreeMap::new();
+    let pods = &update.desired.pods;
+    let ips: BTreeSet<IpAddr> = pods.values().flat_map(|p| p.ips.iter().copied()).collect();
+    stats.pods.store(pods.len() as u64, Relaxed);
+    match pod_interfaces(&ips) {
+        Ok(found) => {
+            let missing = pods
+                .values()
+                .filter(|p| !p.ips.iter().any(|ip| found.contains_key(ip)))
+                .count();
+            stats.pods_without_interface.store(missing as u64, Relaxed);
+            for interface in found.into_values() {
+                wanted.insert(interface.node_name, interface.node_ifindex);
+            }
+        }
+        Err(error) => {
+            tracing::warn!(%error, "listing the pods' interfaces failed; keeping the attached ones");
+            return None;
+        }
+    }
+    wanted.extend(interfaces::present_matching(&config.interfaces));
+    Some(wanted)
+}
+
+async fn next(reloads: &mut Option<mpsc::Receiver<MirrorConfig>>) -> Option<MirrorConfig> {
+    match reloads {
+        Some(receiver) => receiver.recv().await,
+        None => std::future::pending().await,
+    }
+}
+
+async fn next_link_event(links: &mut Option<LinkEvents>) {
+    match links {
+        Some(events) => {
+            if let Err(error) = events.next().await {
+                tracing::warn!(%error, "netlink link events stopped: new veths are seen at the periodic resync");
+                *links = None;
+            }
+        }
+        None => std::future::pending().await,
+    }
+}

@@ -1,0 +1,363 @@
+//! End to end: `mirror run --kubernetes` as the node agent, against kmock (a stateful
+//! Kubernetes API emulator with list and watch) in the test-bed's node namespace. "Pods" are
+//! namespaces with veths, and the Pod objects carry their addresses and `nodeName`; the
+//! Service and its EndpointSlice say which are httpbin's. Requests from the client pod go
+//! straight to a backend pod's address (as under Cilium's or Calico's connect-time load
+//! balancing) and the agent captures them at the backend (`capture: server`), copying them to
+//! v2. Every test ends with the relay's conservation law on the agent's summary.
+
+use std::time::Duration;
+
+use mirror_tests::{
+    agent::{mirror_binary, relay_conserved, Agent},
+    kmock::Kmock,
+    require_root, Host, Sink, Testbed,
+};
+use serde_json::{json, Value};
+
+const NODE: &str = "node-a";
+const PODS: &str = "/api/v1/namespaces/default/pods";
+const SERVICES: &str = "/api/v1/namespaces/default/services";
+const SLICES: &str = "/apis/discovery.k8s.io/v1/namespaces/default/endpointslices";
+/// How long the agent gets to follow a change of the API before traffic is sent.
+const FOLLOW: Duration = Duration::from_secs(1);
+
+/// The node, its pods, v2 and the API.
+struct Cluster {
+    testbed: Testbed,
+    client: Host,
+    /// httpbin v1 pods on this node (a, b) and on another node (c).
+    v1: Vec<Host>,
+    _v1_sinks: Vec<Sink>,
+    v2: Sink,
+    kmock: Kmock,
+}
+
+impl Cluster {
+    fn new() -> Option<Cluster> {
+        if !require_root() {
+            return None;
+        }
+        let mut testbed = Testbed::new().expect("testbed");
+        let client = testbed.add_host("client").expect("client");
+        let v1: Vec<Host> = ["v1a", "v1b", "v1c"]
+            .iter()
+            .map(|name| testbed.add_host(name).expect("v1 pod"))
+            .collect();
+        let v2_host = testbed.add_host("v2").expect("v2");
+        let v1_sinks = v1.iter().map(|h| Sink::start(h, 80).expect("v1")).collect();
+        let v2 = Sink::start(&v2_host, 80).expect("v2");
+        let kmock = Kmock::start(testbed.node()).expect("kmock")?;
+        Some(Cluster {
+            testbed,
+            client,
+            v1,
+            _v1_sinks: v1_sinks,
+            v2,
+            kmock,
+        })
+    }
+
+    fn agent(&self) -> Agent {
+        let config = self.testbed.log_dir().join("mirror.yaml");
+        std::fs::write(
+            &config,
+            format!(
+                "policies:\n- name: httpbin\n  \
+                 target: {{service: {{name: httpbin, namespace: default, port: 8000}}}}\n  \
+                 capture: server\n  mirrors:\n  - backend: {}:80\n",
+                self.v2_addr()
+            ),
+        )
+        .expect("config");
+        let argv: Vec<String> = vec![
+            "env".into(),
+            format!("KUBECONFIG={}", self.kmock.kubeconfig().display()),
+            mirror_binary().expect("mirror").display().to_string(),
+            "run".into(),
+            "--config".into(),
+            config.display().to_string(),
+            "--kubernetes".into(),
+            "--node-name".into(),
+            NODE.into(),
+            "--grace-secs".into(),
+            "2".into(),
+            "--no-admin".into(),
+            "--log-interval-secs".into(),
+            "1".into(),
+        ];
+        let process = self
+            .testbed
+            .node()
+            .spawn("mirror-run", &argv)
+            .expect("spawn");
+        Agent::adopt(process, "mirroring to").expect("agent")
+    }
+
+    fn v2_addr(&self) -> String {
+        self.testbed.hosts()[4].ipv4().to_string()
+    }
+
+    fn pod(&self, i: usize, node: &str) {
+        let host = &self.v1[i];
+        self.kmock
+            .create(
+                PODS,
+                &json!({
+                    "apiVersion": "v1", "kind": "Pod",
+                    "metadata": {"name": host.name(), "namespace": "default", "resourceVersion": "1",
+                                 "labels": {"app": "httpbin", "version": "v1"}},
+                    "spec": {"nodeName": node, "containers": [{"name": "httpbin", "image": "httpbin"}]},
+                    "status": {"phase": "Running", "podIP": host.ipv4().to_string(),
+                               "podIPs": [{"ip": host.ipv4().to_string()}]}
+                }),
+            )
+            .expect("create pod");
+    }
+
+    fn endpoint(&self, i: usize, node: &str) -> Value {
+        let host = &self.v1[i];
+        json!({
+            "addresses": [host.ipv4().to_string()],
+            "conditions": {"ready": true, "serving": true},
+            "nodeName": node,
+            "targetRef": {"kind": "Pod", "namespace": "default", "name": host.name()}
+        })
+    }
+
+    fn service(&self) {
+        self.kmock
+            .create(
+                SERVICES,
+                &json!({
+                    "apiVersion": "v1", "kind": "Service",
+                    "metadata": {"name": "httpbin", "namespace": "default", "resourceVersion": "1"},
+                    "spec": {"clusterIP": "198.19.0.10", "clusterIPs": ["198.19.0.10"],
+                             "ports": [{"name": "http", "port": 8000, "targetPort": 80, "protocol": "TCP"}]}
+                }),
+            )
+            .expect("create service");
+    }
+
+    fn slice(&self, endpoints: Vec<Value>) {
+        self.kmock
+            .create(
+                SLICES,
+                &json!({
+                    "apiVersion": "discovery.k8s.io/v1", "kind": "EndpointSlice",
+                    "metadata": {"name": "httpbin-abcde", "namespace": "default", "resourceVersion": "1",
+                                 "labels": {"kubernetes.io/service-name": "httpbin"}},
+                    "addressType": "IPv4",
+                    "ports": [{"name": "http", "port": 80, "protocol": "TCP"}],
+                    "endpoints": endpoints
+                }),
+            )
+            .expect("create slice");
+    }
+
+    fn set_endpoints(&self, endpoints: Vec<Value>) {
+        self.kmock
+            .patch(
+                &format!("{SLICES}/httpbin-abcde"),
+                &json!({ "endpoints": endpoints }),
+            )
+            .expect("patch slice");
+    }
+
+    /// `count` requests from the client to v1 pod `i`, each on its own connection, paths
+    /// `/<tag>/<n>`; every one must be answered by v1.
+    fn requests(&self, i: usize, tag: &str, count: usize) {
+        for n in 0..count {
+            let url = format!("http://{}:80/{tag}/{n}", self.v1[i].ipv4());
+            self.client
+                .ns()
+                .exec_ok(&["curl", "-sS", "--fail", "--max-time", "10", &url])
+                .expect("curl");
+        }
+    }
+
+    /// The paths v2 received with `/<tag>/`.
+    fn mirrored(&self, tag: &str) -> usize {
+        let prefix = format!("/{tag}/");
+        self.v2
+            .records()
+            .expect("v2 records")
+            .iter()
+            .filter(|r| r.path.starts_with(&prefix))
+            .count()
+    }
+
+    fn wait_mirrored(&self, tag: &str, count: usize) {
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while self.mirrored(tag) < count {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "v2 got {} of {count} /{tag}/ requests",
+                self.mirrored(tag)
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// What of ours is attached to v1 pod `i`'s node-side veth (TCX).
+    fn attached(&self, i: usize) -> String {
+        self.testbed
+            .node()
+            .exec_ok(&[
+                mirror_binary().expect("mirror").display().to_string(),
+                "attached".into(),
+                "--iface".into(),
+                self.v1[i].node_ifname().into(),
+            ])
+            .expect("mirror attached")
+    }
+}
+
+/// Stops the agent; checks conservation and that v2 answered exactly `answered`.
+fn stop_and_check(agent: Agent, answered: u64) -> String {
+    let stderr = agent.stop(libc::SIGTERM).expect("stop");
+    // The closing summary, one line (the periodic lines before it have fewer counters).
+    let summary = stderr
+        .lines()
+        .rfind(|line| line.contains("relay:"))
+        .unwrap_or_else(|| panic!("no summary: {stderr}"))
+        .to_owned();
+    let got = relay_conserved(&summary).expect("conservation");
+    assert_eq!(got, answered, "{summary}");
+    summary
+}
+
+#[test]
+fn pods_are_attached_as_they_come_and_detached_as_they_go_and_other_nodes_are_ignored() {
+    let Some(cluster) = Cluster::new() else {
+        return;
+    };
+    cluster.service();
+    let agent = cluster.agent();
+    // v1a on this node, v1c on another: only v1a's veth is hooked.
+    cluster.pod(0, NODE);
+    cluster.pod(2, "node-b");
+    cluster.slice(vec![
+        cluster.endpoint(0, NODE),
+        cluster.endpoint(2, "node-b"),
+    ]);
+    std::thread::sleep(FOLLOW);
+    cluster.requests(0, "a", 5);
+    cluster.requests(2, "c", 5);
+    cluster.wait_mirrored("a", 5);
+    assert!(
+        cluster.attached(0).contains("mirror_egress"),
+        "{}",
+        cluster.attached(0)
+    );
+    assert!(
+        !cluster.attached(2).contains("mirror_"),
+        "{}",
+        cluster.attached(2)
+    );
+
+    // Scale up: v1b appears and is mirrored.
+    cluster.pod(1, NODE);
+    cluster.set_endpoints(vec![
+        cluster.endpoint(0, NODE),
+        cluster.endpoint(1, NODE),
+        cluster.endpoint(2, "node-b"),
+    ]);
+    std::thread::sleep(FOLLOW);
+    cluster.requests(1, "b", 5);
+    cluster.wait_mirrored("b", 5);
+
+    // Scale down: v1a leaves the Service and its pod goes; nothing of ours is left on it.
+    cluster.set_endpoints(vec![
+        cluster.endpoint(1, NODE),
+        cluster.endpoint(2, "node-b"),
+    ]);
+    cluster
+        .kmock
+        .delete(&format!("{PODS}/{}", cluster.v1[0].name()))
+        .expect("delete pod");
+    std::thread::sleep(FOLLOW);
+    assert!(
+        !cluster.attached(0).contains("mirror_"),
+        "{}",
+        cluster.attached(0)
+    );
+    cluster.requests(0, "a2", 5);
+    cluster.requests(1, "b2", 5);
+    cluster.wait_mirrored("b2", 5);
+
+    stop_and_check(agent, 15);
+    assert_eq!(cluster.mirrored("c"), 0, "another node's pod was mirrored");
+    assert_eq!(cluster.mirrored("a2"), 0, "a removed pod was mirrored");
+}
+
+#[test]
+fn a_deleted_service_stops_its_mirroring_and_a_new_one_starts_it() {
+    let Some(cluster) = Cluster::new() else {
+        return;
+    };
+    cluster.pod(1, NODE);
+    cluster.slice(vec![cluster.endpoint(1, NODE)]);
+    cluster.service();
+    let agent = cluster.agent();
+    std::thread::sleep(FOLLOW);
+    cluster.requests(1, "b", 5);
+    cluster.wait_mirrored("b", 5);
+
+    cluster
+        .kmock
+        .delete(&format!("{SERVICES}/httpbin"))
+        .expect("delete service");
+    std::thread::sleep(FOLLOW);
+    assert!(
+        !cluster.attached(1).contains("mirror_"),
+        "{}",
+        cluster.attached(1)
+    );
+    cluster.requests(1, "gone", 5);
+
+    cluster.service();
+    std::thread::sleep(FOLLOW);
+    cluster.requests(1, "back", 5);
+    cluster.wait_mirrored("back", 5);
+
+    stop_and_check(agent, 10);
+    assert_eq!(
+        cluster.mirrored("gone"),
+        0,
+        "a deleted Service was mirrored"
+    );
+}
+
+#[test]
+fn the_api_going_away_keeps_the_last_known_state_and_says_so() {
+    let Some(mut cluster) = Cluster::new() else {
+        return;
+    };
+    cluster.pod(1, NODE);
+    cluster.slice(vec![cluster.endpoint(1, NODE)]);
+    cluster.service();
+    let mut agent = cluster.agent();
+    std::thread::sleep(FOLLOW);
+    cluster.requests(1, "b", 5);
+    cluster.wait_mirrored("b", 5);
+
+    assert!(
+        !agent.stderr().contains("unreachable"),
+        "the API was reported gone while it ran:\n{}",
+        agent.stderr()
+    );
+    cluster.kmock.stop();
+    agent
+        .wait_for_stderr("Kubernetes API unreachable", Duration::from_secs(30))
+        .expect("the agent says the API is gone");
+    assert!(
+        cluster.attached(1).contains("mirror_egress"),
+        "{}",
+        cluster.attached(1)
+    );
+    cluster.requests(1, "stale", 5);
+    cluster.wait_mirrored("stale", 5);
+
+    stop_and_check(agent, 10);
+}
