@@ -58,19 +58,25 @@ impl Cluster {
         })
     }
 
+    /// The agent, its config file's policy targeting the httpbin Service.
     fn agent(&self) -> Agent {
+        self.agent_with("httpbin", &[])
+    }
+
+    /// The agent, its config file's one policy targeting Service `service`.
+    fn agent_with(&self, service: &str, extra: &[&str]) -> Agent {
         let config = self.testbed.log_dir().join("mirror.yaml");
         std::fs::write(
             &config,
             format!(
-                "policies:\n- name: httpbin\n  \
-                 target: {{service: {{name: httpbin, namespace: default, port: 8000}}}}\n  \
+                "policies:\n- name: file\n  \
+                 target: {{service: {{name: {service}, namespace: default, port: 8000}}}}\n  \
                  capture: server\n  mirrors:\n  - backend: {}:80\n",
                 self.v2_addr()
             ),
         )
         .expect("config");
-        let argv: Vec<String> = vec![
+        let mut argv: Vec<String> = vec![
             "env".into(),
             format!("KUBECONFIG={}", self.kmock.kubeconfig().display()),
             mirror_binary().expect("mirror").display().to_string(),
@@ -86,6 +92,7 @@ impl Cluster {
             "--log-interval-secs".into(),
             "1".into(),
         ];
+        argv.extend(extra.iter().map(|s| s.to_string()));
         let process = self
             .testbed
             .node()
@@ -222,8 +229,26 @@ fn stop_and_check(agent: Agent, answered: u64) -> String {
         .rfind(|line| line.contains("relay:"))
         .unwrap_or_else(|| panic!("no summary: {stderr}"))
         .to_owned();
-    let got = relay_conserved(&summary).expect("conservation");
-    assert_eq!(got, answered, "{summary}");
+    // Over every mirror's relay: each request ended in exactly one outcome.
+    let total = |name: &str| -> u64 {
+        summary
+            .split_whitespace()
+            .filter_map(|field| field.split_once('='))
+            .filter(|(key, _)| *key == name)
+            .map(|(_, value)| value.parse::<u64>().expect("a count"))
+            .sum()
+    };
+    let requests = total("requests");
+    assert_eq!(
+        requests,
+        total("answered") + total("unanswered") + total("dropped"),
+        "{summary}"
+    );
+    assert_eq!(total("pending"), 0, "{summary}");
+    assert_eq!(total("answered"), answered, "{summary}");
+    if summary.matches(" requests=").count() == 1 {
+        assert_eq!(relay_conserved(&summary).expect("conservation"), answered);
+    }
     summary
 }
 
@@ -360,4 +385,51 @@ fn the_api_going_away_keeps_the_last_known_state_and_says_so() {
     cluster.wait_mirrored("stale", 5);
 
     stop_and_check(agent, 10);
+}
+
+#[test]
+fn mirror_policy_objects_are_read_as_config_file_policies() {
+    let Some(cluster) = Cluster::new() else {
+        return;
+    };
+    cluster.pod(1, NODE);
+    cluster.slice(vec![cluster.endpoint(1, NODE)]);
+    cluster.service();
+    // The file's policy names a Service that does not exist: only the cluster's policy applies.
+    let agent = cluster.agent_with("nothing", &["--mirror-policies"]);
+    cluster
+        .kmock
+        .create(
+            "/apis/mirror.dev/v1alpha1/namespaces/default/mirrorpolicies",
+            &json!({
+                "apiVersion": "mirror.dev/v1alpha1", "kind": "MirrorPolicy",
+                "metadata": {"name": "httpbin", "namespace": "default", "resourceVersion": "1"},
+                "spec": {
+                    "target": {"service": {"name": "httpbin", "port": 8000}},
+                    "capture": "server",
+                    "matches": [{"path": {"type": "PathPrefix", "value": "/crd/"}}],
+                    "mirrors": [{"backend": format!("{}:80", cluster.v2_addr()),
+                                 "requestHeaderModifier": {"set": [{"name": "x-policy", "value": "cluster"}]}}]
+                }
+            }),
+        )
+        .expect("create MirrorPolicy");
+    std::thread::sleep(FOLLOW);
+    cluster.requests(1, "crd", 5);
+    cluster.requests(1, "other", 5);
+    cluster.wait_mirrored("crd", 5);
+    let records = cluster.v2.records().expect("v2");
+    assert!(
+        records
+            .iter()
+            .filter(|r| r.path.starts_with("/crd/"))
+            .all(|r| r.head.contains("x-policy: cluster\r\n")),
+        "{records:?}"
+    );
+    stop_and_check(agent, 5);
+    assert_eq!(
+        cluster.mirrored("other"),
+        0,
+        "the policy's match was not applied"
+    );
 }

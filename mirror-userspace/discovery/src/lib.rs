@@ -21,4 +21,4 @@ pub use kube::{self, Client};
 
 pub use desired::{desired_state, Cluster, DesiredState, PodCapture, PodKey, Target};
 pub use policy::{Capture, PolicyError, ServicePolicy, ServicePort, ServiceRef};
-pub use watch::{ApiStatus, Discovery, DiscoveryConfig, DiscoveryUpdate};
+pub use watch::{ApiStatus, Discovery, DiscoveryConfig, DiscoveryUpdate, MirrorPolicyObject};

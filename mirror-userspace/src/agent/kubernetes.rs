@@ -19,14 +19,14 @@ use std::{
 
 use mirror_discovery::{
     interfaces::pod_interfaces, ApiStatus, Capture, Client, Discovery, DiscoveryConfig,
-    DiscoveryUpdate,
+    DiscoveryUpdate, MirrorPolicyObject,
 };
 use tokio::sync::mpsc;
 
 use super::link_events::LinkEvents;
 use crate::{
     capture::{classifier::Direction, live::LiveAttachments, target::Target},
-    control::{interfaces, MirrorConfig},
+    control::{interfaces, parse_policy, MirrorConfig, PolicyConfig},
     observe::{health::Health, Registry, Sample, Source},
 };
 
@@ -43,6 +43,10 @@ pub struct KubernetesOptions {
     /// This node's name (default: $NODE_NAME, which the DaemonSet sets from the downward API).
     #[arg(long, value_name = "NAME")]
     pub node_name: Option<String>,
+    /// Also follow `MirrorPolicy` objects (deploy/base/crd.yaml must be installed): each is
+    /// read as a config-file policy named `namespace/name`.
+    #[arg(long, requires = "enabled")]
+    pub mirror_policies: bool,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -94,7 +98,17 @@ pub fn direction(
         }),
         (Some(_), None) => Ok(Direction::Egress),
         (None, Some(_)) => Ok(Direction::Ingress),
+        // MirrorPolicy objects only: the default side, the server's.
+        (None, None) if options.mirror_policies => Ok(Direction::Egress),
         (None, None) => Ok(flag),
+    }
+}
+
+/// The hook on the node side of a pod's veth that sees the client's packets.
+fn capture_side(capture: &Capture) -> Direction {
+    match capture {
+        Capture::Server => Direction::Egress,
+        Capture::Client { .. } => Direction::Ingress,
     }
 }
 
@@ -146,6 +160,7 @@ struct AgentStats {
     /// Wanted pods whose interface was not found on the node.
     pods_without_interface: AtomicU64,
     resyncs: AtomicU64,
+    mirror_policies: AtomicU64,
 }
 
 impl Source for AgentStats {
@@ -165,6 +180,11 @@ impl Source for AgentStats {
             "Wanted pods whose veth was not found on the node (yet).",
             self.pods_without_interface.load(Relaxed),
         ));
+        out(Sample::gauge(
+            "mirror_policies",
+            "MirrorPolicy objects applied (ones that cannot be read are logged and left out).",
+            self.mirror_policies.load(Relaxed),
+        ));
         out(Sample::counter(
             "reconciles",
             "Times the attachments and targets were brought in line with the desired state.",
@@ -181,6 +201,7 @@ async fn run(
     sender: mpsc::Sender<MirrorConfig>,
 ) {
     let AgentParts {
+        options,
         mut config,
         mut reloads,
         mut live,
@@ -192,7 +213,7 @@ async fn run(
         DiscoveryConfig {
             node,
             policies: service_policies(&config),
-            mirror_policies: false,
+            mirror_policies: options.mirror_policies,
         },
     );
     let mut updates = discovery.updates();
@@ -204,19 +225,31 @@ async fn run(
         }
     };
     let mut resync = tokio::time::interval(RESYNC);
-    let mut sent: Option<Vec<Vec<Target>>> = None;
+    let mut sent: Option<(u64, Vec<Vec<Target>>)> = None;
+    // Bumped at every change of the policies themselves (file reloaded, MirrorPolicy objects).
+    let mut generation = 0u64;
+    let mut objects: Vec<MirrorPolicyObject> = Vec::new();
+    let mut cluster_policies: Vec<PolicyConfig> = Vec::new();
     let mut api = ApiStatus::Syncing;
     loop {
         tokio::select! {
             changed = updates.changed() => if changed.is_err() { return },
             Some(reloaded) = next(&mut reloads) => {
                 config = reloaded;
-                sent = None;
+                generation += 1;
             }
             () = next_link_event(&mut links) => {}
             _ = resync.tick() => {}
         }
         let update: DiscoveryUpdate = updates.borrow_and_update().clone();
+        if update.mirror_policies != objects {
+            objects = update.mirror_policies.clone();
+            cluster_policies = read_mirror_policies(&objects, &config, live.direction());
+            stats
+                .mirror_policies
+                .store(cluster_policies.len() as u64, Relaxed);
+            generation += 1;
+        }
         if update.api != api {
             api = update.api.clone();
             match &api {
@@ -237,17 +270,18 @@ async fn run(
             let attached = live.reconcile(&wanted);
             health.attached(&attached);
         }
-        let resolved = resolve(&config, &update);
+        let resolved = resolve(&config, &cluster_policies, &update);
         let discovered: Vec<Vec<Target>> = resolved
             .policies
             .iter()
             .map(|p| p.discovered.clone())
             .collect();
-        if sent.as_ref() != Some(&discovered) {
+        let now = (generation, discovered);
+        if sent.as_ref() != Some(&now) {
             if sender.send(resolved).await.is_err() {
                 return;
             }
-            sent = Some(discovered);
+            sent = Some(now);
         }
     }
 }
@@ -261,9 +295,57 @@ fn service_policies(config: &MirrorConfig) -> Vec<mirror_discovery::ServicePolic
         .collect()
 }
 
-/// `config` with each Service policy's destinations as discovered.
-fn resolve(config: &MirrorConfig, update: &DiscoveryUpdate) -> MirrorConfig {
+/// The MirrorPolicy objects read as config-file policies named `namespace/name` (a Service in
+/// the object's namespace unless it names another). One that cannot be read is logged and
+/// left out; the others apply.
+fn read_mirror_policies(
+    objects: &[MirrorPolicyObject],
+    config: &MirrorConfig,
+    side: Direction,
+) -> Vec<PolicyConfig> {
+    let mut policies = Vec::new();
+    for object in objects {
+        let name = format!("{}/{}", object.namespace, object.name);
+        let mut entry = object.spec.clone();
+        if let Some(service) = entry.pointer_mut("/target/service") {
+            if let Some(fields) = service.as_object_mut() {
+                fields
+                    .entry("namespace")
+                    .or_insert_with(|| object.namespace.clone().into());
+            }
+        }
+        if let Some(fields) = entry.as_object_mut() {
+            fields.insert("name".into(), name.clone().into());
+        }
+        let label = format!("MirrorPolicy {name}");
+        match parse_policy(&entry.to_string(), &label) {
+            Ok(policy) if config.policies.iter().any(|p| p.name == policy.name) => {
+                tracing::warn!(policy = %name, "MirrorPolicy ignored: the config file has a policy of that name");
+            }
+            Ok(policy)
+                if policy
+                    .service
+                    .as_ref()
+                    .is_some_and(|s| capture_side(&s.capture) != side) =>
+            {
+                tracing::warn!(policy = %name, "MirrorPolicy ignored: this agent captures the other side (one agent captures one side)");
+            }
+            Ok(policy) => policies.push(policy),
+            Err(error) => tracing::warn!(%error, "MirrorPolicy ignored"),
+        }
+    }
+    policies
+}
+
+/// `config` and the cluster's policies, each Service policy with its destinations as
+/// discovered.
+fn resolve(
+    config: &MirrorConfig,
+    cluster_policies: &[PolicyConfig],
+    update: &DiscoveryUpdate,
+) -> MirrorConfig {
     let mut resolved = config.clone();
+    resolved.policies.extend(cluster_policies.iter().cloned());
     for policy in &mut resolved.policies {
         if policy.service.is_none() {
             continue;

@@ -88,6 +88,11 @@ impl LiveAttachments {
         }
     }
 
+    /// The hook that sees the client's packets.
+    pub fn direction(&self) -> Direction {
+        self.options.direction
+    }
+
     pub fn stats(&self) -> Arc<LiveStats> {
         Arc::clone(&self.stats)
     }

@@ -233,6 +233,17 @@ pub fn parse(text: &str, path: &str) -> Result<MirrorConfig, ConfigError> {
     })
 }
 
+/// One policy alone, as a config file's `policies:` entry (a `MirrorPolicy` object's spec
+/// with its name: JSON is YAML); `path` only labels errors.
+pub fn parse_policy(text: &str, path: &str) -> Result<PolicyConfig, ConfigError> {
+    let entry: Spanned<PolicyEntry> =
+        serde_saphyr::from_str(text).map_err(|source| ConfigError::Yaml {
+            path: path.to_owned(),
+            source: Box::new(source),
+        })?;
+    build_policy(&Check { path }, &entry)
+}
+
 fn build_policy(
     check: &Check<'_>,
     entry: &Spanned<PolicyEntry>,
