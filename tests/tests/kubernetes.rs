@@ -19,6 +19,10 @@ const NODE: &str = "node-a";
 const PODS: &str = "/api/v1/namespaces/default/pods";
 const SERVICES: &str = "/api/v1/namespaces/default/services";
 const SLICES: &str = "/apis/discovery.k8s.io/v1/namespaces/default/endpointslices";
+/// The file's policy: the httpbin Service, captured at its backends.
+const SERVER_SIDE: &str =
+    "  target: {service: {name: httpbin, namespace: default, port: 8000}}\n  \
+                           capture: server\n";
 /// How long the agent gets to follow a change of the API before traffic is sent.
 const FOLLOW: Duration = Duration::from_secs(1);
 
@@ -60,18 +64,17 @@ impl Cluster {
 
     /// The agent, its config file's policy targeting the httpbin Service.
     fn agent(&self) -> Agent {
-        self.agent_with("httpbin", &[])
+        self.agent_with(SERVER_SIDE, &[])
     }
 
-    /// The agent, its config file's one policy targeting Service `service`.
-    fn agent_with(&self, service: &str, extra: &[&str]) -> Agent {
+    /// The agent, its config file's one policy `target` (with its capture lines), mirroring to
+    /// v2.
+    fn agent_with(&self, target: &str, extra: &[&str]) -> Agent {
         let config = self.testbed.log_dir().join("mirror.yaml");
         std::fs::write(
             &config,
             format!(
-                "policies:\n- name: file\n  \
-                 target: {{service: {{name: {service}, namespace: default, port: 8000}}}}\n  \
-                 capture: server\n  mirrors:\n  - backend: {}:80\n",
+                "policies:\n- name: file\n{target}  mirrors:\n  - backend: {}:80\n",
                 self.v2_addr()
             ),
         )
@@ -106,14 +109,21 @@ impl Cluster {
     }
 
     fn pod(&self, i: usize, node: &str) {
-        let host = &self.v1[i];
+        self.pod_of(
+            &self.v1[i],
+            json!({"app": "httpbin", "version": "v1"}),
+            node,
+        );
+    }
+
+    fn pod_of(&self, host: &Host, labels: Value, node: &str) {
         self.kmock
             .create(
                 PODS,
                 &json!({
                     "apiVersion": "v1", "kind": "Pod",
                     "metadata": {"name": host.name(), "namespace": "default", "resourceVersion": "1",
-                                 "labels": {"app": "httpbin", "version": "v1"}},
+                                 "labels": labels},
                     "spec": {"nodeName": node, "containers": [{"name": "httpbin", "image": "httpbin"}]},
                     "status": {"phase": "Running", "podIP": host.ipv4().to_string(),
                                "podIPs": [{"ip": host.ipv4().to_string()}]}
@@ -208,13 +218,17 @@ impl Cluster {
 
     /// What of ours is attached to v1 pod `i`'s node-side veth (TCX).
     fn attached(&self, i: usize) -> String {
+        self.attached_to(&self.v1[i])
+    }
+
+    fn attached_to(&self, host: &Host) -> String {
         self.testbed
             .node()
             .exec_ok(&[
                 mirror_binary().expect("mirror").display().to_string(),
                 "attached".into(),
                 "--iface".into(),
-                self.v1[i].node_ifname().into(),
+                host.node_ifname().into(),
             ])
             .expect("mirror attached")
     }
@@ -396,7 +410,10 @@ fn mirror_policy_objects_are_read_as_config_file_policies() {
     cluster.slice(vec![cluster.endpoint(1, NODE)]);
     cluster.service();
     // The file's policy names a Service that does not exist: only the cluster's policy applies.
-    let agent = cluster.agent_with("nothing", &["--mirror-policies"]);
+    let agent = cluster.agent_with(
+        &SERVER_SIDE.replace("name: httpbin", "name: nothing"),
+        &["--mirror-policies"],
+    );
     cluster
         .kmock
         .create(
@@ -431,5 +448,57 @@ fn mirror_policy_objects_are_read_as_config_file_policies() {
         cluster.mirrored("other"),
         0,
         "the policy's match was not applied"
+    );
+}
+
+#[test]
+fn client_side_capture_hooks_the_selected_callers_and_matches_the_cluster_ip() {
+    let Some(mut cluster) = Cluster::new() else {
+        return;
+    };
+    // kube-proxy's part: the ClusterIP is DNATed to v1b on the node.
+    let v1b = cluster.v1[1].clone();
+    let vip = cluster
+        .testbed
+        .add_service("198.19.0.10".parse().expect("vip"), 8000, &v1b, 80)
+        .expect("service VIP");
+    cluster.pod(1, NODE);
+    // v1c is a caller too, but not selected.
+    cluster.pod_of(&cluster.client.clone(), json!({"app": "sleep"}), NODE);
+    cluster.pod_of(&cluster.v1[2].clone(), json!({"app": "curl"}), NODE);
+    cluster.slice(vec![cluster.endpoint(1, NODE)]);
+    cluster.service();
+    let agent = cluster.agent_with(
+        "  target: {service: {name: httpbin, port: http}}\n  capture: client\n  \
+         clients: {podSelector: {matchLabels: {app: sleep}}}\n",
+        &[],
+    );
+    std::thread::sleep(FOLLOW);
+    for n in 0..5 {
+        let url = format!("http://{vip}/viaip/{n}");
+        cluster
+            .client
+            .ns()
+            .exec_ok(&["curl", "-sS", "--fail", "--max-time", "10", &url])
+            .expect("curl the ClusterIP");
+        let url = format!("http://{vip}/unselected/{n}");
+        cluster.v1[2]
+            .ns()
+            .exec_ok(&["curl", "-sS", "--fail", "--max-time", "10", &url])
+            .expect("curl from an unselected pod");
+    }
+    cluster.wait_mirrored("viaip", 5);
+    assert!(cluster
+        .attached_to(&cluster.client)
+        .contains("mirror_ingress"));
+    assert!(
+        !cluster.attached(1).contains("mirror_"),
+        "the server side is not hooked"
+    );
+    stop_and_check(agent, 5);
+    assert_eq!(
+        cluster.mirrored("unselected"),
+        0,
+        "an unselected caller was mirrored"
     );
 }
