@@ -502,3 +502,57 @@ fn client_side_capture_hooks_the_selected_callers_and_matches_the_cluster_ip() {
         "an unselected caller was mirrored"
     );
 }
+
+#[test]
+fn without_the_api_interface_patterns_are_attached_as_they_appear() {
+    let Some(mut cluster) = Cluster::new() else {
+        return;
+    };
+    // No Service target and no --mirror-policies: no API is asked (no kubeconfig works too).
+    let config = cluster.testbed.log_dir().join("bare.yaml");
+    std::fs::write(
+        &config,
+        format!(
+            "interfaces: [\"n*-late\"]\npolicies:\n- name: bare\n  \
+             target: {{address: {}, port: 80}}\n  mirrors:\n  - backend: {}:80\n",
+            cluster.v1[1].ipv4(),
+            cluster.v2_addr()
+        ),
+    )
+    .expect("config");
+    let argv: Vec<String> = vec![
+        "env".into(),
+        "KUBECONFIG=/nonexistent".into(),
+        mirror_binary().expect("mirror").display().to_string(),
+        "run".into(),
+        "--config".into(),
+        config.display().to_string(),
+        "--kubernetes".into(),
+        "--grace-secs".into(),
+        "2".into(),
+        "--no-admin".into(),
+    ];
+    let process = cluster
+        .testbed
+        .node()
+        .spawn("mirror-run", &argv)
+        .expect("spawn");
+    let agent = Agent::adopt(process, "mirroring to").expect("agent");
+    // The pod comes after the agent: its veth is attached when it appears.
+    let late = cluster.testbed.add_host("late").expect("late pod");
+    std::thread::sleep(FOLLOW);
+    for n in 0..5 {
+        let url = format!("http://{}:80/late/{n}", cluster.v1[1].ipv4());
+        late.ns()
+            .exec_ok(&["curl", "-sS", "--fail", "--max-time", "10", &url])
+            .expect("curl");
+    }
+    cluster.requests(1, "client", 5);
+    cluster.wait_mirrored("late", 5);
+    stop_and_check(agent, 5);
+    assert_eq!(
+        cluster.mirrored("client"),
+        0,
+        "an interface no pattern names was hooked"
+    );
+}

@@ -123,11 +123,25 @@ pub struct AgentParts {
 }
 
 /// Connects to the API and starts the agent task on `runtime`. The returned channel carries
-/// the config to run with (the file's, its Service targets resolved) at every change.
+/// the config to run with (the file's, its Service targets resolved) at every change. A
+/// config with no Service target, without `--mirror-policies`, needs no API: only its
+/// `interfaces` patterns are followed (the fallback on a node without API access).
 pub async fn start(
     parts: AgentParts,
     runtime: &tokio::runtime::Handle,
 ) -> Result<mpsc::Receiver<MirrorConfig>, KubernetesError> {
+    let stats = Arc::new(AgentStats::default());
+    parts.registry.register("attach", parts.live.stats());
+    let (sender, receiver) = mpsc::channel(4);
+    let needs_api =
+        parts.options.mirror_policies || parts.config.policies.iter().any(|p| p.service.is_some());
+    if !needs_api {
+        tracing::info!(
+            "no Service targets: following the interface patterns only, without the API"
+        );
+        runtime.spawn(run(parts, None, stats, sender));
+        return Ok(receiver);
+    }
     let node = parts
         .options
         .node_name
@@ -142,12 +156,9 @@ pub async fn start(
         .await
         .map_err(KubernetesError::Task)?
         .map_err(KubernetesError::Client)?;
-    let stats = Arc::new(AgentStats::default());
-    parts.registry.register("attach", parts.live.stats());
     parts.registry.register("kubernetes", stats.clone());
-    let (sender, receiver) = mpsc::channel(4);
     tracing::info!(%node, "following the Kubernetes API for this node's pods");
-    runtime.spawn(run(parts, node, client, stats, sender));
+    runtime.spawn(run(parts, Some((node, client)), stats, sender));
     Ok(receiver)
 }
 
@@ -193,10 +204,10 @@ impl Source for AgentStats {
     }
 }
 
+/// The agent loop; `api`: this node's name and the API client, if the policies need them.
 async fn run(
     parts: AgentParts,
-    node: String,
-    client: Client,
+    api: Option<(String, Client)>,
     stats: Arc<AgentStats>,
     sender: mpsc::Sender<MirrorConfig>,
 ) {
@@ -208,15 +219,24 @@ async fn run(
         health,
         ..
     } = parts;
-    let discovery = Discovery::start(
-        client,
-        DiscoveryConfig {
-            node,
-            policies: service_policies(&config),
-            mirror_policies: options.mirror_policies,
-        },
-    );
-    let mut updates = discovery.updates();
+    let discovery = api.map(|(node, client)| {
+        Discovery::start(
+            client,
+            DiscoveryConfig {
+                node,
+                policies: service_policies(&config),
+                mirror_policies: options.mirror_policies,
+            },
+        )
+    });
+    // Without the API, an update that never changes (its sender kept for the loop's life).
+    let (_no_api, no_updates) = tokio::sync::watch::channel(DiscoveryUpdate {
+        desired: Default::default(),
+        api: ApiStatus::Syncing,
+        rejected_policies: 0,
+        mirror_policies: Vec::new(),
+    });
+    let mut updates = discovery.as_ref().map_or(no_updates, Discovery::updates);
     let mut links = match LinkEvents::open() {
         Ok(links) => Some(links),
         Err(error) => {
