@@ -436,3 +436,161 @@ async fn next_link_event(links: &mut Option<LinkEvents>) {
         None => std::future::pending().await,
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::control::parse;
+
+    const SERVER: &str = "policies:\n- name: web\n  target: {service: {name: httpbin, port: 8000}}\n  mirrors:\n  - backend: v2:80\n";
+
+    fn options(enabled: bool, mirror_policies: bool) -> KubernetesOptions {
+        KubernetesOptions {
+            enabled,
+            node_name: None,
+            mirror_policies,
+        }
+    }
+
+    fn object(name: &str, spec: serde_json::Value) -> MirrorPolicyObject {
+        MirrorPolicyObject {
+            namespace: "shop".into(),
+            name: name.into(),
+            spec,
+        }
+    }
+
+    #[test]
+    fn the_captured_side_follows_the_policies_and_service_targets_need_the_flag() {
+        let server = parse(SERVER, "t").unwrap();
+        let client = parse(
+            &SERVER.replace(
+                "port: 8000}}\n",
+                "port: 8000}}\n  capture: client\n  clients: {podSelector: {matchLabels: {app: sleep}}}\n",
+            ),
+            "t",
+        )
+        .unwrap();
+        let d = |config, opts| direction(config, &opts, Direction::Ingress);
+        assert_eq!(d(&server, options(true, false)).unwrap(), Direction::Egress);
+        assert_eq!(
+            d(&client, options(true, false)).unwrap(),
+            Direction::Ingress
+        );
+        assert!(matches!(
+            d(&server, options(false, false)),
+            Err(KubernetesError::NeedsKubernetes(name)) if name == "web"
+        ));
+        let mut both = server.clone();
+        both.policies
+            .extend(client.policies.iter().cloned().map(|mut p| {
+                p.name = "callers".into();
+                p
+            }));
+        assert!(matches!(
+            d(&both, options(true, false)),
+            Err(KubernetesError::MixedCapture { .. })
+        ));
+        let addresses = parse(
+            "interfaces: [lo]\npolicies:\n- name: a\n  target: {address: 10.0.0.1, port: 80}\n  mirrors:\n  - backend: v2:80\n",
+            "t",
+        )
+        .unwrap();
+        assert_eq!(
+            d(&addresses, options(true, false)).unwrap(),
+            Direction::Ingress
+        );
+        assert_eq!(
+            d(&addresses, options(true, true)).unwrap(),
+            Direction::Egress
+        );
+    }
+
+    #[test]
+    fn mirror_policies_are_read_in_their_namespace_and_bad_ones_left_out() {
+        let config = parse(SERVER, "t").unwrap();
+        let objects = [
+            object(
+                "good",
+                serde_json::json!({
+                    "target": {"service": {"name": "httpbin", "port": 8000}},
+                    "mirrors": [{"backend": "v2:80", "percent": 50}]
+                }),
+            ),
+            object(
+                "elsewhere",
+                serde_json::json!({
+                    "target": {"service": {"name": "httpbin", "namespace": "web", "port": 8000}},
+                    "mirrors": [{"backend": "v2:80"}]
+                }),
+            ),
+            // Refused by the parser: both percent and fraction.
+            object(
+                "bad",
+                serde_json::json!({
+                    "target": {"service": {"name": "httpbin", "port": 8000}},
+                    "mirrors": [{"backend": "v2:80", "percent": 5, "fraction": {"numerator": 1}}]
+                }),
+            ),
+            // The other side.
+            object(
+                "callers",
+                serde_json::json!({
+                    "target": {"service": {"name": "httpbin", "port": 8000}},
+                    "capture": "client",
+                    "clients": {"podSelector": {"matchLabels": {"app": "sleep"}}},
+                    "mirrors": [{"backend": "v2:80"}]
+                }),
+            ),
+            object(
+                "address",
+                serde_json::json!({
+                    "target": {"address": "10.0.0.1", "port": 80},
+                    "mirrors": [{"backend": "v2:80"}]
+                }),
+            ),
+        ];
+        let read = read_mirror_policies(&objects, &config, Direction::Egress);
+        let names: Vec<&str> = read.iter().map(|p| p.name.as_str()).collect();
+        assert_eq!(names, ["shop/good", "shop/elsewhere", "shop/address"]);
+        let namespace = |i: usize| read[i].service.as_ref().unwrap().service.namespace.clone();
+        assert_eq!(namespace(0), "shop");
+        assert_eq!(namespace(1), "web");
+        assert_eq!(read[0].policy.mirrors[0].share.as_percent(), 50.0);
+        assert!(read[2].target.is_some());
+    }
+
+    #[test]
+    fn service_policies_cover_what_was_discovered_for_them_only() {
+        let config = parse(SERVER, "t").unwrap();
+        let mut update = DiscoveryUpdate {
+            desired: Default::default(),
+            api: ApiStatus::Live,
+            rejected_policies: 0,
+            mirror_policies: Vec::new(),
+        };
+        let found = mirror_discovery::Target {
+            addr: "10.244.1.5".parse().unwrap(),
+            port: 80,
+        };
+        update
+            .desired
+            .policy_targets
+            .insert("web".into(), [found].into());
+        update.desired.policy_targets.insert(
+            "other".into(),
+            [mirror_discovery::Target { port: 81, ..found }].into(),
+        );
+        let resolved = resolve(&config, &[], &update);
+        let web = &resolved.policies[0];
+        assert_eq!(web.discovered.len(), 1);
+        assert_eq!(web.discovered[0].to_string(), "10.244.1.5:80");
+        let scope = web.scope();
+        assert!(scope.contains(found.addr, 80));
+        assert!(!scope.contains(found.addr, 81));
+        // Nothing discovered: nothing covered (never "every destination").
+        update.desired.policy_targets.clear();
+        let resolved = resolve(&config, &[], &update);
+        assert!(!resolved.policies[0].scope().contains(found.addr, 80));
+    }
+}
