@@ -556,3 +556,49 @@ fn without_the_api_interface_patterns_are_attached_as_they_appear() {
         "an interface no pattern names was hooked"
     );
 }
+
+#[test]
+fn server_hook_pod_attaches_inside_the_backend_pods_namespace() {
+    let Some(cluster) = Cluster::new() else {
+        return;
+    };
+    cluster.service();
+    let agent = cluster.agent_with(
+        SERVER_SIDE,
+        &["--server-hook", "pod", "--netns-dir", "/var/run/netns"],
+    );
+    cluster.pod(0, NODE);
+    cluster.slice(vec![cluster.endpoint(0, NODE)]);
+    std::thread::sleep(FOLLOW);
+    cluster.requests(0, "inside", 5);
+    cluster.wait_mirrored("inside", 5);
+    let in_pod = |host: &Host| {
+        host.ns()
+            .exec_ok(&[
+                mirror_binary().expect("mirror").display().to_string(),
+                "attached".into(),
+                "--iface".into(),
+                "eth0".into(),
+            ])
+            .expect("mirror attached in the pod")
+    };
+    let inside = in_pod(&cluster.v1[0]);
+    assert!(
+        inside.contains("mirror_ingress") && inside.contains("mirror_egress"),
+        "{inside}"
+    );
+    assert!(
+        !cluster.attached(0).contains("mirror_"),
+        "{}",
+        cluster.attached(0)
+    );
+
+    // The pod leaves the Service: its hooks inside it go.
+    cluster.set_endpoints(vec![]);
+    std::thread::sleep(FOLLOW);
+    let inside = in_pod(&cluster.v1[0]);
+    assert!(!inside.contains("mirror_"), "{inside}");
+    cluster.requests(0, "left", 5);
+    stop_and_check(agent, 5);
+    assert_eq!(cluster.mirrored("left"), 0);
+}

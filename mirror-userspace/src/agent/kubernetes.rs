@@ -25,7 +25,11 @@ use tokio::sync::mpsc;
 
 use super::link_events::LinkEvents;
 use crate::{
-    capture::{classifier::Direction, live::LiveAttachments, target::Target},
+    capture::{
+        classifier::Direction,
+        live::{LiveAttachments, Place},
+        target::Target,
+    },
     control::{interfaces, parse_policy, MirrorConfig, PolicyConfig},
     observe::{health::Health, Registry, Sample, Source},
 };
@@ -47,6 +51,24 @@ pub struct KubernetesOptions {
     /// read as a config-file policy named `namespace/name`.
     #[arg(long, requires = "enabled")]
     pub mirror_policies: bool,
+    /// Where `capture: server` hooks a backend pod: `node`, the node side of its veth (TC
+    /// egress sees the client's packets), or `pod`, the pod's own interface inside its network
+    /// namespace (TC ingress; TCX only, kernel 6.6+), which Cilium's BPF host routing
+    /// (bpf_redirect_peer) does not bypass. `pod` enters the pod's namespace to attach:
+    /// CAP_SYS_ADMIN, and the runtime's namespace files in --netns-dir.
+    #[arg(long, value_enum, default_value = "node")]
+    pub server_hook: ServerHook,
+    /// Where the container runtime keeps the pods' network namespace files (`--server-hook
+    /// pod`); each is matched to its pod by the namespace id the node gives it.
+    #[arg(long, value_name = "DIR", default_value = "/run/netns")]
+    pub netns_dir: std::path::PathBuf,
+}
+
+/// Where `capture: server` attaches at a backend pod.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum ServerHook {
+    Node,
+    Pod,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -88,6 +110,7 @@ pub fn direction(
     let server = services
         .iter()
         .find(|p| matches!(p.capture, Capture::Server));
+    let server_side = capture_side(&Capture::Server, options.server_hook);
     let client = services
         .iter()
         .find(|p| matches!(p.capture, Capture::Client { .. }));
@@ -96,20 +119,32 @@ pub fn direction(
             server: server.name.clone(),
             client: client.name.clone(),
         }),
-        (Some(_), None) => Ok(Direction::Egress),
+        (Some(_), None) => Ok(server_side),
         (None, Some(_)) => Ok(Direction::Ingress),
         // MirrorPolicy objects only: the default side, the server's.
-        (None, None) if options.mirror_policies => Ok(Direction::Egress),
+        (None, None) if options.mirror_policies => Ok(server_side),
         (None, None) => Ok(flag),
     }
 }
 
-/// The hook on the node side of a pod's veth that sees the client's packets.
-fn capture_side(capture: &Capture) -> Direction {
-    match capture {
-        Capture::Server => Direction::Egress,
-        Capture::Client { .. } => Direction::Ingress,
+/// The hook that sees the client's packets: on the node side of a pod's veth, egress for the
+/// server (the packets go into the pod) and ingress for the client (they come out of it);
+/// inside the server pod, ingress.
+fn capture_side(capture: &Capture, hook: ServerHook) -> Direction {
+    match (capture, hook) {
+        (Capture::Server, ServerHook::Node) => Direction::Egress,
+        (Capture::Server, ServerHook::Pod) | (Capture::Client { .. }, _) => Direction::Ingress,
     }
+}
+
+/// Whether this agent's pods are hooked inside their namespace.
+fn inside_pods(config: &MirrorConfig, options: &KubernetesOptions) -> bool {
+    let server = config
+        .policies
+        .iter()
+        .filter_map(|p| p.service.as_ref())
+        .any(|p| matches!(p.capture, Capture::Server));
+    options.server_hook == ServerHook::Pod && (server || options.mirror_policies)
 }
 
 /// What the agent task is given.
@@ -264,7 +299,8 @@ async fn run(
         let update: DiscoveryUpdate = updates.borrow_and_update().clone();
         if update.mirror_policies != objects {
             objects = update.mirror_policies.clone();
-            cluster_policies = read_mirror_policies(&objects, &config, live.direction());
+            cluster_policies =
+                read_mirror_policies(&objects, &config, live.direction(), options.server_hook);
             stats
                 .mirror_policies
                 .store(cluster_policies.len() as u64, Relaxed);
@@ -286,7 +322,8 @@ async fn run(
             .api_live
             .store(u64::from(matches!(api, ApiStatus::Live)), Relaxed);
         stats.resyncs.fetch_add(1, Relaxed);
-        if let Some(wanted) = wanted_interfaces(&config, &update, &stats) {
+        let inside = inside_pods(&config, &options);
+        if let Some(wanted) = wanted_interfaces(&config, &update, &stats, inside) {
             let attached = live.reconcile(&wanted);
             health.attached(&attached);
         }
@@ -322,6 +359,7 @@ fn read_mirror_policies(
     objects: &[MirrorPolicyObject],
     config: &MirrorConfig,
     side: Direction,
+    hook: ServerHook,
 ) -> Vec<PolicyConfig> {
     let mut policies = Vec::new();
     for object in objects {
@@ -346,7 +384,7 @@ fn read_mirror_policies(
                 if policy
                     .service
                     .as_ref()
-                    .is_some_and(|s| capture_side(&s.capture) != side) =>
+                    .is_some_and(|s| capture_side(&s.capture, hook) != side) =>
             {
                 tracing::warn!(policy = %name, "MirrorPolicy ignored: this agent captures the other side (one agent captures one side)");
             }
@@ -393,7 +431,8 @@ fn wanted_interfaces(
     config: &MirrorConfig,
     update: &DiscoveryUpdate,
     stats: &AgentStats,
-) -> Option<BTreeMap<String, u32>> {
+    inside: bool,
+) -> Option<BTreeMap<String, Place>> {
     let mut wanted = BTreeMap::new();
     let pods = &update.desired.pods;
     let ips: BTreeSet<IpAddr> = pods.values().flat_map(|p| p.ips.iter().copied()).collect();
@@ -406,7 +445,19 @@ fn wanted_interfaces(
                 .count();
             stats.pods_without_interface.store(missing as u64, Relaxed);
             for interface in found.into_values() {
-                wanted.insert(interface.node_name, interface.node_ifindex);
+                let place = if inside {
+                    Place::Pod {
+                        netnsid: interface.netnsid,
+                        ifindex: interface.pod_ifindex,
+                        node_side: interface.node_name,
+                    }
+                } else {
+                    Place::Node {
+                        name: interface.node_name,
+                        ifindex: interface.node_ifindex,
+                    }
+                };
+                wanted.insert(place.key(), place);
             }
         }
         Err(error) => {
@@ -414,7 +465,9 @@ fn wanted_interfaces(
             return None;
         }
     }
-    wanted.extend(interfaces::present_matching(&config.interfaces));
+    for (name, ifindex) in interfaces::present_matching(&config.interfaces) {
+        wanted.insert(name.clone(), Place::Node { name, ifindex });
+    }
     Some(wanted)
 }
 
@@ -449,6 +502,8 @@ mod tests {
             enabled,
             node_name: None,
             mirror_policies,
+            server_hook: ServerHook::Node,
+            netns_dir: "/run/netns".into(),
         }
     }
 
@@ -473,6 +528,11 @@ mod tests {
         .unwrap();
         let d = |config, opts| direction(config, &opts, Direction::Ingress);
         assert_eq!(d(&server, options(true, false)).unwrap(), Direction::Egress);
+        let inside = KubernetesOptions {
+            server_hook: ServerHook::Pod,
+            ..options(true, false)
+        };
+        assert_eq!(d(&server, inside).unwrap(), Direction::Ingress);
         assert_eq!(
             d(&client, options(true, false)).unwrap(),
             Direction::Ingress
@@ -550,7 +610,7 @@ mod tests {
                 }),
             ),
         ];
-        let read = read_mirror_policies(&objects, &config, Direction::Egress);
+        let read = read_mirror_policies(&objects, &config, Direction::Egress, ServerHook::Node);
         let names: Vec<&str> = read.iter().map(|p| p.name.as_str()).collect();
         assert_eq!(names, ["shop/good", "shop/elsewhere", "shop/address"]);
         let namespace = |i: usize| read[i].service.as_ref().unwrap().service.namespace.clone();

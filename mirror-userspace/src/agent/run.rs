@@ -409,6 +409,7 @@ pub async fn run(args: RunArgs) -> Result<(), RunError> {
             direction: capture.direction,
             reverse: !capture.no_reverse,
             mode: capture.attach,
+            netns_dir: args.kubernetes.netns_dir.clone(),
         };
         let parts = AgentParts {
             options: args.kubernetes.clone(),

@@ -2,9 +2,16 @@
 //! veths that come and go under `mirror run --kubernetes`, and the config's interface
 //! patterns. Each interface is attached (both hooks) or detached on its own; one failing
 //! never stops the others: it is logged, counted, and tried again at the next reconcile.
+//!
+//! An interface is the node side of a pod's veth, in the agent's namespace, or the pod's own
+//! interface inside its namespace (`--server-hook pod`), which is entered on a short-lived
+//! thread of its own for the attach: the TCX link stays with the classifier afterwards.
 
 use std::{
     collections::BTreeMap,
+    fs::File,
+    os::fd::AsRawFd as _,
+    path::PathBuf,
     sync::{
         atomic::{AtomicU64, Ordering::Relaxed},
         Arc, Mutex,
@@ -14,25 +21,81 @@ use std::{
 use aya::programs::tc::SchedClassifierLinkId;
 
 use super::{
-    classifier::{ifindex, AttachMode, Classifier, Direction},
+    classifier::{ifindex, AttachMode, Classifier, ClassifierError, Direction},
     kernel_stats::lock,
 };
 use crate::observe::{Sample, Source};
 
 /// Where and how to attach: the session's settings.
-#[derive(Clone, Copy, Debug)]
+#[derive(Clone, Debug)]
 pub struct LiveOptions {
     /// The hook that sees the client's packets.
     pub direction: Direction,
     /// Also attach the other hook (v1's side).
     pub reverse: bool,
     pub mode: AttachMode,
+    /// Where pods' network namespace files are (`Place::Pod`).
+    pub netns_dir: PathBuf,
+}
+
+/// An interface to attach to.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Place {
+    /// In the agent's namespace, by name and the index it has now (a new interface under the
+    /// same name is another one).
+    Node { name: String, ifindex: u32 },
+    /// Inside a pod's namespace (its id as the agent's namespace numbers it), by index;
+    /// `node_side` names the veth's node end, which lives as long as the pod's interface.
+    Pod {
+        netnsid: i32,
+        ifindex: u32,
+        node_side: String,
+    },
+}
+
+impl Place {
+    /// The key of the wanted and attached sets, and the interface's name in logs.
+    pub fn key(&self) -> String {
+        match self {
+            Place::Node { name, .. } => name.clone(),
+            Place::Pod {
+                netnsid, ifindex, ..
+            } => format!("netns{netnsid}/if{ifindex}"),
+        }
+    }
+
+    /// The interface in the agent's namespace whose presence says this one exists.
+    pub fn node_interface(&self) -> &str {
+        match self {
+            Place::Node { name, .. } => name,
+            Place::Pod { node_side, .. } => node_side,
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum LiveError {
+    #[error(transparent)]
+    Classifier(#[from] ClassifierError),
+    #[error("no file in {dir} is the network namespace with id {netnsid}")]
+    NoNamespace { dir: String, netnsid: i32 },
+    #[error("finding the network namespace with id {netnsid}")]
+    Netlink {
+        netnsid: i32,
+        #[source]
+        source: mirror_discovery::interfaces::InterfaceError,
+    },
+    #[error("entering the pod's network namespace (needs CAP_SYS_ADMIN)")]
+    Enter(#[source] std::io::Error),
+    #[error("no interface with index {0} in the pod's network namespace")]
+    NoPodInterface(u32),
+    #[error("the attaching thread failed")]
+    Thread,
 }
 
 /// One attached interface.
 struct Attached {
-    /// The index it had when attached: a new interface under the same name is another one.
-    ifindex: u32,
+    place: Place,
     links: Vec<(Direction, SchedClassifierLinkId)>,
 }
 
@@ -97,37 +160,44 @@ impl LiveAttachments {
         Arc::clone(&self.stats)
     }
 
-    /// Makes the attached set equal to `wanted` (name -> ifindex seen): detaches what is no
+    /// Makes the attached set equal to `wanted` (by [`Place::key`]): detaches what is no
     /// longer wanted or was replaced by a new interface of the same name, attaches what is
-    /// new. Returns the names attached now.
-    pub fn reconcile(&mut self, wanted: &BTreeMap<String, u32>) -> Vec<String> {
+    /// new. Returns the agent-namespace interfaces whose presence says the attached ones
+    /// still exist.
+    pub fn reconcile(&mut self, wanted: &BTreeMap<String, Place>) -> Vec<String> {
         let stale: Vec<String> = self
             .attached
             .iter()
-            .filter(|(name, a)| wanted.get(*name) != Some(&a.ifindex))
-            .map(|(name, _)| name.clone())
+            .filter(|(key, a)| wanted.get(*key) != Some(&a.place))
+            .map(|(key, _)| key.clone())
             .collect();
         for name in stale {
             if let Some(attached) = self.attached.remove(&name) {
                 self.detach(&name, attached);
             }
         }
-        for (name, &index) in wanted {
+        for (name, place) in wanted {
             if self.attached.contains_key(name) {
                 continue;
             }
             // The interface went (or was replaced) since it was listed: the next reconcile
             // sees the new one.
-            if ifindex(name) != Some(index) {
-                continue;
+            if let Place::Node {
+                name,
+                ifindex: index,
+            } = place
+            {
+                if ifindex(name) != Some(*index) {
+                    continue;
+                }
             }
-            match self.attach(name) {
+            match self.attach(place) {
                 Ok(links) => {
                     self.stats.attaches.fetch_add(1, Relaxed);
                     self.attached.insert(
                         name.clone(),
                         Attached {
-                            ifindex: index,
+                            place: place.clone(),
                             links,
                         },
                     );
@@ -141,33 +211,31 @@ impl LiveAttachments {
         self.stats
             .attached_now
             .store(self.attached.len() as u64, Relaxed);
-        self.attached.keys().cloned().collect()
+        self.attached
+            .values()
+            .map(|a| a.place.node_interface().to_owned())
+            .collect()
     }
 
-    /// Attaches both hooks (or the forward one); on a failure, detaches what it made.
-    fn attach(
-        &self,
-        name: &str,
-    ) -> Result<Vec<(Direction, SchedClassifierLinkId)>, super::classifier::ClassifierError> {
-        let mut classifier = lock(&self.classifier);
-        let forward = self.options.direction;
-        let mut directions = vec![forward];
-        if self.options.reverse {
-            directions.push(forward.opposite());
-        }
-        let mut links = Vec::new();
-        for direction in directions {
-            match classifier.attach(name, direction, self.options.mode) {
-                Ok(link) => links.push((direction, link)),
-                Err(error) => {
-                    for (direction, link) in links {
-                        let _ = classifier.detach(direction, link);
-                    }
-                    return Err(error);
-                }
+    fn attach(&self, place: &Place) -> Result<Vec<(Direction, SchedClassifierLinkId)>, LiveError> {
+        match place {
+            Place::Node { name, .. } => Ok(attach_hooks(&self.classifier, &self.options, name)?),
+            Place::Pod {
+                netnsid, ifindex, ..
+            } => {
+                let netns =
+                    mirror_discovery::interfaces::netns_file(&self.options.netns_dir, *netnsid)
+                        .map_err(|source| LiveError::Netlink {
+                            netnsid: *netnsid,
+                            source,
+                        })?
+                        .ok_or_else(|| LiveError::NoNamespace {
+                            dir: self.options.netns_dir.display().to_string(),
+                            netnsid: *netnsid,
+                        })?;
+                attach_inside(&self.classifier, self.options.clone(), netns, *ifindex)
             }
         }
-        Ok(links)
     }
 
     fn detach(&self, name: &str, attached: Attached) {
@@ -181,6 +249,69 @@ impl LiveAttachments {
         self.stats.detaches.fetch_add(1, Relaxed);
         tracing::info!(iface = %name, "detached");
     }
+}
+
+/// Attaches both hooks (or the forward one) to `name` in the calling thread's namespace; on a
+/// failure, detaches what it made.
+fn attach_hooks(
+    classifier: &Mutex<Classifier>,
+    options: &LiveOptions,
+    name: &str,
+) -> Result<Vec<(Direction, SchedClassifierLinkId)>, ClassifierError> {
+    let mut classifier = lock(classifier);
+    let forward = options.direction;
+    let mut directions = vec![forward];
+    if options.reverse {
+        directions.push(forward.opposite());
+    }
+    let mut links = Vec::new();
+    for direction in directions {
+        match classifier.attach(name, direction, options.mode) {
+            Ok(link) => links.push((direction, link)),
+            Err(error) => {
+                for (direction, link) in links {
+                    let _ = classifier.detach(direction, link);
+                }
+                return Err(error);
+            }
+        }
+    }
+    Ok(links)
+}
+
+/// Attaches to interface `ifindex` of the namespace `netns`, from a thread that enters it (a
+/// TCX link and a netlink filter both name the interface in the caller's namespace) and ends
+/// with the attach, so nothing else ever runs there.
+fn attach_inside(
+    classifier: &Arc<Mutex<Classifier>>,
+    options: LiveOptions,
+    netns: File,
+    ifindex: u32,
+) -> Result<Vec<(Direction, SchedClassifierLinkId)>, LiveError> {
+    let classifier = Arc::clone(classifier);
+    // A netlink filter would be removed by index in the agent's namespace: TCX links only
+    // (their detach is closing the link, wherever it is).
+    let options = LiveOptions {
+        mode: AttachMode::Tcx,
+        ..options
+    };
+    std::thread::spawn(move || {
+        // SAFETY: setns on an open namespace file changes only this thread's namespace.
+        if unsafe { libc::setns(netns.as_raw_fd(), libc::CLONE_NEWNET) } != 0 {
+            return Err(LiveError::Enter(std::io::Error::last_os_error()));
+        }
+        let mut name = [0u8; libc::IF_NAMESIZE];
+        // SAFETY: if_indextoname writes at most IF_NAMESIZE bytes into the buffer we own.
+        let found = unsafe { libc::if_indextoname(ifindex, name.as_mut_ptr().cast()) };
+        if found.is_null() {
+            return Err(LiveError::NoPodInterface(ifindex));
+        }
+        let len = name.iter().position(|b| *b == 0).unwrap_or(name.len());
+        let name = String::from_utf8_lossy(&name[..len]).into_owned();
+        Ok(attach_hooks(&classifier, &options, &name)?)
+    })
+    .join()
+    .map_err(|_| LiveError::Thread)?
 }
 
 fn error_chain(error: &dyn std::error::Error) -> String {
