@@ -32,5 +32,9 @@ fn deploy_manifests_validate_for_kubernetes_1_28_and_newest() {
         stdout.contains("deploy/overlays/privileged: 7 objects checked"),
         "{stdout}"
     );
+    assert!(
+        stdout.contains("deploy/overlays/pod-hook: 7 objects checked"),
+        "{stdout}"
+    );
     assert!(stdout.contains("CRD schema structural"), "{stdout}");
 }
