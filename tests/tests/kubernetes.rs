@@ -70,16 +70,23 @@ impl Cluster {
     /// The agent, its config file's one policy `target` (with its capture lines), mirroring to
     /// v2.
     fn agent_with(&self, target: &str, extra: &[&str]) -> Agent {
+        self.agent_as(&[], "", target, extra)
+    }
+
+    /// The same, started through `wrapper` (e.g. `setpriv` with fewer capabilities), the
+    /// file starting with `interfaces` (an `interfaces:` line, or nothing).
+    fn agent_as(&self, wrapper: &[&str], interfaces: &str, target: &str, extra: &[&str]) -> Agent {
         let config = self.testbed.log_dir().join("mirror.yaml");
         std::fs::write(
             &config,
             format!(
-                "policies:\n- name: file\n{target}  mirrors:\n  - backend: {}:80\n",
+                "{interfaces}policies:\n- name: file\n{target}  mirrors:\n  - backend: {}:80\n",
                 self.v2_addr()
             ),
         )
         .expect("config");
-        let mut argv: Vec<String> = vec![
+        let mut argv: Vec<String> = wrapper.iter().map(|s| s.to_string()).collect();
+        argv.extend([
             "env".into(),
             format!("KUBECONFIG={}", self.kmock.kubeconfig().display()),
             mirror_binary().expect("mirror").display().to_string(),
@@ -94,7 +101,7 @@ impl Cluster {
             "--no-admin".into(),
             "--log-interval-secs".into(),
             "1".into(),
-        ];
+        ]);
         argv.extend(extra.iter().map(|s| s.to_string()));
         let process = self
             .testbed
@@ -601,4 +608,43 @@ fn server_hook_pod_attaches_inside_the_backend_pods_namespace() {
     cluster.requests(0, "left", 5);
     stop_and_check(agent, 5);
     assert_eq!(cluster.mirrored("left"), 0);
+}
+
+/// Without CAP_SYS_ADMIN the pod hook cannot enter the pod: that attach fails, is logged and
+/// counted, and the other interfaces (here a pattern's, the client's veth) are attached and
+/// mirror all the same.
+#[test]
+fn a_failing_attach_is_counted_and_the_other_interfaces_go_on() {
+    let Some(cluster) = Cluster::new() else {
+        return;
+    };
+    cluster.pod(0, NODE);
+    cluster.slice(vec![cluster.endpoint(0, NODE)]);
+    cluster.service();
+    let agent = cluster.agent_as(
+        &[
+            "setpriv",
+            "--bounding-set",
+            "-all,+bpf,+perfmon,+net_admin",
+            "--",
+        ],
+        &format!("interfaces: [{}]\n", cluster.client.node_ifname()),
+        SERVER_SIDE,
+        &["--server-hook", "pod", "--netns-dir", "/var/run/netns"],
+    );
+    std::thread::sleep(FOLLOW);
+    cluster.requests(0, "a", 5);
+    cluster.wait_mirrored("a", 5);
+    assert!(
+        agent.stderr().contains("needs CAP_SYS_ADMIN"),
+        "{}",
+        agent.stderr()
+    );
+    let summary = stop_and_check(agent, 5);
+    let failures = summary
+        .split(" attach: ")
+        .nth(1)
+        .and_then(|stage| mirror_tests::agent::counter(stage, "failures"))
+        .unwrap_or_default();
+    assert!(failures >= 1, "{summary}");
 }
