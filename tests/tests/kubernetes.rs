@@ -405,7 +405,11 @@ fn the_api_going_away_keeps_the_last_known_state_and_says_so() {
     cluster.requests(1, "stale", 5);
     cluster.wait_mirrored("stale", 5);
 
-    stop_and_check(agent, 10);
+    let summary = stop_and_check(agent, 10);
+    assert!(
+        summary.contains("api_live=0"),
+        "the gauge says so: {summary}"
+    );
 }
 
 #[test]
