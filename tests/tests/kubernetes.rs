@@ -652,3 +652,31 @@ fn a_failing_attach_is_counted_and_the_other_interfaces_go_on() {
         .unwrap_or_default();
     assert!(failures >= 1, "{summary}");
 }
+
+#[test]
+fn a_reloaded_file_naming_another_service_is_followed() {
+    let Some(cluster) = Cluster::new() else {
+        return;
+    };
+    cluster.pod(1, NODE);
+    cluster.slice(vec![cluster.endpoint(1, NODE)]);
+    cluster.service();
+    let agent = cluster.agent_with(&SERVER_SIDE.replace("name: httpbin", "name: nothing"), &[]);
+    std::thread::sleep(FOLLOW);
+    cluster.requests(1, "before", 5);
+    // The file now names httpbin: discovery follows it without a restart of the agent.
+    let config = cluster.testbed.log_dir().join("mirror.yaml");
+    let text = std::fs::read_to_string(&config).expect("config");
+    std::fs::write(&config, text.replace("name: nothing", "name: httpbin")).expect("rewrite");
+    // The file is looked at every second; then the agent follows as it follows the API.
+    std::thread::sleep(Duration::from_secs(1) + FOLLOW);
+    assert!(
+        cluster.attached(1).contains("mirror_egress"),
+        "{}",
+        agent.stderr()
+    );
+    cluster.requests(1, "after", 5);
+    cluster.wait_mirrored("after", 5);
+    stop_and_check(agent, 5);
+    assert_eq!(cluster.mirrored("before"), 0);
+}

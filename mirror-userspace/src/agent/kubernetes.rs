@@ -254,16 +254,19 @@ async fn run(
         health,
         ..
     } = parts;
-    let discovery = api.map(|(node, client)| {
-        Discovery::start(
-            client,
-            DiscoveryConfig {
-                node,
-                policies: service_policies(&config),
-                mirror_policies: options.mirror_policies,
-            },
-        )
-    });
+    let start_discovery = |config: &MirrorConfig| {
+        api.as_ref().map(|(node, client)| {
+            Discovery::start(
+                client.clone(),
+                DiscoveryConfig {
+                    node: node.clone(),
+                    policies: service_policies(config),
+                    mirror_policies: options.mirror_policies,
+                },
+            )
+        })
+    };
+    let mut discovery = start_discovery(&config);
     // Without the API, an update that never changes (its sender kept for the loop's life).
     let (_no_api, no_updates) = tokio::sync::watch::channel(DiscoveryUpdate {
         desired: Default::default(),
@@ -271,7 +274,14 @@ async fn run(
         rejected_policies: 0,
         mirror_policies: Vec::new(),
     });
-    let mut updates = discovery.as_ref().map_or(no_updates, Discovery::updates);
+    let mut updates = discovery
+        .as_ref()
+        .map_or(no_updates.clone(), Discovery::updates);
+    // The last state of watches that were in sync: what a restarted discovery (a reloaded
+    // file naming other Services) keeps applying until its own first lists are in.
+    let mut last_synced: Option<DiscoveryUpdate> = None;
+    // The running discovery has been in sync at least once: its state is its own.
+    let mut synced = false;
     let mut links = match LinkEvents::open() {
         Ok(links) => Some(links),
         Err(error) => {
@@ -290,13 +300,40 @@ async fn run(
         tokio::select! {
             changed = updates.changed() => if changed.is_err() { return },
             Some(reloaded) = next(&mut reloads) => {
+                match direction(&reloaded, &options, live.direction()) {
+                    Ok(side) if side == live.direction() => {}
+                    Ok(_) => {
+                        tracing::error!("config reload refused: its policies capture the other side; keeping the running config");
+                        continue;
+                    }
+                    Err(error) => {
+                        tracing::error!(%error, "config reload refused; keeping the running config");
+                        continue;
+                    }
+                }
+                if service_policies(&reloaded) != service_policies(&config) {
+                    discovery = start_discovery(&reloaded);
+                    synced = false;
+                    updates = discovery.as_ref().map_or(no_updates.clone(), Discovery::updates);
+                }
                 config = reloaded;
+                cluster_policies =
+                    read_mirror_policies(&objects, &config, live.direction(), options.server_hook);
                 generation += 1;
             }
             () = next_link_event(&mut links) => {}
             _ = resync.tick() => {}
         }
-        let update: DiscoveryUpdate = updates.borrow_and_update().clone();
+        let mut update: DiscoveryUpdate = updates.borrow_and_update().clone();
+        synced |= update.api == ApiStatus::Live;
+        if synced {
+            last_synced = Some(update.clone());
+        } else if let Some(last) = &last_synced {
+            update = DiscoveryUpdate {
+                api: update.api.clone(),
+                ..last.clone()
+            };
+        }
         if update.mirror_policies != objects {
             objects = update.mirror_policies.clone();
             cluster_policies =
@@ -322,11 +359,7 @@ async fn run(
             .api_live
             .store(u64::from(matches!(api, ApiStatus::Live)), Relaxed);
         stats.resyncs.fetch_add(1, Relaxed);
-        let inside = inside_pods(&config, &options);
-        if let Some(wanted) = wanted_interfaces(&config, &update, &stats, inside) {
-            let attached = live.reconcile(&wanted);
-            health.attached(&attached);
-        }
+        // Targets and policies first, then the attachments: a new pod's first packets match.
         let resolved = resolve(&config, &cluster_policies, &update);
         let discovered: Vec<Vec<Target>> = resolved
             .policies
@@ -335,10 +368,18 @@ async fn run(
             .collect();
         let now = (generation, discovered);
         if sent.as_ref() != Some(&now) {
+            if let Err(error) = live.set_targets(&resolved.capture_targets()) {
+                tracing::error!(%error, "targets not updated");
+            }
             if sender.send(resolved).await.is_err() {
                 return;
             }
             sent = Some(now);
+        }
+        let inside = inside_pods(&config, &options);
+        if let Some(wanted) = wanted_interfaces(&config, &update, &stats, inside) {
+            let attached = live.reconcile(&wanted);
+            health.attached(&attached);
         }
     }
 }

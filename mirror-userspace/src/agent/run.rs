@@ -294,13 +294,7 @@ impl Outlet {
 
 /// The capture targets of a config: every policy's (a Service's as discovered).
 fn config_targets(config: &MirrorConfig) -> BTreeSet<Target> {
-    let discovered = config.policies.iter().flat_map(|p| p.discovered.iter());
-    config
-        .policies
-        .iter()
-        .filter_map(|p| p.target)
-        .chain(discovered.copied())
-        .collect()
+    config.capture_targets()
 }
 
 /// Mirrors until SIGINT/SIGTERM, then gives queued requests a grace period.

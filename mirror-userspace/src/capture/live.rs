@@ -151,6 +151,16 @@ impl LiveAttachments {
         }
     }
 
+    /// Sets the kernel's targets now, from this task: before new interfaces are attached, so
+    /// that their first packets already match (the capture loop applies the same set again
+    /// with the policies).
+    pub fn set_targets(
+        &self,
+        targets: &std::collections::BTreeSet<super::target::Target>,
+    ) -> Result<(), ClassifierError> {
+        lock(&self.classifier).set_targets(targets)
+    }
+
     /// The hook that sees the client's packets.
     pub fn direction(&self) -> Direction {
         self.options.direction

@@ -73,6 +73,18 @@ pub struct MirrorConfig {
     pub policies: Vec<PolicyConfig>,
 }
 
+impl MirrorConfig {
+    /// What the kernel must capture: every policy's target (a Service's as discovered).
+    pub fn capture_targets(&self) -> std::collections::BTreeSet<Target> {
+        let discovered = self.policies.iter().flat_map(|p| p.discovered.iter());
+        self.policies
+            .iter()
+            .filter_map(|p| p.target)
+            .chain(discovered.copied())
+            .collect()
+    }
+}
+
 /// One policy: the destination it covers, and its mirrors.
 #[derive(Clone, Debug)]
 pub struct PolicyConfig {
