@@ -28,12 +28,15 @@ use mirror_cores::{
 use super::{
     dispatch::Dispatcher,
     intake::Intake,
+    kubernetes::{self, AgentParts, KubernetesError, KubernetesOptions},
     mirror_stats::{PolicySource, RelaySource},
     pipeline_cells::PipelineCells,
 };
 use crate::{
     capture::{
-        clock, packet, record,
+        clock,
+        live::{LiveAttachments, LiveOptions},
+        packet, record,
         session::{self, CaptureOptions, OwnMark, Session, SessionError},
         target::Target,
     },
@@ -60,6 +63,8 @@ pub struct RunArgs {
     pub capture: CaptureOptions,
     #[command(flatten)]
     pub observe: ObserveOptions,
+    #[command(flatten)]
+    pub kubernetes: KubernetesOptions,
     /// Mirror policies from this YAML file (see the README's "Config file"), reloaded on
     /// SIGHUP and when it changes. Replaces the flags that say what to mirror.
     #[arg(long, value_name = "FILE", conflicts_with_all = POLICY_FLAGS)]
@@ -161,6 +166,8 @@ pub enum RunError {
     File(#[from] control::ConfigError),
     #[error(transparent)]
     Interfaces(#[from] InterfacesError),
+    #[error(transparent)]
+    Kubernetes(#[from] KubernetesError),
     #[error("reading the ring buffer failed")]
     Ring(#[source] std::io::Error),
     #[error(transparent)]
@@ -285,9 +292,9 @@ impl Outlet {
     }
 }
 
-/// The capture targets of a config: every policy's.
+/// The capture targets of a config: every policy's (a Service's as discovered).
 fn config_targets(config: &MirrorConfig) -> BTreeSet<Target> {
-    config.policies.iter().filter_map(|p| p.target).collect()
+    config.capture_targets()
 }
 
 /// Mirrors until SIGINT/SIGTERM, then gives queued requests a grace period.
@@ -300,7 +307,14 @@ pub async fn run(args: RunArgs) -> Result<(), RunError> {
     let mut capture = args.capture.clone();
     let mut pipeline_config = args.pipeline_config();
     if let Some((_, config)) = &file {
-        capture.ifaces = control::interfaces::expand(&config.interfaces)?;
+        // The node agent attaches to the pods' veths and the patterns' matches as they come.
+        capture.ifaces = if args.kubernetes.enabled {
+            Vec::new()
+        } else {
+            control::interfaces::expand(&config.interfaces)?
+        };
+        capture.direction = kubernetes::direction(config, &args.kubernetes, capture.direction)?;
+        capture.live = args.kubernetes.enabled;
         capture.targets = config_targets(config).into_iter().collect();
         // The dispatcher samples and rewrites per mirror: the pipeline hands on every
         // request with the client's own head.
@@ -384,6 +398,23 @@ pub async fn run(args: RunArgs) -> Result<(), RunError> {
         }
     };
     drop(on_relay_runtime);
+    if let (true, Some((_, config))) = (args.kubernetes.enabled, &file) {
+        let live = LiveOptions {
+            direction: capture.direction,
+            reverse: !capture.no_reverse,
+            mode: capture.attach,
+            netns_dir: args.kubernetes.netns_dir.clone(),
+        };
+        let parts = AgentParts {
+            options: args.kubernetes.clone(),
+            config: config.clone(),
+            reloads: reloads.take(),
+            live: LiveAttachments::new(session.classifier(), live),
+            registry: registry.clone(),
+            health: Arc::clone(&health),
+        };
+        reloads = Some(kubernetes::start(parts, relay_runtime.handle()).await?);
+    }
     registry.register("pipeline", cells.clone());
     registry.register("intake", intake.clone());
     let (kernel, bpf) = session.kernel_sources();

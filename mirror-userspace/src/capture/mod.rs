@@ -6,6 +6,7 @@ pub mod attached;
 pub mod classifier;
 pub(crate) mod clock;
 pub(crate) mod kernel_stats;
+pub(crate) mod live;
 pub mod packet;
 pub mod pcap;
 mod port_filter;

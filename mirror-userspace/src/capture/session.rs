@@ -54,6 +54,10 @@ pub struct CaptureOptions {
     /// Enable kernel BPF run-time statistics and report nanoseconds per packet.
     #[arg(long)]
     pub bpf_stats: bool,
+    /// Targets and interfaces arrive while running (the Kubernetes node agent): start with
+    /// none rather than refuse.
+    #[arg(skip)]
+    pub live: bool,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -131,7 +135,10 @@ impl Session {
             fixed: options.targets.clone(),
             file: options.targets_file.clone(),
         };
-        let targets = source.load()?;
+        let targets = match source.load() {
+            Err(TargetSetError::Empty) if options.live => Default::default(),
+            loaded => loaded?,
+        };
         let ring_bytes = options
             .ring_mib
             .checked_mul(1 << 20)
@@ -196,6 +203,12 @@ impl Session {
         targets: &std::collections::BTreeSet<Target>,
     ) -> Result<(), ClassifierError> {
         lock(&self.classifier).set_targets(targets)
+    }
+
+    /// The classifier, for what attaches and detaches while the session runs
+    /// (`capture::live`).
+    pub(crate) fn classifier(&self) -> Arc<Mutex<Classifier>> {
+        Arc::clone(&self.classifier)
     }
 
     pub fn reader(&mut self) -> &mut RingReader {
