@@ -24,8 +24,7 @@ use mirror_cores::{
 
 use super::mirror_stats::{MirrorCounters, MirrorStats};
 use crate::{
-    capture::target::Target,
-    control::MirrorConfig,
+    control::{config::Scope, MirrorConfig},
     relay::{Relay, RelayConfig},
 };
 
@@ -34,7 +33,7 @@ type MirrorId = u32;
 /// A policy of the running config, its mirrors resolved to relays.
 #[derive(Debug)]
 struct ActivePolicy {
-    target: Option<Target>,
+    scope: Scope,
     policy: Policy,
     /// `policy.mirrors[i]` is relayed by `mirrors[i]`.
     mirrors: Vec<MirrorId>,
@@ -124,7 +123,7 @@ impl Dispatcher {
                 wanted.push(id);
             }
             policies.push(ActivePolicy {
-                target: p.target,
+                scope: p.scope(),
                 policy: p.policy.clone(),
                 mirrors,
             });
@@ -224,10 +223,11 @@ impl Dispatcher {
         // Heads come after the previous request's end or abort; should one not have, the
         // previous request is over for the mirrors all the same.
         self.request_done(flow);
-        let Some(pi) = self.policies.iter().position(|p| {
-            p.target
-                .is_none_or(|t| t.contains(flow.dst.ip(), flow.dst.port()))
-        }) else {
+        let Some(pi) = self
+            .policies
+            .iter()
+            .position(|p| p.scope.contains(flow.dst.ip(), flow.dst.port()))
+        else {
             self.stats
                 .dispatch
                 .requests_without_policy

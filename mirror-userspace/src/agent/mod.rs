@@ -5,6 +5,8 @@
 mod dispatch;
 mod effective;
 mod intake;
+pub mod kubernetes;
+mod link_events;
 mod mirror_stats;
 mod pipeline_cells;
 pub mod replay;

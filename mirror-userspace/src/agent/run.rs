@@ -28,13 +28,16 @@ use mirror_cores::{
 use super::{
     dispatch::Dispatcher,
     intake::Intake,
+    kubernetes::{self, AgentParts, KubernetesError, KubernetesOptions},
     mirror_stats::{PolicySource, RelaySource},
     pipeline_cells::PipelineCells,
     run_shards,
 };
 use crate::{
     capture::{
-        clock, packet, record,
+        clock,
+        live::{LiveAttachments, LiveOptions},
+        packet, record,
         session::{self, CaptureOptions, OwnMark, Session, SessionError},
         target::Target,
     },
@@ -61,6 +64,8 @@ pub struct RunArgs {
     pub capture: CaptureOptions,
     #[command(flatten)]
     pub observe: ObserveOptions,
+    #[command(flatten)]
+    pub kubernetes: KubernetesOptions,
     /// Mirror policies from this YAML file (see the README's "Config file"), reloaded on
     /// SIGHUP and when it changes. Replaces the flags that say what to mirror.
     #[arg(long, value_name = "FILE", conflicts_with_all = POLICY_FLAGS)]
@@ -168,6 +173,8 @@ pub enum RunError {
     File(#[from] control::ConfigError),
     #[error(transparent)]
     Interfaces(#[from] InterfacesError),
+    #[error(transparent)]
+    Kubernetes(#[from] KubernetesError),
     #[error("reading the ring buffer failed")]
     Ring(#[source] std::io::Error),
     #[error(transparent)]
@@ -294,9 +301,9 @@ impl Outlet {
     }
 }
 
-/// The capture targets of a config: every policy's.
+/// The capture targets of a config: every policy's (a Service's as discovered).
 pub(super) fn config_targets(config: &MirrorConfig) -> BTreeSet<Target> {
-    config.policies.iter().filter_map(|p| p.target).collect()
+    config.capture_targets()
 }
 
 /// Mirrors until SIGINT/SIGTERM, then gives queued requests a grace period.
@@ -309,7 +316,14 @@ pub async fn run(args: RunArgs) -> Result<(), RunError> {
     let mut capture = args.capture.clone();
     let mut pipeline_config = args.pipeline_config();
     if let Some((_, config)) = &file {
-        capture.ifaces = control::interfaces::expand(&config.interfaces)?;
+        // The node agent attaches to the pods' veths and the patterns' matches as they come.
+        capture.ifaces = if args.kubernetes.enabled {
+            Vec::new()
+        } else {
+            control::interfaces::expand(&config.interfaces)?
+        };
+        capture.direction = kubernetes::direction(config, &args.kubernetes, capture.direction)?;
+        capture.live = args.kubernetes.enabled;
         capture.targets = config_targets(config).into_iter().collect();
         // The dispatcher samples and rewrites per mirror: the pipeline hands on every
         // request with the client's own head.
@@ -406,6 +420,23 @@ pub async fn run(args: RunArgs) -> Result<(), RunError> {
         }
     };
     drop(on_relay_runtime);
+    if let (true, Some((_, config))) = (args.kubernetes.enabled, &file) {
+        let live = LiveOptions {
+            direction: capture.direction,
+            reverse: !capture.no_reverse,
+            mode: capture.attach,
+            netns_dir: args.kubernetes.netns_dir.clone(),
+        };
+        let parts = AgentParts {
+            options: args.kubernetes.clone(),
+            config: config.clone(),
+            reloads: reloads.take(),
+            live: LiveAttachments::new(session.classifier(), live),
+            registry: registry.clone(),
+            health: Arc::clone(&health),
+        };
+        reloads = Some(kubernetes::start(parts, relay_runtime.handle()).await?);
+    }
     if shards.is_none() {
         registry.register("pipeline", cells.clone());
         registry.register("intake", intake.clone());
@@ -413,6 +444,7 @@ pub async fn run(args: RunArgs) -> Result<(), RunError> {
     let (kernel, bpf) = session.kernel_sources();
     registry.register("kernel", Arc::new(kernel));
     registry.register("bpf", Arc::new(bpf));
+    registry.register("ring", session.ring_fill());
     registry.register("agent", health.clone());
     if let Some(access_log) = access_log {
         registry.register("access_log", access_log);

@@ -2,6 +2,7 @@
 //! with their source, forward kernel logs, and stop on SIGINT/SIGTERM.
 
 use std::{
+    os::fd::AsFd,
     path::PathBuf,
     sync::{Arc, Mutex},
     time::Duration,
@@ -14,6 +15,7 @@ use super::{
     classifier::{AttachMode, Classifier, ClassifierError, ClassifierOptions, Direction},
     kernel_stats::{lock, KernelCounters, KernelRunTimes},
     ring::RingReader,
+    ring_fill::RingFill,
     target::Target,
     target_set::{TargetSetError, TargetSource},
 };
@@ -56,6 +58,10 @@ pub struct CaptureOptions {
     /// Enable kernel BPF run-time statistics and report nanoseconds per packet.
     #[arg(long)]
     pub bpf_stats: bool,
+    /// Targets and interfaces arrive while running (the Kubernetes node agent): start with
+    /// none rather than refuse.
+    #[arg(skip)]
+    pub live: bool,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -104,6 +110,8 @@ pub fn parse_mark(text: &str) -> Result<u32, String> {
 pub struct Session {
     classifier: Arc<Mutex<Classifier>>,
     reader: RingReader,
+    /// The ring's fill level (stage `ring`).
+    fill: Arc<RingFill>,
     /// Follows the targets file, if there is one.
     watcher: Option<tokio::task::JoinHandle<()>>,
     /// Keeps BPF run-time statistics on while open.
@@ -131,7 +139,10 @@ impl Session {
             fixed: options.targets.clone(),
             file: options.targets_file.clone(),
         };
-        let targets = source.load()?;
+        let targets = match source.load() {
+            Err(TargetSetError::Empty) if options.live => Default::default(),
+            loaded => loaded?,
+        };
         let ring_bytes = options
             .ring_mib
             .checked_mul(1 << 20)
@@ -164,6 +175,10 @@ impl Session {
         let ring = classifier
             .take_ring()
             .ok_or(ClassifierError::MissingMap { map: "EVENTS" })?;
+        let fill = RingFill::new(ring.as_fd(), ring_bytes).map_err(|source| SessionError::Io {
+            what: "the ring buffer's positions",
+            source,
+        })?;
         let reader = RingReader::new(ring).map_err(|source| SessionError::Io {
             what: "the ring buffer reader",
             source,
@@ -180,6 +195,7 @@ impl Session {
         Ok(Session {
             classifier,
             reader,
+            fill: Arc::new(fill),
             watcher,
             _stats: stats,
         })
@@ -193,6 +209,12 @@ impl Session {
         lock(&self.classifier).set_targets(targets)
     }
 
+    /// The classifier, for what attaches and detaches while the session runs
+    /// (`capture::live`).
+    pub(crate) fn classifier(&self) -> Arc<Mutex<Classifier>> {
+        Arc::clone(&self.classifier)
+    }
+
     pub fn reader(&mut self) -> &mut RingReader {
         &mut self.reader
     }
@@ -204,6 +226,11 @@ impl Session {
             KernelCounters(Arc::clone(&self.classifier)),
             KernelRunTimes(Arc::clone(&self.classifier)),
         )
+    }
+
+    /// The ring buffer's fill level (stage `ring`), for the registry.
+    pub(crate) fn ring_fill(&self) -> Arc<RingFill> {
+        Arc::clone(&self.fill)
     }
 }
 
