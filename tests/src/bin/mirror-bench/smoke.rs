@@ -1,7 +1,7 @@
 //! What makes the smoke run (CI) fail: a mode that served nothing, erred, or mirrored far from
 //! every request (for the ideal mode: whose second load did not reach v2 with the shadow Host),
-//! large bodies that did not reach v2 intact, and a recorded capture whose replay lost most
-//! of its requests.
+//! large bodies that did not reach v2 intact, a recorded capture whose replay lost most of its
+//! requests, and a memory run that mirrored nothing.
 
 use anyhow::{bail, Result};
 
@@ -92,6 +92,14 @@ pub fn check(results: &Results) -> Result<()> {
             problems.push(format!(
                 "capture path: replays {:?} of {} recorded requests ({} ring drops)",
                 c.replays, c.load.requests, c.ring_drops
+            ));
+        }
+    }
+    for r in &results.memory {
+        if r.agent.sent == 0 || r.memory.pss_kib == 0 {
+            problems.push(format!(
+                "memory run, {} MiB ring, {} threads: {} answered, PSS {} KiB",
+                r.ring_mib, r.threads, r.agent.sent, r.memory.pss_kib
             ));
         }
     }
