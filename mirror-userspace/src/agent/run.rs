@@ -31,6 +31,7 @@ use super::{
     kubernetes::{self, AgentParts, KubernetesError, KubernetesOptions},
     mirror_stats::{PolicySource, RelaySource},
     pipeline_cells::PipelineCells,
+    run_shards,
 };
 use crate::{
     capture::{
@@ -142,6 +143,12 @@ pub struct RunArgs {
     /// Seed of the per-request sampling decisions (fixed: reproducible runs).
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
+    /// Pipeline threads of the capture path: above 1, one ring reader shards records by
+    /// client address over this many threads, each with its own relay and its share of the
+    /// connection and byte budgets (see `agent/shards.rs`). Not with --config yet.
+    #[arg(long, default_value_t = 1, conflicts_with = "config",
+          value_parser = clap::value_parser!(u16).range(1..=256))]
+    pub capture_threads: u16,
 }
 
 /// The flags a config file replaces (their clap ids).
@@ -181,14 +188,16 @@ pub enum RunError {
 }
 
 /// `--shadow`: HOST:PORT, said plainly when it is not.
-fn parse_shadow(text: &str) -> Result<String, String> {
+pub(super) fn parse_shadow(text: &str) -> Result<String, String> {
     Shadow::parse(text)
         .map(|_| text.to_owned())
         .map_err(|error| error.to_string())
 }
 
 /// A limit that must be at least 1 (0 would mean "drop everything").
-fn positive<T: std::str::FromStr + PartialOrd + Default>(text: &str) -> Result<T, String> {
+pub(super) fn positive<T: std::str::FromStr + PartialOrd + Default>(
+    text: &str,
+) -> Result<T, String> {
     match text.parse::<T>() {
         Ok(value) if value > T::default() => Ok(value),
         _ => Err(format!("`{text}`: must be a whole number of at least 1")),
@@ -197,7 +206,7 @@ fn positive<T: std::str::FromStr + PartialOrd + Default>(text: &str) -> Result<T
 
 /// Says at start if the shadow's name does not resolve now (it is looked up again later, so
 /// this is a warning, not an error).
-async fn check_shadow(shadow: &str) {
+pub(super) async fn check_shadow(shadow: &str) {
     let looked_up =
         tokio::time::timeout(Duration::from_secs(5), tokio::net::lookup_host(shadow)).await;
     match looked_up.map(|found| found.map(|mut addrs| addrs.next().is_some())) {
@@ -211,7 +220,7 @@ async fn check_shadow(shadow: &str) {
 }
 
 /// The relay's own runtime: its connection work never takes the capture thread.
-fn relay_runtime() -> std::io::Result<tokio::runtime::Runtime> {
+pub(super) fn relay_runtime() -> std::io::Result<tokio::runtime::Runtime> {
     tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .thread_name("mirror-relay")
@@ -245,7 +254,7 @@ impl RunArgs {
     }
 
     /// The relay settings; under a config file, every mirror's (its backend as the shadow).
-    fn relay_config(&self, access_log: Option<Arc<AccessLog>>) -> RelayConfig {
+    pub(super) fn relay_config(&self, access_log: Option<Arc<AccessLog>>) -> RelayConfig {
         RelayConfig {
             shadow: self.shadow.clone().unwrap_or_default(),
             mark: self.shadow_mark,
@@ -271,20 +280,20 @@ pub fn set_nice(nice: i32) -> std::io::Result<()> {
 }
 
 /// Where the pipeline's events go: one relay (flags) or the policies' dispatcher (file).
-enum Outlet {
+pub(super) enum Outlet {
     Relay(Relay),
     Policies(Box<Dispatcher>),
 }
 
 impl Outlet {
-    fn handle(&mut self, event: Event) {
+    pub(super) fn handle(&mut self, event: Event) {
         match self {
             Outlet::Relay(relay) => relay.handle(event),
             Outlet::Policies(dispatcher) => dispatcher.handle(event),
         }
     }
 
-    async fn shutdown(self, grace: Duration) {
+    pub(super) async fn shutdown(self, grace: Duration) {
         match self {
             Outlet::Relay(relay) => relay.shutdown(grace).await,
             Outlet::Policies(dispatcher) => (*dispatcher).shutdown(grace).await,
@@ -293,7 +302,7 @@ impl Outlet {
 }
 
 /// The capture targets of a config: every policy's (a Service's as discovered).
-fn config_targets(config: &MirrorConfig) -> BTreeSet<Target> {
+pub(super) fn config_targets(config: &MirrorConfig) -> BTreeSet<Target> {
     config.capture_targets()
 }
 
@@ -324,7 +333,7 @@ pub async fn run(args: RunArgs) -> Result<(), RunError> {
         }
         .with_rewrite(HostRewrite::Keep);
     }
-    let mut pipeline = Pipeline::new(pipeline_config)?;
+    let mut pipeline = Pipeline::new(pipeline_config.clone())?;
     let wakeup_bytes = if args.poll_ms == 0 {
         0
     } else {
@@ -368,10 +377,23 @@ pub async fn run(args: RunArgs) -> Result<(), RunError> {
     let intake = Arc::new(Intake::default());
     let cells = Arc::new(PipelineCells::default());
     let on_relay_runtime = relay_runtime.enter();
+    let mut shards = match args.capture_threads {
+        1 => None,
+        threads => Some(run_shards::start(
+            &args,
+            &pipeline_config,
+            access_log.clone(),
+            &registry,
+            usize::from(threads),
+        )?),
+    };
     let (mut outlet, mut reloads) = match &file {
         None => {
+            // Sharded, the threads' relays send; this one stays idle.
             let relay = Relay::new(args.relay_config(access_log.clone()));
-            registry.register("relay", relay.stats());
+            if shards.is_none() {
+                registry.register("relay", relay.stats());
+            }
             let shadow = args.shadow.clone().unwrap_or_default();
             tracing::info!(%shadow, percent = args.percent, "mirroring");
             eprintln!("mirroring to {shadow}; Ctrl-C to stop");
@@ -415,8 +437,10 @@ pub async fn run(args: RunArgs) -> Result<(), RunError> {
         };
         reloads = Some(kubernetes::start(parts, relay_runtime.handle()).await?);
     }
-    registry.register("pipeline", cells.clone());
-    registry.register("intake", intake.clone());
+    if shards.is_none() {
+        registry.register("pipeline", cells.clone());
+        registry.register("intake", intake.clone());
+    }
     let (kernel, bpf) = session.kernel_sources();
     registry.register("kernel", Arc::new(kernel));
     registry.register("bpf", Arc::new(bpf));
@@ -443,7 +467,10 @@ pub async fn run(args: RunArgs) -> Result<(), RunError> {
     tokio::pin!(stop);
     loop {
         health.beat();
-        let mut on_record = |item: &[u8]| intake_record(item, &intake, &mut pipeline, &mut outlet);
+        let mut on_record = |item: &[u8]| match &mut shards {
+            Some(shards) => shards.dispatch(item),
+            None => intake_record(item, &intake, &mut pipeline, &mut outlet),
+        };
         // Timers first: a ring that is never empty must not starve them.
         tokio::select! {
             biased;
@@ -467,13 +494,20 @@ pub async fn run(args: RunArgs) -> Result<(), RunError> {
                 apply_reload(&config, &session, &mut outlet);
             }
         }
+        if let Some(shards) = &mut shards {
+            shards.flush();
+        }
         // Let the runtime's own work (timers, signals) in between batches.
         tokio::task::yield_now().await;
     }
-    session
-        .reader()
-        .drain(|item| intake_record(item, &intake, &mut pipeline, &mut outlet));
+    session.reader().drain(|item| match &mut shards {
+        Some(shards) => shards.dispatch(item),
+        None => intake_record(item, &intake, &mut pipeline, &mut outlet),
+    });
     cells.publish(&pipeline);
+    if let Some(shards) = shards {
+        run_shards::finish(shards, grace).await;
+    }
     outlet.shutdown(grace).await;
     relay_runtime.shutdown_background();
     // The relay's counters move during the grace period: report them after it. The final
