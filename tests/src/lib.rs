@@ -42,6 +42,7 @@ pub mod agent;
 pub mod cleanup;
 pub mod container;
 mod httpbin;
+pub mod kmock;
 pub mod load;
 mod netns;
 mod privileges;

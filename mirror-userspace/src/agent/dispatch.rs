@@ -27,8 +27,7 @@ use mirror_cores::{
 
 use super::mirror_stats::{MirrorCounters, MirrorStats};
 use crate::{
-    capture::target::Target,
-    control::{MirrorConfig, Protocol},
+    control::{config::Scope, MirrorConfig, Protocol},
     relay::{Relay, RelayConfig},
 };
 
@@ -37,7 +36,7 @@ type MirrorId = u32;
 /// A policy of the running config, its mirrors resolved to relays.
 #[derive(Debug)]
 struct ActivePolicy {
-    target: Option<Target>,
+    scope: Scope,
     protocol: Protocol,
     policy: Policy,
     /// `policy.mirrors[i]` is relayed by `mirrors[i]`.
@@ -132,7 +131,7 @@ impl Dispatcher {
                 wanted.push(id);
             }
             policies.push(ActivePolicy {
-                target: p.target,
+                scope: p.scope(),
                 protocol: p.protocol,
                 policy: p.policy.clone(),
                 mirrors,
@@ -306,11 +305,9 @@ impl Dispatcher {
     /// The first policy whose protocol `fits` and whose target holds the flow's
     /// destination.
     fn policy_of(&self, flow: FlowKey, fits: impl Fn(Protocol) -> bool) -> Option<usize> {
-        self.policies.iter().position(|p| {
-            fits(p.protocol)
-                && p.target
-                    .is_none_or(|t| t.contains(flow.dst.ip(), flow.dst.port()))
-        })
+        self.policies
+            .iter()
+            .position(|p| fits(p.protocol) && p.scope.contains(flow.dst.ip(), flow.dst.port()))
     }
 
     /// A raw TCP or h2c connection's first bytes: which mirrors take it, for its whole life. The

@@ -40,6 +40,7 @@ impl RunArgs {
             },
             "agent": {
                 "poll_ms": self.poll_ms,
+                "capture_threads": self.capture_threads,
                 "nice": self.nice,
                 "grace_secs": self.grace_secs,
                 "log_interval_secs": self.log_interval_secs,
