@@ -95,6 +95,16 @@ counters! {
     stopped_multiple_host,
     /// Connections no longer mirrored: malformed chunk size line, chunk end or trailer.
     stopped_bad_chunk,
+    /// Connections no longer mirrored: HTTP/2 with prior knowledge (h2c), which is not
+    /// HTTP/1.1 (its connection preface instead of a request line).
+    stopped_h2c,
+    /// Raw TCP connections no longer mirrored: the capture lost bytes of them.
+    stopped_stream_gap,
+    /// Raw TCP connections first seen mid-stream: not mirrored (where their stream began is
+    /// unknown).
+    stream_joins_skipped,
+    /// Bytes of raw TCP connections handed to the relay (acknowledged by v1, in order).
+    stream_bytes,
     /// Flows started by a SYN.
     flows_started,
     /// Flows ended by a FIN once all their data was delivered.
@@ -185,6 +195,10 @@ pub enum StopReason {
     LengthAndEncoding,
     MultipleHost,
     BadChunk,
+    /// The HTTP/2 connection preface where a request line should be.
+    H2c,
+    /// A raw TCP connection lost bytes: what follows cannot be relayed in order.
+    StreamGap,
 }
 
 impl StopReason {
@@ -200,6 +214,8 @@ impl StopReason {
             Self::LengthAndEncoding => &mut counters.stopped_length_and_encoding,
             Self::MultipleHost => &mut counters.stopped_multiple_host,
             Self::BadChunk => &mut counters.stopped_bad_chunk,
+            Self::H2c => &mut counters.stopped_h2c,
+            Self::StreamGap => &mut counters.stopped_stream_gap,
         };
         *c = c.wrapping_add(1);
     }
@@ -240,7 +256,7 @@ mod tests {
             ..Counters::default()
         };
         let pairs: Vec<_> = c.iter().collect();
-        assert_eq!(pairs.len(), 51);
+        assert_eq!(pairs.len(), 55);
         assert!(pairs.contains(&("gaps", 3)));
         assert!(pairs.contains(&("flows_evicted_memory", 7)));
         let mut names: Vec<_> = pairs.iter().map(|p| p.0).collect();

@@ -21,7 +21,7 @@ use std::{
 };
 
 use mirror_cores::{
-    pipeline::{Admission, ConfigError, Event, Pipeline, PipelineConfig},
+    pipeline::{Admission, ConfigError, Event, Pipeline, PipelineConfig, StreamTarget},
     rewrite::HostRewrite,
 };
 
@@ -41,7 +41,7 @@ use crate::{
         session::{self, CaptureOptions, OwnMark, Session, SessionError},
         target::Target,
     },
-    control::{self, interfaces::InterfacesError, reload, MirrorConfig},
+    control::{self, config::Scope, interfaces::InterfacesError, reload, MirrorConfig},
     observe::{
         access_log::AccessLog,
         admin::{self, AdminError, AdminState},
@@ -306,6 +306,24 @@ pub(super) fn config_targets(config: &MirrorConfig) -> BTreeSet<Target> {
     config.capture_targets()
 }
 
+/// The destinations of a config's raw TCP and h2c policies (a Service's as discovered).
+fn stream_targets(config: &MirrorConfig) -> Vec<StreamTarget> {
+    config
+        .policies
+        .iter()
+        .filter(|p| p.protocol.is_stream())
+        .flat_map(|p| match p.scope() {
+            Scope::Some(targets) => targets,
+            Scope::Every => Vec::new(),
+        })
+        .map(|t| StreamTarget {
+            addr: t.addr,
+            prefix: t.prefix,
+            port: t.port,
+        })
+        .collect()
+}
+
 /// Mirrors until SIGINT/SIGTERM, then gives queued requests a grace period.
 pub async fn run(args: RunArgs) -> Result<(), RunError> {
     let grace = Duration::from_secs(args.grace_secs);
@@ -334,6 +352,9 @@ pub async fn run(args: RunArgs) -> Result<(), RunError> {
         .with_rewrite(HostRewrite::Keep);
     }
     let mut pipeline = Pipeline::new(pipeline_config.clone())?;
+    if let Some((_, config)) = &file {
+        pipeline.set_stream_targets(stream_targets(config));
+    }
     let wakeup_bytes = if args.poll_ms == 0 {
         0
     } else {
@@ -491,7 +512,9 @@ pub async fn run(args: RunArgs) -> Result<(), RunError> {
             }
             Some(config) = next_reload(&mut reloads) => {
                 let _on_relay_runtime = relay_runtime.enter();
-                apply_reload(&config, &session, &mut outlet);
+                if apply_reload(&config, &session, &mut outlet) {
+                    pipeline.set_stream_targets(stream_targets(&config));
+                }
             }
         }
         if let Some(shards) = &mut shards {
@@ -526,16 +549,18 @@ async fn next_reload(
     }
 }
 
-/// Applies a reloaded config between two records: later request heads follow it.
-fn apply_reload(config: &MirrorConfig, session: &Session, outlet: &mut Outlet) {
+/// Applies a reloaded config between two records: later request heads follow it. Returns
+/// whether it was applied.
+fn apply_reload(config: &MirrorConfig, session: &Session, outlet: &mut Outlet) -> bool {
     if let Err(error) = session.set_targets(&config_targets(config)) {
         tracing::error!(%error, "config reload: targets not updated; keeping the running config");
-        return;
+        return false;
     }
     if let Outlet::Policies(dispatcher) = outlet {
         dispatcher.reconfigure(config);
     }
     tracing::info!(policies = config.policies.len(), "config reloaded");
+    true
 }
 
 fn intake_record(item: &[u8], intake: &Intake, pipeline: &mut Pipeline, outlet: &mut Outlet) {

@@ -401,7 +401,8 @@ mod tests {
                 Event::RequestBody { flow, .. }
                 | Event::RequestEnd { flow }
                 | Event::RequestAbort { flow, .. }
-                | Event::FlowEnd { flow, .. } => (*flow, false),
+                | Event::FlowEnd { flow, .. }
+                | Event::StreamData { flow, .. } => (*flow, false),
             };
             self.seen.lock().unwrap().push((self.shard, flow, head));
         }

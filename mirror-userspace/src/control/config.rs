@@ -15,7 +15,7 @@ use serde_saphyr::Spanned;
 use super::{
     file::{
         ConfigFile, ConsistentBy, HeaderMatchEntry, HostRewriteEntry, MatchEntry, MirrorEntry,
-        PathEntry, PathType, PolicyEntry, SamplingEntry, TargetEntry, ValueType,
+        PathEntry, PathType, PolicyEntry, ProtocolEntry, SamplingEntry, TargetEntry, ValueType,
     },
     service,
 };
@@ -102,6 +102,29 @@ pub struct PolicyConfig {
     pub backends: Vec<String>,
     /// The match entries as the file wrote them, for printing.
     pub match_text: Vec<String>,
+    pub protocol: Protocol,
+}
+
+/// What a policy's connections carry, hence how they are mirrored.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Protocol {
+    /// HTTP/1.1 requests, framed, sampled and rewritten one by one.
+    #[default]
+    Http,
+    /// Raw TCP mode: each connection's bytes, as they are, to a connection of its own to
+    /// each mirror that takes it (sampling per connection; nothing is rewritten).
+    Tcp,
+    /// h2c with prior knowledge: each connection followed from its preface (sampling per
+    /// connection), each stream replayed on an HTTP/2 connection to the mirror with
+    /// `:authority` rewritten.
+    Http2,
+}
+
+impl Protocol {
+    /// Whether the pipeline hands this protocol's connections on as byte streams.
+    pub fn is_stream(self) -> bool {
+        matches!(self, Protocol::Tcp | Protocol::Http2)
+    }
 }
 
 impl PolicyConfig {
@@ -339,6 +362,32 @@ fn build_policy(
         None => Sampling::Independent,
         Some(s) => build_sampling(check, s)?,
     };
+    let protocol = match &p.protocol {
+        None => Protocol::Http,
+        Some(proto) if proto.value == ProtocolEntry::Http => Protocol::Http,
+        Some(proto) if proto.value == ProtocolEntry::Http2 => {
+            check_http2(p).map_err(|key| {
+                check.invalid(
+                    At::from(proto),
+                    key,
+                    "not yet on a protocol: http2 policy: connections are sampled whole and \
+                     only hostRewrite applies (to :authority)",
+                )
+            })?;
+            Protocol::Http2
+        }
+        Some(proto) => {
+            check_raw_tcp(p).map_err(|key| {
+                check.invalid(
+                    At::from(proto),
+                    key,
+                    "a protocol: tcp policy has no requests to match, sample by header or \
+                     rewrite: connections are mirrored whole, as they are",
+                )
+            })?;
+            Protocol::Tcp
+        }
+    };
     Ok(PolicyConfig {
         name: p.name.value.clone(),
         target,
@@ -351,7 +400,45 @@ fn build_policy(
         },
         backends,
         match_text,
+        protocol,
     })
+}
+
+/// What an http2 policy does not support yet. Returns the key that is out of place.
+fn check_http2(p: &PolicyEntry) -> Result<(), &'static str> {
+    if !p.matches.is_empty() {
+        return Err("matches");
+    }
+    if p.sampling.is_some() {
+        return Err("sampling");
+    }
+    if p.mirrors
+        .iter()
+        .any(|m| m.value.request_header_modifier.is_some())
+    {
+        return Err("requestHeaderModifier");
+    }
+    Ok(())
+}
+
+/// A raw TCP policy's connections carry no HTTP: it may say only how much to mirror where.
+/// Returns the key that is out of place.
+fn check_raw_tcp(p: &PolicyEntry) -> Result<(), &'static str> {
+    if !p.matches.is_empty() {
+        return Err("matches");
+    }
+    if p.sampling.is_some() {
+        return Err("sampling");
+    }
+    for m in &p.mirrors {
+        if m.value.host_rewrite.is_some() {
+            return Err("hostRewrite");
+        }
+        if m.value.request_header_modifier.is_some() {
+            return Err("requestHeaderModifier");
+        }
+    }
+    Ok(())
 }
 
 fn build_target(address: &str, port: u16) -> Result<Target, String> {
@@ -518,6 +605,20 @@ impl fmt::Display for MirrorConfig {
                 (None, None) => "every captured destination".to_owned(),
             };
             writeln!(f, "policy {} -> {target}", p.name)?;
+            if p.protocol == Protocol::Http2 {
+                writeln!(
+                    f,
+                    "  protocol: http2 (h2c, streams replayed, :authority rewritten)"
+                )?;
+            }
+            if p.protocol == Protocol::Tcp {
+                writeln!(f, "  protocol: tcp (each connection's bytes, as they are)")?;
+                for (rule, backend) in p.policy.mirrors.iter().zip(&p.backends) {
+                    let percent = rule.share.as_percent();
+                    writeln!(f, "  mirror {backend}: {percent}% of connections")?;
+                }
+                continue;
+            }
             if p.match_text.is_empty() {
                 writeln!(f, "  matches: every request")?;
             }

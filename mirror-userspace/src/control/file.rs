@@ -39,6 +39,18 @@ pub struct PolicyEntry {
     pub mirrors: Vec<Spanned<MirrorEntry>>,
     #[serde(default)]
     pub sampling: Option<Spanned<SamplingEntry>>,
+    /// What the target's connections carry: `http` (the default), `tcp` (raw TCP mode) or
+    /// `http2` (h2c with prior knowledge).
+    #[serde(default)]
+    pub protocol: Option<Spanned<ProtocolEntry>>,
+}
+
+#[derive(Clone, Copy, Debug, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum ProtocolEntry {
+    Http,
+    Tcp,
+    Http2,
 }
 
 #[derive(Debug, Deserialize)]

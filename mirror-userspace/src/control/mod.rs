@@ -11,4 +11,4 @@ mod service;
 #[cfg(test)]
 mod tests;
 
-pub use config::{load, parse, parse_policy, ConfigError, MirrorConfig, PolicyConfig};
+pub use config::{load, parse, parse_policy, ConfigError, MirrorConfig, PolicyConfig, Protocol};

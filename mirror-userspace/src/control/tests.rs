@@ -156,6 +156,72 @@ fn bad_files_are_refused_with_their_line() {
     }
 }
 
+#[test]
+fn raw_tcp_policies_take_shares_and_refuse_http_rules() {
+    let tcp = "interfaces: [eth0]\npolicies:\n- name: cache\n  target: {address: 10.96.0.20, port: 6379}\n  protocol: tcp\n  mirrors:\n  - backend: redis-v2:6379\n    percent: 50\n";
+    let config = parse(tcp, "t").unwrap();
+    assert_eq!(config.policies[0].protocol, super::Protocol::Tcp);
+    let printed = config.to_string();
+    assert!(printed.contains("protocol: tcp"), "{printed}");
+    assert!(
+        printed.contains("mirror redis-v2:6379: 50% of connections"),
+        "{printed}"
+    );
+    let http = tcp.replace("protocol: tcp", "protocol: http");
+    assert_eq!(
+        parse(&http, "t").unwrap().policies[0].protocol,
+        super::Protocol::Http
+    );
+    for (extra, key) in [
+        ("  matches: [{method: GET}]\n", "matches"),
+        (
+            "  sampling: {consistentBy: header, header: x-id}\n",
+            "sampling",
+        ),
+    ] {
+        let text = tcp.replace("  protocol: tcp\n", &format!("  protocol: tcp\n{extra}"));
+        let error = refused(&text).to_string();
+        assert!(
+            error.starts_with("test.yaml:5:13: ") && error.contains(key),
+            "{error}"
+        );
+    }
+    for (extra, key) in [
+        ("    hostRewrite: {keep: true}\n", "hostRewrite"),
+        (
+            "    requestHeaderModifier: {remove: [a]}\n",
+            "requestHeaderModifier",
+        ),
+    ] {
+        let error = refused(&format!("{tcp}{extra}")).to_string();
+        assert!(error.contains(key), "{error}");
+    }
+    let error = refused(&tcp.replace("protocol: tcp", "protocol: udp")).to_string();
+    assert!(error.contains("udp"), "{error}");
+}
+
+#[test]
+fn http2_policies_rewrite_authority_and_refuse_what_is_not_there_yet() {
+    let h2 = "interfaces: [eth0]\npolicies:\n- name: grpc\n  target: {address: 10.96.0.30, port: 50051}\n  protocol: http2\n  mirrors:\n  - backend: grpc-v2:50051\n    hostRewrite: {host: grpc-v2}\n";
+    let config = parse(h2, "t").unwrap();
+    assert_eq!(config.policies[0].protocol, super::Protocol::Http2);
+    assert!(config.to_string().contains("protocol: http2"), "{config}");
+    for extra in [
+        "  matches: [{method: GET}]\n",
+        "  sampling: {consistentBy: header, header: x}\n",
+    ] {
+        let text = h2.replace(
+            "  protocol: http2\n",
+            &format!("  protocol: http2\n{extra}"),
+        );
+        assert!(refused(&text).to_string().contains("not yet"), "{extra}");
+    }
+    let modifier = format!("{h2}    requestHeaderModifier: {{remove: [a]}}\n");
+    assert!(refused(&modifier)
+        .to_string()
+        .contains("requestHeaderModifier"));
+}
+
 /// A Service target as the ConfigMap in deploy/ writes it.
 const SERVICE: &str = r#"policies:
 - name: httpbin

@@ -11,10 +11,12 @@
 
 mod conn;
 mod flow;
+mod h2c;
 mod limits;
 mod pool;
 mod resolve;
 mod stats;
+mod stream;
 mod ticket;
 
 use std::{collections::HashMap, sync::Arc, time::Duration};
@@ -63,6 +65,9 @@ pub struct RelayConfig {
     pub idle_timeout: Duration,
     /// Where each request's outcome is logged, if anywhere.
     pub access_log: Option<Arc<AccessLog>>,
+    /// Raw connections carry h2c (`protocol: http2`): replayed stream by stream on an HTTP/2
+    /// connection to v2, `:authority` rewritten by this rule.
+    pub h2c: Option<mirror_cores::rewrite::HostRewrite>,
 }
 
 impl Default for RelayConfig {
@@ -78,6 +83,7 @@ impl Default for RelayConfig {
             down_backoff: Duration::from_secs(1),
             idle_timeout: Duration::from_secs(30),
             access_log: None,
+            h2c: None,
         }
     }
 }
@@ -111,6 +117,8 @@ pub struct Relay {
     shared: Arc<Shared>,
     runtime: Handle,
     flows: HashMap<FlowKey, ClientConnection>,
+    /// Raw TCP mode's connections.
+    streams: stream::Streams,
     tasks: JoinSet<()>,
     pruner: JoinHandle<()>,
 }
@@ -131,6 +139,7 @@ impl Relay {
             shared,
             runtime,
             flows: HashMap::new(),
+            streams: stream::Streams::default(),
             tasks: JoinSet::new(),
             pruner,
         }
@@ -147,7 +156,21 @@ impl Relay {
             Event::RequestBody { flow, data } => self.request_body(flow, data),
             Event::RequestEnd { flow } => self.request_end(flow),
             Event::RequestAbort { flow, .. } => self.request_abort(flow),
-            Event::FlowEnd { flow, .. } => self.flow_end(flow),
+            Event::FlowEnd { flow, reason } => {
+                self.streams.end(flow, reason);
+                self.flow_end(flow);
+            }
+            Event::StreamData { flow, data } => {
+                self.reap();
+                let Relay {
+                    shared,
+                    runtime,
+                    streams,
+                    tasks,
+                    ..
+                } = self;
+                streams.data(flow, data, shared, tasks, runtime);
+            }
         }
     }
 
@@ -269,6 +292,7 @@ impl Relay {
             }
         }
         self.flows.clear();
+        self.streams.shutdown();
         let drain = async { while self.tasks.join_next().await.is_some() {} };
         if tokio::time::timeout(grace, drain).await.is_err() {
             tracing::info!(

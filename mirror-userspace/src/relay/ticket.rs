@@ -13,7 +13,7 @@ use std::{
 
 use bytes::Bytes;
 
-use super::stats::{DropReason, Outcome, RelayStats};
+use super::stats::{DropReason, Outcome, RelayStats, STREAM_TAKEN};
 use crate::observe::access_log::{AccessLog, Entry};
 
 /// One mirrored request's claim to exactly one outcome.
@@ -75,6 +75,8 @@ impl Ticket {
         self.ended = true;
         self.stats.outcome(outcome);
         let latency = match outcome {
+            // A raw connection's lifetime is no response latency.
+            Outcome::Answered(STREAM_TAKEN) => None,
             Outcome::Answered(_) => {
                 let latency = self.issued.elapsed();
                 self.stats.response_latency.observe(latency);

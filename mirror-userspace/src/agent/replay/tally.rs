@@ -62,6 +62,7 @@ pub struct Discarded {
     pub request_aborts: AtomicU64,
     pub body_bytes: AtomicU64,
     pub flow_ends: AtomicU64,
+    pub stream_bytes: AtomicU64,
 }
 
 impl Discarded {
@@ -75,6 +76,10 @@ impl Discarded {
             Event::RequestEnd { .. } => &self.request_ends,
             Event::RequestAbort { .. } => &self.request_aborts,
             Event::FlowEnd { .. } => &self.flow_ends,
+            Event::StreamData { data, .. } => {
+                self.stream_bytes.fetch_add(data.len() as u64, Relaxed);
+                return;
+            }
         };
         counter.fetch_add(1, Relaxed);
     }
@@ -100,6 +105,11 @@ impl Source for Discarded {
             ),
             ("body_bytes", "Body bytes handed on.", &self.body_bytes),
             ("flow_ends", "Flows ended.", &self.flow_ends),
+            (
+                "stream_bytes",
+                "Raw TCP and h2c bytes handed on.",
+                &self.stream_bytes,
+            ),
         ] {
             out(Sample::counter(name, help, counter.load(Relaxed)));
         }
