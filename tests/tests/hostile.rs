@@ -551,6 +551,12 @@ fn f_syn_flood_of_65536_syns() {
         counter(&summary, "handshakes_seen").unwrap_or(0) > u64::from(SYNS) / 2,
         "v1 answered the flood and the agent saw it: {summary}"
     );
+    // Far more than one source's share (16,384) of pending handshakes: the flooder lost its
+    // own, never the good pod's.
+    assert!(
+        counter(&summary, "handshakes_evicted_source").unwrap_or(0) >= u64::from(SYNS) / 2,
+        "{summary}"
+    );
 }
 
 /// A request forged with another pod's source address, denied by an anti-spoofing rule in
