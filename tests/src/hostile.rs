@@ -303,6 +303,188 @@ impl Drop for Discard {
     }
 }
 
+/// A deterministic stream of numbers, so that a run of an attack can be repeated.
+#[derive(Clone, Debug)]
+pub struct Lcg(pub u64);
+
+impl Lcg {
+    pub fn next_u32(&mut self) -> u32 {
+        self.0 = self
+            .0
+            .wrapping_mul(6_364_136_223_846_793_005)
+            .wrapping_add(1_442_695_040_888_963_407);
+        (self.0 >> 33) as u32
+    }
+}
+
+/// The attacks of issue 10, each returning how many packets it forged (v1 answers most of
+/// them with one packet more). `dst` is the mirrored service.
+pub mod attacks {
+    use super::*;
+
+    /// `count` SYNs from `src`'s ports 1024 and up, random sequence numbers.
+    pub fn syn_flood(
+        raw: &RawSender,
+        src: Ipv4Addr,
+        dst: SocketAddrV4,
+        count: u32,
+        rng: &mut Lcg,
+    ) -> Result<u64> {
+        for i in 0..count {
+            raw.send(&Forged {
+                src: SocketAddrV4::new(src, 1024 + (i % 64_512) as u16),
+                dst,
+                seq: rng.next_u32(),
+                ack: 0,
+                flags: SYN,
+                window: 64_240,
+                payload: &[],
+            })?;
+        }
+        Ok(u64::from(count))
+    }
+
+    /// `count` whole requests (`GET /forged-N`), each a lone data segment of no connection.
+    pub fn forged_data(
+        raw: &RawSender,
+        src: Ipv4Addr,
+        dst: SocketAddrV4,
+        count: u32,
+        rng: &mut Lcg,
+    ) -> Result<u64> {
+        for i in 0..count {
+            let request = format!("GET /forged-{i} HTTP/1.1\r\nHost: httpbin:8000\r\n\r\n");
+            raw.send(&Forged {
+                src: SocketAddrV4::new(src, 20_000 + (i % 40_000) as u16),
+                dst,
+                seq: rng.next_u32(),
+                ack: rng.next_u32(),
+                flags: ACK | PSH,
+                window: 502,
+                payload: request.as_bytes(),
+            })?;
+        }
+        Ok(u64::from(count))
+    }
+
+    /// On each live flow, `per_flow` segments of 1 to 1000 bytes 64 KiB to 16 MiB ahead of
+    /// what it sent (beyond any genuine request that follows), interleaved across flows.
+    pub fn far_out_of_order(
+        raw: &RawSender,
+        flows: &[TcpStream],
+        dst: SocketAddrV4,
+        per_flow: usize,
+        rng: &mut Lcg,
+    ) -> Result<u64> {
+        let payload = vec![b'x'; 1000];
+        let places = places(flows)?;
+        let mut sent = 0;
+        for _ in 0..per_flow {
+            for (src, live) in &places {
+                let ahead = (64 << 10) + rng.next_u32() % (16 << 20);
+                let len = 1 + rng.next_u32() as usize % payload.len();
+                raw.send(&Forged {
+                    src: *src,
+                    dst,
+                    seq: live.send_next.wrapping_add(ahead),
+                    ack: live.receive_next,
+                    flags: ACK | PSH,
+                    window: 502,
+                    payload: &payload[..len],
+                })?;
+                sent += 1;
+            }
+        }
+        Ok(sent)
+    }
+
+    /// On each live flow, a request (`GET /poison`) about 2^31 ahead, four ways.
+    pub fn far_ahead(raw: &RawSender, flows: &[TcpStream], dst: SocketAddrV4) -> Result<u64> {
+        let poison = b"GET /poison HTTP/1.1\r\nHost: httpbin:8000\r\n\r\n";
+        let mut sent = 0;
+        for (src, live) in places(flows)? {
+            for ahead in [1u32 << 31, (1 << 31) - 1, (1 << 31) + 1, (1 << 31) - 1500] {
+                raw.send(&Forged {
+                    src,
+                    dst,
+                    seq: live.send_next.wrapping_add(ahead),
+                    ack: live.receive_next,
+                    flags: ACK | PSH,
+                    window: 502,
+                    payload: poison,
+                })?;
+                sent += 1;
+            }
+        }
+        Ok(sent)
+    }
+
+    /// On each live flow, RSTs (with and without ACK) in v1's window but not at its left edge
+    /// (v1 answers with a challenge ACK, RFC 5961) and outside it, before and after.
+    pub fn off_window_rsts(raw: &RawSender, flows: &[TcpStream], dst: SocketAddrV4) -> Result<u64> {
+        let mut sent = 0;
+        for (src, live) in places(flows)? {
+            for offset in [
+                1u32,
+                1000,
+                1 << 20,
+                1 << 30,
+                1 << 31,
+                0u32.wrapping_sub(1000),
+            ] {
+                for flags in [RST, RST | ACK] {
+                    raw.send(&Forged {
+                        src,
+                        dst,
+                        seq: live.send_next.wrapping_add(offset),
+                        ack: live.receive_next,
+                        flags,
+                        window: 0,
+                        payload: &[],
+                    })?;
+                    sent += 1;
+                }
+            }
+        }
+        Ok(sent)
+    }
+
+    /// `bytes` of `GET \n` lines on a real connection (to a [`Discard`] server), then waits
+    /// until the server has read them all and closed: v1 acknowledged every byte. Returns the
+    /// number of full-sized segments that makes.
+    pub fn garbage_lines(stream: &mut TcpStream, bytes: usize) -> Result<u64> {
+        let garbage: Vec<u8> = b"GET \n".iter().copied().cycle().take(bytes).collect();
+        stream.write_all(&garbage)?;
+        stream.shutdown(std::net::Shutdown::Write)?;
+        let mut rest = Vec::new();
+        let _ = stream.read_to_end(&mut rest);
+        Ok(bytes.div_ceil(1448) as u64)
+    }
+
+    fn places(flows: &[TcpStream]) -> Result<Vec<(SocketAddrV4, LiveSequence)>> {
+        flows
+            .iter()
+            .map(|s| Ok((local_v4(s)?, live_sequence(s)?)))
+            .collect()
+    }
+}
+
+/// Makes `ns` send no TCP RSTs of its own (an nft rule on its output hook), as a flooder
+/// that never answers v1's SYN-ACKs does.
+pub fn drop_own_rsts(ns: &Netns) -> Result<()> {
+    let chain = "{ type filter hook output priority 0 ; }";
+    for rule in [
+        &["nft", "add", "table", "inet", "flood"][..],
+        &["nft", "add", "chain", "inet", "flood", "out", chain],
+        &[
+            "nft", "add", "rule", "inet", "flood", "out", "tcp", "flags", "rst", "drop",
+        ],
+    ] {
+        ns.exec_ok(rule)?;
+    }
+    Ok(())
+}
+
 /// User plus system CPU time `pid` (all its threads) has used so far, from `/proc/PID/stat`.
 pub fn cpu_time(pid: u32) -> Result<Duration> {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))

@@ -13,7 +13,7 @@
 
 use std::{
     collections::BTreeSet,
-    io::{Read as _, Write as _},
+    io::Write as _,
     net::{Ipv4Addr, SocketAddrV4, TcpStream},
     time::{Duration, Instant},
 };
@@ -21,7 +21,7 @@ use std::{
 use mirror_tests::{
     agent::{counter, relay_conserved, Agent},
     hostile::{
-        cpu_time, live_sequence, local_v4, sink_get, Discard, Forged, RawSender, ACK, PSH, RST, SYN,
+        attacks, cpu_time, drop_own_rsts, sink_get, Discard, Forged, Lcg, RawSender, ACK, PSH, SYN,
     },
     require_root,
     scenario::{READY, VIP},
@@ -261,19 +261,6 @@ fn attack_run(
     summary
 }
 
-/// A deterministic stream of numbers, so that a failing run can be repeated.
-struct Lcg(u64);
-
-impl Lcg {
-    fn next(&mut self) -> u32 {
-        self.0 = self
-            .0
-            .wrapping_mul(6_364_136_223_846_793_005)
-            .wrapping_add(1_442_695_040_888_963_407);
-        (self.0 >> 33) as u32
-    }
-}
-
 #[test]
 fn a_garbage_request_lines_on_a_joined_connection() {
     if !require_root() {
@@ -290,23 +277,12 @@ fn a_garbage_request_lines_on_a_joined_connection() {
         .expect("connect");
     joined.write_all(b"hello ").expect("first bytes");
     let agent = bed.agent();
-    let garbage: Vec<u8> = b"GET \n".iter().copied().cycle().take(1 << 20).collect();
-    let summary = attack_run(
-        "(a) 1 MiB of `GET \\n` lines",
-        &bed,
-        agent,
-        Vec::new(),
-        || {
-            joined.write_all(&garbage).expect("garbage");
-            joined
-                .shutdown(std::net::Shutdown::Write)
-                .expect("shutdown");
-            // The discard server closes once it has read everything: v1 acknowledged it all.
-            let mut rest = Vec::new();
-            let _ = joined.read_to_end(&mut rest);
-            ((1 << 20) / 1448, Vec::new())
-        },
-    );
+    let name = "(a) 1 MiB of `GET \\n` lines";
+    let summary = attack_run(name, &bed, agent, Vec::new(), || {
+        // Waits until v1 (the discard server) has read, and so acknowledged, all of it.
+        let packets = attacks::garbage_lines(&mut joined, 1 << 20).expect("garbage");
+        (packets, Vec::new())
+    });
     assert!(
         counter(&summary, "midstream_joins").unwrap_or(0) >= 1,
         "the agent joined the connection: {summary}"
@@ -328,33 +304,10 @@ fn b_far_out_of_order_segments_on_many_flows() {
     let agent = bed.agent();
     let (mut flows, before) = bed.live_flows(FLOWS);
     let raw = RawSender::open(bed.hostile.ns()).expect("raw socket");
-    let payload = vec![b'x'; 1000];
     let mut rng = Lcg(10);
     let summary = attack_run("(b) far out-of-order segments", &bed, agent, before, || {
-        let places: Vec<(SocketAddrV4, _)> = flows
-            .iter()
-            .map(|s| (local_v4(s).expect("local"), live_sequence(s).expect("seq")))
-            .collect();
-        let mut sent = 0;
-        for _ in 0..PER_FLOW {
-            for (src, live) in &places {
-                // 64 KiB to 16 MiB ahead: beyond the genuine requests that follow, some within
-                // v1's window and most beyond it.
-                let ahead = (64 << 10) + rng.next() % (16 << 20);
-                let len = 1 + rng.next() as usize % payload.len();
-                raw.send(&Forged {
-                    src: *src,
-                    dst: Bed::vip(),
-                    seq: live.send_next.wrapping_add(ahead),
-                    ack: live.receive_next,
-                    flags: ACK | PSH,
-                    window: 502,
-                    payload: &payload[..len],
-                })
-                .expect("send");
-                sent += 1;
-            }
-        }
+        let sent = attacks::far_out_of_order(&raw, &flows, Bed::vip(), PER_FLOW, &mut rng)
+            .expect("attack");
         // v1 answers each with a duplicate acknowledgement; then every flow still works.
         let mut genuine = Vec::new();
         for (i, stream) in flows.iter_mut().enumerate() {
@@ -378,30 +331,23 @@ fn c_forged_data_without_a_handshake() {
     let agent = bed.agent();
     let raw = RawSender::open(bed.hostile.ns()).expect("raw socket");
     let mut rng = Lcg(3);
-    let src_ip = bed.hostile.ipv4();
-    attack_run(
-        "(c) forged data, no handshake",
-        &bed,
-        agent,
-        Vec::new(),
-        || {
-            for i in 0..FORGED {
-                let request = format!("GET /forged-{i} HTTP/1.1\r\nHost: httpbin:8000\r\n\r\n");
-                raw.send(&Forged {
-                    src: SocketAddrV4::new(src_ip, 20_000 + (i % 40_000) as u16),
-                    dst: Bed::vip(),
-                    seq: rng.next(),
-                    ack: rng.next(),
-                    flags: ACK | PSH,
-                    window: 502,
-                    payload: request.as_bytes(),
-                })
-                .expect("send");
-            }
-            // v1 answers each with a RST.
-            (2 * u64::from(FORGED), Vec::new())
-        },
-    );
+    let src = bed.hostile.ipv4();
+    let name = "(c) forged data, no handshake";
+    attack_run(name, &bed, agent, Vec::new(), || {
+        let sent = attacks::forged_data(&raw, src, Bed::vip(), FORGED, &mut rng).expect("attack");
+        // v1 answers each with a RST.
+        (2 * sent, Vec::new())
+    });
+}
+
+/// `AFTER` genuine requests on `stream` after an attack on it, all accepted by v1.
+fn genuine_after(stream: &mut TcpStream) -> Vec<String> {
+    const AFTER: usize = 100;
+    let genuine: Vec<String> = (0..AFTER).map(|i| format!("/hostile-after-{i}")).collect();
+    for path in &genuine {
+        sink_get(stream, path).expect("v1 kept the connection");
+    }
+    genuine
 }
 
 #[test]
@@ -409,38 +355,14 @@ fn d_a_segment_two_to_the_31_ahead_on_a_live_flow() {
     if !require_root() {
         return;
     }
-    const AFTER: usize = 100;
     let bed = Bed::new();
     let agent = bed.agent();
     let (mut flows, before) = bed.live_flows(1);
     let raw = RawSender::open(bed.hostile.ns()).expect("raw socket");
     let summary = attack_run("(d) segment 2^31 ahead", &bed, agent, before, || {
-        let stream = &mut flows[0];
-        let (src, live) = (
-            local_v4(stream).expect("local"),
-            live_sequence(stream).expect("seq"),
-        );
-        let poison = b"GET /poison HTTP/1.1\r\nHost: httpbin:8000\r\n\r\n";
-        let mut sent = 0;
-        for ahead in [1u32 << 31, (1 << 31) - 1, (1 << 31) + 1, (1 << 31) - 1500] {
-            raw.send(&Forged {
-                src,
-                dst: Bed::vip(),
-                seq: live.send_next.wrapping_add(ahead),
-                ack: live.receive_next,
-                flags: ACK | PSH,
-                window: 502,
-                payload: poison,
-            })
-            .expect("send");
-            sent += 1;
-        }
+        let sent = attacks::far_ahead(&raw, &flows, Bed::vip()).expect("attack");
         // The issue measured 0 heads for the next 100 valid requests: all must be mirrored.
-        let genuine: Vec<String> = (0..AFTER).map(|i| format!("/hostile-after-{i}")).collect();
-        for path in &genuine {
-            sink_get(stream, path).expect("genuine request after the attack");
-        }
-        (2 * sent, genuine)
+        (2 * sent, genuine_after(&mut flows[0]))
     });
     // Counted as beyond the window, not followed: nothing was poisoned.
     for name in ["duplicate_bytes", "far_jumps", "segments_beyond_window"] {
@@ -453,47 +375,13 @@ fn e_off_window_rsts_on_a_live_flow() {
     if !require_root() {
         return;
     }
-    const AFTER: usize = 100;
     let bed = Bed::new();
     let agent = bed.agent();
     let (mut flows, before) = bed.live_flows(1);
     let raw = RawSender::open(bed.hostile.ns()).expect("raw socket");
     let summary = attack_run("(e) off-window RSTs", &bed, agent, before, || {
-        let stream = &mut flows[0];
-        let (src, live) = (
-            local_v4(stream).expect("local"),
-            live_sequence(stream).expect("seq"),
-        );
-        let mut sent = 0;
-        // In the window but not at its left edge (v1 answers with a challenge ACK, RFC 5961),
-        // and outside it, before and after.
-        for offset in [
-            1u32,
-            1000,
-            1 << 20,
-            1 << 30,
-            1 << 31,
-            0u32.wrapping_sub(1000),
-        ] {
-            for flags in [RST, RST | ACK] {
-                raw.send(&Forged {
-                    src,
-                    dst: Bed::vip(),
-                    seq: live.send_next.wrapping_add(offset),
-                    ack: live.receive_next,
-                    flags,
-                    window: 0,
-                    payload: &[],
-                })
-                .expect("send");
-                sent += 1;
-            }
-        }
-        let genuine: Vec<String> = (0..AFTER).map(|i| format!("/hostile-after-{i}")).collect();
-        for path in &genuine {
-            sink_get(stream, path).expect("v1 kept the connection");
-        }
-        (2 * sent, genuine)
+        let sent = attacks::off_window_rsts(&raw, &flows, Bed::vip()).expect("attack");
+        (2 * sent, genuine_after(&mut flows[0]))
     });
     assert!(
         counter(&summary, "rst_ignored").unwrap_or(0) >= 1,
@@ -510,42 +398,14 @@ fn f_syn_flood_of_65536_syns() {
     let bed = Bed::new();
     // A real flooder does not answer v1's SYN-ACKs: the hostile pod's kernel sends no RSTs,
     // so every SYN-ACK stays a pending handshake for the agent.
-    let ns = bed.hostile.ns();
-    for rule in [
-        vec!["nft", "add", "table", "inet", "flood"],
-        vec![
-            "nft",
-            "add",
-            "chain",
-            "inet",
-            "flood",
-            "out",
-            "{ type filter hook output priority 0 ; }",
-        ],
-        vec![
-            "nft", "add", "rule", "inet", "flood", "out", "tcp", "flags", "rst", "drop",
-        ],
-    ] {
-        ns.exec_ok(&rule).expect("nft");
-    }
+    drop_own_rsts(bed.hostile.ns()).expect("nft");
     let agent = bed.agent();
     let raw = RawSender::open(bed.hostile.ns()).expect("raw socket");
     let mut rng = Lcg(6);
-    let src_ip = bed.hostile.ipv4();
+    let src = bed.hostile.ipv4();
     let summary = attack_run("(f) SYN flood", &bed, agent, Vec::new(), || {
-        for i in 0..SYNS {
-            raw.send(&Forged {
-                src: SocketAddrV4::new(src_ip, 1024 + (i % 64_512) as u16),
-                dst: Bed::vip(),
-                seq: rng.next(),
-                ack: 0,
-                flags: SYN,
-                window: 64_240,
-                payload: &[],
-            })
-            .expect("send");
-        }
-        (2 * u64::from(SYNS), Vec::new())
+        let sent = attacks::syn_flood(&raw, src, Bed::vip(), SYNS, &mut rng).expect("attack");
+        (2 * sent, Vec::new())
     });
     assert!(
         counter(&summary, "handshakes_seen").unwrap_or(0) > u64::from(SYNS) / 2,
