@@ -3,6 +3,7 @@
 //! request mirroring, on the namespace test-bed. See BENCHMARKS.md for what it measures.
 
 mod agent_summary;
+mod attack;
 mod bed;
 mod envoy;
 mod kernel_isolated;
@@ -57,6 +58,10 @@ struct BenchArgs {
     /// Skip the criterion micro-benchmarks in a full run.
     #[arg(long)]
     no_micro: bool,
+    /// Run only the attack mix and the cost of capturing v1's direction (full size, or the
+    /// smoke's with --smoke).
+    #[arg(long)]
+    attacks_only: bool,
 }
 
 /// Where the bench writes its JSON results and markdown report.
@@ -109,6 +114,28 @@ fn main() -> Result<()> {
     let out = out_dir(&target_dir());
     std::fs::create_dir_all(&out).with_context(|| format!("create {}", out.display()))?;
     let bed = Bed::new()?;
+    let attack_plan = if args.smoke {
+        attack::AttackPlan::SMOKE
+    } else {
+        attack::AttackPlan::FULL
+    };
+    if args.attacks_only {
+        let attacks = attack::run(&bed, attack_plan)?;
+        drop(bed);
+        let json = out.join("attacks.json");
+        std::fs::write(&json, serde_json::to_string_pretty(&attacks)?)
+            .with_context(|| format!("write {}", json.display()))?;
+        println!(
+            "Command: `{}`\n\n{}",
+            command_line(),
+            attack::markdown(&attacks)
+        );
+        let problems = attack::problems(&attacks);
+        if !problems.is_empty() {
+            bail!("attack mix:\n  {}", problems.join("\n  "));
+        }
+        return Ok(());
+    }
     let work = bed.testbed.log_dir().join("bench");
     let duration = Duration::from_secs(if args.smoke { 2 } else { args.seconds });
     let rounds = if args.smoke { 1 } else { args.rounds.max(1) };
@@ -177,6 +204,7 @@ fn main() -> Result<()> {
         }
     };
     let large = large::run(&bed, large_plan)?;
+    let attacks = attack::run(&bed, attack_plan)?;
     drop(bed);
     let results = Results {
         command: command_line(),
@@ -186,6 +214,7 @@ fn main() -> Result<()> {
         unmatched: Some(unmatched),
         isolated: Some(isolated),
         large: Some(large),
+        attacks: Some(attacks),
         micro,
     };
     let json = out.join(if args.smoke {

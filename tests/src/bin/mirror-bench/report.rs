@@ -5,6 +5,7 @@
 use std::fmt::Write as _;
 
 use super::agent_summary::AgentStats;
+use super::attack::Attacks;
 use super::bed::Backend;
 use super::kernel_isolated::Isolated;
 use super::large::LargeResult;
@@ -24,6 +25,7 @@ pub struct Results {
     pub unmatched: Option<Unmatched>,
     pub isolated: Option<Isolated>,
     pub large: Option<LargeResult>,
+    pub attacks: Option<Attacks>,
     pub micro: Vec<Micro>,
 }
 
@@ -248,6 +250,10 @@ pub fn markdown(results: &Results) -> String {
     }
     kernel(&mut md, results);
     large(&mut md, results);
+    if let Some(attacks) = &results.attacks {
+        md.push_str(&super::attack::markdown(attacks));
+        md.push('\n');
+    }
     micro(&mut md, results);
     md.push_str(&verdicts(results));
     md
