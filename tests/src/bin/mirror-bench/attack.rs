@@ -238,9 +238,7 @@ pub fn run(bed: &Bed, plan: AttackPlan) -> Result<Attacks> {
         sink_get(stream, &format!("/hostile-{i}"))?;
     }
     let raw = RawSender::open(hostile)?;
-    drop_own_rsts(hostile)?;
     let src = bed.hostile.ipv4();
-    let mut rng = Lcg(10);
     let (baseline_cpu_ms, _, _) = round(bed, &agent, &plan, "baseline", || Ok(0))?;
     let mut samples = Vec::new();
     let mut sample = |kind: &'static str, attack: &mut dyn FnMut() -> Result<u64>| -> Result<()> {
@@ -261,9 +259,6 @@ pub fn run(bed: &Bed, plan: AttackPlan) -> Result<Attacks> {
         samples.push(s);
         Ok(())
     };
-    sample("syn_flood", &mut || {
-        attacks::syn_flood(&raw, src, vip, plan.syns, &mut rng)
-    })?;
     let mut rng = Lcg(3);
     sample("forged_data", &mut || {
         attacks::forged_data(&raw, src, vip, plan.forged, &mut rng)
@@ -280,6 +275,12 @@ pub fn run(bed: &Bed, plan: AttackPlan) -> Result<Attacks> {
     })?;
     sample("garbage_lines", &mut || {
         attacks::garbage_lines(&mut joined, plan.garbage_bytes)
+    })?;
+    // Last: the flooder sends no RSTs of its own from here on (nor could the RST attack).
+    drop_own_rsts(hostile)?;
+    let mut rng = Lcg(6);
+    sample("syn_flood", &mut || {
+        attacks::syn_flood(&raw, src, vip, plan.syns, &mut rng)
     })?;
     let summary = agent.stop(libc::SIGTERM)?;
     summary_line(&summary)?;

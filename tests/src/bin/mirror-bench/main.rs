@@ -104,22 +104,15 @@ fn main() -> Result<()> {
         bail!("the bench needs root: it builds network namespaces");
     }
     let started = Instant::now();
-    let tools = tools::ensure(&target_dir())?;
-    // First: it builds the cores' benches, and a failure should not cost the whole run.
-    let micro = if args.smoke || args.no_micro {
-        Vec::new()
-    } else {
-        micro::run(&workspace(), 3)?
-    };
-    let out = out_dir(&target_dir());
-    std::fs::create_dir_all(&out).with_context(|| format!("create {}", out.display()))?;
-    let bed = Bed::new()?;
     let attack_plan = if args.smoke {
         attack::AttackPlan::SMOKE
     } else {
         attack::AttackPlan::FULL
     };
+    let out = out_dir(&target_dir());
+    std::fs::create_dir_all(&out).with_context(|| format!("create {}", out.display()))?;
     if args.attacks_only {
+        let bed = Bed::new()?;
         let attacks = attack::run(&bed, attack_plan)?;
         drop(bed);
         let json = out.join("attacks.json");
@@ -136,6 +129,14 @@ fn main() -> Result<()> {
         }
         return Ok(());
     }
+    let tools = tools::ensure(&target_dir())?;
+    // First: it builds the cores' benches, and a failure should not cost the whole run.
+    let micro = if args.smoke || args.no_micro {
+        Vec::new()
+    } else {
+        micro::run(&workspace(), 3)?
+    };
+    let bed = Bed::new()?;
     let work = bed.testbed.log_dir().join("bench");
     let duration = Duration::from_secs(if args.smoke { 2 } else { args.seconds });
     let rounds = if args.smoke { 1 } else { args.rounds.max(1) };
