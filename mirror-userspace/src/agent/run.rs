@@ -111,8 +111,9 @@ pub struct RunArgs {
     #[arg(long, default_value_t = 64, value_parser = positive::<usize>)]
     pub max_inflight_mib: usize,
     /// Of those, what the requests of one client address (a pod) may hold, in MiB; beyond,
-    /// that pod's requests are dropped (`dropped_source_budget`), no other pod's. Default: half
-    /// of --max-inflight-mib.
+    /// that pod's requests are dropped (`dropped_source_budget`), no other pod's. Default: all
+    /// of --max-inflight-mib (no share), since one pod's large upload may need the whole
+    /// budget while v2 falls behind; set it below to keep room for the other pods.
     #[arg(long, value_name = "MIB", value_parser = positive::<usize>)]
     pub max_inflight_mib_per_source: Option<usize>,
     /// Timeout of a connect to the shadow, in milliseconds.
@@ -245,7 +246,7 @@ impl RunArgs {
     /// One pod's share of the in-flight budget, in MiB.
     pub fn max_inflight_mib_per_source(&self) -> usize {
         self.max_inflight_mib_per_source
-            .unwrap_or(self.max_inflight_mib.div_ceil(2))
+            .unwrap_or(self.max_inflight_mib)
     }
 
     /// The relay settings; under a config file, every mirror's (its backend as the shadow).

@@ -76,7 +76,7 @@ impl Default for RelayConfig {
             max_connections: 4096,
             queue_depth: 1024,
             max_inflight_bytes: 64 << 20,
-            max_inflight_bytes_per_source: 32 << 20,
+            max_inflight_bytes_per_source: 64 << 20,
             connect_timeout: Duration::from_secs(2),
             response_timeout: Duration::from_secs(10),
             down_backoff: Duration::from_secs(1),
