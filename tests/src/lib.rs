@@ -41,6 +41,7 @@
 pub mod agent;
 pub mod cleanup;
 pub mod container;
+pub mod hostile;
 mod httpbin;
 pub mod kmock;
 pub mod load;

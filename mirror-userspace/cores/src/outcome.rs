@@ -143,8 +143,10 @@ counters! {
     bytes_unaccepted,
     /// SYN-ACKs from v1 recorded as pending handshakes.
     handshakes_seen,
-    /// Pending handshakes forgotten to stay within `max_handshakes`.
+    /// Pending handshakes forgotten to stay within `max_handshakes` or the source's share.
     handshakes_evicted,
+    /// Of those, forgotten because their source address had its share pending (its own, oldest first).
+    handshakes_evicted_source,
     /// Pending handshakes forgotten because the client never completed them in time.
     handshakes_expired,
     /// v1 segments ignored because the pipeline follows the client direction only.
@@ -256,7 +258,7 @@ mod tests {
             ..Counters::default()
         };
         let pairs: Vec<_> = c.iter().collect();
-        assert_eq!(pairs.len(), 55);
+        assert_eq!(pairs.len(), 56);
         assert!(pairs.contains(&("gaps", 3)));
         assert!(pairs.contains(&("flows_evicted_memory", 7)));
         let mut names: Vec<_> = pairs.iter().map(|p| p.0).collect();

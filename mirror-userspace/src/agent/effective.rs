@@ -34,6 +34,7 @@ impl RunArgs {
                 "max_shadow_connections": self.max_shadow_connections,
                 "shadow_queue": self.shadow_queue,
                 "max_inflight_mib": self.max_inflight_mib,
+                "max_inflight_mib_per_source": self.max_inflight_mib_per_source(),
                 "connect_timeout_ms": self.connect_timeout_ms,
                 "response_timeout_ms": self.response_timeout_ms,
                 "shadow_mark": self.shadow_mark,

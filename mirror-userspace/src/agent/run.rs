@@ -116,6 +116,12 @@ pub struct RunArgs {
     /// answered), in MiB.
     #[arg(long, default_value_t = 64, value_parser = positive::<usize>)]
     pub max_inflight_mib: usize,
+    /// Of those, what the requests of one client address (a pod) may hold, in MiB; beyond,
+    /// that pod's requests are dropped (`dropped_source_budget`), no other pod's. Default: all
+    /// of --max-inflight-mib (no share), since one pod's large upload may need the whole
+    /// budget while v2 falls behind; set it below to keep room for the other pods.
+    #[arg(long, value_name = "MIB", value_parser = positive::<usize>)]
+    pub max_inflight_mib_per_source: Option<usize>,
     /// Timeout of a connect to the shadow, in milliseconds.
     #[arg(long, default_value_t = 2000, value_parser = positive::<u64>)]
     pub connect_timeout_ms: u64,
@@ -253,6 +259,12 @@ impl RunArgs {
         .with_admission(admission)
     }
 
+    /// One pod's share of the in-flight budget, in MiB.
+    pub fn max_inflight_mib_per_source(&self) -> usize {
+        self.max_inflight_mib_per_source
+            .unwrap_or(self.max_inflight_mib)
+    }
+
     /// The relay settings; under a config file, every mirror's (its backend as the shadow).
     pub(super) fn relay_config(&self, access_log: Option<Arc<AccessLog>>) -> RelayConfig {
         RelayConfig {
@@ -261,6 +273,9 @@ impl RunArgs {
             max_connections: self.max_shadow_connections,
             queue_depth: self.shadow_queue,
             max_inflight_bytes: self.max_inflight_mib.saturating_mul(1 << 20),
+            max_inflight_bytes_per_source: self
+                .max_inflight_mib_per_source()
+                .saturating_mul(1 << 20),
             connect_timeout: Duration::from_millis(self.connect_timeout_ms),
             response_timeout: Duration::from_millis(self.response_timeout_ms),
             access_log,

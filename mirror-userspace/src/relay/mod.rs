@@ -55,6 +55,9 @@ pub struct RelayConfig {
     pub queue_depth: usize,
     /// Request bytes held over all connections (queued, or sent and not yet answered).
     pub max_inflight_bytes: usize,
+    /// Of those, what one source address (a client pod) may hold; beyond, its requests are
+    /// dropped as `source_budget`.
+    pub max_inflight_bytes_per_source: usize,
     pub connect_timeout: Duration,
     /// How long v2 may go without accepting a byte of a request being written, and how long
     /// it may take to answer one.
@@ -78,6 +81,7 @@ impl Default for RelayConfig {
             max_connections: 4096,
             queue_depth: 1024,
             max_inflight_bytes: 64 << 20,
+            max_inflight_bytes_per_source: 64 << 20,
             connect_timeout: Duration::from_secs(2),
             response_timeout: Duration::from_secs(10),
             down_backoff: Duration::from_secs(1),
@@ -128,7 +132,11 @@ impl Relay {
     pub fn new(config: RelayConfig) -> Relay {
         let stats = Arc::new(RelayStats::default());
         let shared = Arc::new(Shared {
-            budget: Budget::new(config.max_inflight_bytes, Arc::clone(&stats)),
+            budget: Budget::new(
+                config.max_inflight_bytes,
+                config.max_inflight_bytes_per_source,
+                Arc::clone(&stats),
+            ),
             pool: Pool::new(config.clone(), Arc::clone(&stats)),
             config,
             stats,
@@ -194,10 +202,7 @@ impl Relay {
         let chunk = if self.shared.pool.shadow_down() {
             Err(DropReason::ShadowDown)
         } else {
-            self.shared
-                .budget
-                .reserve(head)
-                .ok_or(DropReason::QueueFull)
+            self.shared.budget.reserve(flow.src.ip(), head)
         };
         let chunk = match chunk {
             Ok(chunk) => chunk,
@@ -228,12 +233,18 @@ impl Relay {
         if !entry.in_request || entry.dropping {
             return;
         }
-        let sent = match (self.shared.budget.reserve(data), &entry.queue) {
-            (Some(chunk), Some(queue)) => queue.try_send(Piece::Body(chunk)).is_ok(),
-            _ => false,
+        let sent = match (
+            self.shared.budget.reserve(flow.src.ip(), data),
+            &entry.queue,
+        ) {
+            (Ok(chunk), Some(queue)) => queue
+                .try_send(Piece::Body(chunk))
+                .map_err(|_| DropReason::QueueFull),
+            (Ok(_), None) => Err(DropReason::QueueFull),
+            (Err(reason), _) => Err(reason),
         };
-        if !sent {
-            cancel(entry, DropReason::QueueFull);
+        if let Err(reason) = sent {
+            cancel(entry, reason);
         }
     }
 

@@ -32,6 +32,9 @@ reasons! {
     DropReason {
         /// The client connection's queue or the global in-flight byte budget was full.
         QueueFull => "queue_full",
+        /// The client's source address (its pod) held its share of the in-flight byte budget
+        /// (`--max-inflight-mib-per-source`): it loses its own mirroring, no other pod's.
+        SourceBudget => "source_budget",
         /// Every allowed connection to v2 was busy for the whole connect timeout.
         ConnLimit => "conn_limit",
         /// v2 refused, did not answer the connect, or was unreachable (or backing off after that).
@@ -148,7 +151,7 @@ pub struct RelayStats {
     pub requests: AtomicU64,
     answered: [AtomicU64; STATUS_CLASSES.len()],
     unanswered: [AtomicU64; 4],
-    dropped: [AtomicU64; 7],
+    dropped: [AtomicU64; DropReason::ALL.len()],
     /// Requests written again on a new connection because v2 closed before processing them.
     pub resent: AtomicU64,
     /// Request bytes v2's connections accepted (re-sent ones included).

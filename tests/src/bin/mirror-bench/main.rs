@@ -3,6 +3,7 @@
 //! request mirroring, on the namespace test-bed. See BENCHMARKS.md for what it measures.
 
 mod agent_summary;
+mod attack;
 mod bed;
 mod capture_path;
 mod envoy;
@@ -85,6 +86,10 @@ struct BenchArgs {
     /// Skip the criterion micro-benchmarks in a full run.
     #[arg(long)]
     no_micro: bool,
+    /// Run only the attack mix and the cost of capturing v1's direction (full size, or the
+    /// smoke's with --smoke).
+    #[arg(long)]
+    attacks_only: bool,
 }
 
 /// Where the bench writes its JSON results and markdown report.
@@ -130,6 +135,31 @@ fn main() -> Result<()> {
     if args.capture_path || args.memory {
         return sections_only(args, started);
     }
+    let attack_plan = if args.smoke {
+        attack::AttackPlan::SMOKE
+    } else {
+        attack::AttackPlan::FULL
+    };
+    let out = out_dir(&target_dir());
+    std::fs::create_dir_all(&out).with_context(|| format!("create {}", out.display()))?;
+    if args.attacks_only {
+        let bed = Bed::new()?;
+        let attacks = attack::run(&bed, attack_plan)?;
+        drop(bed);
+        let json = out.join("attacks.json");
+        std::fs::write(&json, serde_json::to_string_pretty(&attacks)?)
+            .with_context(|| format!("write {}", json.display()))?;
+        println!(
+            "Command: `{}`\n\n{}",
+            command_line(),
+            attack::markdown(&attacks)
+        );
+        let problems = attack::problems(&attacks);
+        if !problems.is_empty() {
+            bail!("attack mix:\n  {}", problems.join("\n  "));
+        }
+        return Ok(());
+    }
     let tools = tools::ensure(&target_dir())?;
     // First: it builds the cores' benches, and a failure should not cost the whole run.
     let micro = if args.smoke || args.no_micro {
@@ -137,8 +167,6 @@ fn main() -> Result<()> {
     } else {
         micro::run(&workspace(), 3)?
     };
-    let out = out_dir(&target_dir());
-    std::fs::create_dir_all(&out).with_context(|| format!("create {}", out.display()))?;
     let bed = Bed::new()?;
     let work = bed.testbed.log_dir().join("bench");
     let duration = Duration::from_secs(if args.smoke { 2 } else { args.seconds });
@@ -218,6 +246,7 @@ fn main() -> Result<()> {
         }
     };
     let large = large::run(&bed, large_plan)?;
+    let attacks = attack::run(&bed, attack_plan)?;
     drop(bed);
     let results = Results {
         command: command_line(),
@@ -229,6 +258,7 @@ fn main() -> Result<()> {
         capture_path: Some(capture_path),
         memory,
         large: Some(large),
+        attacks: Some(attacks),
         micro,
     };
     let json = out.join(if args.smoke {
@@ -296,6 +326,7 @@ fn sections_only(args: &BenchArgs, started: Instant) -> Result<()> {
         capture_path,
         memory,
         large: None,
+        attacks: None,
         micro: Vec::new(),
     };
     println!("{}", report::markdown(&results));

@@ -5,6 +5,7 @@
 use std::fmt::Write as _;
 
 use super::agent_summary::AgentStats;
+use super::attack::Attacks;
 use super::bed::Backend;
 use super::capture_path::{CapturePath, Replay, THREADS};
 use super::kernel_isolated::Isolated;
@@ -28,6 +29,7 @@ pub struct Results {
     pub capture_path: Option<CapturePath>,
     pub memory: Vec<RingRun>,
     pub large: Option<LargeResult>,
+    pub attacks: Option<Attacks>,
     pub micro: Vec<Micro>,
 }
 
@@ -254,6 +256,10 @@ pub fn markdown(results: &Results) -> String {
     capture_path(&mut md, results);
     memory(&mut md, results);
     large(&mut md, results);
+    if let Some(attacks) = &results.attacks {
+        md.push_str(&super::attack::markdown(attacks));
+        md.push('\n');
+    }
     micro(&mut md, results);
     md.push_str(&verdicts(results));
     md

@@ -103,6 +103,9 @@ pub fn check(results: &Results) -> Result<()> {
             ));
         }
     }
+    if let Some(attacks) = &results.attacks {
+        problems.extend(super::attack::problems(attacks));
+    }
     if !problems.is_empty() {
         bail!("bench smoke failed:\n  {}", problems.join("\n  "));
     }
