@@ -19,7 +19,7 @@ import kubernetes_validate
 import yaml
 
 DEPLOY = pathlib.Path(__file__).resolve().parent
-KUSTOMIZATIONS = [DEPLOY, DEPLOY / "overlays" / "privileged"]
+KUSTOMIZATIONS = [DEPLOY, DEPLOY / "overlays" / "privileged", DEPLOY / "overlays" / "pod-hook"]
 OLDEST = "1.28.0"
 COMBINATORS = ("allOf", "anyOf", "oneOf", "not")
 

@@ -5,7 +5,11 @@ use clap::{Parser, Subcommand};
 use std::io::Write as _;
 
 use mirror_userspace::{
-    agent::run, capture::attached, control, inspect::dump, observe::status_cmd,
+    agent::{replay, run},
+    capture::attached,
+    control,
+    inspect::dump,
+    observe::status_cmd,
 };
 use tracing_subscriber::EnvFilter;
 
@@ -31,6 +35,8 @@ enum Command {
     Capture(dump::CaptureArgs),
     /// Mirror: replay every captured request to the shadow, replies discarded.
     Run(Box<run::RunArgs>),
+    /// Replay a saved capture (pcap) through the pipeline to the shadow, then report.
+    Replay(Box<replay::ReplayArgs>),
     /// List the BPF programs on interfaces' TCX hooks, in run order.
     Attached(attached::AttachedArgs),
     /// Summarise a running agent from its admin endpoint: interfaces, rates, drops, latency.
@@ -66,6 +72,7 @@ fn main() -> anyhow::Result<()> {
             run::set_nice(args.nice)?;
             capture_runtime()?.block_on(run::run(*args))?
         }
+        Command::Replay(args) => capture_runtime()?.block_on(replay::run(*args))?,
         Command::Attached(args) => print_attached(&args)?,
         Command::Status(args) => runtime()?.block_on(status_cmd::run(&args))?,
         Command::Config(command) => config_command(command)?,

@@ -27,6 +27,8 @@ pub const VENV_PINS: &[&str] = &[
     "Werkzeug==3.1.9",
     // Not httpbin's: the reference parser the observability tests check `/metrics` with.
     "prometheus-client==0.26.0",
+    // Not httpbin's: the gRPC server and client of the h2c tests (tests/tests/protocols.rs).
+    "grpcio==1.85.1",
 ];
 
 /// Port httpbin listens on inside its pod, like the Kubernetes sample's container port.

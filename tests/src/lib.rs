@@ -41,7 +41,9 @@
 pub mod agent;
 pub mod cleanup;
 pub mod container;
+pub mod hostile;
 mod httpbin;
+pub mod kmock;
 pub mod load;
 mod netns;
 mod privileges;

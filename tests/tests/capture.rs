@@ -14,7 +14,7 @@ use mirror_tests::{
     agent::{counter, Agent},
     require_root,
     scenario::{ClientServer as Bed, CAPTURE_READY},
-    stream::{flows, reverse_segments, CapturedStream},
+    stream::{flows, reverse_segments, CapturedStream, ReverseSegment},
     Sink,
 };
 use mirror_userspace::capture::{packet, pcap};
@@ -288,6 +288,18 @@ fn reverse_lines(stdout: &str) -> Vec<&str> {
         .collect()
 }
 
+/// v1's header-only segments in the pcap (from `targets`), each also printed by `mirror
+/// capture` as one `reverse` line.
+fn reverse_records(pcap: &Path, targets: &[SocketAddr], stdout: &str) -> Vec<ReverseSegment> {
+    let reverse = reverse_segments(pcap, targets).expect("pcap");
+    assert_eq!(
+        reverse_lines(stdout).len(),
+        reverse.len(),
+        "one line per record: {reverse:?}\n{stdout}"
+    );
+    reverse
+}
+
 #[test]
 fn v1_handshake_and_acks_are_captured_header_only() {
     if !require_root() {
@@ -303,7 +315,7 @@ fn v1_handshake_and_acks_are_captured_header_only() {
     let summary = stop(agent);
     let client = only_flow(&pcap, target);
     let isn = client.isn.expect("the client's SYN");
-    let reverse = reverse_segments(&pcap, &[target]).expect("pcap");
+    let reverse = reverse_records(&pcap, &[target], &stdout);
     let syn_ack = reverse
         .iter()
         .find(|segment| segment.flags.syn())
@@ -330,10 +342,8 @@ fn v1_handshake_and_acks_are_captured_header_only() {
             .any(|segment| u32::try_from(segment.captured).expect("len") < segment.orig_len),
         "the response's payload was cut: {reverse:?}"
     );
-    let lines = reverse_lines(&stdout);
-    assert_eq!(lines.len(), reverse.len(), "{stdout}");
     assert!(
-        lines
+        reverse_lines(&stdout)
             .iter()
             .any(|line| line.contains(&format!(" ack {request_end} ")) && line.contains(" win ")),
         "{stdout}"
@@ -368,8 +378,7 @@ fn no_reverse_captures_only_the_client_side() {
     assert!(only_flow(&pcap, target)
         .bytes
         .starts_with(b"GET /forward-only"));
-    assert!(reverse_segments(&pcap, &[target]).expect("pcap").is_empty());
-    assert!(reverse_lines(&stdout).is_empty(), "{stdout}");
+    assert!(reverse_records(&pcap, &[target], &stdout).is_empty());
     assert_eq!(counter(&summary, "reverse_matched"), Some(0), "{summary}");
 }
 
@@ -510,57 +519,37 @@ fn kernel_parser_follows_vlan_tags_and_ipv6_extension_headers() {
     let mut jumbo = vec![0, 0, 0xc2, 4];
     let jumbo_tcp = tcp(40001, 80, 0x18, &request("/jumbo"));
     jumbo.extend_from_slice(&(8 + u32::try_from(jumbo_tcp.len()).expect("len")).to_be_bytes());
+    // A client GET to v1 over IPv4 behind `tags` VLAN tags, IPv4 flags `frags`.
+    let over_v4 = |tags, frags, path: &str| {
+        ethernet(
+            ETH_P_IPV4,
+            tags,
+            &ipv4(client4, server4, frags, &to_v4(80, path)),
+        )
+    };
+    // A client GET to v1 over IPv6 through the extension headers `chain`.
+    let over_v6 = |chain: &[(u8, Vec<u8>)], port, path: &str| {
+        ethernet(
+            ETH_P_IPV6,
+            0,
+            &ipv6(
+                client6,
+                server6,
+                chain,
+                &tcp(port, 80, 0x18, &request(path)),
+                None,
+            ),
+        )
+    };
     let frames: Vec<(&str, &str, Vec<u8>)> = vec![
-        (
-            "vlan1",
-            &ingress,
-            ethernet(
-                ETH_P_IPV4,
-                1,
-                &ipv4(client4, server4, 0x4000, &to_v4(80, "/vlan1")),
-            ),
-        ),
-        (
-            "vlan2",
-            &ingress,
-            ethernet(
-                ETH_P_IPV4,
-                2,
-                &ipv4(client4, server4, 0x4000, &to_v4(80, "/vlan2")),
-            ),
-        ),
-        (
-            "vlan3",
-            &ingress,
-            ethernet(
-                ETH_P_IPV4,
-                3,
-                &ipv4(client4, server4, 0x4000, &to_v4(80, "/vlan3")),
-            ),
-        ),
-        (
-            "frag4",
-            &ingress,
-            ethernet(
-                ETH_P_IPV4,
-                0,
-                &ipv4(client4, server4, 0x2000, &to_v4(80, "/frag4")),
-            ),
-        ),
+        ("vlan1", &ingress, over_v4(1, 0x4000, "/vlan1")),
+        ("vlan2", &ingress, over_v4(2, 0x4000, "/vlan2")),
+        ("vlan3", &ingress, over_v4(3, 0x4000, "/vlan3")),
+        ("frag4", &ingress, over_v4(0, 0x2000, "/frag4")),
         (
             "ext6",
             &ingress,
-            ethernet(
-                ETH_P_IPV6,
-                0,
-                &ipv6(
-                    client6,
-                    server6,
-                    &[hop_by_hop, routing, dest_options.clone()],
-                    &tcp(40002, 80, 0x18, &request("/ext6")),
-                    None,
-                ),
-            ),
+            over_v6(&[hop_by_hop, routing, dest_options.clone()], 40002, "/ext6"),
         ),
         (
             "jumbo6",
@@ -574,33 +563,9 @@ fn kernel_parser_follows_vlan_tags_and_ipv6_extension_headers() {
         (
             "frag6",
             &ingress,
-            ethernet(
-                ETH_P_IPV6,
-                0,
-                &ipv6(
-                    client6,
-                    server6,
-                    &[(44, vec![0; 8])],
-                    &tcp(40003, 80, 0x18, &request("/frag6")),
-                    None,
-                ),
-            ),
+            over_v6(&[(44, vec![0; 8])], 40003, "/frag6"),
         ),
-        (
-            "ah6",
-            &ingress,
-            ethernet(
-                ETH_P_IPV6,
-                0,
-                &ipv6(
-                    client6,
-                    server6,
-                    &[(51, vec![0; 8])],
-                    &tcp(40004, 80, 0x18, &request("/ah6")),
-                    None,
-                ),
-            ),
-        ),
+        ("ah6", &ingress, over_v6(&[(51, vec![0; 8])], 40004, "/ah6")),
         (
             "reverse-vlan-ext6",
             &egress,
@@ -658,10 +623,9 @@ fn kernel_parser_follows_vlan_tags_and_ipv6_extension_headers() {
         bed.server_v4(80).parse().expect("addr"),
         format!("[{server6}]:80").parse().expect("addr"),
     ];
-    let reverse = reverse_segments(&pcap, &targets).expect("pcap");
+    let reverse = reverse_records(&pcap, &targets, &stdout);
     assert_eq!(reverse.len(), 1, "{reverse:?}");
     assert_eq!(reverse[0].captured, 14 + 4 + 40 + 16 + 20, "{reverse:?}");
-    assert_eq!(reverse_lines(&stdout).len(), 1, "{stdout}");
 }
 
 #[test]

@@ -32,5 +32,45 @@ fn deploy_manifests_validate_for_kubernetes_1_28_and_newest() {
         stdout.contains("deploy/overlays/privileged: 7 objects checked"),
         "{stdout}"
     );
+    assert!(
+        stdout.contains("deploy/overlays/pod-hook: 7 objects checked"),
+        "{stdout}"
+    );
     assert!(stdout.contains("CRD schema structural"), "{stdout}");
+}
+
+/// The config file the ConfigMap carries passes `mirror config check` as it is mounted.
+#[test]
+fn the_configmaps_config_passes_mirror_config_check() {
+    let manifest = std::fs::read_to_string(
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/base/configmap.yaml"),
+    )
+    .expect("configmap.yaml");
+    // The literal block under `config.yaml: |`, indented four spaces.
+    let config: String = manifest
+        .split_once("config.yaml: |\n")
+        .expect("a config.yaml key")
+        .1
+        .lines()
+        .take_while(|line| line.starts_with("    ") || line.is_empty())
+        .map(|line| format!("{}\n", line.get(4..).unwrap_or_default()))
+        .collect();
+    let file = std::env::temp_dir().join(format!("mirror-configmap-{}.yaml", std::process::id()));
+    std::fs::write(&file, &config).expect("write");
+    let out = Command::new(mirror_tests::agent::mirror_binary().expect("mirror binary"))
+        .args(["config", "check"])
+        .arg(&file)
+        .output()
+        .expect("mirror config check");
+    let _ = std::fs::remove_file(&file);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        stdout.contains("policy httpbin -> service default/httpbin:8000 (capture server)"),
+        "{stdout}"
+    );
 }

@@ -68,6 +68,26 @@ const TEST: &[Need] = &[
         recommends: true,
         ..need(Probe::Program("runc"), "runc", "the image tests' runtime")
     },
+    need(
+        Probe::Program("redis-server"),
+        "redis-server",
+        "raw TCP mode's v1 and v2 (tests/tests/protocols.rs)",
+    ),
+    need(
+        Probe::Program("redis-cli"),
+        "redis-tools",
+        "MONITOR on raw TCP mode's v1 and v2",
+    ),
+    need(
+        Probe::Program("nghttpd"),
+        "nghttp2-server",
+        "h2c mode's v1 and v2 (tests/tests/protocols.rs)",
+    ),
+    need(
+        Probe::Program("nghttp"),
+        "nghttp2-client",
+        "several h2c streams on one connection",
+    ),
 ];
 
 /// What the bench adds to the test-bed.

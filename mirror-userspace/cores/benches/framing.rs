@@ -2,15 +2,14 @@
 //! and the whole pipeline (reassembly, framing, rewrite, events) on small requests, gated by
 //! v1's acknowledgements (the default) and client-only.
 
+mod common;
+
+use common::{feed, MSS};
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
 use mirror_cores::flow::{FlowKey, Segment, TcpFlags};
-use mirror_cores::http::{Env, Framer, FramerConfig};
-use mirror_cores::outcome::Counters;
+use mirror_cores::http::Framer;
 use mirror_cores::pipeline::{Admission, Pipeline, PipelineConfig};
-use mirror_cores::sampling::Sampler;
 use std::hint::black_box;
-
-const MSS: usize = 1448;
 
 fn small_requests(total: usize) -> Vec<u8> {
     let one = b"GET /api/v1/items?id=42 HTTP/1.1\r\nHost: httpbin:8000\r\nUser-Agent: bench\r\nAccept: */*\r\n\r\n\
@@ -30,23 +29,7 @@ fn large_body(body: usize) -> Vec<u8> {
 }
 
 fn frame(stream: &[u8]) -> usize {
-    let config = FramerConfig::default();
-    let mut sampler = Sampler::new(100.0, 0).expect("valid percent");
-    let mut counters = Counters::default();
-    let mut env = Env {
-        config: &config,
-        sampler: &mut sampler,
-        counters: &mut counters,
-    };
-    let mut framer = Framer::new();
-    let mut events = 0usize;
-    for seg in stream.chunks(MSS) {
-        framer.data(seg, &mut env, &mut |e| {
-            black_box(e);
-            events += 1;
-        });
-    }
-    events
+    feed(Framer::new(), stream).0
 }
 
 /// The stream through a whole pipeline. Ack-gated: after a handshake, v1 acknowledges each

@@ -4,17 +4,16 @@
 //! off-window segments on live flows). Each must stay linear: the time per byte or per
 //! segment must not grow with the amount of input or the distance ahead.
 
+mod common;
+
+use common::feed;
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
 use mirror_cores::flow::{FlowKey, Segment, TcpFlags};
-use mirror_cores::http::{Env, Framer, FramerConfig};
-use mirror_cores::outcome::Counters;
+use mirror_cores::http::Framer;
 use mirror_cores::pipeline::{Pipeline, PipelineConfig};
 use mirror_cores::reassembly::Reassembler;
-use mirror_cores::sampling::Sampler;
 use std::hint::black_box;
 use std::time::Duration;
-
-const MSS: usize = 1448;
 const STREAM: usize = 1 << 20;
 
 fn repeat(unit: &[u8], total: usize) -> Vec<u8> {
@@ -23,20 +22,7 @@ fn repeat(unit: &[u8], total: usize) -> Vec<u8> {
 
 /// Feeds `stream` to a framer that joined mid-stream, in MSS-sized deliveries.
 fn resync(stream: &[u8]) -> u64 {
-    let config = FramerConfig::default();
-    let mut sampler = Sampler::new(100.0, 0).expect("valid percent");
-    let mut counters = Counters::default();
-    let mut env = Env {
-        config: &config,
-        sampler: &mut sampler,
-        counters: &mut counters,
-    };
-    let mut framer = Framer::resyncing();
-    for piece in stream.chunks(MSS) {
-        framer.data(piece, &mut env, &mut |e| {
-            black_box(e);
-        });
-    }
+    let (_, counters) = feed(Framer::resyncing(), stream);
     counters.resync_skipped_bytes + counters.requests_mirrored
 }
 

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Brief fuzz run for CI: builds the target with the pinned nightly and runs it from the
+# Brief fuzz run for CI: builds each target with the pinned nightly and runs it from the
 # committed seeds for SECONDS (default 30). Needs cargo-fuzz (`cargo install cargo-fuzz --locked`).
 # Every input has a time limit (TIMEOUT seconds, default 5; a typical input takes about a millisecond): an input that makes the cores
 # slower than linear fails the run like a crash. Inputs up to 128 KiB, so 64 KiB heads and
@@ -11,7 +11,10 @@ seconds="${1:-30}"
 timeout="${TIMEOUT:-5}"
 # The nightly pinned for the eBPF crate (its one pin) also has libFuzzer's sanitizer support.
 toolchain="$(sed -n 's/^channel *= *"\(.*\)"/\1/p' ../../../mirror-ebpf/rust-toolchain.toml)"
-mkdir -p corpus/reassembly_framing
-cargo "+$toolchain" fuzz run reassembly_framing \
-    corpus/reassembly_framing seeds/reassembly_framing \
-    -- -max_total_time="$seconds" -timeout="$timeout" -max_len=131072 -rss_limit_mb=2048
+# Each target gets SECONDS.
+for target in reassembly_framing h2_client; do
+    mkdir -p "corpus/$target"
+    cargo "+$toolchain" fuzz run "$target" \
+        "corpus/$target" "seeds/$target" \
+        -- -max_total_time="$seconds" -timeout="$timeout" -max_len=131072 -rss_limit_mb=2048
+done

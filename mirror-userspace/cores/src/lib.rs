@@ -10,6 +10,7 @@
 
 pub mod flow;
 pub mod http;
+pub mod http2;
 pub mod outcome;
 pub mod pipeline;
 pub mod policy;

@@ -95,6 +95,16 @@ counters! {
     stopped_multiple_host,
     /// Connections no longer mirrored: malformed chunk size line, chunk end or trailer.
     stopped_bad_chunk,
+    /// Connections no longer mirrored: HTTP/2 with prior knowledge (h2c), which is not
+    /// HTTP/1.1 (its connection preface instead of a request line).
+    stopped_h2c,
+    /// Raw TCP connections no longer mirrored: the capture lost bytes of them.
+    stopped_stream_gap,
+    /// Raw TCP connections first seen mid-stream: not mirrored (where their stream began is
+    /// unknown).
+    stream_joins_skipped,
+    /// Bytes of raw TCP connections handed to the relay (acknowledged by v1, in order).
+    stream_bytes,
     /// Flows started by a SYN.
     flows_started,
     /// Flows ended by a FIN once all their data was delivered.
@@ -133,8 +143,10 @@ counters! {
     bytes_unaccepted,
     /// SYN-ACKs from v1 recorded as pending handshakes.
     handshakes_seen,
-    /// Pending handshakes forgotten to stay within `max_handshakes`.
+    /// Pending handshakes forgotten to stay within `max_handshakes` or the source's share.
     handshakes_evicted,
+    /// Of those, forgotten because their source address had its share pending (its own, oldest first).
+    handshakes_evicted_source,
     /// Pending handshakes forgotten because the client never completed them in time.
     handshakes_expired,
     /// v1 segments ignored because the pipeline follows the client direction only.
@@ -185,6 +197,10 @@ pub enum StopReason {
     LengthAndEncoding,
     MultipleHost,
     BadChunk,
+    /// The HTTP/2 connection preface where a request line should be.
+    H2c,
+    /// A raw TCP connection lost bytes: what follows cannot be relayed in order.
+    StreamGap,
 }
 
 impl StopReason {
@@ -200,6 +216,8 @@ impl StopReason {
             Self::LengthAndEncoding => &mut counters.stopped_length_and_encoding,
             Self::MultipleHost => &mut counters.stopped_multiple_host,
             Self::BadChunk => &mut counters.stopped_bad_chunk,
+            Self::H2c => &mut counters.stopped_h2c,
+            Self::StreamGap => &mut counters.stopped_stream_gap,
         };
         *c = c.wrapping_add(1);
     }
@@ -240,7 +258,7 @@ mod tests {
             ..Counters::default()
         };
         let pairs: Vec<_> = c.iter().collect();
-        assert_eq!(pairs.len(), 51);
+        assert_eq!(pairs.len(), 56);
         assert!(pairs.contains(&("gaps", 3)));
         assert!(pairs.contains(&("flows_evicted_memory", 7)));
         let mut names: Vec<_> = pairs.iter().map(|p| p.0).collect();

@@ -57,6 +57,9 @@ pub struct PodCapture {
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct DesiredState {
     pub pods: BTreeMap<PodKey, PodCapture>,
+    /// Each policy's destinations (over all its pods): what tells one policy's requests from
+    /// another's once captured. A policy that found nothing is absent.
+    pub policy_targets: BTreeMap<String, BTreeSet<Target>>,
 }
 
 impl DesiredState {
@@ -73,6 +76,10 @@ impl DesiredState {
         entry.ips.extend(ips.iter().copied());
         entry.targets.extend(targets.iter().copied());
         entry.policies.insert(policy.to_string());
+        self.policy_targets
+            .entry(policy.to_string())
+            .or_default()
+            .extend(targets.iter().copied());
     }
 }
 

@@ -105,7 +105,29 @@ pub fn pod_interfaces(
     Ok(match_pod_interfaces(&links, &peer_addresses, ips))
 }
 
-// === rtnetlink, by hand: two dump requests and their replies ===
+/// The file, among the namespace files in `dir` (a container runtime's `/run/netns`), of the
+/// network namespace the current one numbers `netnsid`: what entering a pod's namespace
+/// needs, found without its processes (no hostPID). `None` when no file there is that one.
+pub fn netns_file(
+    dir: &std::path::Path,
+    netnsid: i32,
+) -> Result<Option<std::fs::File>, InterfaceError> {
+    let socket = Netlink::open()?;
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return Ok(None);
+    };
+    for entry in entries.flatten() {
+        let Ok(file) = std::fs::File::open(entry.path()) else {
+            continue;
+        };
+        if socket.netnsid_of(&file)? == Some(netnsid) {
+            return Ok(Some(file));
+        }
+    }
+    Ok(None)
+}
+
+// === rtnetlink, by hand: two dump requests, one plain request and their replies ===
 
 const NLMSG_HDR: usize = 16;
 const NLMSG_ERROR: u16 = 2;
@@ -124,6 +146,11 @@ const IFLA_LINK_NETNSID: u16 = 37;
 const IFA_ADDRESS: u16 = 1;
 const IFA_LOCAL: u16 = 2;
 const IFA_TARGET_NETNSID: u16 = 10;
+const RTM_NEWNSID: u16 = 88;
+const RTM_GETNSID: u16 = 90;
+const RTGENMSG_LEN: usize = 4;
+const NETNSA_NSID: u16 = 1;
+const NETNSA_FD: u16 = 3;
 const SOL_NETLINK: libc::c_int = 270;
 const NETLINK_GET_STRICT_CHK: libc::c_int = 12;
 /// Replies are read into a buffer this large; a dump never sends more per datagram.
@@ -187,6 +214,33 @@ impl Netlink {
         Ok(addresses)
     }
 
+    /// The id this namespace gives the namespace of `file`; `None` if it gave it none (it
+    /// numbers only the namespaces it has links to) or the file is no namespace.
+    fn netnsid_of(&self, file: &std::fs::File) -> Result<Option<i32>, InterfaceError> {
+        let fd = u32::try_from(file.as_raw_fd()).unwrap_or(u32::MAX);
+        let attr = attribute(NETNSA_FD, &fd.to_ne_bytes());
+        let mut request = dump_request(RTM_GETNSID, &[0u8; RTGENMSG_LEN], &attr);
+        // A plain request, not a dump: NLM_F_REQUEST alone.
+        request[6..8].copy_from_slice(&NLM_F_REQUEST.to_ne_bytes());
+        let mut id = None;
+        let answered = self.dump("RTM_GETNSID", &request, RTM_NEWNSID, |body| {
+            id = body
+                .get(RTGENMSG_LEN..)
+                .into_iter()
+                .flat_map(attributes)
+                .find(|(kind, _)| *kind == NETNSA_NSID)
+                .and_then(|(_, payload)| u32_at(payload, 0))
+                .map(|id| id as i32)
+                .filter(|id| *id >= 0);
+        });
+        match answered {
+            Ok(()) => Ok(id),
+            // Not a network namespace (EINVAL, EBADF...): not the one.
+            Err(InterfaceError::Request { .. }) => Ok(None),
+            Err(other) => Err(other),
+        }
+    }
+
     /// Sends a dump request and hands each reply body of type `reply` to `each`, until done.
     fn dump(
         &self,
@@ -199,6 +253,8 @@ impl Netlink {
             request: name,
             source,
         };
+        // Not a dump (NLM_F_REQUEST alone): one reply, no NLMSG_DONE.
+        let plain = u16_at(request, 6) == Some(NLM_F_REQUEST);
         let malformed = |reason| InterfaceError::Malformed {
             request: name,
             reason,
@@ -248,7 +304,13 @@ impl Netlink {
                             return Err(failed(io::Error::from_raw_os_error(-errno)));
                         }
                     }
-                    kind if kind == reply => each(body),
+                    kind if kind == reply => {
+                        each(body);
+                        // A plain request has one reply and no NLMSG_DONE after it.
+                        if plain {
+                            return Ok(());
+                        }
+                    }
                     _ => {}
                 }
             }

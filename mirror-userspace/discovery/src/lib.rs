@@ -8,14 +8,17 @@
 //! - [`watch`]: the API watches (kube-rs reflectors) that keep those objects current and
 //!   publish each new desired state, keeping the last one when the API goes away.
 //!
-//! It is its own crate so that kube-rs, k8s-openapi and their TLS stack stay out of the
-//! `mirror` binary's dependency graph (and its build) until it is wired in.
+//! It is its own crate so that kube-rs, k8s-openapi and their TLS stack stay behind one
+//! small interface; `mirror run --kubernetes` (agent/kubernetes.rs) applies what it publishes.
 
 pub mod desired;
 pub mod interfaces;
 pub mod policy;
 pub mod watch;
 
+pub use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, LabelSelectorRequirement};
+pub use kube::{self, Client};
+
 pub use desired::{desired_state, Cluster, DesiredState, PodCapture, PodKey, Target};
 pub use policy::{Capture, PolicyError, ServicePolicy, ServicePort, ServiceRef};
-pub use watch::{ApiStatus, Discovery, DiscoveryConfig, DiscoveryUpdate};
+pub use watch::{ApiStatus, Discovery, DiscoveryConfig, DiscoveryUpdate, MirrorPolicyObject};

@@ -54,6 +54,17 @@ pub struct DiscoveryUpdate {
     pub api: ApiStatus,
     /// MirrorPolicy objects that could not be read (each logged when seen), not in `desired`.
     pub rejected_policies: usize,
+    /// Every MirrorPolicy object as the API holds it, in namespace/name order: the agent
+    /// reads their mirrors, matches and sampling as it reads a config file's policies.
+    pub mirror_policies: Vec<MirrorPolicyObject>,
+}
+
+/// A `MirrorPolicy` object: its name and its spec, unread.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MirrorPolicyObject {
+    pub namespace: String,
+    pub name: String,
+    pub spec: serde_json::Value,
 }
 
 /// The running watches; they stop when this is dropped.
@@ -70,6 +81,7 @@ impl Discovery {
             desired: DesiredState::default(),
             api: ApiStatus::Syncing,
             rejected_policies: 0,
+            mirror_policies: Vec::new(),
         });
         let task = tokio::spawn(run(client, config, tx));
         Discovery { updates, task }
@@ -257,9 +269,15 @@ async fn run(client: Client, config: DiscoveryConfig, tx: channel::Sender<Discov
 fn compute(config: &DiscoveryConfig, caches: &Caches, api: ApiStatus) -> DiscoveryUpdate {
     let mut policies = config.policies.clone();
     let mut rejected_policies = 0;
+    let mut mirror_policies = Vec::new();
     for object in caches.policies.iter().flat_map(Store::state) {
         let namespace = object.namespace().unwrap_or_default();
         let spec = object.data.get("spec").cloned().unwrap_or_default();
+        mirror_policies.push(MirrorPolicyObject {
+            namespace: namespace.clone(),
+            name: object.name_any(),
+            spec: spec.clone(),
+        });
         match ServicePolicy::from_mirror_policy(&object.name_any(), &namespace, &spec) {
             Ok(Some(policy)) => policies.push(policy),
             Ok(None) => {}
@@ -284,9 +302,11 @@ fn compute(config: &DiscoveryConfig, caches: &Caches, api: ApiStatus) -> Discove
             pods: &pods,
         },
     );
+    mirror_policies.sort_by(|a, b| (&a.namespace, &a.name).cmp(&(&b.namespace, &b.name)));
     DiscoveryUpdate {
         desired,
         api,
         rejected_policies,
+        mirror_policies,
     }
 }

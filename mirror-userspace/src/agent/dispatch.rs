@@ -5,6 +5,9 @@
 //! end or abort. Each mirror has its own relay, hence its own connections, queues, budgets
 //! and counters: a slow mirror never costs another one a request.
 //!
+//! A raw TCP connection (`protocol: tcp`) is decided once, at its first bytes: each mirror
+//! of its policy takes the whole connection or none of it, by its share.
+//!
 //! A new config ([`Dispatcher::reconfigure`]) applies from the next request head on; a
 //! request in progress finishes with the mirrors it started with, and a removed mirror's
 //! relay is shut down only once no request is left on it.
@@ -24,8 +27,7 @@ use mirror_cores::{
 
 use super::mirror_stats::{MirrorCounters, MirrorStats};
 use crate::{
-    capture::target::Target,
-    control::MirrorConfig,
+    control::{config::Scope, MirrorConfig, Protocol},
     relay::{Relay, RelayConfig},
 };
 
@@ -34,7 +36,8 @@ type MirrorId = u32;
 /// A policy of the running config, its mirrors resolved to relays.
 #[derive(Debug)]
 struct ActivePolicy {
-    target: Option<Target>,
+    scope: Scope,
+    protocol: Protocol,
     policy: Policy,
     /// `policy.mirrors[i]` is relayed by `mirrors[i]`.
     mirrors: Vec<MirrorId>,
@@ -118,13 +121,18 @@ impl Dispatcher {
                 let label = p.mirror_label(i);
                 let id = match self.by_label.get(&label) {
                     Some(&id) => id,
-                    None => self.open_mirror(label, backend),
+                    None => {
+                        let h2c = (p.protocol == Protocol::Http2)
+                            .then(|| p.policy.mirrors[i].rewrite.host.clone());
+                        self.open_mirror(label, backend, h2c)
+                    }
                 };
                 mirrors.push(id);
                 wanted.push(id);
             }
             policies.push(ActivePolicy {
-                target: p.target,
+                scope: p.scope(),
+                protocol: p.protocol,
                 policy: p.policy.clone(),
                 mirrors,
             });
@@ -145,11 +153,17 @@ impl Dispatcher {
         }
     }
 
-    fn open_mirror(&mut self, label: String, backend: &str) -> MirrorId {
+    fn open_mirror(
+        &mut self,
+        label: String,
+        backend: &str,
+        h2c: Option<mirror_cores::rewrite::HostRewrite>,
+    ) -> MirrorId {
         let id = self.next_id;
         self.next_id = self.next_id.wrapping_add(1);
         let relay = Relay::new(RelayConfig {
             shadow: backend.to_owned(),
+            h2c,
             ..self.relay_template.clone()
         });
         let decided = Arc::new(MirrorCounters::default());
@@ -207,6 +221,17 @@ impl Dispatcher {
                 });
                 self.request_done(flow);
             }
+            Event::StreamData { flow, data } => {
+                if !self.flows.contains_key(&flow) {
+                    self.stream_start(flow);
+                }
+                self.each_current(flow, |relay| {
+                    relay.handle(Event::StreamData {
+                        flow,
+                        data: data.clone(),
+                    })
+                });
+            }
             Event::FlowEnd { flow, reason } => {
                 self.request_done(flow);
                 if let Some(state) = self.flows.remove(&flow) {
@@ -224,10 +249,7 @@ impl Dispatcher {
         // Heads come after the previous request's end or abort; should one not have, the
         // previous request is over for the mirrors all the same.
         self.request_done(flow);
-        let Some(pi) = self.policies.iter().position(|p| {
-            p.target
-                .is_none_or(|t| t.contains(flow.dst.ip(), flow.dst.port()))
-        }) else {
+        let Some(pi) = self.policy_of(flow, |p| p == Protocol::Http) else {
             self.stats
                 .dispatch
                 .requests_without_policy
@@ -276,6 +298,46 @@ impl Dispatcher {
                 Verdict::NotMatched => {
                     slot.decided.requests_not_matched.fetch_add(1, Relaxed);
                 }
+            }
+        }
+    }
+
+    /// The first policy whose protocol `fits` and whose target holds the flow's
+    /// destination.
+    fn policy_of(&self, flow: FlowKey, fits: impl Fn(Protocol) -> bool) -> Option<usize> {
+        self.policies
+            .iter()
+            .position(|p| fits(p.protocol) && p.scope.contains(flow.dst.ip(), flow.dst.port()))
+    }
+
+    /// A raw TCP or h2c connection's first bytes: which mirrors take it, for its whole life. The
+    /// flow is remembered even if none does, so that it is decided once.
+    fn stream_start(&mut self, flow: FlowKey) {
+        let pi = self.policy_of(flow, Protocol::is_stream);
+        let Self {
+            policies,
+            slots,
+            flows,
+            coin,
+            stats,
+            ..
+        } = self;
+        let state = flows.entry(flow).or_default();
+        let Some(active) = pi.map(|pi| &policies[pi]) else {
+            stats.dispatch.requests_without_policy.fetch_add(1, Relaxed);
+            return;
+        };
+        for (rule, &id) in active.policy.mirrors.iter().zip(&active.mirrors) {
+            let Some(slot) = slots.get_mut(&id) else {
+                continue;
+            };
+            if rule.share.takes(coin.draw()) {
+                slot.decided.requests_mirrored.fetch_add(1, Relaxed);
+                slot.open_requests += 1;
+                state.current.push(id);
+                state.used.push(id);
+            } else {
+                slot.decided.requests_sampled_out.fetch_add(1, Relaxed);
             }
         }
     }
@@ -353,6 +415,54 @@ mod tests {
             src: format!("10.0.0.1:{port}").parse().unwrap(),
             dst: "10.0.0.2:80".parse().unwrap(),
         }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_raw_tcp_connection_is_decided_once_and_relayed_whole() {
+        let (taker, got) = shadow().await;
+        let text = format!(
+            "interfaces: [lo]\npolicies:\n- name: web\n  target: {{address: 10.0.0.2, port: 80}}\n  mirrors:\n  - backend: 127.0.0.1:1\n- name: cache\n  target: {{address: 10.0.0.2, port: 6379}}\n  protocol: tcp\n  mirrors:\n  - backend: {taker}\n  - backend: 127.0.0.1:2\n    percent: 0\n"
+        );
+        let config = parse(&text, "t").unwrap();
+        let mut d = Dispatcher::new(&config, RelayConfig::default(), 0, Duration::from_secs(2));
+        let flow = FlowKey {
+            src: "10.0.0.1:1000".parse().unwrap(),
+            dst: "10.0.0.2:6379".parse().unwrap(),
+        };
+        for part in [&b"*1\r\n$4\r\n"[..], b"PING\r\n", b"GET / HTTP/1.1\r\n"] {
+            d.handle(Event::StreamData {
+                flow,
+                data: Bytes::from_static(part),
+            });
+        }
+        d.handle(Event::FlowEnd {
+            flow,
+            reason: EndReason::Fin,
+        });
+        let stats = d.stats();
+        d.shutdown(Duration::from_secs(2)).await;
+        assert_eq!(
+            got.await.unwrap(),
+            b"*1\r\n$4\r\nPING\r\nGET / HTTP/1.1\r\n"
+        );
+        let mut decided = Vec::new();
+        super::super::mirror_stats::PolicySource(stats).visit(&mut |s| {
+            let label = s.labels.last().map(|(_, l)| l.clone()).unwrap_or_default();
+            if s.value > 0 {
+                decided.push((label, s.name));
+            }
+        });
+        // One decision per connection (not per piece), per mirror, under the tcp policy.
+        assert!(
+            decided.contains(&(format!("cache/{taker}"), "requests_mirrored")),
+            "{decided:?}"
+        );
+        let zero = ("cache/127.0.0.1:2".to_owned(), "requests_sampled_out");
+        assert!(decided.contains(&zero), "{decided:?}");
+        assert!(
+            !decided.iter().any(|(l, _)| l.starts_with("web/")),
+            "{decided:?}"
+        );
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -8,7 +8,7 @@ use std::sync::{
 };
 
 use crate::{
-    observe::{Sample, Source},
+    observe::{registry::HistogramSample, Sample, Source},
     relay::RelayStats,
 };
 
@@ -140,6 +140,15 @@ impl Source for RelaySource {
                     out(sample.clone().with_label("mirror", label.clone()));
                 }
             }
+        }
+    }
+
+    fn histograms(&self, out: &mut dyn FnMut(HistogramSample)) {
+        // Each relay keeps one histogram (its v2 latency): one after another, so the
+        // family's members stay together.
+        for e in self.0.snapshot() {
+            e.relay
+                .histograms(&mut |h| out(h.with_label("mirror", e.label.clone())));
         }
     }
 }

@@ -1,10 +1,15 @@
 //! The agent: `mirror run` wires capture, the pipeline and the relay (or, under a config
 //! file, the policy dispatcher and one relay per mirror) into one loop and reports where the
-//! traffic went.
+//! traffic went; `mirror replay` feeds the same pipeline and relay from a saved capture.
 
 mod dispatch;
 mod effective;
 mod intake;
+pub mod kubernetes;
+mod link_events;
 mod mirror_stats;
 mod pipeline_cells;
+pub mod replay;
 pub mod run;
+mod run_shards;
+mod shards;

@@ -21,23 +21,27 @@ use std::{
 };
 
 use mirror_cores::{
-    pipeline::{Admission, ConfigError, Event, Pipeline, PipelineConfig},
+    pipeline::{Admission, ConfigError, Event, Pipeline, PipelineConfig, StreamTarget},
     rewrite::HostRewrite,
 };
 
 use super::{
     dispatch::Dispatcher,
     intake::Intake,
+    kubernetes::{self, AgentParts, KubernetesError, KubernetesOptions},
     mirror_stats::{PolicySource, RelaySource},
     pipeline_cells::PipelineCells,
+    run_shards,
 };
 use crate::{
     capture::{
-        clock, packet, record,
+        clock,
+        live::{LiveAttachments, LiveOptions},
+        packet, record,
         session::{self, CaptureOptions, OwnMark, Session, SessionError},
         target::Target,
     },
-    control::{self, interfaces::InterfacesError, reload, MirrorConfig},
+    control::{self, config::Scope, interfaces::InterfacesError, reload, MirrorConfig},
     observe::{
         access_log::AccessLog,
         admin::{self, AdminError, AdminState},
@@ -60,6 +64,8 @@ pub struct RunArgs {
     pub capture: CaptureOptions,
     #[command(flatten)]
     pub observe: ObserveOptions,
+    #[command(flatten)]
+    pub kubernetes: KubernetesOptions,
     /// Mirror policies from this YAML file (see the README's "Config file"), reloaded on
     /// SIGHUP and when it changes. Replaces the flags that say what to mirror.
     #[arg(long, value_name = "FILE", conflicts_with_all = POLICY_FLAGS)]
@@ -110,6 +116,12 @@ pub struct RunArgs {
     /// answered), in MiB.
     #[arg(long, default_value_t = 64, value_parser = positive::<usize>)]
     pub max_inflight_mib: usize,
+    /// Of those, what the requests of one client address (a pod) may hold, in MiB; beyond,
+    /// that pod's requests are dropped (`dropped_source_budget`), no other pod's. Default: all
+    /// of --max-inflight-mib (no share), since one pod's large upload may need the whole
+    /// budget while v2 falls behind; set it below to keep room for the other pods.
+    #[arg(long, value_name = "MIB", value_parser = positive::<usize>)]
+    pub max_inflight_mib_per_source: Option<usize>,
     /// Timeout of a connect to the shadow, in milliseconds.
     #[arg(long, default_value_t = 2000, value_parser = positive::<u64>)]
     pub connect_timeout_ms: u64,
@@ -137,6 +149,12 @@ pub struct RunArgs {
     /// Seed of the per-request sampling decisions (fixed: reproducible runs).
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
+    /// Pipeline threads of the capture path: above 1, one ring reader shards records by
+    /// client address over this many threads, each with its own relay and its share of the
+    /// connection and byte budgets (see `agent/shards.rs`). Not with --config yet.
+    #[arg(long, default_value_t = 1, conflicts_with = "config",
+          value_parser = clap::value_parser!(u16).range(1..=256))]
+    pub capture_threads: u16,
 }
 
 /// The flags a config file replaces (their clap ids).
@@ -161,6 +179,8 @@ pub enum RunError {
     File(#[from] control::ConfigError),
     #[error(transparent)]
     Interfaces(#[from] InterfacesError),
+    #[error(transparent)]
+    Kubernetes(#[from] KubernetesError),
     #[error("reading the ring buffer failed")]
     Ring(#[source] std::io::Error),
     #[error(transparent)]
@@ -174,14 +194,16 @@ pub enum RunError {
 }
 
 /// `--shadow`: HOST:PORT, said plainly when it is not.
-fn parse_shadow(text: &str) -> Result<String, String> {
+pub(super) fn parse_shadow(text: &str) -> Result<String, String> {
     Shadow::parse(text)
         .map(|_| text.to_owned())
         .map_err(|error| error.to_string())
 }
 
 /// A limit that must be at least 1 (0 would mean "drop everything").
-fn positive<T: std::str::FromStr + PartialOrd + Default>(text: &str) -> Result<T, String> {
+pub(super) fn positive<T: std::str::FromStr + PartialOrd + Default>(
+    text: &str,
+) -> Result<T, String> {
     match text.parse::<T>() {
         Ok(value) if value > T::default() => Ok(value),
         _ => Err(format!("`{text}`: must be a whole number of at least 1")),
@@ -190,7 +212,7 @@ fn positive<T: std::str::FromStr + PartialOrd + Default>(text: &str) -> Result<T
 
 /// Says at start if the shadow's name does not resolve now (it is looked up again later, so
 /// this is a warning, not an error).
-async fn check_shadow(shadow: &str) {
+pub(super) async fn check_shadow(shadow: &str) {
     let looked_up =
         tokio::time::timeout(Duration::from_secs(5), tokio::net::lookup_host(shadow)).await;
     match looked_up.map(|found| found.map(|mut addrs| addrs.next().is_some())) {
@@ -204,7 +226,7 @@ async fn check_shadow(shadow: &str) {
 }
 
 /// The relay's own runtime: its connection work never takes the capture thread.
-fn relay_runtime() -> std::io::Result<tokio::runtime::Runtime> {
+pub(super) fn relay_runtime() -> std::io::Result<tokio::runtime::Runtime> {
     tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .thread_name("mirror-relay")
@@ -237,14 +259,23 @@ impl RunArgs {
         .with_admission(admission)
     }
 
+    /// One pod's share of the in-flight budget, in MiB.
+    pub fn max_inflight_mib_per_source(&self) -> usize {
+        self.max_inflight_mib_per_source
+            .unwrap_or(self.max_inflight_mib)
+    }
+
     /// The relay settings; under a config file, every mirror's (its backend as the shadow).
-    fn relay_config(&self, access_log: Option<Arc<AccessLog>>) -> RelayConfig {
+    pub(super) fn relay_config(&self, access_log: Option<Arc<AccessLog>>) -> RelayConfig {
         RelayConfig {
             shadow: self.shadow.clone().unwrap_or_default(),
             mark: self.shadow_mark,
             max_connections: self.max_shadow_connections,
             queue_depth: self.shadow_queue,
             max_inflight_bytes: self.max_inflight_mib.saturating_mul(1 << 20),
+            max_inflight_bytes_per_source: self
+                .max_inflight_mib_per_source()
+                .saturating_mul(1 << 20),
             connect_timeout: Duration::from_millis(self.connect_timeout_ms),
             response_timeout: Duration::from_millis(self.response_timeout_ms),
             access_log,
@@ -264,20 +295,20 @@ pub fn set_nice(nice: i32) -> std::io::Result<()> {
 }
 
 /// Where the pipeline's events go: one relay (flags) or the policies' dispatcher (file).
-enum Outlet {
+pub(super) enum Outlet {
     Relay(Relay),
     Policies(Box<Dispatcher>),
 }
 
 impl Outlet {
-    fn handle(&mut self, event: Event) {
+    pub(super) fn handle(&mut self, event: Event) {
         match self {
             Outlet::Relay(relay) => relay.handle(event),
             Outlet::Policies(dispatcher) => dispatcher.handle(event),
         }
     }
 
-    async fn shutdown(self, grace: Duration) {
+    pub(super) async fn shutdown(self, grace: Duration) {
         match self {
             Outlet::Relay(relay) => relay.shutdown(grace).await,
             Outlet::Policies(dispatcher) => (*dispatcher).shutdown(grace).await,
@@ -285,9 +316,27 @@ impl Outlet {
     }
 }
 
-/// The capture targets of a config: every policy's.
-fn config_targets(config: &MirrorConfig) -> BTreeSet<Target> {
-    config.policies.iter().filter_map(|p| p.target).collect()
+/// The capture targets of a config: every policy's (a Service's as discovered).
+pub(super) fn config_targets(config: &MirrorConfig) -> BTreeSet<Target> {
+    config.capture_targets()
+}
+
+/// The destinations of a config's raw TCP and h2c policies (a Service's as discovered).
+fn stream_targets(config: &MirrorConfig) -> Vec<StreamTarget> {
+    config
+        .policies
+        .iter()
+        .filter(|p| p.protocol.is_stream())
+        .flat_map(|p| match p.scope() {
+            Scope::Some(targets) => targets,
+            Scope::Every => Vec::new(),
+        })
+        .map(|t| StreamTarget {
+            addr: t.addr,
+            prefix: t.prefix,
+            port: t.port,
+        })
+        .collect()
 }
 
 /// Mirrors until SIGINT/SIGTERM, then gives queued requests a grace period.
@@ -300,7 +349,14 @@ pub async fn run(args: RunArgs) -> Result<(), RunError> {
     let mut capture = args.capture.clone();
     let mut pipeline_config = args.pipeline_config();
     if let Some((_, config)) = &file {
-        capture.ifaces = control::interfaces::expand(&config.interfaces)?;
+        // The node agent attaches to the pods' veths and the patterns' matches as they come.
+        capture.ifaces = if args.kubernetes.enabled {
+            Vec::new()
+        } else {
+            control::interfaces::expand(&config.interfaces)?
+        };
+        capture.direction = kubernetes::direction(config, &args.kubernetes, capture.direction)?;
+        capture.live = args.kubernetes.enabled;
         capture.targets = config_targets(config).into_iter().collect();
         // The dispatcher samples and rewrites per mirror: the pipeline hands on every
         // request with the client's own head.
@@ -310,7 +366,10 @@ pub async fn run(args: RunArgs) -> Result<(), RunError> {
         }
         .with_rewrite(HostRewrite::Keep);
     }
-    let mut pipeline = Pipeline::new(pipeline_config)?;
+    let mut pipeline = Pipeline::new(pipeline_config.clone())?;
+    if let Some((_, config)) = &file {
+        pipeline.set_stream_targets(stream_targets(config));
+    }
     let wakeup_bytes = if args.poll_ms == 0 {
         0
     } else {
@@ -354,10 +413,23 @@ pub async fn run(args: RunArgs) -> Result<(), RunError> {
     let intake = Arc::new(Intake::default());
     let cells = Arc::new(PipelineCells::default());
     let on_relay_runtime = relay_runtime.enter();
+    let mut shards = match args.capture_threads {
+        1 => None,
+        threads => Some(run_shards::start(
+            &args,
+            &pipeline_config,
+            access_log.clone(),
+            &registry,
+            usize::from(threads),
+        )?),
+    };
     let (mut outlet, mut reloads) = match &file {
         None => {
+            // Sharded, the threads' relays send; this one stays idle.
             let relay = Relay::new(args.relay_config(access_log.clone()));
-            registry.register("relay", relay.stats());
+            if shards.is_none() {
+                registry.register("relay", relay.stats());
+            }
             let shadow = args.shadow.clone().unwrap_or_default();
             tracing::info!(%shadow, percent = args.percent, "mirroring");
             eprintln!("mirroring to {shadow}; Ctrl-C to stop");
@@ -384,11 +456,31 @@ pub async fn run(args: RunArgs) -> Result<(), RunError> {
         }
     };
     drop(on_relay_runtime);
-    registry.register("pipeline", cells.clone());
-    registry.register("intake", intake.clone());
+    if let (true, Some((_, config))) = (args.kubernetes.enabled, &file) {
+        let live = LiveOptions {
+            direction: capture.direction,
+            reverse: !capture.no_reverse,
+            mode: capture.attach,
+            netns_dir: args.kubernetes.netns_dir.clone(),
+        };
+        let parts = AgentParts {
+            options: args.kubernetes.clone(),
+            config: config.clone(),
+            reloads: reloads.take(),
+            live: LiveAttachments::new(session.classifier(), live),
+            registry: registry.clone(),
+            health: Arc::clone(&health),
+        };
+        reloads = Some(kubernetes::start(parts, relay_runtime.handle()).await?);
+    }
+    if shards.is_none() {
+        registry.register("pipeline", cells.clone());
+        registry.register("intake", intake.clone());
+    }
     let (kernel, bpf) = session.kernel_sources();
     registry.register("kernel", Arc::new(kernel));
     registry.register("bpf", Arc::new(bpf));
+    registry.register("ring", session.ring_fill());
     registry.register("agent", health.clone());
     if let Some(access_log) = access_log {
         registry.register("access_log", access_log);
@@ -411,7 +503,10 @@ pub async fn run(args: RunArgs) -> Result<(), RunError> {
     tokio::pin!(stop);
     loop {
         health.beat();
-        let mut on_record = |item: &[u8]| intake_record(item, &intake, &mut pipeline, &mut outlet);
+        let mut on_record = |item: &[u8]| match &mut shards {
+            Some(shards) => shards.dispatch(item),
+            None => intake_record(item, &intake, &mut pipeline, &mut outlet),
+        };
         // Timers first: a ring that is never empty must not starve them.
         tokio::select! {
             biased;
@@ -432,16 +527,25 @@ pub async fn run(args: RunArgs) -> Result<(), RunError> {
             }
             Some(config) = next_reload(&mut reloads) => {
                 let _on_relay_runtime = relay_runtime.enter();
-                apply_reload(&config, &session, &mut outlet);
+                if apply_reload(&config, &session, &mut outlet) {
+                    pipeline.set_stream_targets(stream_targets(&config));
+                }
             }
+        }
+        if let Some(shards) = &mut shards {
+            shards.flush();
         }
         // Let the runtime's own work (timers, signals) in between batches.
         tokio::task::yield_now().await;
     }
-    session
-        .reader()
-        .drain(|item| intake_record(item, &intake, &mut pipeline, &mut outlet));
+    session.reader().drain(|item| match &mut shards {
+        Some(shards) => shards.dispatch(item),
+        None => intake_record(item, &intake, &mut pipeline, &mut outlet),
+    });
     cells.publish(&pipeline);
+    if let Some(shards) = shards {
+        run_shards::finish(shards, grace).await;
+    }
     outlet.shutdown(grace).await;
     relay_runtime.shutdown_background();
     // The relay's counters move during the grace period: report them after it. The final
@@ -460,16 +564,18 @@ async fn next_reload(
     }
 }
 
-/// Applies a reloaded config between two records: later request heads follow it.
-fn apply_reload(config: &MirrorConfig, session: &Session, outlet: &mut Outlet) {
+/// Applies a reloaded config between two records: later request heads follow it. Returns
+/// whether it was applied.
+fn apply_reload(config: &MirrorConfig, session: &Session, outlet: &mut Outlet) -> bool {
     if let Err(error) = session.set_targets(&config_targets(config)) {
         tracing::error!(%error, "config reload: targets not updated; keeping the running config");
-        return;
+        return false;
     }
     if let Outlet::Policies(dispatcher) = outlet {
         dispatcher.reconfigure(config);
     }
     tracing::info!(policies = config.policies.len(), "config reloaded");
+    true
 }
 
 fn intake_record(item: &[u8], intake: &Intake, pipeline: &mut Pipeline, outlet: &mut Outlet) {

@@ -9,7 +9,7 @@ use std::{collections::BTreeSet, io};
 use aya::{
     maps::{lpm_trie::Key, Array, LpmTrie, MapData, MapError, PerCpuArray, RingBuf},
     programs::{
-        tc::{self, NlOptions, TcAttachOptions},
+        tc::{self, NlOptions, SchedClassifierLinkId, TcAttachOptions},
         LinkOrder, ProgramError, SchedClassifier, TcAttachType,
     },
     Ebpf, EbpfError, EbpfLoader,
@@ -197,13 +197,14 @@ impl Classifier {
     /// Attaches the capture program to `iface`.
     ///
     /// TCX links go first in the chain so that programs which redirect (Cilium's) cannot hide
-    /// packets from us; we return "next" so they still run.
+    /// packets from us; we return "next" so they still run. The link's id is what
+    /// [`Classifier::detach`] takes; unused, the link lives as long as the classifier.
     pub fn attach(
         &mut self,
         iface: &str,
         direction: Direction,
         mode: AttachMode,
-    ) -> Result<(), ClassifierError> {
+    ) -> Result<SchedClassifierLinkId, ClassifierError> {
         if ifindex(iface).is_none() {
             return Err(ClassifierError::NoSuchInterface {
                 iface: iface.to_owned(),
@@ -239,11 +240,26 @@ impl Classifier {
             }
             TcAttachOptions::Netlink(NlOptions::default())
         };
-        program
+        let link = program
             .attach_with_options(iface, direction.attach_type(), options)
             .map_err(attach_error)?;
         tracing::info!(iface, ?direction, tcx = use_tcx, "attached");
-        Ok(())
+        Ok(link)
+    }
+
+    /// Detaches one attachment made by [`Classifier::attach`] (a pod's veth that went, or is
+    /// no longer wanted). A link whose interface is already gone detaches without error.
+    pub fn detach(
+        &mut self,
+        direction: Direction,
+        link: SchedClassifierLinkId,
+    ) -> Result<(), ClassifierError> {
+        classifier(&mut self.ebpf, direction.program())?
+            .detach(link)
+            .map_err(|source| ClassifierError::Program {
+                program: direction.program(),
+                source,
+            })
     }
 
     /// Makes the kernel's target set equal to `targets`, without detaching: new ones are
@@ -366,7 +382,7 @@ where
     T::try_from(raw).map_err(|_| ClassifierError::MissingMap { map })
 }
 
-fn ifindex(iface: &str) -> Option<u32> {
+pub(crate) fn ifindex(iface: &str) -> Option<u32> {
     let name = std::ffi::CString::new(iface).ok()?;
     // SAFETY: `name` is a valid NUL-terminated string for the duration of the call.
     let index = unsafe { libc::if_nametoindex(name.as_ptr()) };

@@ -30,24 +30,34 @@ impl Source for KernelCounters {
 impl Source for KernelRunTimes {
     fn visit(&self, out: &mut dyn FnMut(Sample)) {
         // Without --bpf-stats the kernel keeps no run times: report nothing rather than zeros.
-        for stats in lock(&self.0).run_stats().into_iter().filter(|s| s.runs > 0) {
-            let program = stats.program;
+        let programs: Vec<_> = lock(&self.0)
+            .run_stats()
+            .into_iter()
+            .filter(|s| s.runs > 0)
+            .collect();
+        // One metric at a time, each program's sample in turn: a family's samples must come
+        // together (a family split in two is two clashing families in OpenMetrics).
+        for stats in &programs {
             out(
                 Sample::counter("runs", "Runs of the kernel program.", stats.runs)
-                    .with_label("program", program),
+                    .with_label("program", stats.program),
             );
+        }
+        for stats in &programs {
             out(Sample::counter(
                 "run_time_ns",
                 "Nanoseconds the kernel program ran, in total.",
                 stats.run_time_ns,
             )
-            .with_label("program", program));
+            .with_label("program", stats.program));
+        }
+        for stats in &programs {
             out(Sample::gauge(
                 "ns_per_run",
                 "Mean nanoseconds per run of the kernel program.",
                 stats.ns_per_run().unwrap_or(0),
             )
-            .with_label("program", program));
+            .with_label("program", stats.program));
         }
     }
 }

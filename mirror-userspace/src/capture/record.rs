@@ -74,24 +74,30 @@ pub fn decode(item: &[u8]) -> Result<Record<'_>, RecordError> {
     Ok(Record { header, packet })
 }
 
+/// Appends a record as the kernel writes it (header, then the packet bytes), for captures
+/// read back from a file and handed on as ring records.
+pub fn encode(header: &RecordHeader, packet: &[u8], out: &mut Vec<u8>) {
+    out.extend_from_slice(&header.timestamp_ns.to_ne_bytes());
+    for field in [
+        header.ifindex,
+        header.direction,
+        header.orig_len,
+        header.cap_len,
+        header.flags,
+        header.reserved,
+    ] {
+        out.extend_from_slice(&field.to_ne_bytes());
+    }
+    out.extend_from_slice(packet);
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
     fn encode(header: RecordHeader, data: &[u8], slack: usize) -> Vec<u8> {
         let mut out = Vec::new();
-        out.extend_from_slice(&header.timestamp_ns.to_ne_bytes());
-        for field in [
-            header.ifindex,
-            header.direction,
-            header.orig_len,
-            header.cap_len,
-            header.flags,
-            header.reserved,
-        ] {
-            out.extend_from_slice(&field.to_ne_bytes());
-        }
-        out.extend_from_slice(data);
+        super::encode(&header, data, &mut out);
         out.resize(out.len() + slack, 0xAA);
         out
     }

@@ -12,9 +12,12 @@ use mirror_cores::{
 };
 use serde_saphyr::Spanned;
 
-use super::file::{
-    ConfigFile, ConsistentBy, HeaderMatchEntry, HostRewriteEntry, MatchEntry, MirrorEntry,
-    PathEntry, PathType, PolicyEntry, SamplingEntry, TargetEntry, ValueType,
+use super::{
+    file::{
+        ConfigFile, ConsistentBy, HeaderMatchEntry, HostRewriteEntry, MatchEntry, MirrorEntry,
+        PathEntry, PathType, PolicyEntry, ProtocolEntry, SamplingEntry, TargetEntry, ValueType,
+    },
+    service,
 };
 use crate::capture::target::Target;
 
@@ -70,31 +73,98 @@ pub struct MirrorConfig {
     pub policies: Vec<PolicyConfig>,
 }
 
+impl MirrorConfig {
+    /// What the kernel must capture: every policy's target (a Service's as discovered).
+    pub fn capture_targets(&self) -> std::collections::BTreeSet<Target> {
+        let discovered = self.policies.iter().flat_map(|p| p.discovered.iter());
+        self.policies
+            .iter()
+            .filter_map(|p| p.target)
+            .chain(discovered.copied())
+            .collect()
+    }
+}
+
 /// One policy: the destination it covers, and its mirrors.
 #[derive(Clone, Debug)]
 pub struct PolicyConfig {
     pub name: String,
-    /// `None`: every captured destination (the flags' single policy).
+    /// `None`: every captured destination (the flags' single policy), or a Service target's
+    /// (then `service` says which, and `discovered` holds what was found).
     pub target: Option<Target>,
+    /// `target: {service: ...}`: the Service and where to capture it (`--kubernetes`).
+    pub service: Option<mirror_discovery::ServicePolicy>,
+    /// A Service target's destinations on this node as discovery last found them (empty in
+    /// a file just parsed; `mirror run --kubernetes` fills them in).
+    pub discovered: Vec<Target>,
     pub policy: Policy,
     /// `policy.mirrors[i]` sends to `backends[i]`.
     pub backends: Vec<String>,
     /// The match entries as the file wrote them, for printing.
     pub match_text: Vec<String>,
+    pub protocol: Protocol,
+}
+
+/// What a policy's connections carry, hence how they are mirrored.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Protocol {
+    /// HTTP/1.1 requests, framed, sampled and rewritten one by one.
+    #[default]
+    Http,
+    /// Raw TCP mode: each connection's bytes, as they are, to a connection of its own to
+    /// each mirror that takes it (sampling per connection; nothing is rewritten).
+    Tcp,
+    /// h2c with prior knowledge: each connection followed from its preface (sampling per
+    /// connection), each stream replayed on an HTTP/2 connection to the mirror with
+    /// `:authority` rewritten.
+    Http2,
+}
+
+impl Protocol {
+    /// Whether the pipeline hands this protocol's connections on as byte streams.
+    pub fn is_stream(self) -> bool {
+        matches!(self, Protocol::Tcp | Protocol::Http2)
+    }
 }
 
 impl PolicyConfig {
+    /// The destinations whose flows are this policy's.
+    pub fn scope(&self) -> Scope {
+        match (&self.service, self.target) {
+            (Some(_), _) => Scope::Some(self.discovered.clone()),
+            (None, Some(target)) => Scope::Some(vec![target]),
+            (None, None) => Scope::Every,
+        }
+    }
+
     /// The label of mirror `i` in counters: `policy/backend`, unique within a config.
     pub fn mirror_label(&self, i: usize) -> String {
         format!("{}/{}", self.name, self.backends[i])
     }
 }
 
+/// The destinations a policy covers.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Scope {
+    Every,
+    /// These (a Service's: none until discovery finds its pods).
+    Some(Vec<Target>),
+}
+
+impl Scope {
+    pub fn contains(&self, addr: std::net::IpAddr, port: u16) -> bool {
+        match self {
+            Scope::Every => true,
+            Scope::Some(targets) => targets.iter().any(|t| t.contains(addr, port)),
+        }
+    }
+}
+
 /// Where a value was written, for errors.
-#[derive(Clone, Copy)]
-struct At {
-    line: u64,
-    column: u64,
+#[derive(Clone, Copy, Debug)]
+pub(super) struct At {
+    pub(super) line: u64,
+    pub(super) column: u64,
 }
 
 impl<T> From<&Spanned<T>> for At {
@@ -174,8 +244,12 @@ pub fn parse(text: &str, path: &str) -> Result<MirrorConfig, ConfigError> {
     if let Some(bad) = file.interfaces.iter().find(|i| i.value.is_empty()) {
         return Err(check.invalid(At::from(bad), "interfaces", "empty interface name"));
     }
-    if interfaces.is_empty() {
-        return Err(check.invalid(At { line: 1, column: 1 }, "interfaces", "no interfaces"));
+    if interfaces.is_empty() && policies.iter().any(|p| p.service.is_none()) {
+        return Err(check.invalid(
+            At { line: 1, column: 1 },
+            "interfaces",
+            "no interfaces (only policies whose target is a Service may go without)",
+        ));
     }
     let admin = match &file.admin {
         None => None,
@@ -194,6 +268,17 @@ pub fn parse(text: &str, path: &str) -> Result<MirrorConfig, ConfigError> {
     })
 }
 
+/// One policy alone, as a config file's `policies:` entry (a `MirrorPolicy` object's spec
+/// with its name: JSON is YAML); `path` only labels errors.
+pub fn parse_policy(text: &str, path: &str) -> Result<PolicyConfig, ConfigError> {
+    let entry: Spanned<PolicyEntry> =
+        serde_saphyr::from_str(text).map_err(|source| ConfigError::Yaml {
+            path: path.to_owned(),
+            source: Box::new(source),
+        })?;
+    build_policy(&Check { path }, &entry)
+}
+
 fn build_policy(
     check: &Check<'_>,
     entry: &Spanned<PolicyEntry>,
@@ -202,8 +287,49 @@ fn build_policy(
     if p.name.value.is_empty() || p.name.value.contains(char::is_whitespace) {
         return Err(check.invalid(At::from(&p.name), "name", "a policy name is one word"));
     }
-    let target = build_target(&p.target.value)
-        .map_err(|e| check.invalid(At::from(&p.target), "target", e))?;
+    let at_target = At::from(&p.target);
+    let (target, service) = match &p.target.value {
+        TargetEntry {
+            service: Some(entry),
+            address: None,
+            port: None,
+        } => {
+            let policy = service::build(&p.name.value, entry, &p.capture, &p.clients)
+                .map_err(|(at, key, e)| check.invalid(at.unwrap_or(at_target), key, e))?;
+            (None, Some(policy))
+        }
+        TargetEntry {
+            service: None,
+            address: Some(address),
+            port: Some(port),
+        } => {
+            if let Some((at, key)) = service::only_for_services(&p.capture, &p.clients) {
+                return Err(check.invalid(at, key, "only a Service target takes it"));
+            }
+            let target =
+                build_target(address, *port).map_err(|e| check.invalid(at_target, "target", e))?;
+            (Some(target), None)
+        }
+        TargetEntry {
+            service: Some(_), ..
+        } => {
+            return Err(check.invalid(
+                at_target,
+                "target",
+                "give address and port, or service (whose port is inside it), not both",
+            ))
+        }
+        TargetEntry { address: None, .. } => {
+            return Err(check.invalid(
+                at_target,
+                "target",
+                "needs address and port, or service: {name, namespace, port}",
+            ))
+        }
+        TargetEntry { port: None, .. } => {
+            return Err(check.invalid(at_target, "port", "an address target needs a port"))
+        }
+    };
     let mut matches = Vec::new();
     let mut match_text = Vec::new();
     for m in &p.matches {
@@ -236,9 +362,37 @@ fn build_policy(
         None => Sampling::Independent,
         Some(s) => build_sampling(check, s)?,
     };
+    let protocol = match &p.protocol {
+        None => Protocol::Http,
+        Some(proto) if proto.value == ProtocolEntry::Http => Protocol::Http,
+        Some(proto) if proto.value == ProtocolEntry::Http2 => {
+            check_http2(p).map_err(|key| {
+                check.invalid(
+                    At::from(proto),
+                    key,
+                    "not yet on a protocol: http2 policy: connections are sampled whole and \
+                     only hostRewrite applies (to :authority)",
+                )
+            })?;
+            Protocol::Http2
+        }
+        Some(proto) => {
+            check_raw_tcp(p).map_err(|key| {
+                check.invalid(
+                    At::from(proto),
+                    key,
+                    "a protocol: tcp policy has no requests to match, sample by header or \
+                     rewrite: connections are mirrored whole, as they are",
+                )
+            })?;
+            Protocol::Tcp
+        }
+    };
     Ok(PolicyConfig {
         name: p.name.value.clone(),
-        target: Some(target),
+        target,
+        service,
+        discovered: Vec::new(),
         policy: Policy {
             matches,
             sampling,
@@ -246,20 +400,58 @@ fn build_policy(
         },
         backends,
         match_text,
+        protocol,
     })
 }
 
-fn build_target(t: &TargetEntry) -> Result<Target, String> {
-    let address = if t.address.contains(':') && !t.address.starts_with('[') {
+/// What an http2 policy does not support yet. Returns the key that is out of place.
+fn check_http2(p: &PolicyEntry) -> Result<(), &'static str> {
+    if !p.matches.is_empty() {
+        return Err("matches");
+    }
+    if p.sampling.is_some() {
+        return Err("sampling");
+    }
+    if p.mirrors
+        .iter()
+        .any(|m| m.value.request_header_modifier.is_some())
+    {
+        return Err("requestHeaderModifier");
+    }
+    Ok(())
+}
+
+/// A raw TCP policy's connections carry no HTTP: it may say only how much to mirror where.
+/// Returns the key that is out of place.
+fn check_raw_tcp(p: &PolicyEntry) -> Result<(), &'static str> {
+    if !p.matches.is_empty() {
+        return Err("matches");
+    }
+    if p.sampling.is_some() {
+        return Err("sampling");
+    }
+    for m in &p.mirrors {
+        if m.value.host_rewrite.is_some() {
+            return Err("hostRewrite");
+        }
+        if m.value.request_header_modifier.is_some() {
+            return Err("requestHeaderModifier");
+        }
+    }
+    Ok(())
+}
+
+fn build_target(address: &str, port: u16) -> Result<Target, String> {
+    let address = if address.contains(':') && !address.starts_with('[') {
         // IPv6, possibly with a prefix: bracket the address part.
-        match t.address.split_once('/') {
+        match address.split_once('/') {
             Some((addr, prefix)) => format!("[{addr}]/{prefix}"),
-            None => format!("[{}]", t.address),
+            None => format!("[{address}]"),
         }
     } else {
-        t.address.clone()
+        address.to_owned()
     };
-    format!("{address}:{}", t.port)
+    format!("{address}:{port}")
         .parse::<Target>()
         .map_err(|e| e.to_string())
 }
@@ -398,15 +590,35 @@ fn build_sampling(check: &Check<'_>, s: &Spanned<SamplingEntry>) -> Result<Sampl
 
 impl fmt::Display for MirrorConfig {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        writeln!(f, "interfaces: {}", self.interfaces.join(", "))?;
+        if self.interfaces.is_empty() {
+            writeln!(f, "interfaces: the Service targets' pods")?;
+        } else {
+            writeln!(f, "interfaces: {}", self.interfaces.join(", "))?;
+        }
         if let Some(admin) = self.admin {
             writeln!(f, "admin: {admin}")?;
         }
         for p in &self.policies {
-            let target = p
-                .target
-                .map_or("every captured destination".to_owned(), |t| t.to_string());
+            let target = match (&p.service, p.target) {
+                (Some(s), _) => service::describe(s),
+                (None, Some(t)) => t.to_string(),
+                (None, None) => "every captured destination".to_owned(),
+            };
             writeln!(f, "policy {} -> {target}", p.name)?;
+            if p.protocol == Protocol::Http2 {
+                writeln!(
+                    f,
+                    "  protocol: http2 (h2c, streams replayed, :authority rewritten)"
+                )?;
+            }
+            if p.protocol == Protocol::Tcp {
+                writeln!(f, "  protocol: tcp (each connection's bytes, as they are)")?;
+                for (rule, backend) in p.policy.mirrors.iter().zip(&p.backends) {
+                    let percent = rule.share.as_percent();
+                    writeln!(f, "  mirror {backend}: {percent}% of connections")?;
+                }
+                continue;
+            }
             if p.match_text.is_empty() {
                 writeln!(f, "  matches: every request")?;
             }

@@ -8,7 +8,9 @@ use serde_saphyr::Spanned;
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct ConfigFile {
-    /// Interface names or glob patterns (`*`, `?`).
+    /// Interface names or glob patterns (`*`, `?`). May be left out when every policy
+    /// targets a Service: then the interfaces are the pods' that discovery finds.
+    #[serde(default)]
     pub interfaces: Vec<Spanned<String>>,
     #[serde(default)]
     pub admin: Option<Admin>,
@@ -26,19 +28,100 @@ pub struct Admin {
 pub struct PolicyEntry {
     pub name: Spanned<String>,
     pub target: Spanned<TargetEntry>,
+    /// Where to capture a Service target: `server` (the default) or `client`.
+    #[serde(default)]
+    pub capture: Option<Spanned<CaptureEntry>>,
+    /// The caller pods of `capture: client`.
+    #[serde(default)]
+    pub clients: Option<Spanned<ClientsEntry>>,
     #[serde(default)]
     pub matches: Vec<MatchEntry>,
     pub mirrors: Vec<Spanned<MirrorEntry>>,
     #[serde(default)]
     pub sampling: Option<Spanned<SamplingEntry>>,
+    /// What the target's connections carry: `http` (the default), `tcp` (raw TCP mode) or
+    /// `http2` (h2c with prior knowledge).
+    #[serde(default)]
+    pub protocol: Option<Spanned<ProtocolEntry>>,
+}
+
+#[derive(Clone, Copy, Debug, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum ProtocolEntry {
+    Http,
+    Tcp,
+    Http2,
 }
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct TargetEntry {
-    /// An address or a prefix (`10.96.0.0/16`, `fd00::/64`).
-    pub address: String,
-    pub port: u16,
+    /// An address or a prefix (`10.96.0.0/16`, `fd00::/64`), with `port`; or `service`.
+    #[serde(default)]
+    pub address: Option<String>,
+    #[serde(default)]
+    pub port: Option<u16>,
+    #[serde(default)]
+    pub service: Option<ServiceEntry>,
+}
+
+/// `target: {service: {name, namespace, port}}`: a Kubernetes Service (needs `--kubernetes`).
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct ServiceEntry {
+    pub name: String,
+    /// `default` when left out (a config file belongs to no namespace).
+    #[serde(default)]
+    pub namespace: Option<String>,
+    pub port: ServicePortEntry,
+}
+
+/// A Service port by number or by name, as Kubernetes' int-or-string.
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+pub enum ServicePortEntry {
+    Number(u64),
+    Name(String),
+}
+
+#[derive(Clone, Copy, Debug, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub enum CaptureEntry {
+    Server,
+    Client,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct ClientsEntry {
+    pub pod_selector: PodSelectorEntry,
+}
+
+/// A Kubernetes label selector.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct PodSelectorEntry {
+    #[serde(default)]
+    pub match_labels: std::collections::BTreeMap<String, String>,
+    #[serde(default)]
+    pub match_expressions: Vec<SelectorExpression>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct SelectorExpression {
+    pub key: String,
+    pub operator: SelectorOperator,
+    #[serde(default)]
+    pub values: Vec<String>,
+}
+
+#[derive(Clone, Copy, Debug, Deserialize, PartialEq, Eq)]
+pub enum SelectorOperator {
+    In,
+    NotIn,
+    Exists,
+    DoesNotExist,
 }
 
 #[derive(Debug, Deserialize)]

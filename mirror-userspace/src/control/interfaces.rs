@@ -24,6 +24,22 @@ pub fn expand(patterns: &[String]) -> Result<Vec<String>, InterfacesError> {
     expand_among(patterns, &present)
 }
 
+/// The interfaces present now that `patterns` name, with their indexes: what live attach
+/// follows (a pattern that matches nothing yet is no error there).
+pub fn present_matching(patterns: &[String]) -> Vec<(String, u32)> {
+    let Ok(entries) = std::fs::read_dir("/sys/class/net") else {
+        return Vec::new();
+    };
+    entries
+        .filter_map(|entry| entry.ok()?.file_name().into_string().ok())
+        .filter(|name| patterns.iter().any(|p| glob(p.as_bytes(), name.as_bytes())))
+        .filter_map(|name| {
+            let index = crate::capture::classifier::ifindex(&name)?;
+            Some((name, index))
+        })
+        .collect()
+}
+
 fn expand_among(patterns: &[String], present: &[String]) -> Result<Vec<String>, InterfacesError> {
     let mut out: Vec<String> = Vec::new();
     for pattern in patterns {

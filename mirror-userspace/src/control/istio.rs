@@ -170,6 +170,27 @@ struct OutPolicy {
     mirrors: Vec<OutMirror>,
 }
 
+impl OutPolicy {
+    /// One converted rule: the policy on `address:port` (the route's own destination).
+    fn new(
+        name: String,
+        address: &str,
+        port: u16,
+        matches: Vec<GatewayMatch>,
+        mirrors: Vec<OutMirror>,
+    ) -> OutPolicy {
+        OutPolicy {
+            name,
+            target: OutTarget {
+                address: address.to_owned(),
+                port,
+            },
+            matches,
+            mirrors,
+        }
+    }
+}
+
 #[derive(Debug, Serialize)]
 struct OutTarget {
     address: String,
@@ -290,15 +311,7 @@ fn from_virtual_service(
             .iter()
             .map(|m| istio_match(&name, m, notes))
             .collect();
-        out.push(OutPolicy {
-            name,
-            target: OutTarget {
-                address: address.to_owned(),
-                port,
-            },
-            matches,
-            mirrors,
-        });
+        out.push(OutPolicy::new(name, address, port, matches, mirrors));
     }
 }
 
@@ -457,15 +470,7 @@ fn from_http_route(o: &Object, address: &str, out: &mut Vec<OutPolicy>, notes: &
                     .collect(),
             })
             .collect();
-        out.push(OutPolicy {
-            name,
-            target: OutTarget {
-                address: address.to_owned(),
-                port,
-            },
-            matches,
-            mirrors,
-        });
+        out.push(OutPolicy::new(name, address, port, matches, mirrors));
     }
 }
 

@@ -7,7 +7,8 @@ mod file;
 pub mod interfaces;
 pub mod istio;
 pub mod reload;
+mod service;
 #[cfg(test)]
 mod tests;
 
-pub use config::{load, parse, ConfigError, MirrorConfig, PolicyConfig};
+pub use config::{load, parse, parse_policy, ConfigError, MirrorConfig, PolicyConfig, Protocol};

@@ -155,3 +155,239 @@ fn bad_files_are_refused_with_their_line() {
         assert!(message.contains(word), "{word:?} not in {message}");
     }
 }
+
+#[test]
+fn raw_tcp_policies_take_shares_and_refuse_http_rules() {
+    let tcp = "interfaces: [eth0]\npolicies:\n- name: cache\n  target: {address: 10.96.0.20, port: 6379}\n  protocol: tcp\n  mirrors:\n  - backend: redis-v2:6379\n    percent: 50\n";
+    let config = parse(tcp, "t").unwrap();
+    assert_eq!(config.policies[0].protocol, super::Protocol::Tcp);
+    let printed = config.to_string();
+    assert!(printed.contains("protocol: tcp"), "{printed}");
+    assert!(
+        printed.contains("mirror redis-v2:6379: 50% of connections"),
+        "{printed}"
+    );
+    let http = tcp.replace("protocol: tcp", "protocol: http");
+    assert_eq!(
+        parse(&http, "t").unwrap().policies[0].protocol,
+        super::Protocol::Http
+    );
+    for (extra, key) in [
+        ("  matches: [{method: GET}]\n", "matches"),
+        (
+            "  sampling: {consistentBy: header, header: x-id}\n",
+            "sampling",
+        ),
+    ] {
+        let text = tcp.replace("  protocol: tcp\n", &format!("  protocol: tcp\n{extra}"));
+        let error = refused(&text).to_string();
+        assert!(
+            error.starts_with("test.yaml:5:13: ") && error.contains(key),
+            "{error}"
+        );
+    }
+    for (extra, key) in [
+        ("    hostRewrite: {keep: true}\n", "hostRewrite"),
+        (
+            "    requestHeaderModifier: {remove: [a]}\n",
+            "requestHeaderModifier",
+        ),
+    ] {
+        let error = refused(&format!("{tcp}{extra}")).to_string();
+        assert!(error.contains(key), "{error}");
+    }
+    let error = refused(&tcp.replace("protocol: tcp", "protocol: udp")).to_string();
+    assert!(error.contains("udp"), "{error}");
+}
+
+#[test]
+fn http2_policies_rewrite_authority_and_refuse_what_is_not_there_yet() {
+    let h2 = "interfaces: [eth0]\npolicies:\n- name: grpc\n  target: {address: 10.96.0.30, port: 50051}\n  protocol: http2\n  mirrors:\n  - backend: grpc-v2:50051\n    hostRewrite: {host: grpc-v2}\n";
+    let config = parse(h2, "t").unwrap();
+    assert_eq!(config.policies[0].protocol, super::Protocol::Http2);
+    assert!(config.to_string().contains("protocol: http2"), "{config}");
+    for extra in [
+        "  matches: [{method: GET}]\n",
+        "  sampling: {consistentBy: header, header: x}\n",
+    ] {
+        let text = h2.replace(
+            "  protocol: http2\n",
+            &format!("  protocol: http2\n{extra}"),
+        );
+        assert!(refused(&text).to_string().contains("not yet"), "{extra}");
+    }
+    let modifier = format!("{h2}    requestHeaderModifier: {{remove: [a]}}\n");
+    assert!(refused(&modifier)
+        .to_string()
+        .contains("requestHeaderModifier"));
+}
+
+/// A Service target as the ConfigMap in deploy/ writes it.
+const SERVICE: &str = r#"policies:
+- name: httpbin
+  target: {service: {name: httpbin, namespace: default, port: 8000}}
+  capture: server
+  mirrors:
+  - backend: httpbin-v2.default.svc.cluster.local:8000
+"#;
+
+/// A `capture: client` policy with its selector.
+const CLIENT: &str = r#"policies:
+- name: from-sleep
+  target: {service: {name: httpbin, port: http}}
+  capture: client
+  clients:
+    podSelector:
+      matchLabels: {app: sleep}
+      matchExpressions: [{key: track, operator: NotIn, values: [canary]}]
+  mirrors:
+  - backend: httpbin-v2:8000
+"#;
+
+#[test]
+fn service_targets_are_read_for_discovery() {
+    use mirror_discovery::{Capture, ServicePort};
+    let config = parse(SERVICE, "t").unwrap();
+    assert!(
+        config.interfaces.is_empty(),
+        "discovery finds the interfaces"
+    );
+    let p = &config.policies[0];
+    assert_eq!(p.target, None);
+    let service = p.service.as_ref().unwrap();
+    assert_eq!(service.name, "httpbin");
+    assert_eq!(
+        (
+            service.service.namespace.as_str(),
+            service.service.name.as_str()
+        ),
+        ("default", "httpbin")
+    );
+    assert_eq!(service.service.port, ServicePort::Number(8000));
+    assert_eq!(service.capture, Capture::Server);
+    // Nothing discovered yet: the policy covers no destination (not every one).
+    assert!(!p.scope().contains("10.244.1.5".parse().unwrap(), 8000));
+    assert!(config
+        .to_string()
+        .contains("policy httpbin -> service default/httpbin:8000 (capture server)"));
+
+    let config = parse(CLIENT, "t").unwrap();
+    let service = config.policies[0].service.as_ref().unwrap();
+    assert_eq!(
+        service.service.namespace, "default",
+        "the default namespace"
+    );
+    assert_eq!(service.service.port, ServicePort::Name("http".into()));
+    let Capture::Client { pod_selector } = &service.capture else {
+        panic!("{:?}", service.capture)
+    };
+    let labels = |pairs: &[(&str, &str)]| {
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
+    };
+    assert!(mirror_discovery::policy::selects(
+        pod_selector,
+        &labels(&[("app", "sleep")])
+    ));
+    assert!(!mirror_discovery::policy::selects(
+        pod_selector,
+        &labels(&[("app", "sleep"), ("track", "canary")])
+    ));
+    assert!(config
+        .to_string()
+        .contains("capture client app=sleep, track NotIn (canary)"));
+}
+
+#[test]
+fn bad_service_targets_are_refused_with_their_line() {
+    let cases: Vec<(String, u64, &str)> = vec![
+        (
+            SERVICE.replace("namespace: default, ", "address: 10.0.0.1, namespace: default, "),
+            3,
+            "unknown field",
+        ),
+        (
+            SERVICE.replace("{service: {name: httpbin, namespace: default, port: 8000}}", "{address: 10.0.0.1, port: 80, service: {name: a, port: 80}}"),
+            3,
+            "not both",
+        ),
+        (
+            SERVICE.replace("{service: {name: httpbin, namespace: default, port: 8000}}", "{address: 10.0.0.1}"),
+            3,
+            "needs a port",
+        ),
+        (
+            SERVICE.replace("{service: {name: httpbin, namespace: default, port: 8000}}", "{}"),
+            3,
+            "service: {name",
+        ),
+        (SERVICE.replace("name: httpbin,", "name: HTTPBin,"), 3, "DNS label"),
+        (SERVICE.replace("namespace: default", "namespace: \"\""), 3, "DNS label"),
+        (SERVICE.replace("port: 8000", "port: 70000"), 3, "1 to 65535"),
+        (SERVICE.replace("port: 8000", "port: http_alt"), 3, "port name"),
+        (SERVICE.replace("capture: server", "capture: both"), 4, "both"),
+        (SERVICE.replace("capture: server", "capture: client"), 4, "needs clients"),
+        (
+            SERVICE.replace("capture: server", "clients: {podSelector: {matchLabels: {a: b}}}"),
+            4,
+            "capture: client",
+        ),
+        (CLIENT.replace("values: [canary]", "values: []"), 6, "needs values"),
+        (
+            CLIENT.replace(
+                "      matchLabels: {app: sleep}\n      matchExpressions: [{key: track, operator: NotIn, values: [canary]}]\n",
+                "      matchLabels: {}\n",
+            ),
+            6,
+            "empty podSelector",
+        ),
+        (CLIENT.replace("operator: NotIn", "operator: Near"), 8, "Near"),
+        (
+            EXAMPLE.replace("port: 8000}", "port: 8000}\n  capture: client"),
+            6,
+            "only a Service target",
+        ),
+        // An address policy still needs interfaces.
+        (
+            format!("{SERVICE}{}", EXAMPLE.split_once("policies:\n").unwrap().1)
+                .replace("- name: httpbin\n  target: {address", "- name: other\n  target: {address"),
+            1,
+            "no interfaces",
+        ),
+    ];
+    for (text, line, word) in cases {
+        let error = refused(&text);
+        let message = error.to_string();
+        assert!(message.contains(word), "{word:?} not in {message}\n{text}");
+        assert_eq!(error.line(), Some(line), "{message}\n{text}");
+    }
+}
+
+/// The ConfigMap in deploy/ holds a config file this parser accepts, and the example
+/// MirrorPolicy's spec is a policy of the same shape.
+#[test]
+fn the_deploy_configmap_and_example_policy_are_valid_configs() {
+    #[derive(serde::Deserialize)]
+    struct ConfigMap {
+        data: std::collections::BTreeMap<String, String>,
+    }
+    let manifest = include_str!("../../../deploy/base/configmap.yaml");
+    let map: ConfigMap = serde_saphyr::from_str(manifest).unwrap();
+    let config = parse(&map.data["config.yaml"], "deploy/base/configmap.yaml").unwrap();
+    assert!(config.policies[0].service.is_some());
+
+    #[derive(serde::Deserialize)]
+    struct Object {
+        spec: serde_json::Value,
+    }
+    let example = include_str!("../../../deploy/examples/httpbin-mirrorpolicy.yaml");
+    let object: Object = serde_saphyr::from_str(example).unwrap();
+    let mut policy = object.spec;
+    policy["name"] = "httpbin".into();
+    // JSON is YAML: the spec as one entry of `policies:`.
+    let text = serde_json::json!({ "policies": [policy] }).to_string();
+    let config = parse(&text, "deploy/examples/httpbin-mirrorpolicy.yaml").unwrap();
+    assert!(config.policies[0].service.is_some());
+}

@@ -117,6 +117,7 @@ pub async fn run(args: CaptureArgs) -> Result<(), CaptureError> {
     let (kernel, bpf) = session.kernel_sources();
     registry.register("kernel", Arc::new(kernel));
     registry.register("bpf", Arc::new(bpf));
+    registry.register("ring", session.ring_fill());
     registry.register("userspace", tally.clone());
     let mut stdout = BufWriter::new(io::stdout().lock());
     eprintln!("capturing; Ctrl-C to stop");

@@ -7,7 +7,7 @@ use std::{
     time::Duration,
 };
 
-use super::registry::HistogramSample;
+use super::registry::{HistogramSample, Labels};
 
 /// Upper bounds in seconds, from a tenth of a millisecond (v2 on the same node answers in
 /// under one) to the default response timeout (10 s); a last bucket holds everything slower.
@@ -63,6 +63,7 @@ impl LatencyHistogram {
         HistogramSample {
             name: self.name,
             help: self.help,
+            labels: Labels::new(),
             buckets,
             sum: self.sum_ns.load(Relaxed) as f64 / 1e9,
             count,

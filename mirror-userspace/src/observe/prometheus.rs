@@ -9,7 +9,10 @@ use prometheus_client::{
     metrics::{counter::ConstCounter, gauge::ConstGauge, MetricType},
 };
 
-use super::{registry::Unit, Kind, Registry, Sample};
+use super::{
+    registry::{HistogramSample, Labels, Unit},
+    Kind, Registry, Sample,
+};
 
 /// Which text format to encode.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -61,11 +64,11 @@ impl Collector for RegistryCollector {
         // encode each of its samples (one per label set).
         let mut families: Vec<(String, Vec<Sample>)> = Vec::new();
         self.0.visit(&mut |stage, sample| {
-            let name = format!("mirror_{stage}_{}", sample.name);
-            match families.last_mut() {
-                Some((last, samples)) if *last == name => samples.push(sample),
-                _ => families.push((name, vec![sample])),
-            }
+            add_to_family(
+                &mut families,
+                format!("mirror_{stage}_{}", sample.name),
+                sample,
+            )
         });
         for (name, samples) in families {
             let Some(first) = samples.first() else {
@@ -78,11 +81,7 @@ impl Collector for RegistryCollector {
             let mut family =
                 encoder.encode_descriptor(&name, first.help.trim(), None, metric_type)?;
             for sample in &samples {
-                let labels: Vec<(&str, &str)> = sample
-                    .labels
-                    .iter()
-                    .map(|(key, value)| (*key, value.as_str()))
-                    .collect();
+                let labels = label_refs(&sample.labels);
                 let metric = family.encode_family(&labels)?;
                 match (sample.kind, sample.unit) {
                     (Kind::Counter, Unit::Plain) => {
@@ -101,26 +100,48 @@ impl Collector for RegistryCollector {
                 }
             }
         }
-        let mut histograms = Vec::new();
-        self.0
-            .visit_histograms(&mut |stage, histogram| histograms.push((stage, histogram)));
-        for (stage, histogram) in histograms {
+        let mut histograms: Vec<(String, Vec<HistogramSample>)> = Vec::new();
+        self.0.visit_histograms(&mut |stage, histogram| {
             let name = format!("mirror_{stage}_{}", histogram.name);
-            let mut family = encoder.encode_descriptor(
-                &name,
-                histogram.help.trim(),
-                None,
-                MetricType::Histogram,
-            )?;
-            family.encode_histogram::<NoLabelSet>(
-                histogram.sum,
-                histogram.count,
-                &histogram.buckets,
-                None,
-            )?;
+            add_to_family(&mut histograms, name, histogram)
+        });
+        for (name, members) in histograms {
+            let Some(first) = members.first() else {
+                continue;
+            };
+            let mut family =
+                encoder.encode_descriptor(&name, first.help.trim(), None, MetricType::Histogram)?;
+            for histogram in &members {
+                let labels = label_refs(&histogram.labels);
+                family
+                    .encode_family(&labels)?
+                    .encode_histogram::<NoLabelSet>(
+                        histogram.sum,
+                        histogram.count,
+                        &histogram.buckets,
+                        None,
+                    )?;
+            }
         }
         Ok(())
     }
+}
+
+/// Appends `member` to the last family if it has `name` (members of one name come one after
+/// another), else starts a family.
+fn add_to_family<T>(families: &mut Vec<(String, Vec<T>)>, name: String, member: T) {
+    match families.last_mut() {
+        Some((last, members)) if *last == name => members.push(member),
+        _ => families.push((name, vec![member])),
+    }
+}
+
+/// Labels as the encoder takes them.
+fn label_refs(labels: &Labels) -> Vec<(&str, &str)> {
+    labels
+        .iter()
+        .map(|(key, value)| (*key, value.as_str()))
+        .collect()
 }
 
 #[cfg(test)]
@@ -210,5 +231,42 @@ mod format_tests {
         assert_eq!(Format::negotiate(Some(accept)), Format::OpenMetrics);
         let text = encode(&registry(), Format::OpenMetrics).unwrap();
         assert!(text.ends_with("# EOF\n"), "{text}");
+    }
+
+    /// Two mirrors' histograms, as `RelaySource` reports them under `--config`.
+    struct TwoMirrors(LatencyHistogram, LatencyHistogram);
+
+    impl Source for TwoMirrors {
+        fn visit(&self, _out: &mut dyn FnMut(Sample)) {}
+
+        fn histograms(&self, out: &mut dyn FnMut(HistogramSample)) {
+            out(self.0.sample().with_label("mirror", "p/a:80"));
+            out(self.1.sample().with_label("mirror", "p/b:80"));
+        }
+    }
+
+    #[test]
+    fn labelled_histograms_share_one_family() {
+        let a = LatencyHistogram::new("response_latency_seconds", "Latency.");
+        let b = LatencyHistogram::new("response_latency_seconds", "Latency.");
+        a.observe(Duration::from_millis(2));
+        b.observe(Duration::from_millis(2));
+        b.observe(Duration::from_millis(2));
+        let registry = Registry::default();
+        registry.register("relay", Arc::new(TwoMirrors(a, b)));
+        let text = encode(&registry, Format::Prometheus).unwrap();
+        assert_eq!(
+            text.matches("# TYPE mirror_relay_response_latency_seconds histogram\n")
+                .count(),
+            1,
+            "{text}"
+        );
+        for line in [
+            "mirror_relay_response_latency_seconds_count{mirror=\"p/a:80\"} 1\n",
+            "mirror_relay_response_latency_seconds_count{mirror=\"p/b:80\"} 2\n",
+            "mirror_relay_response_latency_seconds_bucket{mirror=\"p/b:80\",le=\"+Inf\"} 2\n",
+        ] {
+            assert!(text.contains(line), "{line:?} missing from:\n{text}");
+        }
     }
 }

@@ -91,12 +91,23 @@ pub struct HistogramSample {
     /// As for [`Sample::name`]; in base units (`response_latency_seconds`).
     pub name: &'static str,
     pub help: &'static str,
+    /// As for [`Sample::labels`] (the mirror, under `--config`); no `le`.
+    pub labels: Labels,
     pub buckets: Vec<(f64, u64)>,
     pub sum: f64,
     pub count: u64,
 }
 
-/// A stage's counters, read on demand. Samples of one name must come one after another.
+impl HistogramSample {
+    /// Adds a label, as [`Sample::with_label`] does.
+    pub fn with_label(mut self, key: &'static str, value: impl Into<String>) -> Self {
+        self.labels.push((key, value.into()));
+        self
+    }
+}
+
+/// A stage's counters, read on demand. Samples (and histograms) of one name must come one
+/// after another.
 pub trait Source: Send + Sync {
     fn visit(&self, out: &mut dyn FnMut(Sample));
 

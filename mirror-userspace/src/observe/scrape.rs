@@ -73,17 +73,22 @@ impl Scrape {
         self.samples.iter().any(|sample| sample.name == name)
     }
 
-    /// The `q` quantile (0 to 1) of histogram `name` (its `_bucket` samples), interpolated
-    /// linearly within the bucket as Prometheus' `histogram_quantile` does; `None` when it
-    /// has no observations.
-    pub fn quantile(&self, name: &str, q: f64) -> Option<f64> {
+    /// The `q` quantile (0 to 1) of histogram `name` (its `_bucket` samples) over every
+    /// member whose labels include `labels` (their buckets added up per bound, as
+    /// `sum by (le)` does), interpolated linearly within the bucket as Prometheus'
+    /// `histogram_quantile` does; `None` when it has no observations.
+    pub fn quantile(&self, name: &str, labels: &[(&str, &str)], q: f64) -> Option<f64> {
         let bucket_name = format!("{name}_bucket");
-        let mut buckets: Vec<(f64, f64)> = self
-            .samples
-            .iter()
-            .filter(|sample| sample.name == bucket_name)
-            .filter_map(|sample| Some((parse_float(sample.label("le")?)?, sample.value)))
-            .collect();
+        let mut buckets: Vec<(f64, f64)> = Vec::new();
+        for sample in self.matching(&bucket_name, labels) {
+            let Some(bound) = sample.label("le").and_then(parse_float) else {
+                continue;
+            };
+            match buckets.iter_mut().find(|(b, _)| *b == bound) {
+                Some((_, count)) => *count += sample.value,
+                None => buckets.push((bound, sample.value)),
+            }
+        }
         buckets.sort_by(|a, b| a.0.total_cmp(&b.0));
         quantile(&buckets, q)
     }
@@ -204,11 +209,30 @@ mod tests {
     #[test]
     fn quantiles_interpolate_within_buckets() {
         let scrape = Scrape::parse(TEXT).unwrap();
-        assert_eq!(scrape.quantile("lat", 0.5), Some(0.001));
-        let p70 = scrape.quantile("lat", 0.7).unwrap();
+        assert_eq!(scrape.quantile("lat", &[], 0.5), Some(0.001));
+        let p70 = scrape.quantile("lat", &[], 0.7).unwrap();
         assert!((p70 - 0.0055).abs() < 1e-12, "{p70}");
         // Beyond the last finite bound: that bound.
-        assert_eq!(scrape.quantile("lat", 0.99), Some(0.01));
-        assert_eq!(scrape.quantile("missing", 0.5), None);
+        assert_eq!(scrape.quantile("lat", &[], 0.99), Some(0.01));
+        assert_eq!(scrape.quantile("missing", &[], 0.5), None);
+    }
+
+    #[test]
+    fn quantiles_add_up_members_or_pick_one() {
+        let scrape = Scrape::parse(
+            "lat_bucket{mirror=\"a\",le=\"0.001\"} 10\n\
+             lat_bucket{mirror=\"a\",le=\"+Inf\"} 10\n\
+             lat_bucket{mirror=\"b\",le=\"0.001\"} 0\n\
+             lat_bucket{mirror=\"b\",le=\"+Inf\"} 10\n",
+        )
+        .unwrap();
+        // Half of all answers took at most 1 ms: the median is that bound.
+        assert_eq!(scrape.quantile("lat", &[], 0.5), Some(0.001));
+        assert_eq!(
+            scrape.quantile("lat", &[("mirror", "a")], 0.5),
+            Some(0.0005)
+        );
+        // Every answer of b is past the last finite bound.
+        assert_eq!(scrape.quantile("lat", &[("mirror", "b")], 0.5), Some(0.001));
     }
 }

@@ -73,9 +73,8 @@ pub struct Rendering<'a> {
     pub seconds: f64,
 }
 
-/// Rows of the outcome table: label and metric.
-const OUTCOMES: [(&str, &str); 4] = [
-    ("mirrored", "mirror_pipeline_requests_mirrored_total"),
+/// Rows of an outcome table after the first (`mirrored`): label and metric.
+const OUTCOMES: [(&str, &str); 3] = [
     ("answered", "mirror_relay_answered_total"),
     ("unanswered", "mirror_relay_unanswered_total"),
     ("dropped", "mirror_relay_dropped_total"),
@@ -98,38 +97,33 @@ pub fn render(r: &Rendering<'_>) -> String {
     }
     let _ = writeln!(out);
     let _ = writeln!(out, "{:<28}{:>14}{:>14}", "requests", "total", "per second");
-    let row = |out: &mut String, label: &str, total: f64, before: f64| {
-        // `+ 0.0` turns the -0.0 an empty sum starts from into 0.
-        let total = total + 0.0;
-        let rate = (total - before).max(0.0) / r.seconds;
-        let _ = writeln!(out, "{label:<28}{total:>14.0}{rate:>14.1}");
+    // Under --config a request goes to each mirror whose share takes it: count the copies
+    // handed to the relays, as the outcomes below do.
+    let per_mirror = r.after.has("mirror_policy_requests_mirrored_total");
+    let stage = if per_mirror {
+        "mirror_policy"
+    } else {
+        "mirror_pipeline"
     };
-    for (label, metric) in OUTCOMES {
-        let (total, before) = (r.after.sum(metric, &[]), r.before.sum(metric, &[]));
-        row(&mut out, label, total, before);
-        let by = match label {
-            "answered" => "class",
-            "unanswered" | "dropped" => "reason",
-            _ => continue,
-        };
-        for sample in r.after.matching(metric, &[]) {
-            let Some(value) = sample.label(by) else {
-                continue;
-            };
-            if sample.value > 0.0 {
-                let earlier = r.before.sum(metric, &[(by, value)]);
-                row(&mut out, &format!("  {value}"), sample.value, earlier);
-            }
-        }
-    }
-    row(
-        &mut out,
-        "sampled out",
-        r.after
-            .sum("mirror_pipeline_requests_sampled_out_total", &[]),
-        r.before
-            .sum("mirror_pipeline_requests_sampled_out_total", &[]),
+    outcome_rows(&mut out, r, stage, &[]);
+    // And each mirror's own share: one table each.
+    let mirrors = label_values(
+        r.after,
+        "mirror_policy_requests_mirrored_total",
+        &[],
+        "mirror",
     );
+    for mirror in mirrors {
+        let _ = writeln!(out);
+        let _ = writeln!(
+            out,
+            "{:<28}{:>14}{:>14}",
+            format!("mirror {mirror}"),
+            "total",
+            "per second"
+        );
+        outcome_rows(&mut out, r, "mirror_policy", &[("mirror", mirror)]);
+    }
     let _ = writeln!(out);
     let _ = writeln!(out, "{:<28}{:>14}{:>14}", "capture", "total", "per second");
     for (label, metric) in [
@@ -139,28 +133,15 @@ pub fn render(r: &Rendering<'_>) -> String {
         ("gaps", "mirror_pipeline_gaps_total"),
         ("flows evicted", "mirror_pipeline_flows_evicted_total"),
     ] {
-        row(
-            &mut out,
-            label,
-            r.after.sum(metric, &[]),
-            r.before.sum(metric, &[]),
-        );
+        row(&mut out, r, label, metric, &[]);
     }
     let _ = writeln!(out);
     let latency = "mirror_relay_response_latency_seconds";
-    let responses = r.after.sum(&format!("{latency}_count"), &[]);
-    match [0.5, 0.9, 0.99].map(|q| r.after.quantile(latency, q)) {
-        [Some(p50), Some(p90), Some(p99)] => {
-            let _ = writeln!(
-                out,
-                "v2 latency: p50 {}  p90 {}  p99 {}  (over {responses:.0} responses)",
-                millis(p50),
-                millis(p90),
-                millis(p99)
-            );
-        }
-        _ => {
-            let _ = writeln!(out, "v2 latency: no responses yet");
+    latency_line(&mut out, r.after, latency, None);
+    // Under --config each mirror keeps its own histogram (label `mirror`).
+    for sample in r.after.matching(&format!("{latency}_count"), &[]) {
+        if let Some(mirror) = sample.label("mirror") {
+            latency_line(&mut out, r.after, latency, Some(mirror));
         }
     }
     let _ = writeln!(
@@ -171,7 +152,91 @@ pub fn render(r: &Rendering<'_>) -> String {
         bytes(r.after.sum("mirror_agent_resident_memory_bytes", &[])),
         millis(r.after.sum("mirror_agent_loop_lag_seconds", &[])),
     );
+    let _ = writeln!(
+        out,
+        "ring buffer: {} of {} waiting to be read",
+        bytes(r.after.sum("mirror_ring_used_bytes", &[])),
+        bytes(r.after.sum("mirror_ring_size_bytes", &[])),
+    );
     out
+}
+
+/// The `mirrored` row (from `<mirrored_stage>_requests_mirrored_total`), then each outcome
+/// family's total with its members above zero (by class or reason), then `sampled out`; all
+/// over the samples whose labels include `labels`.
+fn outcome_rows(
+    out: &mut String,
+    r: &Rendering<'_>,
+    mirrored_stage: &str,
+    labels: &[(&str, &str)],
+) {
+    let mirrored = format!("{mirrored_stage}_requests_mirrored_total");
+    row(out, r, "mirrored", &mirrored, labels);
+    for (label, metric) in OUTCOMES {
+        row(out, r, label, metric, labels);
+        let by = if label == "answered" {
+            "class"
+        } else {
+            "reason"
+        };
+        for value in label_values(r.after, metric, labels, by) {
+            let mut member = labels.to_vec();
+            member.push((by, value));
+            if r.after.sum(metric, &member) > 0.0 {
+                row(out, r, &format!("  {value}"), metric, &member);
+            }
+        }
+    }
+    let sampled_out = format!("{mirrored_stage}_requests_sampled_out_total");
+    row(out, r, "sampled out", &sampled_out, labels);
+}
+
+/// One row: the total of `metric` over `labels` and its rate between the two scrapes.
+fn row(out: &mut String, r: &Rendering<'_>, label: &str, metric: &str, labels: &[(&str, &str)]) {
+    // `+ 0.0` turns the -0.0 an empty sum starts from into 0.
+    let total = r.after.sum(metric, labels) + 0.0;
+    let rate = (total - r.before.sum(metric, labels)).max(0.0) / r.seconds;
+    let _ = writeln!(out, "{label:<28}{total:>14.0}{rate:>14.1}");
+}
+
+/// The values label `key` takes among the samples of `metric` matching `labels`, each once,
+/// in the order they first appear.
+fn label_values<'a>(
+    scrape: &'a Scrape,
+    metric: &'a str,
+    labels: &'a [(&'a str, &'a str)],
+    key: &str,
+) -> Vec<&'a str> {
+    let mut values: Vec<&str> = Vec::new();
+    for sample in scrape.matching(metric, labels) {
+        if let Some(value) = sample.label(key) {
+            if !values.contains(&value) {
+                values.push(value);
+            }
+        }
+    }
+    values
+}
+
+/// `v2 latency[ of MIRROR]: p50 ..  p90 ..  p99 ..  (over N responses)`.
+fn latency_line(out: &mut String, scrape: &Scrape, latency: &str, mirror: Option<&str>) {
+    let labels: Vec<(&str, &str)> = mirror.map(|m| ("mirror", m)).into_iter().collect();
+    let of = mirror.map(|m| format!(" of {m}")).unwrap_or_default();
+    let responses = scrape.sum(&format!("{latency}_count"), &labels);
+    match [0.5, 0.9, 0.99].map(|q| scrape.quantile(latency, &labels, q)) {
+        [Some(p50), Some(p90), Some(p99)] => {
+            let _ = writeln!(
+                out,
+                "v2 latency{of}: p50 {}  p90 {}  p99 {}  (over {responses:.0} responses)",
+                millis(p50),
+                millis(p90),
+                millis(p99)
+            );
+        }
+        _ => {
+            let _ = writeln!(out, "v2 latency{of}: no responses yet");
+        }
+    }
 }
 
 fn millis(seconds: f64) -> String {
@@ -267,5 +332,78 @@ mod tests {
             "zero reasons are left out: {text}"
         );
         assert!(text.contains("v2 latency: p50 0.6"), "{text}");
+    }
+
+    #[test]
+    fn each_mirror_gets_its_table_and_latency_line_and_the_ring_its_fill() {
+        let after = Scrape::parse(
+            "mirror_relay_response_latency_seconds_bucket{mirror=\"p/a:80\",le=\"0.001\"} 4\n\
+             mirror_relay_response_latency_seconds_bucket{mirror=\"p/a:80\",le=\"+Inf\"} 4\n\
+             mirror_relay_response_latency_seconds_count{mirror=\"p/a:80\"} 4\n\
+             mirror_relay_response_latency_seconds_bucket{mirror=\"p/b:80\",le=\"0.001\"} 0\n\
+             mirror_relay_response_latency_seconds_bucket{mirror=\"p/b:80\",le=\"+Inf\"} 0\n\
+             mirror_relay_response_latency_seconds_count{mirror=\"p/b:80\"} 0\n\
+             mirror_ring_used_bytes 2048\n\
+             mirror_ring_size_bytes 4194304\n\
+             mirror_policy_requests_mirrored_total{mirror=\"p/a:80\"} 6\n\
+             mirror_policy_requests_mirrored_total{mirror=\"p/b:80\"} 3\n\
+             mirror_policy_requests_sampled_out_total{mirror=\"p/a:80\"} 0\n\
+             mirror_policy_requests_sampled_out_total{mirror=\"p/b:80\"} 3\n\
+             mirror_relay_answered_total{class=\"2xx\",mirror=\"p/a:80\"} 4\n\
+             mirror_relay_answered_total{class=\"2xx\",mirror=\"p/b:80\"} 1\n\
+             mirror_relay_dropped_total{reason=\"queue_full\",mirror=\"p/a:80\"} 2\n\
+             mirror_relay_dropped_total{reason=\"queue_full\",mirror=\"p/b:80\"} 0\n",
+        )
+        .unwrap();
+        let text = render(&Rendering {
+            addr: "127.0.0.1:9477".parse().unwrap(),
+            ready: true,
+            readiness: "ready\n",
+            before: &Scrape::default(),
+            after: &after,
+            seconds: 1.0,
+        });
+        assert!(
+            text.contains(
+                "v2 latency: p50 0.50 ms  p90 0.90 ms  p99 0.99 ms  (over 4 responses)\n"
+            ),
+            "{text}"
+        );
+        assert!(
+            text.contains(
+                "v2 latency of p/a:80: p50 0.50 ms  p90 0.90 ms  p99 0.99 ms  (over 4 responses)\n"
+            ),
+            "{text}"
+        );
+        assert!(
+            text.contains("v2 latency of p/b:80: no responses yet\n"),
+            "{text}"
+        );
+        // The totals add the mirrors up, each class or reason once.
+        let row =
+            |label: &str, total: u32, rate: &str| format!("{label:<28}{total:>14}{rate:>14}\n");
+        assert!(text.contains(&row("mirrored", 9, "9.0")), "{text}");
+        assert!(text.contains(&row("  2xx", 5, "5.0")), "{text}");
+        assert_eq!(text.matches("  2xx ").count(), 3, "{text}");
+        // Then one table per mirror, with its own share.
+        let a = format!(
+            "{:<28}{:>14}{:>14}\n{}{}{}{}{}{}{}",
+            "mirror p/a:80",
+            "total",
+            "per second",
+            row("mirrored", 6, "6.0"),
+            row("answered", 4, "4.0"),
+            row("  2xx", 4, "4.0"),
+            row("unanswered", 0, "0.0"),
+            row("dropped", 2, "2.0"),
+            row("  queue_full", 2, "2.0"),
+            row("sampled out", 0, "0.0"),
+        );
+        assert!(text.contains(&a), "{text}");
+        assert!(text.contains(&row("sampled out", 3, "3.0")), "{text}");
+        assert!(
+            text.contains("ring buffer: 2.0 KiB of 4.0 MiB waiting to be read\n"),
+            "{text}"
+        );
     }
 }

@@ -11,10 +11,12 @@
 
 mod conn;
 mod flow;
+mod h2c;
 mod limits;
 mod pool;
 mod resolve;
 mod stats;
+mod stream;
 mod ticket;
 
 use std::{collections::HashMap, sync::Arc, time::Duration};
@@ -53,6 +55,9 @@ pub struct RelayConfig {
     pub queue_depth: usize,
     /// Request bytes held over all connections (queued, or sent and not yet answered).
     pub max_inflight_bytes: usize,
+    /// Of those, what one source address (a client pod) may hold; beyond, its requests are
+    /// dropped as `source_budget`.
+    pub max_inflight_bytes_per_source: usize,
     pub connect_timeout: Duration,
     /// How long v2 may go without accepting a byte of a request being written, and how long
     /// it may take to answer one.
@@ -63,6 +68,9 @@ pub struct RelayConfig {
     pub idle_timeout: Duration,
     /// Where each request's outcome is logged, if anywhere.
     pub access_log: Option<Arc<AccessLog>>,
+    /// Raw connections carry h2c (`protocol: http2`): replayed stream by stream on an HTTP/2
+    /// connection to v2, `:authority` rewritten by this rule.
+    pub h2c: Option<mirror_cores::rewrite::HostRewrite>,
 }
 
 impl Default for RelayConfig {
@@ -73,11 +81,13 @@ impl Default for RelayConfig {
             max_connections: 4096,
             queue_depth: 1024,
             max_inflight_bytes: 64 << 20,
+            max_inflight_bytes_per_source: 64 << 20,
             connect_timeout: Duration::from_secs(2),
             response_timeout: Duration::from_secs(10),
             down_backoff: Duration::from_secs(1),
             idle_timeout: Duration::from_secs(30),
             access_log: None,
+            h2c: None,
         }
     }
 }
@@ -113,6 +123,8 @@ pub struct Relay {
     shared: Arc<Shared>,
     runtime: Handle,
     flows: HashMap<FlowKey, ClientConnection>,
+    /// Raw TCP mode's connections.
+    streams: stream::Streams,
     tasks: JoinSet<()>,
     pruner: JoinHandle<()>,
 }
@@ -122,7 +134,11 @@ impl Relay {
     pub fn new(config: RelayConfig) -> Relay {
         let stats = Arc::new(RelayStats::default());
         let shared = Arc::new(Shared {
-            budget: Budget::new(config.max_inflight_bytes, Arc::clone(&stats)),
+            budget: Budget::new(
+                config.max_inflight_bytes,
+                config.max_inflight_bytes_per_source,
+                Arc::clone(&stats),
+            ),
             pool: Pool::new(config.clone(), Arc::clone(&stats)),
             depth: flow::Depth::default(),
             config,
@@ -134,6 +150,7 @@ impl Relay {
             shared,
             runtime,
             flows: HashMap::new(),
+            streams: stream::Streams::default(),
             tasks: JoinSet::new(),
             pruner,
         }
@@ -150,7 +167,21 @@ impl Relay {
             Event::RequestBody { flow, data } => self.request_body(flow, data),
             Event::RequestEnd { flow } => self.request_end(flow),
             Event::RequestAbort { flow, .. } => self.request_abort(flow),
-            Event::FlowEnd { flow, .. } => self.flow_end(flow),
+            Event::FlowEnd { flow, reason } => {
+                self.streams.end(flow, reason);
+                self.flow_end(flow);
+            }
+            Event::StreamData { flow, data } => {
+                self.reap();
+                let Relay {
+                    shared,
+                    runtime,
+                    streams,
+                    tasks,
+                    ..
+                } = self;
+                streams.data(flow, data, shared, tasks, runtime);
+            }
         }
     }
 
@@ -174,10 +205,7 @@ impl Relay {
         let chunk = if self.shared.pool.shadow_down() {
             Err(DropReason::ShadowDown)
         } else {
-            self.shared
-                .budget
-                .reserve(head)
-                .ok_or(DropReason::QueueFull)
+            self.shared.budget.reserve(flow.src.ip(), head)
         };
         let chunk = match chunk {
             Ok(chunk) => chunk,
@@ -208,12 +236,18 @@ impl Relay {
         if !entry.in_request || entry.dropping {
             return;
         }
-        let sent = match (self.shared.budget.reserve(data), &entry.queue) {
-            (Some(chunk), Some(queue)) => queue.try_send(Piece::Body(chunk)).is_ok(),
-            _ => false,
+        let sent = match (
+            self.shared.budget.reserve(flow.src.ip(), data),
+            &entry.queue,
+        ) {
+            (Ok(chunk), Some(queue)) => queue
+                .try_send(Piece::Body(chunk))
+                .map_err(|_| DropReason::QueueFull),
+            (Ok(_), None) => Err(DropReason::QueueFull),
+            (Err(reason), _) => Err(reason),
         };
-        if !sent {
-            cancel(entry, DropReason::QueueFull);
+        if let Err(reason) = sent {
+            cancel(entry, reason);
         }
     }
 
@@ -272,6 +306,7 @@ impl Relay {
             }
         }
         self.flows.clear();
+        self.streams.shutdown();
         let drain = async { while self.tasks.join_next().await.is_some() {} };
         if tokio::time::timeout(grace, drain).await.is_err() {
             tracing::info!(

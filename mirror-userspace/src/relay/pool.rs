@@ -18,6 +18,7 @@ use std::{
 };
 
 use tokio::{
+    net::TcpStream,
     sync::{Notify, OwnedSemaphorePermit, Semaphore},
     time::Instant,
 };
@@ -128,6 +129,32 @@ impl Pool {
                 }
             }
         };
+        let (stream, slot) = self.dial(permit).await?;
+        let mut conn = Conn::new(stream, slot);
+        conn.opening(opening);
+        Ok(conn)
+    }
+
+    /// A new connection of its own, outside the pool (raw TCP mode), within the same cap:
+    /// a slot is waited for up to the connect timeout, an idle connection closed to make one.
+    pub(super) async fn open_stream(&self) -> Result<(TcpStream, Slot), DropReason> {
+        if self.shadow_down() {
+            return Err(DropReason::ShadowDown);
+        }
+        if self.slots.available_permits() == 0 {
+            drop(self.take_idle());
+        }
+        let wait = Arc::clone(&self.slots).acquire_owned();
+        let permit = match tokio::time::timeout(self.config.connect_timeout, wait).await {
+            Ok(Ok(permit)) => permit,
+            Ok(Err(_)) => return Err(DropReason::Shutdown),
+            Err(_) => return Err(DropReason::ConnLimit),
+        };
+        self.dial(permit).await
+    }
+
+    /// Resolves the shadow and connects, holding `permit` as the connection's slot.
+    async fn dial(&self, permit: OwnedSemaphorePermit) -> Result<(TcpStream, Slot), DropReason> {
         let addrs = self
             .resolver
             .addrs(self.config.connect_timeout, || {
@@ -144,9 +171,7 @@ impl Pool {
                 self.stats.connections_opened.fetch_add(1, Relaxed);
                 self.failures_in_a_row.store(0, Relaxed);
                 self.alive();
-                let mut conn = Conn::new(stream, Slot::new(permit, &self.stats));
-                conn.opening(opening);
-                Ok(conn)
+                Ok((stream, Slot::new(permit, &self.stats)))
             }
             Err(failure) => {
                 self.stats.connect_failed(failure);

@@ -32,6 +32,9 @@ reasons! {
     DropReason {
         /// The client connection's queue or the global in-flight byte budget was full.
         QueueFull => "queue_full",
+        /// The client's source address (its pod) held its share of the in-flight byte budget
+        /// (`--max-inflight-mib-per-source`): it loses its own mirroring, no other pod's.
+        SourceBudget => "source_budget",
         /// Every allowed connection to v2 was busy for the whole connect timeout.
         ConnLimit => "conn_limit",
         /// v2 refused, did not answer the connect, or was unreachable (or backing off after that).
@@ -138,8 +141,13 @@ impl ConnectFailure {
     }
 }
 
-/// The `class` labels of the answered counters: 1xx to 5xx, and anything else.
-const STATUS_CLASSES: [&str; 6] = ["1xx", "2xx", "3xx", "4xx", "5xx", "other"];
+/// The `class` labels of the answered counters: 1xx to 5xx, anything else, and raw TCP
+/// connections v2 took whole ([`STREAM_TAKEN`]).
+const STATUS_CLASSES: [&str; 7] = ["1xx", "2xx", "3xx", "4xx", "5xx", "other", "tcp"];
+
+/// The "status" a raw TCP connection is answered with when v2 took every byte of it and
+/// the connection ended as the client's did: counted in class `tcp`, no latency observed.
+pub const STREAM_TAKEN: u16 = 0;
 
 #[derive(Debug)]
 pub struct RelayStats {
@@ -158,6 +166,12 @@ pub struct RelayStats {
     connect_failures: [AtomicU64; ConnectFailure::ALL.len()],
     /// Name lookups of the shadow that failed.
     pub resolve_failures: AtomicU64,
+    /// h2c connections no longer followed (see `mirror_cores::http2::H2Stop`).
+    h2c_stopped: AtomicU64,
+    /// Answered h2c streams whose response carried `grpc-status: 0`.
+    pub grpc_ok: AtomicU64,
+    /// Answered h2c streams whose response carried another `grpc-status`.
+    pub grpc_error: AtomicU64,
     /// Connections to v2 open now (a gauge), idle ones included.
     pub shadow_connections: AtomicUsize,
     /// Of those, idle in the pool now (a gauge).
@@ -182,6 +196,9 @@ impl Default for RelayStats {
             connections_reused: AtomicU64::new(0),
             connect_failures: Default::default(),
             resolve_failures: AtomicU64::new(0),
+            h2c_stopped: AtomicU64::new(0),
+            grpc_ok: AtomicU64::new(0),
+            grpc_error: AtomicU64::new(0),
             shadow_connections: AtomicUsize::new(0),
             idle_connections: AtomicUsize::new(0),
             queued_bytes: AtomicUsize::new(0),
@@ -198,6 +215,7 @@ impl RelayStats {
     /// Counts a request's terminal outcome. Called once per request (see `ticket`).
     pub fn outcome(&self, outcome: Outcome) {
         let slot = match outcome {
+            Outcome::Answered(STREAM_TAKEN) => &self.answered[6],
             Outcome::Answered(status) => {
                 let class = usize::from(status / 100);
                 let index = if (1..=5).contains(&class) {
@@ -211,6 +229,11 @@ impl RelayStats {
             Outcome::Dropped(reason) => &self.dropped[reason as usize],
         };
         slot.fetch_add(1, Relaxed);
+    }
+
+    /// An h2c connection stopped being followed: its streams from then on are not mirrored.
+    pub fn count_h2c_stopped(&self) {
+        self.h2c_stopped.fetch_add(1, Relaxed);
     }
 
     pub fn connect_failed(&self, failure: ConnectFailure) {
@@ -229,7 +252,8 @@ impl RelayStats {
         self.connect_failures[failure as usize].load(Relaxed)
     }
 
-    /// Answers of status class `class` (1 to 5; anything else is counted as 6).
+    /// Answers of status class `class` (1 to 5; anything else is counted as 6; raw TCP
+    /// connections are 7).
     pub fn answered_class(&self, class: usize) -> u64 {
         class
             .checked_sub(1)
@@ -275,7 +299,8 @@ impl Source for RelayStats {
         for (class, name) in STATUS_CLASSES.iter().enumerate() {
             out(Sample::counter(
                 "answered",
-                "Requests v2 answered (its response was framed), by status class.",
+                "Requests v2 answered (its response was framed), by status class; class tcp: \
+                 raw TCP connections v2 took whole.",
                 self.answered_class(class + 1),
             )
             .with_label("class", *name));
@@ -335,6 +360,22 @@ impl Source for RelayStats {
             "resolve_failures",
             "Lookups of the shadow's name that failed.",
             load(&self.resolve_failures),
+        ));
+        out(Sample::counter(
+            "h2c_stopped",
+            "h2c connections no longer followed (not HTTP/2, a capture gap, a frame or header \
+             block over its bound, HPACK or protocol errors): later streams not mirrored.",
+            load(&self.h2c_stopped),
+        ));
+        out(Sample::counter(
+            "grpc_ok",
+            "Answered h2c streams whose response said grpc-status 0 (of answered_2xx).",
+            load(&self.grpc_ok),
+        ));
+        out(Sample::counter(
+            "grpc_error",
+            "Answered h2c streams whose response said a grpc-status other than 0.",
+            load(&self.grpc_error),
         ));
         out(Sample::gauge(
             "shadow_connections",

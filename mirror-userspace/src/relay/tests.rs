@@ -775,3 +775,60 @@ async fn shutdown_lets_requests_in_flight_be_answered() {
     );
     assert_eq!(v2.received().len(), 51);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pod_over_its_byte_share_loses_its_own_requests_only() {
+    let v2 = V2::start(Script::Answer {
+        close_after: None,
+        say_close: false,
+    })
+    .await;
+    let mut relay = Relay::new(RelayConfig {
+        max_inflight_bytes: 1 << 20,
+        max_inflight_bytes_per_source: 100 << 10,
+        ..config(v2.addr)
+    });
+    let from = |pod: u8, port: u16| FlowKey {
+        src: SocketAddr::from(([10, 0, 1, pod], port)),
+        ..flow(port)
+    };
+    // Pod 1 hands over 1 MiB at once (before any connection to v2 is up to take it): only
+    // its share fits. Pod 2, after it, still has all of its own.
+    for i in 0..50 {
+        request(
+            &mut relay,
+            from(1, 100 + i),
+            &format!("/noisy-{i}"),
+            20 << 10,
+        );
+    }
+    for i in 0..4 {
+        request(
+            &mut relay,
+            from(2, 200 + i),
+            &format!("/quiet-{i}"),
+            20 << 10,
+        );
+    }
+    settle(&relay, Duration::from_secs(10)).await;
+    let stats = relay.stats();
+    let counts = outcomes(&stats);
+    let get = |name: &str| {
+        counts
+            .iter()
+            .find(|(n, _)| *n == name)
+            .map_or(0, |(_, v)| *v)
+    };
+    let quiet: Vec<String> = v2
+        .received()
+        .into_iter()
+        .filter(|path| path.starts_with("/quiet"))
+        .collect();
+    assert_eq!(quiet.len(), 4, "{counts:?}");
+    assert!(get("dropped_source_budget") >= 40, "{counts:?}");
+    assert_eq!(get("dropped"), get("dropped_source_budget"), "{counts:?}");
+    assert_eq!(get("requests"), 54);
+    assert_eq!(get("answered") + get("dropped"), 54, "{counts:?}");
+    assert_eq!(relay.shared.budget.used(), 0);
+    relay.shutdown(Duration::from_secs(1)).await;
+}

@@ -77,6 +77,7 @@ impl Checker {
             Event::RequestAbort { flow, .. } => {
                 self.open.remove(&flow).expect("abort outside a request");
             }
+            Event::StreamData { .. } => panic!("stream data without stream targets"),
             Event::FlowEnd { flow, .. } => {
                 assert!(
                     !self.open.contains_key(&flow),

@@ -35,8 +35,20 @@ pub enum HeadParse {
     Reject(StopReason),
 }
 
+/// Bytes of the HTTP/2 preface's request line, `PRI * HTTP/2.0\r\n`.
+const H2C_LINE: usize = 16;
+
 /// Parses the head at the start of `buf`.
 pub fn parse(buf: &[u8]) -> HeadParse {
+    // The HTTP/2 connection preface's first line, as far as it has come.
+    let preface = &crate::http2::frame::PREFACE[..H2C_LINE];
+    if buf.len() >= 5 && preface.starts_with(&buf[..buf.len().min(H2C_LINE)]) {
+        return if buf.len() >= H2C_LINE {
+            HeadParse::Reject(StopReason::H2c)
+        } else {
+            HeadParse::Partial
+        };
+    }
     let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
     let mut req = httparse::Request::new(&mut headers);
     let len = match req.parse(buf) {
@@ -292,7 +304,8 @@ mod tests {
             ),
             ("GET  / HTTP/1.1\r\n\r\n", StopReason::InvalidHead),
             ("GET / HTTP/2.0\r\n\r\n", StopReason::InvalidHead),
-            ("PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n", StopReason::InvalidHead),
+            ("PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n", StopReason::H2c),
+            ("PRI * HTTP/2.0\r\n", StopReason::H2c),
             (
                 "GET / HTTP/1.1\r\nBad Name: x\r\n\r\n",
                 StopReason::InvalidHead,

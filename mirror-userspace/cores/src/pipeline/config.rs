@@ -65,6 +65,10 @@ pub struct PipelineConfig {
     pub max_handshakes: usize,
     /// A handshake pending this long is forgotten. Default 10 s.
     pub handshake_timeout_ns: u64,
+    /// Pending handshakes of one source address (a pod); beyond, its own oldest is forgotten,
+    /// so one pod's SYN flood never pushes out another's. Default 16 384 (a quarter of
+    /// `max_handshakes`).
+    pub max_handshakes_per_source: usize,
 }
 
 impl Default for PipelineConfig {
@@ -84,13 +88,17 @@ impl Default for PipelineConfig {
             max_buffered_per_source: 64 << 20,
             max_handshakes: 65_536,
             handshake_timeout_ns: 10 * SECOND_NS,
+            max_handshakes_per_source: 16_384,
         }
     }
 }
 
 #[derive(Debug, Error, PartialEq)]
 pub enum ConfigError {
-    #[error("max_flows, max_flows_per_source and max_handshakes must be at least 1")]
+    #[error(
+        "max_flows, max_flows_per_source, max_handshakes and max_handshakes_per_source must be \
+         at least 1"
+    )]
     NoFlows,
     #[error("ooo_window must be within 1..={MAX_WINDOW}, got {0}")]
     Window(u32),
@@ -104,7 +112,11 @@ pub enum ConfigError {
 
 impl PipelineConfig {
     pub fn validate(&self) -> Result<(), ConfigError> {
-        if self.max_flows == 0 || self.max_flows_per_source == 0 || self.max_handshakes == 0 {
+        if self.max_flows == 0
+            || self.max_flows_per_source == 0
+            || self.max_handshakes == 0
+            || self.max_handshakes_per_source == 0
+        {
             return Err(ConfigError::NoFlows);
         }
         if self.ooo_window == 0 || self.ooo_window > MAX_WINDOW {
@@ -149,9 +161,10 @@ mod tests {
             (
                 c.max_flows_per_source,
                 c.max_buffered_per_source,
-                c.max_handshakes
+                c.max_handshakes,
+                c.max_handshakes_per_source
             ),
-            (16_384, 64 << 20, 65_536)
+            (16_384, 64 << 20, 65_536, 16_384)
         );
     }
 
@@ -169,6 +182,13 @@ mod tests {
             (
                 PipelineConfig {
                     max_flows_per_source: 0,
+                    ..base()
+                },
+                ConfigError::NoFlows,
+            ),
+            (
+                PipelineConfig {
+                    max_handshakes_per_source: 0,
                     ..base()
                 },
                 ConfigError::NoFlows,

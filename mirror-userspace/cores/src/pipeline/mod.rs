@@ -32,9 +32,11 @@ mod handshakes;
 mod lru;
 mod server;
 mod sources;
+mod streams;
 
 pub use config::{Admission, ConfigError, PipelineConfig};
 pub use sources::{SourceTally, MAX_TALLIES};
+pub use streams::StreamTarget;
 
 use crate::flow::{FlowKey, Segment};
 use crate::http::{line_start, Env, FrameEvent, Framer, LineStart};
@@ -49,6 +51,8 @@ use std::collections::HashMap;
 /// What the relay is told, always for one flow. Per flow, requests come as
 /// `RequestHead (RequestBody)* (RequestEnd | RequestAbort)`, one after another, and
 /// `FlowEnd` comes last and at most once (a flow that starts again later is a new flow).
+/// A raw TCP flow (see [`Pipeline::set_stream_targets`]) has `StreamData*` instead of
+/// requests.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Event {
     /// Open (or reuse) the shadow connection of `flow` and send this complete head.
@@ -62,6 +66,8 @@ pub enum Event {
     RequestAbort { flow: FlowKey, reason: AbortReason },
     /// The flow is over for the relay: close its shadow connection.
     FlowEnd { flow: FlowKey, reason: EndReason },
+    /// Raw TCP mode: the next bytes of the client's stream, in order, acknowledged by v1.
+    StreamData { flow: FlowKey, data: Bytes },
 }
 
 /// What v1's side has told us about a flow (ack-gated admission only).
@@ -89,6 +95,8 @@ struct Active {
     /// Client-only: since when segments arrive only beyond the window.
     far_since_ns: Option<u64>,
     v1: Option<V1View>,
+    /// Raw TCP mode: deliveries go to the relay as they are, not through the framer.
+    stream: bool,
 }
 
 #[derive(Debug)]
@@ -127,6 +135,8 @@ pub struct Pipeline {
     counters: Counters,
     /// Sum of `FlowEntry::memory`.
     buffered: usize,
+    /// Destinations relayed in raw TCP mode.
+    stream_targets: Vec<StreamTarget>,
 }
 
 impl Pipeline {
@@ -141,7 +151,14 @@ impl Pipeline {
             sampler,
             counters: Counters::default(),
             buffered: 0,
+            stream_targets: Vec::new(),
         })
+    }
+
+    /// Connections to these destinations that start from now on are relayed in raw TCP
+    /// mode; flows already tracked keep their mode.
+    pub fn set_stream_targets(&mut self, targets: Vec<StreamTarget>) {
+        self.stream_targets = targets;
     }
 
     pub fn counters(&self) -> &Counters {
@@ -349,6 +366,13 @@ impl Pipeline {
                 break;
             }
         }
+        let stream = self.stream_targets.iter().any(|t| t.contains(key.dst));
+        // A raw stream joined mid-stream (no handshake seen) would start v2's connection in
+        // the middle of the protocol: keep only a tombstone.
+        let joined_stream = stream && isn.is_none();
+        if joined_stream {
+            self.counters.stream_joins_skipped += 1;
+        }
         let active = Active {
             reasm,
             framer,
@@ -356,9 +380,10 @@ impl Pipeline {
             hole_since_ns: None,
             far_since_ns: None,
             v1,
+            stream,
         };
         let flow = FlowEntry {
-            active: Some(Box::new(active)),
+            active: (!joined_stream).then(|| Box::new(active)),
             isn,
             last_seen_ns: now_ns,
             stamp: 0,
@@ -510,10 +535,21 @@ impl Pipeline {
             counters,
         };
         let mut stopped = None;
-        let Active { reasm, framer, .. } = a;
-        let r = op(reasm, &mut |d| {
-            deliver(framer, d, key, &mut env, &mut stopped, emit)
-        });
+        let Active {
+            reasm,
+            framer,
+            stream,
+            ..
+        } = a;
+        let r = if *stream {
+            op(reasm, &mut |d| {
+                streams::deliver(d, key, env.counters, &mut stopped, emit)
+            })
+        } else {
+            op(reasm, &mut |d| {
+                deliver(framer, d, key, &mut env, &mut stopped, emit)
+            })
+        };
         Some((r, stopped))
     }
 

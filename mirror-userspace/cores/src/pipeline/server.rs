@@ -84,9 +84,15 @@ impl Pipeline {
             window: seg.window,
             scale: seg.window_scale.unwrap_or(0).min(JOINED_SCALE),
         };
-        self.counters.handshakes_evicted +=
-            self.handshakes
-                .insert(now_ns, key, syn_ack, self.config.max_handshakes);
+        let evicted = self.handshakes.insert(
+            now_ns,
+            key,
+            syn_ack,
+            self.config.max_handshakes,
+            self.config.max_handshakes_per_source,
+        );
+        self.counters.handshakes_evicted += evicted.source + evicted.table_full;
+        self.counters.handshakes_evicted_source += evicted.source;
     }
 
     /// The handshake of `key` completed: its flow starts (replacing any older flow on the same

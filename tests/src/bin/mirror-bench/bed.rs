@@ -5,7 +5,7 @@ use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::PathBuf;
 
 use anyhow::{Context as _, Result};
-use mirror_tests::{Host, Httpbin, Netns, Sink, Testbed};
+use mirror_tests::{hostile::Discard, Host, Httpbin, Netns, Sink, Testbed};
 
 use super::nginx::{self, Nginx};
 
@@ -70,6 +70,10 @@ impl Backend {
 
 /// The VIP whose service leads to the sink in v1.
 pub const SINK_VIP: Ipv4Addr = Ipv4Addr::new(198, 19, 0, 12);
+/// The VIP whose service leads to a server in v1 that reads and discards everything (the
+/// attack mix's garbage goes there, so that v1 acknowledges all of it).
+pub const DISCARD_VIP: Ipv4Addr = Ipv4Addr::new(198, 19, 0, 13);
+const DISCARD_PORT: u16 = 9191;
 
 /// Everything the runs use. Dropping it stops the servers and removes the namespaces.
 pub struct Bed {
@@ -77,10 +81,13 @@ pub struct Bed {
     httpbin: [Httpbin; 2],
     _fast: [Nginx; 2],
     pub sinks: [Sink; 2],
+    _discard: Discard,
     fast_logs: [PathBuf; 2],
     pub client: Host,
     pub v1: Host,
     pub v2: Host,
+    /// The attack mix's hostile pod.
+    pub hostile: Host,
     pub testbed: Testbed,
 }
 
@@ -90,12 +97,14 @@ impl Bed {
         let client = testbed.add_host("client")?;
         let v1 = testbed.add_host("v1")?;
         let v2 = testbed.add_host("v2")?;
+        let hostile = testbed.add_host("hostile")?;
         for backend in [Backend::Fast, Backend::Httpbin] {
             let vip = IpAddr::V4(backend.vip());
             testbed.add_service(vip, SERVICE_PORT, &v1, backend.port())?;
         }
         testbed.add_service(Backend::Fast.vip().into(), UNMATCHED_PORT, &v1, FAST_PORT)?;
         testbed.add_service(SINK_VIP.into(), SERVICE_PORT, &v1, SINK_PORT)?;
+        testbed.add_service(DISCARD_VIP.into(), SERVICE_PORT, &v1, DISCARD_PORT)?;
         // nginx's mirror and the connection-close runs leave sockets in TIME_WAIT in the node
         // and client namespaces; without reuse their ephemeral ports run out within seconds.
         // (The `close, kernel-default sysctls` runs put the defaults back for a while.)
@@ -106,14 +115,17 @@ impl Bed {
         let (fast2, log2) = start_fast(&testbed, &v2)?;
         let httpbin = [Httpbin::start(&v1)?, Httpbin::start(&v2)?];
         let sinks = [Sink::start(&v1, SINK_PORT)?, Sink::start(&v2, SINK_PORT)?];
+        let discard = Discard::start(v1.ns(), DISCARD_PORT)?;
         Ok(Self {
             httpbin,
             _fast: [fast1, fast2],
             sinks,
+            _discard: discard,
             fast_logs: [log1, log2],
             client,
             v1,
             v2,
+            hostile,
             testbed,
         })
     }

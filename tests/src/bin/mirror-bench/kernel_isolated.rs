@@ -14,7 +14,7 @@ use mirror_tests::scenario::CAPTURE_READY;
 
 use super::bed::{Backend, Bed, UNMATCHED_PORT};
 
-/// Runs per frame: 100k request records (about 55 MB) fit the 64 MiB ring buffer, so every
+/// Runs per frame: 100k request records (about 55 MB) fit the 64 MiB ring buffer (asked for, not left to the default), so every
 /// run of the matched request pays for a real copy, never for a full ring (the capture drains
 /// it between frames; reverse records are 160 bytes each).
 const REPEAT: u32 = 100_000;
@@ -34,6 +34,8 @@ pub fn run(bed: &Bed, dir: &Path) -> Result<Isolated> {
         bed.client.node_ifname(),
         "--target",
         &service.to_string(),
+        "--ring-mib",
+        "64",
     ]
     .map(str::to_owned)
     .to_vec();

@@ -3,12 +3,15 @@
 //! request mirroring, on the namespace test-bed. See BENCHMARKS.md for what it measures.
 
 mod agent_summary;
+mod attack;
 mod bed;
+mod capture_path;
 mod envoy;
 mod kernel_isolated;
 mod large;
 mod load;
 mod measure;
+mod memory;
 mod micro;
 mod mode;
 mod nginx;
@@ -54,9 +57,39 @@ struct BenchArgs {
     /// keep-alive and mirroring on (the agent), one set of runs per fraction.
     #[arg(long, value_delimiter = ',', default_values_t = [0.25, 0.5, 0.75])]
     rate_fractions: Vec<f64>,
+    /// The same for the httpbin backend (slow, CPU-bound: one rate tells its story).
+    #[arg(long, value_delimiter = ',', default_values_t = [0.5])]
+    httpbin_rate_fractions: Vec<f64>,
+    /// Rounds of the fixed-rate runs (each round runs every mode at every rate). One by
+    /// default, so that a first full run stays under 15 minutes; the saturation runs, whose
+    /// ratios are noisier, get --rounds.
+    #[arg(long, default_value_t = 1)]
+    rate_rounds: u32,
+    /// Run only the capture-path measurement (record real traffic, replay it with `mirror
+    /// replay --discard`): requests per CPU second of the capture path alone.
+    #[arg(long, conflicts_with_all = ["smoke", "micro"])]
+    capture_path: bool,
+    /// Replays of the recorded file in the capture-path measurement.
+    #[arg(long, default_value_t = 3)]
+    replays: u32,
+    /// Run only the memory section (the agent at saturation with each of --ring-sizes);
+    /// with --capture-path, both.
+    #[arg(long, conflicts_with_all = ["smoke", "micro"])]
+    memory: bool,
+    /// Ring sizes (MiB) the memory section runs the agent with at saturation.
+    #[arg(long, value_delimiter = ',', default_values_t = [4, 16, 64])]
+    ring_sizes: Vec<u32>,
+    /// Capture threads the memory section also runs the agent with (64 MiB ring), end to end
+    /// at saturation beside the one-thread runs.
+    #[arg(long, value_delimiter = ',', default_values_t = [2u16])]
+    capture_threads: Vec<u16>,
     /// Skip the criterion micro-benchmarks in a full run.
     #[arg(long)]
     no_micro: bool,
+    /// Run only the attack mix and the cost of capturing v1's direction (full size, or the
+    /// smoke's with --smoke).
+    #[arg(long)]
+    attacks_only: bool,
 }
 
 /// Where the bench writes its JSON results and markdown report.
@@ -99,6 +132,34 @@ fn main() -> Result<()> {
         bail!("the bench needs root: it builds network namespaces");
     }
     let started = Instant::now();
+    if args.capture_path || args.memory {
+        return sections_only(args, started);
+    }
+    let attack_plan = if args.smoke {
+        attack::AttackPlan::SMOKE
+    } else {
+        attack::AttackPlan::FULL
+    };
+    let out = out_dir(&target_dir());
+    std::fs::create_dir_all(&out).with_context(|| format!("create {}", out.display()))?;
+    if args.attacks_only {
+        let bed = Bed::new()?;
+        let attacks = attack::run(&bed, attack_plan)?;
+        drop(bed);
+        let json = out.join("attacks.json");
+        std::fs::write(&json, serde_json::to_string_pretty(&attacks)?)
+            .with_context(|| format!("write {}", json.display()))?;
+        println!(
+            "Command: `{}`\n\n{}",
+            command_line(),
+            attack::markdown(&attacks)
+        );
+        let problems = attack::problems(&attacks);
+        if !problems.is_empty() {
+            bail!("attack mix:\n  {}", problems.join("\n  "));
+        }
+        return Ok(());
+    }
     let tools = tools::ensure(&target_dir())?;
     // First: it builds the cores' benches, and a failure should not cost the whole run.
     let micro = if args.smoke || args.no_micro {
@@ -106,8 +167,6 @@ fn main() -> Result<()> {
     } else {
         micro::run(&workspace(), 3)?
     };
-    let out = out_dir(&target_dir());
-    std::fs::create_dir_all(&out).with_context(|| format!("create {}", out.display()))?;
     let bed = Bed::new()?;
     let work = bed.testbed.log_dir().join("bench");
     let duration = Duration::from_secs(if args.smoke { 2 } else { args.seconds });
@@ -146,27 +205,37 @@ fn main() -> Result<()> {
             }
         }
     }
-    let fractions: &[f64] = if args.smoke {
-        &[0.5]
-    } else {
-        &args.rate_fractions
+    let fractions = |backend: Backend| -> &[f64] {
+        match (args.smoke, backend) {
+            (true, _) => &[0.5],
+            (false, Backend::Fast) => &args.rate_fractions,
+            (false, Backend::Httpbin) => &args.httpbin_rate_fractions,
+        }
     };
     let rates: Vec<(Backend, u64)> = [Backend::Fast, Backend::Httpbin]
         .into_iter()
         .flat_map(|backend| {
             let carried = report::carried_with_mirror(&samples, backend);
-            fractions
+            fractions(backend)
                 .iter()
                 .map(move |fraction| (backend, ((carried * fraction) as u64).max(10)))
         })
         .collect();
-    for round in 0..rounds {
+    let rate_rounds = if args.smoke {
+        1
+    } else {
+        args.rate_rounds.max(1)
+    };
+    for round in 0..rate_rounds {
         for &(backend, rate) in &rates {
             run_modes(&mut samples, round, backend, Offered::Rate(rate))?;
         }
     }
     let unmatched = unmatched::run(&bed, &work.join("unmatched"), duration)?;
     let isolated = kernel_isolated::run(&bed, &work.join("kernel-isolated"))?;
+    let memory = memory::run(&bed, &work.join("memory"), duration, &agent_configs(args))?;
+    let replays = if args.smoke { 1 } else { args.replays.max(1) };
+    let capture_path = capture_path::run(&bed, &work.join("capture-path"), duration, replays)?;
     let large_plan = if args.smoke {
         LargePlan {
             big_bytes: 64 << 20,
@@ -181,6 +250,7 @@ fn main() -> Result<()> {
         }
     };
     let large = large::run(&bed, large_plan)?;
+    let attacks = attack::run(&bed, attack_plan)?;
     drop(bed);
     let results = Results {
         command: command_line(),
@@ -189,7 +259,10 @@ fn main() -> Result<()> {
         samples,
         unmatched: Some(unmatched),
         isolated: Some(isolated),
+        capture_path: Some(capture_path),
+        memory,
         large: Some(large),
+        attacks: Some(attacks),
         micro,
     };
     let json = out.join(if args.smoke {
@@ -211,6 +284,56 @@ fn main() -> Result<()> {
     if args.smoke {
         smoke::check(&results)?;
     }
+    Ok(())
+}
+
+/// The memory section's agents: every ring size on one thread, then the default ring on each
+/// of --capture-threads (the smoke: one ring size, one and two threads).
+fn agent_configs(args: &BenchArgs) -> Vec<(u32, u16)> {
+    if args.smoke {
+        return vec![(16, 1), (16, 2)];
+    }
+    let mut configs: Vec<(u32, u16)> = args.ring_sizes.iter().map(|&mib| (mib, 1)).collect();
+    configs.extend(args.capture_threads.iter().map(|&threads| (64, threads)));
+    configs
+}
+
+/// `--capture-path` and `--memory`: those sections alone, printed as the report prints them.
+fn sections_only(args: &BenchArgs, started: Instant) -> Result<()> {
+    let bed = Bed::new()?;
+    let work = bed.testbed.log_dir().join("bench");
+    let duration = Duration::from_secs(args.seconds);
+    let capture_path = if args.capture_path {
+        let dir = work.join("capture-path");
+        Some(capture_path::run(
+            &bed,
+            &dir,
+            duration,
+            args.replays.max(1),
+        )?)
+    } else {
+        None
+    };
+    let memory = if args.memory {
+        memory::run(&bed, &work.join("memory"), duration, &agent_configs(args))?
+    } else {
+        Vec::new()
+    };
+    drop(bed);
+    let results = Results {
+        command: command_line(),
+        machine: machine(),
+        seconds: started.elapsed().as_secs_f64(),
+        samples: Vec::new(),
+        unmatched: None,
+        isolated: None,
+        capture_path,
+        memory,
+        large: None,
+        attacks: None,
+        micro: Vec::new(),
+    };
+    println!("{}", report::markdown(&results));
     Ok(())
 }
 

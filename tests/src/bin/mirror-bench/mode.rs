@@ -102,7 +102,17 @@ impl Mode {
 /// replaying to `shadow`, with BPF run-time statistics on (they cost a few ns per run; every
 /// mirror run pays them, so ratios stay comparable).
 pub fn start_agent(bed: &Bed, target: SocketAddr, shadow: SocketAddr) -> Result<Agent> {
-    let args: Vec<String> = [
+    start_agent_with(bed, target, shadow, &[])
+}
+
+/// [`start_agent`] with more flags (a ring size, say).
+pub fn start_agent_with(
+    bed: &Bed,
+    target: SocketAddr,
+    shadow: SocketAddr,
+    extra: &[String],
+) -> Result<Agent> {
+    let mut args: Vec<String> = [
         "run",
         "--iface",
         bed.client.node_ifname(),
@@ -118,6 +128,7 @@ pub fn start_agent(bed: &Bed, target: SocketAddr, shadow: SocketAddr) -> Result<
     ]
     .map(str::to_owned)
     .to_vec();
+    args.extend_from_slice(extra);
     Agent::start(bed.testbed.node(), "mirror-run", &args, "mirroring to")
 }
 

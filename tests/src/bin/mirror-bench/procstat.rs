@@ -1,5 +1,6 @@
 //! CPU time and peak memory of a process group, read from `/proc`: what the mirroring component
-//! (the agent, or nginx's master and workers, or Envoy) costs.
+//! (the agent, or nginx's master and workers, or Envoy) costs; and the agent's memory counted
+//! by physical page (`smaps_rollup`), not by mapping.
 
 use std::path::Path;
 
@@ -40,6 +41,43 @@ pub fn group_peak_rss_kib(pgid: u32) -> Result<u64> {
             .with_context(|| format!("no VmHWM in {path}"))?;
     }
     Ok(total)
+}
+
+/// Memory of one process as `/proc/PID/smaps_rollup` gives it, in KiB.
+#[derive(Clone, Copy, Debug, Default, serde::Serialize)]
+pub struct Memory {
+    /// Resident set: a page mapped twice (the ring buffer's data pages are) counts twice.
+    pub rss_kib: u64,
+    /// Proportional set: each physical page once, shared ones divided among their mappers.
+    pub pss_kib: u64,
+    /// Pages no other process maps, each once.
+    pub private_kib: u64,
+}
+
+/// Reads `smaps_rollup` of `pid` (now, not a peak).
+pub fn memory(pid: u32) -> Result<Memory> {
+    let path = format!("/proc/{pid}/smaps_rollup");
+    let text = std::fs::read_to_string(&path).with_context(|| format!("read {path}"))?;
+    parse_smaps_rollup(&text).with_context(|| format!("no Rss/Pss in {path}"))
+}
+
+fn parse_smaps_rollup(text: &str) -> Option<Memory> {
+    let field = |name: &str| {
+        text.lines()
+            .find_map(|line| line.strip_prefix(name)?.strip_prefix(':'))
+            .and_then(|rest| {
+                rest.trim()
+                    .trim_end_matches("kB")
+                    .trim()
+                    .parse::<u64>()
+                    .ok()
+            })
+    };
+    Some(Memory {
+        rss_kib: field("Rss")?,
+        pss_kib: field("Pss")?,
+        private_kib: field("Private_Clean")? + field("Private_Dirty")?,
+    })
 }
 
 struct Stat {
@@ -88,6 +126,18 @@ fn parse_stat(text: &str, pid: u32) -> Option<(u32, Stat)> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn reads_smaps_rollup() {
+        let text = "55f0-7ffd ---p 00000000 00:00 0   [rollup]\nRss:              137000 kB\n\
+                    Pss:               72000 kB\nPss_Anon:          8000 kB\n\
+                    Shared_Clean:       1000 kB\nPrivate_Clean:      2000 kB\n\
+                    Private_Dirty:     70000 kB\n";
+        let memory = parse_smaps_rollup(text).unwrap();
+        assert_eq!((memory.rss_kib, memory.pss_kib), (137_000, 72_000));
+        assert_eq!(memory.private_kib, 72_000);
+        assert!(parse_smaps_rollup("Rss: 1 kB\n").is_none());
+    }
 
     #[test]
     fn parses_stat_with_spaces_in_the_name() {

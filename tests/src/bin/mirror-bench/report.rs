@@ -5,11 +5,14 @@
 use std::fmt::Write as _;
 
 use super::agent_summary::AgentStats;
+use super::attack::Attacks;
 use super::bed::Backend;
+use super::capture_path::{CapturePath, Replay, THREADS};
 use super::kernel_isolated::Isolated;
 use super::large::LargeResult;
 use super::load::Conn;
 use super::measure::{Offered, Sample};
+use super::memory::RingRun;
 use super::micro::Micro;
 use super::mode::{Mode, MODES};
 use super::unmatched::Unmatched;
@@ -23,7 +26,10 @@ pub struct Results {
     pub samples: Vec<Sample>,
     pub unmatched: Option<Unmatched>,
     pub isolated: Option<Isolated>,
+    pub capture_path: Option<CapturePath>,
+    pub memory: Vec<RingRun>,
     pub large: Option<LargeResult>,
+    pub attacks: Option<Attacks>,
     pub micro: Vec<Micro>,
 }
 
@@ -254,7 +260,13 @@ pub fn markdown(results: &Results) -> String {
         md.push('\n');
     }
     kernel(&mut md, results);
+    capture_path(&mut md, results);
+    memory(&mut md, results);
     large(&mut md, results);
+    if let Some(attacks) = &results.attacks {
+        md.push_str(&super::attack::markdown(attacks));
+        md.push('\n');
+    }
     micro(&mut md, results);
     md.push_str(&verdicts(results));
     md
@@ -326,6 +338,99 @@ fn kernel(md: &mut String, results: &Results) {
             let _ = writeln!(md, "| {what} | {ns} |");
         }
         md.push('\n');
+    }
+}
+
+fn capture_path(md: &mut String, results: &Results) {
+    let Some(c) = &results.capture_path else {
+        return;
+    };
+    let _ = writeln!(
+        md,
+        "#### Capture path alone (`mirror replay --discard`)\n\n\
+         Recorded: fast backend, keep-alive, saturation, nothing mirroring: {:.0} req/s, {} \
+         requests; {} records ({:.1} MiB of pcap), {} ring drops. Replayed through record \
+         decoding and the pipeline (admission by v1's acknowledgements, framing, Host \
+         rewrite), requests counted and dropped: no kernel, relay or v2. CPU is the whole \
+         process's (reader and pipeline threads); medians of {} replays each.\n\n\
+         | pipeline threads | requests | requests per CPU second | requests per second |\n\
+         |---|---|---|---|",
+        c.load.rps(),
+        c.load.requests,
+        c.records,
+        c.pcap_bytes as f64 / f64::from(1u32 << 20),
+        c.ring_drops,
+        c.replays.len() / THREADS.len().max(1),
+    );
+    for threads in THREADS {
+        let Some(requests) = c
+            .replays
+            .iter()
+            .find(|r| r.threads == threads)
+            .map(|r| r.requests)
+        else {
+            continue;
+        };
+        let name = threads.map_or("none (reader runs it)".to_owned(), |n| {
+            format!("{n} (+ reader)")
+        });
+        let _ = writeln!(
+            md,
+            "| {name} | {requests} | {} | {} |",
+            opt(c.median(threads, Replay::per_cpu_second), |n| format!(
+                "{n:.0}"
+            )),
+            opt(c.median(threads, Replay::per_second), |n| format!("{n:.0}")),
+        );
+    }
+    md.push('\n');
+}
+
+fn memory(md: &mut String, results: &Results) {
+    if results.memory.is_empty() {
+        return;
+    }
+    let mib = |kib: u64| kib as f64 / 1024.0;
+    let _ = writeln!(
+        md,
+        "#### Agent memory by ring size, and capture threads (fast backend, keep-alive, saturation)\n\n\
+         Read from `/proc/PID/smaps_rollup` at the end of the load: PSS counts each physical \
+         page once (the ring's data pages are mapped twice, so RSS counts them twice).\n\n\
+         | --ring-mib | --capture-threads | req/s | mirrored | dropped (by reason) | ring drops | PSS MiB | private MiB | RSS MiB |\n\
+         |---|---|---|---|---|---|---|---|---|"
+    );
+    for r in &results.memory {
+        let _ = writeln!(
+            md,
+            "| {} | {} | {:.0} | {} | {}{} | {} | {:.1} | {:.1} | {:.1} |",
+            r.ring_mib,
+            r.threads,
+            r.load.rps(),
+            r.agent.sent,
+            r.agent.dropped,
+            drop_reasons(&r.agent.summary),
+            r.agent.ringbuf_full_drops,
+            mib(r.memory.pss_kib),
+            mib(r.memory.private_kib),
+            mib(r.memory.rss_kib),
+        );
+    }
+    md.push('\n');
+}
+
+/// The relay's non-zero `dropped_<reason>=N` fields, as ` (reason N, ...)`.
+fn drop_reasons(summary: &str) -> String {
+    let relay = summary.split(" | ").next().unwrap_or("");
+    let reasons: Vec<String> = relay
+        .split_whitespace()
+        .filter_map(|field| field.strip_prefix("dropped_")?.split_once('='))
+        .filter(|(_, value)| *value != "0")
+        .map(|(reason, value)| format!("{reason} {value}"))
+        .collect();
+    if reasons.is_empty() {
+        String::new()
+    } else {
+        format!(" ({})", reasons.join(", "))
     }
 }
 
@@ -483,6 +588,16 @@ fn verdicts(results: &Results) -> String {
             .map(|(what, ns)| format!("{what} {ns} ns"))
             .collect();
         let _ = writeln!(md, "  In isolation: {}.", listed.join(", "));
+    }
+    if let Some(c) = &results.capture_path {
+        let _ = writeln!(
+            md,
+            "- Capture path alone: {} requests per CPU second on one thread; sharded over 2 threads {} requests per second, over 4 {} (medians; {} recorded requests).",
+            opt(c.median(None, Replay::per_cpu_second), |n| format!("{n:.0}")),
+            opt(c.median(Some(2), Replay::per_second), |n| format!("{n:.0}")),
+            opt(c.median(Some(4), Replay::per_second), |n| format!("{n:.0}")),
+            c.load.requests,
+        );
     }
     md
 }

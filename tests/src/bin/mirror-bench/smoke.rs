@@ -1,6 +1,7 @@
 //! What makes the smoke run (CI) fail: a mode that served nothing, erred, or mirrored far from
 //! every request (for the ideal mode: whose second load did not reach v2 with the shadow Host),
-//! and large bodies that did not reach v2 intact.
+//! large bodies that did not reach v2 intact, a recorded capture whose replay lost most of its
+//! requests, and a memory run that mirrored nothing.
 
 use anyhow::{bail, Result};
 
@@ -84,6 +85,28 @@ pub fn check(results: &Results) -> Result<()> {
                 unmatched.agent.packets_matched, unmatched.load.requests
             ));
         }
+    }
+    if let Some(c) = &results.capture_path {
+        // Every replay of the recorded file must hand on the requests the capture kept: most
+        // of what the load sent (the ring may drop some at saturation; they are counted).
+        let least = c.load.requests / 2;
+        if c.replays.is_empty() || c.replays.iter().any(|r| r.requests < least.max(1)) {
+            problems.push(format!(
+                "capture path: replays {:?} of {} recorded requests ({} ring drops)",
+                c.replays, c.load.requests, c.ring_drops
+            ));
+        }
+    }
+    for r in &results.memory {
+        if r.agent.sent == 0 || r.memory.pss_kib == 0 {
+            problems.push(format!(
+                "memory run, {} MiB ring, {} threads: {} answered, PSS {} KiB",
+                r.ring_mib, r.threads, r.agent.sent, r.memory.pss_kib
+            ));
+        }
+    }
+    if let Some(attacks) = &results.attacks {
+        problems.extend(super::attack::problems(attacks));
     }
     if !problems.is_empty() {
         bail!("bench smoke failed:\n  {}", problems.join("\n  "));

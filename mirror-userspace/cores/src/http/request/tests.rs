@@ -225,6 +225,11 @@ fn stop_table() {
             "stopped_connect",
         ),
         (
+            "PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n\x00\x00\x00\x04\x00\x00\x00\x00\x00",
+            StopReason::H2c,
+            "stopped_h2c",
+        ),
+        (
             "GET / HTTP/1.1\r\nHost: a\r\nHost: b\r\n\r\n",
             StopReason::MultipleHost,
             "stopped_multiple_host",

@@ -8,6 +8,7 @@ use proptest::prelude::*;
 
 mod acked;
 mod shares;
+mod streams;
 
 const SEC: u64 = 1_000_000_000;
 
@@ -151,6 +152,7 @@ impl H {
                     assert!(entry.1.replace(reason).is_none(), "second FlowEnd");
                     continue;
                 }
+                Event::StreamData { .. } => panic!("stream data on an HTTP flow"),
             };
             let entry = m.entry(flow).or_default();
             assert!(entry.1.is_none(), "event after FlowEnd");

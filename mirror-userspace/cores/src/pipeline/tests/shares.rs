@@ -121,6 +121,59 @@ fn global_memory_pressure_takes_from_the_largest_consumer() {
     assert!(p.counters().flows_evicted_memory >= 6);
 }
 
+/// v1's SYN-ACK to `flow`'s client, window scale 7.
+fn syn_ack(p: &mut Pipeline, events: &mut Vec<Event>, flow: FlowKey, client_isn: u32) {
+    let seg = Segment {
+        ack: client_isn.wrapping_add(1),
+        window: 65535,
+        window_scale: Some(7),
+        ..Segment::new(
+            FlowKey {
+                src: flow.dst,
+                dst: flow.src,
+            },
+            9_000,
+            TcpFlags(TcpFlags::SYN | TcpFlags::ACK),
+            b"",
+        )
+    };
+    p.on_server_segment(0, &seg, &mut |e| events.push(e));
+}
+
+#[test]
+fn a_syn_flood_from_one_source_leaves_another_sources_handshakes_pending() {
+    let config = PipelineConfig {
+        max_handshakes: 100,
+        max_handshakes_per_source: 25,
+        ..PipelineConfig::default()
+    };
+    let mut p = Pipeline::new(config).unwrap();
+    let mut ev = Vec::new();
+    for port in 0..20 {
+        syn_ack(&mut p, &mut ev, from(2, port), 500);
+    }
+    // The flooder's SYNs all got SYN-ACKs from v1 (it never completes them).
+    for port in 0..10_000 {
+        syn_ack(&mut p, &mut ev, from(1, port), 700);
+    }
+    assert_eq!(p.pending_handshakes(), 45);
+    let c = p.counters();
+    assert_eq!(
+        (c.handshakes_evicted, c.handshakes_evicted_source),
+        (9_975, 9_975)
+    );
+    // Source 2's clients complete their handshakes: every flow starts.
+    for port in 0..20 {
+        let ack = Segment {
+            ack: 9_001,
+            window: 65535,
+            ..Segment::new(from(2, port), 501, TcpFlags(TcpFlags::ACK), b"")
+        };
+        p.on_segment(0, &ack, &mut |e| ev.push(e));
+    }
+    assert_eq!(p.counters().flows_started, 20);
+}
+
 proptest! {
     #![proptest_config(ProptestConfig::with_cases(64))]
 
