@@ -153,3 +153,26 @@ pub fn peak_rss(pid: u32) -> Result<u64> {
         .context("no VmHWM")?;
     Ok(kib * 1024)
 }
+
+/// Path of the `mirror-load` binary (the bench's open-loop generator): `MIRROR_LOAD_BIN` if
+/// set, else next to the running executable or one directory up (test binaries live in
+/// `target/<profile>/deps`; `cargo build --bins` builds it).
+pub fn load_binary() -> Result<std::path::PathBuf> {
+    if let Some(path) = std::env::var_os("MIRROR_LOAD_BIN") {
+        return Ok(path.into());
+    }
+    let exe = std::env::current_exe().context("locate the running executable")?;
+    exe.ancestors()
+        .skip(1)
+        .take(2)
+        .map(|dir| dir.join("mirror-load"))
+        .find(|path| path.is_file())
+        .with_context(|| format!("mirror-load not found next to {}", exe.display()))
+}
+
+/// A field of `mirror-load`'s `BENCH ...` line.
+pub fn bench_field(line: &str, name: &str) -> Option<u64> {
+    line.split_whitespace()
+        .find_map(|field| field.strip_prefix(name)?.strip_prefix('='))
+        .and_then(|value| value.parse().ok())
+}

@@ -61,6 +61,11 @@ impl Sink {
     /// Starts the sink in `host`, listening on `port` on all its IPv4 and IPv6 addresses, and
     /// waits until it accepts connections. Finds the binary as [`sink_binary`] says.
     pub fn start(host: &Host, port: u16) -> Result<Self> {
+        Self::start_with(host, port, &[])
+    }
+
+    /// [`Sink::start`] with more mirror-sink options (e.g. `--response-bytes 1048576`).
+    pub fn start_with(host: &Host, port: u16, options: &[&str]) -> Result<Self> {
         let binary = sink_binary()?;
         let ns = host.ns();
         let log = ns
@@ -75,7 +80,10 @@ impl Sink {
                 listen.as_ref(),
                 "--log".as_ref(),
                 log.as_os_str(),
-            ],
+            ]
+            .into_iter()
+            .chain(options.iter().map(std::ffi::OsStr::new))
+            .collect::<Vec<_>>(),
         )?;
         let local = SocketAddr::new(IpAddr::V6(Ipv6Addr::LOCALHOST), port);
         ns.wait_for_tcp_while(local, Duration::from_secs(10), || process.ensure_running())

@@ -466,8 +466,9 @@ fn concurrent_connections_against_a_small_accept_queue_are_all_counted_where_the
         })
         .expect("clients");
     assert_eq!(answered_by_v1, CLIENTS);
-    // Past the connect (2 s) and response (10 s) timeouts, everything has an outcome.
-    std::thread::sleep(Duration::from_secs(15));
+    // Past the wait for a new connection (10 s), the connect (2 s) and response (10 s)
+    // timeouts, everything has an outcome.
+    std::thread::sleep(Duration::from_secs(25));
     let summary = agent.stop(libc::SIGTERM).expect("stop");
     let answered = relay_conserved(&summary).expect("conserved");
     let logged = httpbin_v2.access_log_lines().expect("v2 log").len() as u64;
@@ -483,6 +484,13 @@ fn concurrent_connections_against_a_small_accept_queue_are_all_counted_where_the
     assert!(
         answered <= logged && logged <= answered + unanswered,
         "v2 logged {logged}: {summary}"
+    );
+    // v2 answered throughout: what it could not take in time is counted as busy, and it was
+    // never taken for down.
+    assert_eq!(
+        counter(&summary, "dropped_shadow_down"),
+        Some(0),
+        "{summary}"
     );
 }
 
@@ -541,4 +549,120 @@ fn a_connection_per_request_reuses_pooled_shadow_connections() {
         opened * 10 <= CLIENTS as u64,
         "{opened} shadow connections for {CLIENTS} client connections: {summary}"
     );
+}
+
+#[test]
+fn ten_thousand_connections_per_second_at_kernel_default_sysctls_are_mirrored_completely() {
+    if !require_root() {
+        return;
+    }
+    // A new connection per request (`Connection: close`, v1 closes first), offered at a fixed
+    // rate whatever the servers do; every namespace has kernel-default sysctls.
+    const RATE: u64 = 10_000;
+    const SECONDS: u64 = 10;
+    raise_nofile(65536);
+    let scenario = Scenario::new().expect("scenario");
+    let v1 = scenario.v1.clone();
+    let (v1_sink, v2) = sinks(&scenario, &v1);
+    let agent = scenario.agent(&[]);
+    let load = mirror_tests::load::load_binary().expect("mirror-load");
+    let (rate, seconds) = (RATE.to_string(), SECONDS.to_string());
+    let url = format!("http://{VIP}:8000/rate");
+    let line = scenario
+        .client
+        .ns()
+        .exec_ok(&[
+            load.as_os_str(),
+            "--rate".as_ref(),
+            rate.as_ref(),
+            "--connections".as_ref(),
+            "1024".as_ref(),
+            "--seconds".as_ref(),
+            seconds.as_ref(),
+            "--host".as_ref(),
+            "httpbin:8000".as_ref(),
+            "--close".as_ref(),
+            url.as_ref(),
+        ])
+        .expect("mirror-load");
+    let field = |name| mirror_tests::load::bench_field(&line, name).unwrap_or(0);
+    let v1_count = v1_sink.records().expect("v1 records").len();
+    let records = v2
+        .wait_for_records(v1_count, Duration::from_secs(60))
+        .expect("v2 got every request");
+    let summary = agent.stop(libc::SIGTERM).expect("stop");
+    eprintln!(
+        "offered {RATE}/s for {SECONDS} s: answered {} ({:.0}/s), errors {}, never sent {}; v1 \
+         {v1_count}, v2 {}; agent: {summary}",
+        field("requests"),
+        field("requests") as f64 / SECONDS as f64,
+        field("errors"),
+        field("late"),
+        records.len()
+    );
+    assert!(v1_count > 0, "{line}");
+    assert_eq!(records.len(), v1_count, "{summary}");
+    assert_eq!(counter(&summary, "requests"), Some(v1_count as u64));
+    assert_eq!(
+        relay_conserved(&summary).expect("conserved"),
+        v1_count as u64,
+        "{summary}"
+    );
+}
+
+#[test]
+fn v2_answering_every_request_with_a_mebibyte_costs_the_capture_no_ring_drops() {
+    if !require_root() {
+        return;
+    }
+    // The relay reads 1 MiB of v2's answer per mirrored request (200 MiB/s) on its own
+    // runtime, while the capture drains the ring on another.
+    let scenario = Scenario::new().expect("scenario");
+    let v1_sink = Sink::start(&scenario.v1, 80).expect("v1 sink");
+    let v2 = Sink::start_with(&scenario.v2, 80, &["--response-bytes", "1048576"]).expect("v2 sink");
+    let agent = scenario.agent(&[]);
+    let load = mirror_tests::load::load_binary().expect("mirror-load");
+    let url = format!("http://{VIP}:8000/large-answer");
+    let line = scenario
+        .client
+        .ns()
+        .exec_ok(&[
+            load.as_os_str(),
+            "--rate".as_ref(),
+            "200".as_ref(),
+            "--connections".as_ref(),
+            "16".as_ref(),
+            "--seconds".as_ref(),
+            "5".as_ref(),
+            "--host".as_ref(),
+            "httpbin:8000".as_ref(),
+            url.as_ref(),
+        ])
+        .expect("mirror-load");
+    let v1_count = v1_sink.records().expect("v1 records").len();
+    let records = v2
+        .wait_for_records(v1_count, Duration::from_secs(60))
+        .expect("v2 got every request");
+    let summary = agent.stop(libc::SIGTERM).expect("stop");
+    eprintln!(
+        "load: {line}; v1 {v1_count}, v2 {}; agent: {summary}",
+        records.len()
+    );
+    assert!(v1_count > 0, "{line}");
+    assert_eq!(
+        counter(&summary, "ringbuf_full_drops"),
+        Some(0),
+        "{summary}"
+    );
+    assert_eq!(
+        counter(&summary, "reverse_ringbuf_full_drops"),
+        Some(0),
+        "{summary}"
+    );
+    assert_eq!(
+        relay_conserved(&summary).expect("conserved"),
+        v1_count as u64,
+        "{summary}"
+    );
+    assert_eq!(counter(&summary, "answered"), Some(v1_count as u64));
 }

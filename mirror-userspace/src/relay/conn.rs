@@ -42,8 +42,8 @@ pub(super) enum ReadEvent {
 #[derive(Debug, Default)]
 struct ReadState {
     framer: ResponseFramer,
-    /// Response bytes received since the current request began.
-    bytes_this_request: u64,
+    /// Bytes of a response not yet whole have arrived (since the last answer).
+    heard: bool,
 }
 
 /// Holds one of the connection cap's slots and the open-connections gauge while it lives.
@@ -78,9 +78,13 @@ pub(super) struct Conn {
     reader: JoinHandle<()>,
     /// Requests begun on this connection.
     pub(super) exchanges: u64,
+    /// Of those, answered.
+    pub(super) answers: u64,
     pub(super) idle_since: Instant,
     dead: bool,
     _slot: Slot,
+    /// Held until v2 first answers on this connection (the pool's bound on new connections).
+    opening: Option<OwnedSemaphorePermit>,
 }
 
 impl Conn {
@@ -96,23 +100,35 @@ impl Conn {
             state,
             reader,
             exchanges: 0,
+            answers: 0,
             idle_since: Instant::now(),
             dead: false,
             _slot: slot,
+            opening: None,
         }
     }
 
-    /// A request starts: its response is the next one expected.
+    /// Holds `permit` until v2 first answers.
+    pub(super) fn opening(&mut self, permit: OwnedSemaphorePermit) {
+        self.opening = Some(permit);
+    }
+
+    /// v2 answered a request on this connection.
+    pub(super) fn answered(&mut self) {
+        self.answers += 1;
+        self.opening = None;
+    }
+
+    /// A request starts: its response comes after those of the requests begun before it.
     pub(super) fn begin(&mut self, is_head: bool) {
-        let mut state = lock(&self.state);
-        state.framer.request_sent(is_head);
-        state.bytes_this_request = 0;
+        lock(&self.state).framer.request_sent(is_head);
         self.exchanges += 1;
     }
 
-    /// Whether v2 sent any byte since the current request began.
+    /// Whether v2 sent any byte since its last whole response (or since the connection
+    /// opened): the oldest unanswered request may be in progress.
     pub(super) fn heard_back(&self) -> bool {
-        lock(&self.state).bytes_this_request > 0
+        lock(&self.state).heard
     }
 
     /// Whether a new request may go out on this connection: v2 has not closed it, sent
@@ -183,8 +199,13 @@ async fn read_responses(
                     (Ok(()), Some(ReadEvent::Closed { reset }))
                 }
                 Ok(n) => {
-                    state.bytes_this_request += n as u64;
                     let fed = state.framer.feed(&buf[..n], |status| answers.push(status));
+                    // After an answer, only what follows it counts (a response begun).
+                    state.heard = if answers.is_empty() {
+                        true
+                    } else {
+                        state.framer.mid_response()
+                    };
                     (fed, None)
                 }
             }

@@ -1,17 +1,23 @@
 //! The task of one captured client connection: takes its requests from the dispatcher's
-//! queue and gives them to v2 one at a time, in order, on a connection from the pool, and
-//! ends each in exactly one outcome.
+//! queue and gives them to v2 in order on a connection from the pool, and ends each in
+//! exactly one outcome.
 //!
-//! One request is in flight per connection (as Envoy's HTTP/1 pool does), so when v2 closes
-//! the connection the fate of every request is known: the one in flight was answered, or v2
-//! closed before sending a byte of its answer on a connection that had already carried a
-//! request (it closed after the previous answer: keep-alive limit, idle timeout,
-//! `Connection: close`) and it is written once more on a new connection, or it is counted
-//! unanswered. Requests behind it were never written and simply go on the next connection.
+//! Requests the client connection has queued go out back to back on its connection (up to
+//! [`PIPELINE_DEPTH`] unanswered), so v2 sees the client's pipelining and a v2 slower than v1
+//! is not held to one round trip per request. When v2 closes the connection, the fate of
+//! every request on it is known from the order of answers: those answered were answered;
+//! if v2 closed without a byte after an answer (keep-alive limit, idle timeout,
+//! `Connection: close`) or before any byte of a request was written, v2 did not take up the
+//! rest and they are written once more, in order, on a new connection; otherwise the oldest
+//! unanswered one and every one written after it are counted unanswered, and only those not
+//! yet written go on.
 
-use std::sync::{
-    atomic::{AtomicU8, Ordering::Relaxed},
-    Arc,
+use std::{
+    collections::VecDeque,
+    sync::{
+        atomic::{AtomicU8, AtomicUsize, Ordering::Relaxed},
+        Arc,
+    },
 };
 
 use bytes::Bytes;
@@ -31,6 +37,40 @@ use super::{
 /// closes before taking it up; a larger request gives its bytes back as they are written,
 /// and is not re-sent. At most a quarter of the budget, so a large request always fits.
 const REPLAY_LIMIT: usize = 1 << 20;
+
+/// Requests written on one connection before the oldest of them is answered, at most: enough
+/// for a v2 slower than v1 to catch up, few enough that what a v2 closing early discards
+/// costs little writing again.
+const PIPELINE_DEPTH: usize = 8;
+
+/// How many requests go out back to back, learnt from v2: a connection v2 closed after `k`
+/// answers sets it to `k` (a v2 that closes after every response gets one request at a
+/// time, and nothing is written in vain), and a connection that answered more raises it
+/// again, up to [`PIPELINE_DEPTH`].
+#[derive(Debug)]
+pub(super) struct Depth(AtomicUsize);
+
+impl Default for Depth {
+    fn default() -> Self {
+        Depth(AtomicUsize::new(PIPELINE_DEPTH))
+    }
+}
+
+impl Depth {
+    fn get(&self) -> usize {
+        self.0.load(Relaxed)
+    }
+
+    fn answered(&self, answers_on_conn: u64) {
+        let answers = usize::try_from(answers_on_conn).unwrap_or(usize::MAX);
+        self.0.fetch_max(answers.min(PIPELINE_DEPTH), Relaxed);
+    }
+
+    fn closed_after(&self, answers_on_conn: u64) {
+        let answers = usize::try_from(answers_on_conn).unwrap_or(usize::MAX);
+        self.0.store(answers.clamp(1, PIPELINE_DEPTH), Relaxed);
+    }
+}
 
 /// A piece of a request, queued for its client connection's task.
 #[derive(Debug)]
@@ -77,17 +117,29 @@ pub(super) async fn run(
         let _ = after.await;
     }
     let mut conn = None;
-    while let Some(piece) = queue.recv().await {
-        let Piece::Head { chunk, ticket } = piece else {
-            continue;
-        };
-        let request = Request::new(chunk, ticket);
-        conn = serve(request, conn, &mut queue, &cancel, &shared).await;
+    let mut line = VecDeque::new();
+    loop {
+        if line.is_empty() {
+            match next_request(&mut queue).await {
+                Some(request) => line.push_back(request),
+                None => break,
+            }
+        }
+        conn = serve(&mut line, conn, &mut queue, &cancel, &shared).await;
     }
     if let Some(conn) = conn {
         shared.pool.release(conn);
     }
     drop(done);
+}
+
+/// The next request, skipping what is left of one given up on.
+async fn next_request(queue: &mut mpsc::Receiver<Piece>) -> Option<Request> {
+    loop {
+        if let Piece::Head { chunk, ticket } = queue.recv().await? {
+            return Some(Request::new(chunk, ticket));
+        }
+    }
 }
 
 /// One request: the pieces received and not yet given back (all of them while it may be
@@ -97,9 +149,16 @@ struct Request {
     complete: bool,
     ticket: Option<Ticket>,
     is_head: bool,
+    /// It was written on an earlier connection, which v2 closed before taking it up.
     resent: bool,
     /// Every byte of it is still held: it can be written again from the start.
     replayable: bool,
+    /// Where writing it on the current connection has got to.
+    cursor: Cursor,
+    /// Its response is expected on the current connection.
+    begun: bool,
+    /// v2 accepted bytes of it on the current connection.
+    written_any: bool,
 }
 
 impl Request {
@@ -111,13 +170,24 @@ impl Request {
             ticket: Some(ticket),
             resent: false,
             replayable: true,
+            cursor: Cursor::default(),
+            begun: false,
+            written_any: false,
         }
     }
 
-    /// `n` more bytes at `cursor` were written. Past `replay_limit` held, written chunks
+    fn push(&mut self, chunk: Chunk) {
+        if let Some(ticket) = &mut self.ticket {
+            ticket.body(chunk.bytes.len());
+        }
+        self.chunks.push(chunk);
+    }
+
+    /// `n` more bytes at the cursor were written. Past `replay_limit` held, written chunks
     /// are given back to the budget as soon as they are written.
-    fn written(&mut self, cursor: &mut Cursor, n: usize, replay_limit: usize) {
-        cursor.offset += n;
+    fn written(&mut self, n: usize, replay_limit: usize) {
+        self.written_any = true;
+        self.cursor.offset += n;
         if self.replayable {
             let held: usize = self.chunks.iter().map(|chunk| chunk.bytes.len()).sum();
             self.replayable = held <= replay_limit;
@@ -125,17 +195,17 @@ impl Request {
         if self.replayable {
             return;
         }
-        let mut done = cursor.chunk;
+        let mut done = self.cursor.chunk;
         if self
             .chunks
-            .get(cursor.chunk)
-            .is_some_and(|chunk| cursor.offset >= chunk.bytes.len())
+            .get(self.cursor.chunk)
+            .is_some_and(|chunk| self.cursor.offset >= chunk.bytes.len())
         {
             done += 1;
-            cursor.offset = 0;
+            self.cursor.offset = 0;
         }
         self.chunks.drain(..done.min(self.chunks.len()));
-        cursor.chunk = 0;
+        self.cursor.chunk = 0;
     }
 
     fn end(&mut self, outcome: Outcome) {
@@ -148,16 +218,29 @@ impl Request {
         self.ticket.is_none()
     }
 
-    /// The bytes at `cursor` not yet written, up to the end of their chunk.
-    fn unwritten(&self, cursor: &mut Cursor) -> Option<Bytes> {
-        while let Some(chunk) = self.chunks.get(cursor.chunk) {
-            if cursor.offset < chunk.bytes.len() {
-                return Some(chunk.bytes.slice(cursor.offset..));
+    /// The bytes at the cursor not yet written, up to the end of their chunk.
+    fn unwritten(&mut self) -> Option<Bytes> {
+        while let Some(chunk) = self.chunks.get(self.cursor.chunk) {
+            if self.cursor.offset < chunk.bytes.len() {
+                return Some(chunk.bytes.slice(self.cursor.offset..));
             }
-            cursor.chunk += 1;
-            cursor.offset = 0;
+            self.cursor.chunk += 1;
+            self.cursor.offset = 0;
         }
         None
+    }
+
+    /// Complete and written whole on the current connection.
+    fn sent(&mut self) -> bool {
+        self.complete && self.unwritten().is_none()
+    }
+
+    /// The connection it was on is gone: it starts again on the next one.
+    fn move_on(&mut self) {
+        self.resent |= self.written_any;
+        self.cursor = Cursor::default();
+        self.begun = false;
+        self.written_any = false;
     }
 
     /// Takes the rest of this request off the queue once it can no longer go anywhere.
@@ -184,179 +267,259 @@ struct Cursor {
     offset: usize,
 }
 
-/// How one attempt at a request on one connection ended.
+/// How the requests' time on one connection ended.
 enum Attempt {
-    /// The request has its outcome and the connection may carry the next one.
+    /// Every request has its outcome and the connection may carry the next one.
     Reusable,
-    /// The connection cannot be used again; `reset`: close it with RST.
+    /// The connection cannot be used again (`reset`: close it with RST); the requests left
+    /// without an outcome go on a new one.
     Broken { reset: bool },
-    /// v2 closed before taking up the request: write it again on a new connection.
-    Again,
 }
 
-/// Gives `request` to v2 (on `conn` if it is still good) and returns the connection if it
-/// can carry the next request.
+/// Gives the requests of `line`, and those queued behind them, to v2 (on `conn` if it is
+/// still good) until each has an outcome; returns the connection if it can carry the next
+/// request.
 async fn serve(
-    mut request: Request,
+    line: &mut VecDeque<Request>,
     mut conn: Option<Conn>,
     queue: &mut mpsc::Receiver<Piece>,
     cancel: &Cancel,
     shared: &Shared,
 ) -> Option<Conn> {
     loop {
-        let kept = conn.take().filter(|_| !request.resent);
+        let fresh = line.front().is_some_and(|request| request.resent);
+        let kept = conn.take().filter(|_| !fresh);
         let mut current = match kept.and_then(|mut kept| kept.usable().then_some(kept)) {
             Some(kept) => kept,
-            None => match shared.pool.acquire(request.resent).await {
+            None => match shared.pool.acquire(fresh).await {
                 Ok(fresh) => fresh,
                 Err(reason) => {
-                    request.end(Outcome::Dropped(reason));
-                    request.skip_rest(queue).await;
+                    for request in line.iter_mut() {
+                        request.end(Outcome::Dropped(reason));
+                    }
+                    skip_rest(line, queue).await;
                     return None;
                 }
             },
         };
-        if current.exchanges > 0 {
-            shared.stats.connections_reused.fetch_add(1, Relaxed);
-        }
-        match attempt(&mut current, &mut request, queue, cancel, shared).await {
+        match attempt(&mut current, line, queue, cancel, shared).await {
             Attempt::Reusable => return Some(current),
             Attempt::Broken { reset } => {
                 if reset {
                     current.reset();
                 }
-                request.skip_rest(queue).await;
-                return None;
-            }
-            Attempt::Again => {
-                shared.stats.resent.fetch_add(1, Relaxed);
-                request.resent = true;
+                if line.iter().all(Request::ended) {
+                    skip_rest(line, queue).await;
+                    return None;
+                }
+                line.retain(|request| !request.ended());
+                for request in line.iter_mut() {
+                    if request.written_any {
+                        shared.stats.resent.fetch_add(1, Relaxed);
+                    }
+                    request.move_on();
+                }
             }
         }
     }
 }
 
-/// Writes `request` (pieces still arriving are written as they come) while the connection's
-/// reader watches for the answer. The write timeout measures progress: it runs only while
-/// bytes wait to be written, and restarts whenever v2 accepts some.
+/// Every request of `line` has its outcome: takes the rest of the newest off the queue.
+async fn skip_rest(line: &mut VecDeque<Request>, queue: &mut mpsc::Receiver<Piece>) {
+    if let Some(newest) = line.back_mut() {
+        newest.skip_rest(queue).await;
+    }
+    line.clear();
+}
+
+/// Writes the requests of `line` in order (pieces still arriving are written as they come,
+/// and requests queued behind them join the line up to [`PIPELINE_DEPTH`]) while the
+/// connection's reader matches answers to them. The write timeout measures progress: it runs
+/// only while bytes wait to be written, and restarts whenever v2 accepts some; the oldest
+/// request written whole must be answered within the response timeout.
 async fn attempt(
     conn: &mut Conn,
-    request: &mut Request,
+    line: &mut VecDeque<Request>,
     queue: &mut mpsc::Receiver<Piece>,
     cancel: &Cancel,
     shared: &Shared,
 ) -> Attempt {
     let timeout = shared.config.response_timeout;
     let replay_limit = REPLAY_LIMIT.min(shared.config.max_inflight_bytes / 4);
-    conn.begin(request.is_head);
-    let reused = conn.exchanges > 1;
-    let mut cursor = Cursor::default();
-    let mut written_any = false;
+    // Answers during this attempt: while v2 makes progress, what it then leaves untaken may be
+    // written again even if it was before.
+    let mut progress = false;
     let mut write_failed = false;
+    let mut queue_closed = false;
+    // The newest request was given up on after some of it was written: once the older ones
+    // have their outcomes, the connection is reset so v2 never takes it for whole.
+    let mut poisoned = false;
     let mut stall_deadline = Instant::now() + timeout;
+    let mut was_pending = false;
     let mut answer_deadline: Option<Instant> = None;
     loop {
-        let pending = if write_failed {
+        let stop_writing = write_failed || poisoned;
+        while let Some(oldest) = line.front_mut() {
+            if !(oldest.ended() && oldest.complete && (stop_writing || oldest.sent())) {
+                break;
+            }
+            line.pop_front();
+        }
+        if line.is_empty() {
+            return match (poisoned, write_failed) {
+                (true, _) => Attempt::Broken { reset: true },
+                (false, true) => Attempt::Broken { reset: false },
+                (false, false) => Attempt::Reusable,
+            };
+        }
+        // The request being written: the oldest not complete and written whole.
+        let writing = if stop_writing {
             None
         } else {
-            request.unwritten(&mut cursor)
+            line.iter_mut().position(|request| !request.sent())
         };
-        if pending.is_none() && request.complete {
-            if request.ended() {
-                return if write_failed {
-                    Attempt::Broken { reset: false }
-                } else {
-                    Attempt::Reusable
-                };
+        let pending = match writing.and_then(|at| line.get_mut(at)) {
+            Some(request) => {
+                if !request.begun {
+                    if conn.exchanges > 0 {
+                        shared.stats.connections_reused.fetch_add(1, Relaxed);
+                    }
+                    conn.begin(request.is_head);
+                    request.begun = true;
+                }
+                request.unwritten()
             }
-            answer_deadline.get_or_insert_with(|| Instant::now() + timeout);
+            None => None,
+        };
+        if pending.is_some() && !was_pending {
+            // Bytes to write again after a wait for the client: the stall clock starts now.
+            stall_deadline = Instant::now() + timeout;
         }
+        was_pending = pending.is_some();
+        if let Some(awaited) = line.iter_mut().find(|request| !request.ended()) {
+            if awaited.begun && (stop_writing || awaited.sent()) {
+                answer_deadline.get_or_insert_with(|| Instant::now() + timeout);
+            }
+        }
+        let newest_open = line.back().is_some_and(|request| !request.complete);
+        let pull =
+            !queue_closed && (newest_open || (!stop_writing && line.len() < shared.depth.get()));
         let Some((writer, events)) = conn.halves() else {
-            request.end(Outcome::Unanswered(Unanswered::Reset));
+            fail_written(line, Unanswered::Reset);
             return Attempt::Broken { reset: false };
         };
         tokio::select! {
-            piece = queue.recv(), if !request.complete => match piece {
+            piece = queue.recv(), if pull => match piece {
                 Some(Piece::Body(chunk)) => {
-                    if let Some(ticket) = &mut request.ticket {
-                        ticket.body(chunk.bytes.len());
+                    if let Some(newest) = line.back_mut().filter(|request| !request.complete) {
+                        newest.push(chunk);
                     }
-                    request.chunks.push(chunk);
                 }
-                Some(Piece::End) => request.complete = true,
-                Some(Piece::Head { ticket, .. }) => stray(ticket),
+                Some(Piece::End) => {
+                    if let Some(newest) = line.back_mut() {
+                        newest.complete = true;
+                    }
+                }
+                Some(Piece::Head { chunk, ticket }) => {
+                    if newest_open {
+                        stray(ticket);
+                    } else {
+                        line.push_back(Request::new(chunk, ticket));
+                    }
+                }
                 None => {
-                    // The dispatcher gave up on this request (queue full, capture gap,
-                    // shutdown): v2 must not take what it got for a whole request.
-                    request.end(Outcome::Dropped(cancel.reason()));
-                    request.complete = true;
-                    return Attempt::Broken { reset: true };
+                    queue_closed = true;
+                    if let Some(newest) = line.back_mut().filter(|request| !request.complete) {
+                        // The dispatcher gave up on this request (queue full, capture gap,
+                        // shutdown): v2 must not take what it got for a whole request.
+                        newest.end(Outcome::Dropped(cancel.reason()));
+                        newest.complete = true;
+                        if newest.written_any {
+                            poisoned = true;
+                        } else {
+                            line.pop_back();
+                        }
+                    }
                 }
             },
             written = write_some(writer, pending.as_ref()), if pending.is_some() => match written {
                 Ok(n) => {
-                    request.written(&mut cursor, n, replay_limit);
-                    written_any = true;
+                    if let Some(request) = writing.and_then(|at| line.get_mut(at)) {
+                        request.written(n, replay_limit);
+                    }
                     stall_deadline = Instant::now() + timeout;
                     shared.stats.bytes_sent.fetch_add(n as u64, Relaxed);
                 }
-                // v2 closed or reset: the reader says whether it answered first.
+                // v2 closed or reset: the reader says what it answered first.
                 Err(_) => {
                     write_failed = true;
                     answer_deadline.get_or_insert_with(|| Instant::now() + timeout);
                 }
             },
             () = sleep_until(stall_deadline), if pending.is_some() => {
-                request.end(Outcome::Unanswered(Unanswered::Timeout));
+                fail_written(line, Unanswered::Timeout);
                 return Attempt::Broken { reset: true };
             }
             () = sleep_until(answer_deadline.unwrap_or(stall_deadline)),
-                if answer_deadline.is_some() && !request.ended() =>
+                if answer_deadline.is_some() =>
             {
-                request.end(Outcome::Unanswered(Unanswered::Timeout));
+                fail_written(line, Unanswered::Timeout);
                 return Attempt::Broken { reset: true };
             }
             event = events.recv() => match event {
                 Some(ReadEvent::Answered(status)) => {
-                    request.end(Outcome::Answered(status));
+                    shared.pool.alive();
+                    conn.answered();
+                    shared.depth.answered(conn.answers);
+                    progress = true;
                     answer_deadline = None;
+                    if let Some(awaited) = line.iter_mut().find(|request| !request.ended()) {
+                        awaited.end(Outcome::Answered(status));
+                    }
                 }
                 Some(ReadEvent::Malformed) => {
-                    request.end(Outcome::Unanswered(Unanswered::Malformed));
+                    fail_written(line, Unanswered::Malformed);
                     return Attempt::Broken { reset: true };
                 }
                 Some(ReadEvent::Closed { reset }) => {
-                    return closed(conn, request, reset, reused, written_any);
+                    shared.depth.closed_after(conn.answers);
+                    return closed(conn, line, reset, progress);
                 }
-                None => return closed(conn, request, true, reused, written_any),
+                None => return closed(conn, line, true, progress),
             },
         }
     }
 }
 
-/// v2 closed the connection during `request`.
-fn closed(
-    conn: &Conn,
-    request: &mut Request,
-    reset: bool,
-    reused: bool,
-    written_any: bool,
-) -> Attempt {
-    if request.ended() {
-        return Attempt::Broken { reset: false };
+/// Ends, with `cause`, every request without an outcome that v2 may have taken up (bytes of
+/// it were written); the others may go on a new connection.
+fn fail_written(line: &mut VecDeque<Request>, cause: Unanswered) {
+    for request in line.iter_mut().filter(|request| request.written_any) {
+        request.end(Outcome::Unanswered(cause));
     }
-    // Nothing of it was written, or v2 closed right after answering the previous request
-    // without a byte for this one: v2 did not take it up. Once only, so a v2 that closes
-    // every connection at once cannot make a request go round for ever.
-    if !conn.heard_back() && (reused || !written_any) && !request.resent && request.replayable {
-        return Attempt::Again;
-    }
+}
+
+/// v2 closed the connection while requests of `line` were without an outcome; `progress`:
+/// it answered some of them first.
+fn closed(conn: &Conn, line: &mut VecDeque<Request>, reset: bool, progress: bool) -> Attempt {
     let cause = if reset {
         Unanswered::Reset
     } else {
         Unanswered::Closed
     };
-    request.end(Outcome::Unanswered(cause));
+    let Some(awaited) = line.iter().find(|request| !request.ended()) else {
+        return Attempt::Broken { reset: false };
+    };
+    // v2 closed right after an answer without a byte for the next request, or before any
+    // byte of the oldest unanswered one was written: it took none of them up, and they may
+    // be written again. Once only unless v2 answered some on the way, so a v2 that closes
+    // every connection at once cannot make a request go round for ever.
+    let untaken = !conn.heard_back() && (conn.answers > 0 || !awaited.written_any);
+    for request in line.iter_mut().filter(|request| request.written_any) {
+        if !untaken || (request.resent && !progress) || !request.replayable {
+            request.end(Outcome::Unanswered(cause));
+        }
+    }
     Attempt::Broken { reset: false }
 }
 
@@ -368,5 +531,24 @@ async fn write_some(
     match bytes {
         Some(bytes) => writer.write(bytes).await,
         None => std::future::pending().await,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_depth_follows_what_v2_answers_before_closing() {
+        let depth = Depth::default();
+        assert_eq!(depth.get(), PIPELINE_DEPTH);
+        depth.closed_after(3);
+        assert_eq!(depth.get(), 3);
+        depth.closed_after(0);
+        assert_eq!(depth.get(), 1);
+        depth.answered(2);
+        assert_eq!(depth.get(), 2);
+        depth.answered(100);
+        assert_eq!(depth.get(), PIPELINE_DEPTH);
     }
 }

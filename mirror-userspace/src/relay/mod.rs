@@ -6,8 +6,8 @@
 //! connection gets a task fed through a bounded queue, and all queued bytes share one global
 //! budget; when either is full the request is dropped whole and counted. The tasks run on the
 //! runtime the relay was created in (the agent gives the relay a runtime of its own, so the
-//! capture never waits behind it) and take connections to v2 from a pool (`pool`), one
-//! request at a time per connection, in order per client connection (`flow`).
+//! capture never waits behind it) and take connections to v2 from a pool (`pool`), writing
+//! the requests of a client connection in order, back to back when it has several (`flow`).
 
 mod conn;
 mod flow;
@@ -99,6 +99,8 @@ struct Shared {
     stats: Arc<RelayStats>,
     budget: Arc<Budget>,
     pool: Pool,
+    /// Requests written back to back on a connection (see `flow`), as v2's closes taught.
+    depth: flow::Depth,
 }
 
 /// One captured client connection, as the dispatcher sees it.
@@ -138,6 +140,7 @@ impl Relay {
                 Arc::clone(&stats),
             ),
             pool: Pool::new(config.clone(), Arc::clone(&stats)),
+            depth: flow::Depth::default(),
             config,
             stats,
         });

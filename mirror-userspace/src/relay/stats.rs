@@ -39,6 +39,10 @@ reasons! {
         ConnLimit => "conn_limit",
         /// v2 refused, did not answer the connect, or was unreachable (or backing off after that).
         ShadowDown => "shadow_down",
+        /// v2 took no new connection in time while it answered on others: the connect timed
+        /// out (a full accept queue), or as many new connections as are opened at once waited
+        /// for their first answer for the whole response timeout. Not a v2 that is down.
+        ShadowBusy => "shadow_busy",
         /// A local error prevented the connect (no local port, no file descriptor, no buffers).
         LocalError => "local_error",
         /// The shadow's name did not resolve.
@@ -150,7 +154,7 @@ pub struct RelayStats {
     /// Requests handed to the relay (their head arrived).
     pub requests: AtomicU64,
     answered: [AtomicU64; STATUS_CLASSES.len()],
-    unanswered: [AtomicU64; 4],
+    unanswered: [AtomicU64; Unanswered::ALL.len()],
     dropped: [AtomicU64; DropReason::ALL.len()],
     /// Requests written again on a new connection because v2 closed before processing them.
     pub resent: AtomicU64,
@@ -314,8 +318,8 @@ impl Source for RelayStats {
             out(Sample::counter(
                 "dropped",
                 "Requests that never reached v2 whole, by reason: queue_full (a queue or the \
-                 in-flight budget was full), conn_limit, shadow_down, local_error, \
-                 resolve_failed, aborted (the capture lost bytes), shutdown.",
+                 in-flight budget was full), conn_limit, shadow_down, shadow_busy (a \
+                 connect timed out while v2 answered others), local_error, resolve_failed, aborted (the capture lost bytes), shutdown.",
                 self.dropped_count(*reason),
             )
             .with_label("reason", reason.label()));

@@ -83,12 +83,12 @@ impl Streams {
         let reason = if shared.pool.shadow_down() {
             Some(DropReason::ShadowDown)
         } else {
-            match shared.budget.reserve(data) {
-                Some(chunk) => queue
+            match shared.budget.reserve(flow.src.ip(), data) {
+                Ok(chunk) => queue
                     .try_send(Piece::Data(chunk))
                     .err()
                     .map(|_| DropReason::QueueFull),
-                None => Some(DropReason::QueueFull),
+                Err(reason) => Some(reason),
             }
         };
         if let Some(reason) = reason {

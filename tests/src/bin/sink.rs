@@ -43,10 +43,22 @@ struct Args {
     /// File to append the request records to.
     #[arg(long, value_name = "FILE")]
     log: PathBuf,
+    /// Bytes of each response body (`ok\n` when 3, else that many `x`s).
+    #[arg(long, default_value_t = 3, value_name = "N")]
+    response_bytes: usize,
 }
 
 fn run() -> Result<(), String> {
-    let Args { listen, log } = <Args as clap::Parser>::parse();
+    let Args {
+        listen,
+        log,
+        response_bytes,
+    } = <Args as clap::Parser>::parse();
+    let body: Arc<[u8]> = if response_bytes == 3 {
+        Arc::from(&b"ok\n"[..])
+    } else {
+        vec![b'x'; response_bytes].into()
+    };
     let log = OpenOptions::new()
         .create(true)
         .append(true)
@@ -57,9 +69,9 @@ fn run() -> Result<(), String> {
     let mut acceptors = Vec::new();
     for addr in listen {
         let listener = TcpListener::bind(addr).map_err(|e| format!("bind {addr}: {e}"))?;
-        let (log, next_conn) = (log.clone(), next_conn.clone());
+        let (log, next_conn, body) = (log.clone(), next_conn.clone(), body.clone());
         acceptors.push(std::thread::spawn(move || {
-            accept_loop(listener, log, next_conn)
+            accept_loop(listener, log, next_conn, body)
         }));
     }
     for acceptor in acceptors {
@@ -68,14 +80,19 @@ fn run() -> Result<(), String> {
     Ok(())
 }
 
-fn accept_loop(listener: TcpListener, log: Arc<Mutex<File>>, next_conn: Arc<AtomicU64>) {
+fn accept_loop(
+    listener: TcpListener,
+    log: Arc<Mutex<File>>,
+    next_conn: Arc<AtomicU64>,
+    body: Arc<[u8]>,
+) {
     for stream in listener.incoming() {
         match stream {
             Ok(stream) => {
                 let conn = next_conn.fetch_add(1, Ordering::Relaxed);
-                let log = log.clone();
+                let (log, body) = (log.clone(), body.clone());
                 std::thread::spawn(move || {
-                    if let Err(err) = serve(stream, conn, &log) {
+                    if let Err(err) = serve(stream, conn, &log, &body) {
                         eprintln!("mirror-sink: connection {conn}: {err}");
                     }
                 });
@@ -107,7 +124,7 @@ enum Body {
 }
 
 /// Answers requests on one connection until the client closes it or asks to.
-fn serve(stream: TcpStream, conn: u64, log: &Mutex<File>) -> io::Result<()> {
+fn serve(stream: TcpStream, conn: u64, log: &Mutex<File>, body: &[u8]) -> io::Result<()> {
     let peer = stream.peer_addr()?;
     let peer = SocketAddr::new(peer.ip().to_canonical(), peer.port()).to_string();
     let mut reader = BufReader::with_capacity(READ_BUF, stream.try_clone()?);
@@ -150,15 +167,18 @@ fn serve(stream: TcpStream, conn: u64, log: &Mutex<File>) -> io::Result<()> {
         };
         // Logged before answering, so a client that got its reply finds the record.
         append_record(log, &record)?;
-        writer
-            .write_all(b"HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nContent-Length: 3\r\n")?;
+        write!(
+            writer,
+            "HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nContent-Length: {}\r\n",
+            body.len()
+        )?;
         writer.write_all(if head.keep_alive {
             b"Connection: keep-alive\r\n\r\n"
         } else {
             b"Connection: close\r\n\r\n"
         })?;
         if head.method != "HEAD" {
-            writer.write_all(b"ok\n")?;
+            writer.write_all(body)?;
         }
         // Pipelined requests already buffered are answered in one write.
         if !head.keep_alive || reader.buffer().is_empty() {

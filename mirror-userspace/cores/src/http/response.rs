@@ -65,6 +65,11 @@ impl ResponseFramer {
         self.outstanding.len()
     }
 
+    /// Whether bytes have arrived that do not make a whole response yet.
+    pub fn mid_response(&self) -> bool {
+        self.body != Body::Head || !self.head.is_empty()
+    }
+
     /// Consumes response bytes, calling `on_status` for each complete final response.
     pub fn feed(
         &mut self,
@@ -204,6 +209,26 @@ mod tests {
             );
             assert_eq!(framer.outstanding(), 0);
         }
+    }
+
+    #[test]
+    fn mid_response_until_the_response_is_whole() {
+        let mut framer = ResponseFramer::default();
+        framer.request_sent(false);
+        framer.request_sent(false);
+        assert!(!framer.mid_response());
+        let mut seen = Vec::new();
+        framer
+            .feed(b"HTTP/1.1 200 OK\r\nContent-", |s| seen.push(s))
+            .unwrap();
+        assert!(framer.mid_response());
+        framer
+            .feed(b"Length: 2\r\n\r\nok", |s| seen.push(s))
+            .unwrap();
+        assert!(!framer.mid_response());
+        framer.feed(b"HTTP/1.1 204 No", |s| seen.push(s)).unwrap();
+        assert!(framer.mid_response());
+        assert_eq!(seen, [200]);
     }
 
     #[test]

@@ -107,8 +107,9 @@ impl Bed {
         testbed.add_service(DISCARD_VIP.into(), SERVICE_PORT, &v1, DISCARD_PORT)?;
         // nginx's mirror and the connection-close runs leave sockets in TIME_WAIT in the node
         // and client namespaces; without reuse their ephemeral ports run out within seconds.
+        // (The `close, kernel-default sysctls` runs put the defaults back for a while.)
         for ns in [testbed.node(), client.ns()] {
-            tcp_tw_reuse(ns)?;
+            set_sysctls(ns, TUNED)?;
         }
         let (fast1, log1) = start_fast(&testbed, &v1)?;
         let (fast2, log2) = start_fast(&testbed, &v2)?;
@@ -127,6 +128,16 @@ impl Bed {
             hostile,
             testbed,
         })
+    }
+
+    /// Puts the kernel's default sysctls (`default`), or the tuned ones, in the node and
+    /// client namespaces.
+    pub fn default_sysctls(&self, default: bool) -> Result<()> {
+        let values = if default { KERNEL_DEFAULT } else { TUNED };
+        for ns in [self.testbed.node(), self.client.ns()] {
+            set_sysctls(ns, values)?;
+        }
+        Ok(())
     }
 
     /// The primary's service address for `backend` (what baseline and mirror runs load).
@@ -191,10 +202,16 @@ fn start_fast(testbed: &Testbed, host: &Host) -> Result<(Nginx, PathBuf)> {
     Ok((server, log))
 }
 
-fn tcp_tw_reuse(ns: &Netns) -> Result<()> {
-    ns.run(|| {
-        std::fs::write("/proc/sys/net/ipv4/tcp_tw_reuse", "1")?;
-        std::fs::write("/proc/sys/net/ipv4/ip_local_port_range", "10000 65000")
+/// `tcp_tw_reuse` and `ip_local_port_range`.
+type Sysctls = (&'static str, &'static str);
+const TUNED: Sysctls = ("1", "10000 65000");
+/// What a new network namespace starts with.
+const KERNEL_DEFAULT: Sysctls = ("2", "32768 60999");
+
+fn set_sysctls(ns: &Netns, (tw_reuse, ports): Sysctls) -> Result<()> {
+    ns.run(move || {
+        std::fs::write("/proc/sys/net/ipv4/tcp_tw_reuse", tw_reuse)?;
+        std::fs::write("/proc/sys/net/ipv4/ip_local_port_range", ports)
     })?
     .with_context(|| format!("sysctls in {}", ns.name()))
 }

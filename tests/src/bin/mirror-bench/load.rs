@@ -44,6 +44,9 @@ pub enum Conn {
     KeepAlive,
     /// `Connection: close`: a new TCP connection per request.
     Close,
+    /// The same with the node's and the client's kernel-default sysctls (no TIME_WAIT reuse,
+    /// ports 32768-60999); every other run has the bed's tuned ones.
+    CloseDefaultSysctls,
 }
 
 impl Conn {
@@ -51,7 +54,13 @@ impl Conn {
         match self {
             Conn::KeepAlive => "keep-alive",
             Conn::Close => "close",
+            Conn::CloseDefaultSysctls => "close, kernel-default sysctls",
         }
+    }
+
+    /// Whether the run leaves the bed's sysctls at the kernel's defaults.
+    pub fn default_sysctls(self) -> bool {
+        self == Conn::CloseDefaultSysctls
     }
 }
 
@@ -97,7 +106,7 @@ pub fn wrk(
     .map(str::to_owned)
     .to_vec();
     argv.push(script.display().to_string());
-    if conn == Conn::Close {
+    if conn != Conn::KeepAlive {
         argv.extend(["-H".to_owned(), "Connection: close".to_owned()]);
     }
     argv.push(target.url());

@@ -14,10 +14,12 @@ use super::report::Results;
 /// regression.
 const MIN_COMPLETENESS: f64 = 0.95;
 
-/// The same at saturation, where v2 shares the machine's two cores with the primary and the
-/// load generator and cannot take every request: what it cannot take is dropped and counted
-/// (the relay's `dropped_*`), so the smoke only asks that most of it gets through.
-const MIN_COMPLETENESS_SATURATED: f64 = 0.5;
+/// The same at saturation, where v2 (httpbin: one sync worker, closing after every response)
+/// shares the two cores with the primary and the load generator and cannot always keep up:
+/// what it cannot take in time is counted (`dropped_shadow_busy`, `unanswered_timeout`).
+/// Measured on a busy 2-core machine once new connections waited for answers instead of
+/// overflowing v2's accept queue: 91.7% to 98.8% (it was 67-76% before).
+const MIN_COMPLETENESS_SATURATED: f64 = 0.85;
 
 pub fn check(results: &Results) -> Result<()> {
     let mut problems = Vec::new();
@@ -52,7 +54,7 @@ pub fn check(results: &Results) -> Result<()> {
         } else {
             let floor = match s.offered {
                 Offered::Saturate(_) => MIN_COMPLETENESS_SATURATED,
-                _ => MIN_COMPLETENESS,
+                Offered::Rate(_) => MIN_COMPLETENESS,
             };
             match s.completeness() {
                 Some(c) if (floor..=1.0 / MIN_COMPLETENESS).contains(&c) => {}

@@ -1,5 +1,6 @@
-//! One keep-alive connection working through the schedule: wait for a request's due time, send
-//! it, read its whole answer (framed by the agent's own response framer), record the latency.
+//! One keep-alive connection (or, with `close`, a connection per request) working through the
+//! schedule: wait for a request's due time, send it, read its whole answer (framed by the
+//! agent's own response framer), record the latency.
 
 use std::io;
 use std::net::SocketAddr;
@@ -20,14 +21,20 @@ pub async fn drive(
     request: Arc<[u8]>,
     schedule: Arc<Schedule>,
     timeout: Duration,
+    close: bool,
 ) -> Tally {
     let mut tally = Tally::default();
     let mut conn = Connection {
         addr,
         // Connected before the first request is due, as a client with a warm pool would be.
-        stream: TcpStream::connect(addr).await.ok(),
+        stream: if close {
+            None
+        } else {
+            TcpStream::connect(addr).await.ok()
+        },
         buf: vec![0; 64 * 1024],
         head: Vec::new(),
+        await_close: close,
     };
     // When the connection finished its previous request: it was free from then on.
     let mut free_since = Instant::now();
@@ -54,6 +61,8 @@ pub async fn drive(
                 conn.stream = None;
             }
         }
+        // What is left of the connection after a failure is not waited for.
+        conn.stream = conn.stream.take().filter(|_| !close);
     }
     tally
 }
@@ -68,6 +77,9 @@ struct Connection {
     buf: Vec<u8>,
     /// The answer's head so far, to see whether the server closes after it.
     head: Vec<u8>,
+    /// When the server says it closes, wait for its FIN before closing this side: the server
+    /// keeps the TIME_WAIT, not the client's ports.
+    await_close: bool,
 }
 
 impl Connection {
@@ -99,7 +111,9 @@ impl Connection {
                 .map_err(|err| io::Error::new(io::ErrorKind::InvalidData, err))?;
             if let Some(code) = status {
                 if closes(&self.head) {
-                    self.stream = None;
+                    if let Some(mut stream) = self.stream.take().filter(|_| self.await_close) {
+                        while stream.read(&mut self.buf).await? > 0 {}
+                    }
                 }
                 return Ok(code);
             }

@@ -1,6 +1,7 @@
-//! `mirror-load --rate R --connections C --seconds S --host HOST URL`: the bench's open-loop,
-//! fixed-rate load generator (HTTP/1.1 GET over C keep-alive connections). It builds with the
-//! workspace in seconds, where `cargo install oha` took about 12 minutes.
+//! `mirror-load --rate R --connections C --seconds S --host HOST [--close] URL`: the bench's
+//! open-loop, fixed-rate load generator (HTTP/1.1 GET over C keep-alive connections, or with
+//! `--close` a new connection per request, `Connection: close`, C at a time). It builds with
+//! the workspace in seconds, where `cargo install oha` took about 12 minutes.
 //!
 //! Request `i` is due at `start + i / R`. Each connection (a task on two tokio worker threads,
 //! like wrk's two threads) takes the next due request, waits for its time, sends it and reads
@@ -46,6 +47,10 @@ struct Args {
     /// replaced.
     #[arg(long, default_value_t = 5)]
     timeout: u64,
+    /// A new connection per request, asking the server to close it (`Connection: close`):
+    /// `--connections` then bounds the connections open at once.
+    #[arg(long)]
+    close: bool,
     /// `http://ADDR:PORT/PATH` (an IP address: the bench has no DNS).
     url: String,
 }
@@ -69,7 +74,16 @@ fn run() -> Result<String> {
         bail!("--rate, --connections and --seconds must be positive");
     }
     let (addr, path) = parse_url(&args.url)?;
-    let request = format!("GET {path} HTTP/1.1\r\nHost: {}\r\n\r\n", args.host).into_bytes();
+    let connection = if args.close {
+        "Connection: close\r\n"
+    } else {
+        ""
+    };
+    let request = format!(
+        "GET {path} HTTP/1.1\r\nHost: {}\r\n{connection}\r\n",
+        args.host
+    )
+    .into_bytes();
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
@@ -86,6 +100,7 @@ fn run() -> Result<String> {
                     Arc::clone(&request),
                     Arc::clone(&schedule),
                     timeout,
+                    args.close,
                 ))
             })
             .collect();
