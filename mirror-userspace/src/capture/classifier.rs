@@ -81,8 +81,14 @@ pub enum ClassifierError {
          CAP_NET_ADMIN and CAP_PERFMON (CAP_SYS_ADMIN on kernels before 5.8)"
     )]
     NotPrivileged,
+    /// The kernel answers a refused ring buffer map the same way whatever the cause: a kernel
+    /// without it, a missing CAP_BPF, or a seccomp profile that blocks bpf(2) (runtime-default
+    /// profiles allow it only with CAP_SYS_ADMIN). Measured with `setpriv --bounding-set`:
+    /// without CAP_BPF this is where loading stops.
     #[error(
-        "this kernel has no BPF ring buffer (needs Linux 5.8 or later with CONFIG_BPF_SYSCALL)"
+        "no BPF ring buffer could be created: it needs Linux 5.8 or later with \
+         CONFIG_BPF_SYSCALL, CAP_BPF (or CAP_SYS_ADMIN), and a seccomp profile that allows \
+         bpf(2) (runtime-default profiles allow it only with CAP_SYS_ADMIN: use Unconfined)"
     )]
     NoRingBuffer,
     #[error("no network interface named {iface:?} (in this network namespace)")]
