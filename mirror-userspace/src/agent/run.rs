@@ -13,12 +13,7 @@
 //! `--percent`, `--host-suffix`, `--host`, `--keep-host`) are refused; the tuning flags
 //! (queues, budgets, timeouts, mark, seed, polling) apply to every mirror.
 
-use std::{
-    collections::BTreeSet,
-    path::PathBuf,
-    sync::{atomic::Ordering::Relaxed, Arc},
-    time::Duration,
-};
+use std::{collections::BTreeSet, path::PathBuf, sync::Arc, time::Duration};
 
 use mirror_cores::{
     pipeline::{Admission, ConfigError, Event, Pipeline, PipelineConfig, StreamTarget},
@@ -37,7 +32,6 @@ use crate::{
     capture::{
         clock,
         live::{LiveAttachments, LiveOptions},
-        packet, record,
         session::{self, CaptureOptions, OwnMark, Session, SessionError},
         target::Target,
     },
@@ -579,21 +573,5 @@ fn apply_reload(config: &MirrorConfig, session: &Session, outlet: &mut Outlet) -
 }
 
 fn intake_record(item: &[u8], intake: &Intake, pipeline: &mut Pipeline, outlet: &mut Outlet) {
-    intake.records.fetch_add(1, Relaxed);
-    let Ok(record) = record::decode(item) else {
-        intake.malformed_records.fetch_add(1, Relaxed);
-        return;
-    };
-    let Ok(segment) = packet::parse_record(&record) else {
-        intake.undecodable_packets.fetch_add(1, Relaxed);
-        return;
-    };
-    let now = record.header.timestamp_ns;
-    if record.reverse() {
-        // v1's side, header only: its acknowledgements release the client's bytes.
-        intake.reverse_records.fetch_add(1, Relaxed);
-        pipeline.on_server_segment(now, &segment, &mut |event| outlet.handle(event));
-    } else {
-        pipeline.on_segment(now, &segment, &mut |event| outlet.handle(event));
-    }
+    intake.feed(item, pipeline, &mut |event| outlet.handle(event));
 }

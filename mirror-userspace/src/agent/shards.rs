@@ -89,26 +89,15 @@ impl<S: EventSink> Shard<S> {
     /// Decodes one ring-format record and feeds the pipeline (v1's side as its
     /// acknowledgements), as the single-threaded loop does.
     fn feed(&mut self, item: &[u8]) {
-        let intake = &self.intake;
-        intake.records.fetch_add(1, Relaxed);
-        let Ok(record) = record::decode(item) else {
-            intake.malformed_records.fetch_add(1, Relaxed);
-            return;
-        };
-        let Ok(segment) = packet::parse_record(&record) else {
-            intake.undecodable_packets.fetch_add(1, Relaxed);
-            return;
-        };
-        let now = record.header.timestamp_ns;
-        self.last_ns = self.last_ns.max(now);
-        let sink = &mut self.sink;
-        if record.reverse() {
-            intake.reverse_records.fetch_add(1, Relaxed);
-            self.pipeline
-                .on_server_segment(now, &segment, &mut |event| sink.handle(event));
-        } else {
-            self.pipeline
-                .on_segment(now, &segment, &mut |event| sink.handle(event));
+        let Shard {
+            pipeline,
+            sink,
+            intake,
+            last_ns,
+            ..
+        } = self;
+        if let Some(now) = intake.feed(item, pipeline, &mut |event| sink.handle(event)) {
+            *last_ns = (*last_ns).max(now);
         }
     }
 }
