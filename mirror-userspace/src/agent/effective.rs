@@ -8,12 +8,13 @@ use super::run::RunArgs;
 impl RunArgs {
     pub fn effective_config(&self) -> Value {
         let capture = &self.capture;
-        let rewrite = if self.keep_host {
+        let host = &self.host_rewrite;
+        let rewrite = if host.keep_host {
             json!({ "keep": true })
-        } else if let Some(host) = &self.host {
-            json!({ "fixed": host })
+        } else if let Some(fixed) = &host.host {
+            json!({ "fixed": fixed })
         } else {
-            json!({ "suffix": self.host_suffix })
+            json!({ "suffix": host.host_suffix })
         };
         json!({
             "capture": {

@@ -4,6 +4,7 @@
 
 mod dispatch;
 mod effective;
+pub mod host_rewrite;
 mod intake;
 pub mod kubernetes;
 mod link_events;

@@ -22,6 +22,7 @@ use mirror_cores::{
 
 use super::{
     dispatch::Dispatcher,
+    host_rewrite::HostRewriteArgs,
     intake::Intake,
     kubernetes::{self, AgentParts, KubernetesError, KubernetesOptions},
     mirror_stats::{PolicySource, RelaySource},
@@ -76,15 +77,8 @@ pub struct RunArgs {
     /// Share of requests mirrored, 0 to 100 (fractions allowed), decided per request.
     #[arg(long, default_value_t = 100.0)]
     pub percent: f64,
-    /// Text inserted after the Host's name, before its port (Envoy's `-shadow` by default).
-    #[arg(long, default_value = "-shadow", value_name = "TEXT")]
-    pub host_suffix: String,
-    /// Send this fixed Host instead of a suffixed one.
-    #[arg(long, value_name = "HOST", conflicts_with = "keep_host")]
-    pub host: Option<String>,
-    /// Forward the Host header unchanged (for shadows behind virtual hosts).
-    #[arg(long)]
-    pub keep_host: bool,
+    #[command(flatten)]
+    pub host_rewrite: HostRewriteArgs,
     /// SO_MARK of the agent's own shadow connections, which the kernel never captures
     /// (decimal or 0x hex).
     #[arg(long, default_value = "0x6d", value_parser = session::parse_mark)]
@@ -230,13 +224,7 @@ pub(super) fn relay_runtime() -> std::io::Result<tokio::runtime::Runtime> {
 
 impl RunArgs {
     fn pipeline_config(&self) -> PipelineConfig {
-        let rewrite = if self.keep_host {
-            HostRewrite::Keep
-        } else if let Some(host) = &self.host {
-            HostRewrite::Fixed(host.clone())
-        } else {
-            HostRewrite::Suffix(self.host_suffix.clone())
-        };
+        let rewrite = self.host_rewrite.rewrite();
         // With v1's side captured (the default), client bytes reach v2 only once v1
         // acknowledged them; --no-reverse falls back to trusting the client's packets.
         let admission = if self.capture.no_reverse {

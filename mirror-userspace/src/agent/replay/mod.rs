@@ -36,6 +36,7 @@ use self::{
 };
 use super::{
     dispatch::Dispatcher,
+    host_rewrite::HostRewriteArgs,
     mirror_stats::{PolicySource, RelaySource},
     pipeline_cells::PipelineCells,
     run::{check_shadow, config_targets, parse_shadow, positive, relay_runtime, Outlet},
@@ -90,15 +91,8 @@ pub struct ReplayArgs {
     /// Share of requests mirrored, 0 to 100, decided per request.
     #[arg(long, default_value_t = 100.0)]
     pub percent: f64,
-    /// Text inserted after the Host's name, before its port.
-    #[arg(long, default_value = "-shadow", value_name = "TEXT")]
-    pub host_suffix: String,
-    /// Send this fixed Host instead of a suffixed one.
-    #[arg(long, value_name = "HOST", conflicts_with = "keep_host")]
-    pub host: Option<String>,
-    /// Forward the Host header unchanged.
-    #[arg(long)]
-    pub keep_host: bool,
+    #[command(flatten)]
+    pub host_rewrite: HostRewriteArgs,
     /// Seed of the per-request sampling decisions.
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
@@ -193,13 +187,11 @@ enum Feed {
 
 impl ReplayArgs {
     fn pipeline_config(&self) -> PipelineConfig {
-        let rewrite = if self.config.is_some() || self.keep_host {
+        let rewrite = if self.config.is_some() {
             // Under a config file the dispatcher rewrites per mirror.
             HostRewrite::Keep
-        } else if let Some(host) = &self.host {
-            HostRewrite::Fixed(host.clone())
         } else {
-            HostRewrite::Suffix(self.host_suffix.clone())
+            self.host_rewrite.rewrite()
         };
         let admission = if self.no_reverse {
             Admission::ClientOnly
