@@ -143,7 +143,7 @@ fn frame(
 }
 
 /// `1*DIGIT` as a `u64`; `None` if empty, not digits, or too large.
-fn parse_length(digits: &[u8]) -> Option<u64> {
+pub(crate) fn parse_length(digits: &[u8]) -> Option<u64> {
     if digits.is_empty() {
         return None;
     }
