@@ -147,7 +147,6 @@ impl ClientStream {
                 }
                 State::UpgradeHead { scanned } => {
                     self.buf.extend_from_slice(bytes);
-                    bytes = &[];
                     if !self.upgrade_head(scanned, out) {
                         return;
                     }

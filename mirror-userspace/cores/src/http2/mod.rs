@@ -25,6 +25,7 @@ mod upgrade;
 
 pub use authority::rewrite_authority;
 pub use connection::ClientStream;
+pub(crate) use upgrade::{asks_only_h2c, settings_well_formed};
 
 use bytes::Bytes;
 
