@@ -4,7 +4,9 @@
 //! across connections is not kept, as no mirror keeps it), every connection ends in one
 //! counted outcome, and a connection already open when the agent starts is counted and not
 //! mirrored. HTTP/2 with prior knowledge (`curl --http2-prior-knowledge`) on an HTTP policy
-//! is counted as such and not mirrored.
+//! is counted as such and not mirrored. `curl --http2` (an HTTP/1.1 request with
+//! `Upgrade: h2c`) against hypercorn: where v1 switched, v2 gets the upgrading request and
+//! the streams after it over HTTP/2, `:authority` rewritten; where it did not, HTTP/1.1.
 
 use std::{
     io::{BufRead, BufReader, Read, Write},
@@ -845,4 +847,241 @@ fn a_grpc_channel_open_before_the_agent_is_counted_and_not_mirrored() {
         "{summary}"
     );
     assert_eq!(agent_counter(&summary, "requests"), 0, "{summary}");
+}
+
+/// An ASGI app for hypercorn (HTTP/1.1, h2c with prior knowledge, and `Upgrade: h2c`, which
+/// it takes for requests without a body): records each request's HTTP version, method,
+/// path, Host (from `:authority` under HTTP/2) and body length, one JSON line each.
+const UPGRADE_APP: &str = r#"
+import json, os
+
+LOG = os.environ["MIRROR_REQUEST_LOG"]
+
+async def app(scope, receive, send):
+    if scope["type"] != "http":
+        return
+    body = b""
+    while True:
+        message = await receive()
+        body += message.get("body", b"")
+        if not message.get("more_body"):
+            break
+    host = dict(scope["headers"]).get(b"host", b"").decode()
+    with open(LOG, "a", buffering=1) as log:
+        log.write(json.dumps([scope["http_version"], scope["method"], scope["path"], host, len(body)]) + "\n")
+    await send({"type": "http.response.start", "status": 200, "headers": [(b"content-type", b"text/plain")]})
+    await send({"type": "http.response.body", "body": b"ok\n"})
+"#;
+
+/// hypercorn serving [`UPGRADE_APP`] on `port`; returns it and its request log.
+fn hypercorn(host: &Host, port: u16, dir: &std::path::Path, label: &str) -> (Process, PathBuf) {
+    let venv = ensure_venv().expect("python venv with hypercorn");
+    let app_dir = dir.join(format!("app-{label}"));
+    std::fs::create_dir_all(&app_dir).expect("app dir");
+    std::fs::write(app_dir.join("upgrade_app.py"), UPGRADE_APP).expect("app");
+    let log = dir.join(format!("{label}.requests"));
+    let bind = format!("0.0.0.0:{port}");
+    let argv = [
+        "env".to_owned(),
+        format!("MIRROR_REQUEST_LOG={}", log.display()),
+        format!("PYTHONPATH={}", app_dir.display()),
+        venv.join("bin/hypercorn").display().to_string(),
+        "--bind".to_owned(),
+        bind,
+        "upgrade_app:app".to_owned(),
+    ];
+    let process = host
+        .ns()
+        .spawn(&format!("hypercorn-{label}"), &argv)
+        .expect("hypercorn");
+    host.ns()
+        .wait_for_tcp(
+            SocketAddr::from((host.ipv4(), port)),
+            Duration::from_secs(30),
+        )
+        .expect("hypercorn listening");
+    (process, log)
+}
+
+/// `[version, method, path, host, body length]` per request a [`UPGRADE_APP`] logged,
+/// sorted by path.
+fn upgrade_requests(path: &std::path::Path) -> Vec<(String, String, String, String, u64)> {
+    let mut requests: Vec<(String, String, String, String, u64)> = std::fs::read_to_string(path)
+        .unwrap_or_default()
+        .lines()
+        .filter_map(|line| {
+            let fields: Vec<&str> = line
+                .trim_matches(|c| c == '[' || c == ']')
+                .split(", ")
+                .collect();
+            let text = |i: usize| fields.get(i).map(|f| f.trim_matches('"').to_owned());
+            Some((
+                text(0)?,
+                text(1)?,
+                text(2)?,
+                text(3)?,
+                text(4)?.parse().ok()?,
+            ))
+        })
+        .collect();
+    requests.sort_by(|a, b| a.2.cmp(&b.2));
+    requests
+}
+
+/// Waits until `path` logged `count` requests (or 20 s pass).
+fn wait_for_requests(path: &std::path::Path, count: usize) {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while upgrade_requests(path).len() < count && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    std::thread::sleep(Duration::from_secs(1));
+}
+
+/// `curl --http2` on `http://` URLs: an HTTP/1.1 request with `Upgrade: h2c` that v1 (and
+/// v2: the same server) takes for requests without a body.
+fn curl_http2(scenario: &Scenario, args: &[&str]) {
+    let mut argv = vec!["curl", "-sS", "--fail", "-m", "20", "--http2"];
+    argv.extend_from_slice(args);
+    scenario.client.ns().exec_ok(&argv).expect("curl --http2");
+}
+
+#[test]
+fn an_upgrade_to_h2c_on_an_http_policy_is_mirrored_as_http2_and_a_refused_one_as_http1() {
+    if !require_root() {
+        return;
+    }
+    let scenario = Scenario::new().expect("scenario");
+    let dir = scenario.testbed.log_dir().to_path_buf();
+    let (_v1, v1_log) = hypercorn(&scenario.v1, 80, &dir, "v1");
+    let (_v2, v2_log) = hypercorn(&scenario.v2, 80, &dir, "v2");
+    let agent = scenario.agent(&[]);
+    // Upgraded on the first request; the second goes on the same connection as stream 3.
+    curl_http2(
+        &scenario,
+        &[
+            "-o",
+            "/dev/null",
+            "-o",
+            "/dev/null",
+            "http://httpbin:8000/a",
+            "http://httpbin:8000/b",
+        ],
+    );
+    // With a body v1 does not switch: the client goes on in HTTP/1.1 (here it closes).
+    curl_http2(
+        &scenario,
+        &[
+            "-o",
+            "/dev/null",
+            "--data-binary",
+            "hello",
+            "http://httpbin:8000/c",
+        ],
+    );
+    scenario.curl(&["-o", "/dev/null", "http://httpbin:8000/d"]);
+    let requests = 4;
+    wait_for_requests(&v2_log, requests);
+    let summary = agent.stop(libc::SIGTERM).expect("stop");
+    let at_v1 = upgrade_requests(&v1_log);
+    let row = |version: &str, method: &str, path: &str, host: &str, len: u64| {
+        (
+            version.to_owned(),
+            method.to_owned(),
+            path.to_owned(),
+            host.to_owned(),
+            len,
+        )
+    };
+    assert_eq!(
+        at_v1,
+        [
+            row("2", "GET", "/a", "httpbin:8000", 0),
+            row("2", "GET", "/b", "httpbin:8000", 0),
+            row("1.1", "POST", "/c", "httpbin:8000", 5),
+            row("1.1", "GET", "/d", "httpbin:8000", 0),
+        ]
+    );
+    let want: Vec<_> = at_v1
+        .iter()
+        .map(|(v, m, p, h, l)| row(v, m, p, &h.replace("httpbin", "httpbin-shadow"), *l))
+        .collect();
+    assert_eq!(upgrade_requests(&v2_log), want, "{summary}");
+    relay_conserved(&summary).expect("conservation");
+    assert_eq!(agent_counter(&summary, "requests"), 4, "{summary}");
+    assert_eq!(agent_counter(&summary, "answered_2xx"), 4, "{summary}");
+    assert_eq!(agent_counter(&summary, "upgrades_h2c"), 1, "{summary}");
+    assert_eq!(
+        agent_counter(&summary, "upgrades_h2c_refused"),
+        1,
+        "{summary}"
+    );
+    assert_eq!(agent_counter(&summary, "stopped_upgrade"), 0, "{summary}");
+}
+
+#[test]
+fn an_upgrade_to_h2c_on_an_http2_policy_reaches_v2_as_stream_one() {
+    if !require_root() {
+        return;
+    }
+    let scenario = Scenario::new().expect("scenario");
+    let dir = scenario.testbed.log_dir().to_path_buf();
+    let (_v1, v1_log) = hypercorn(&scenario.v1, 80, &dir, "v1");
+    let (_v2, v2_log) = hypercorn(&scenario.v2, 8080, &dir, "v2");
+    let config = format!(
+        "interfaces: [{iface}]\npolicies:\n- name: web\n  target: {{address: {VIP}, port: 8000}}\n  protocol: http2\n  mirrors:\n  - backend: {v2}:8080\n",
+        iface = scenario.client.node_ifname(),
+        v2 = scenario.v2.ipv4(),
+    );
+    let path = dir.join("mirror.yaml");
+    std::fs::write(&path, config).expect("write config");
+    let args: Vec<String> = [
+        "run",
+        "--config",
+        &path.display().to_string(),
+        "--grace-secs",
+        "2",
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
+    let agent = Agent::start(scenario.testbed.node(), "mirror-run", &args, READY).expect("agent");
+    curl_http2(
+        &scenario,
+        &[
+            "-o",
+            "/dev/null",
+            "-o",
+            "/dev/null",
+            "-o",
+            "/dev/null",
+            "http://httpbin:8000/a?q=1",
+            "http://httpbin:8000/b",
+            "http://httpbin:8000/c",
+        ],
+    );
+    wait_for_requests(&v2_log, 3);
+    let summary = agent.stop(libc::SIGTERM).expect("stop");
+    let at_v1 = upgrade_requests(&v1_log);
+    assert_eq!(at_v1.len(), 3, "{at_v1:?}");
+    assert!(
+        at_v1.iter().all(|r| r.0 == "2" && r.3 == "httpbin:8000"),
+        "{at_v1:?}"
+    );
+    let want: Vec<_> = at_v1
+        .iter()
+        .map(|(v, m, p, _, l)| {
+            (
+                v.clone(),
+                m.clone(),
+                p.clone(),
+                "httpbin-shadow:8000".to_owned(),
+                *l,
+            )
+        })
+        .collect();
+    assert_eq!(upgrade_requests(&v2_log), want, "{summary}");
+    relay_conserved(&summary).expect("conservation");
+    assert_eq!(agent_counter(&summary, "requests"), 3, "{summary}");
+    assert_eq!(agent_counter(&summary, "answered_2xx"), 3, "{summary}");
+    assert_eq!(agent_counter(&summary, "h2c_stopped"), 0, "{summary}");
 }

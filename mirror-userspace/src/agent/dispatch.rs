@@ -6,7 +6,9 @@
 //! and counters: a slow mirror never costs another one a request.
 //!
 //! A raw TCP connection (`protocol: tcp`) is decided once, at its first bytes: each mirror
-//! of its policy takes the whole connection or none of it, by its share.
+//! of its policy takes the whole connection or none of it, by its share. So is an h2c one,
+//! and an HTTP/1.1 connection of an `http` policy from where v1 switched it to h2c (its
+//! `Upgrade: h2c` request on): its mirrors' relays replay its streams over HTTP/2.
 //!
 //! A new config ([`Dispatcher::reconfigure`]) applies from the next request head on; a
 //! request in progress finishes with the mirrors it started with, and a removed mirror's
@@ -60,6 +62,8 @@ struct FlowState {
     current: Vec<MirrorId>,
     /// Every mirror that got a request of this flow, to tell it when the flow ends.
     used: Vec<MirrorId>,
+    /// Its stream (raw TCP, h2c, or after an upgrade to h2c) was decided.
+    streaming: bool,
 }
 
 /// Routes request events to the mirrors' relays by policy.
@@ -122,7 +126,8 @@ impl Dispatcher {
                 let id = match self.by_label.get(&label) {
                     Some(&id) => id,
                     None => {
-                        let h2c = (p.protocol == Protocol::Http2)
+                        // An `http` policy's connections may be upgraded to h2c.
+                        let h2c = (p.protocol != Protocol::Tcp)
                             .then(|| p.policy.mirrors[i].rewrite.host.clone());
                         self.open_mirror(label, backend, h2c)
                     }
@@ -222,7 +227,7 @@ impl Dispatcher {
                 self.request_done(flow);
             }
             Event::StreamData { flow, data } => {
-                if !self.flows.contains_key(&flow) {
+                if !self.flows.get(&flow).is_some_and(|s| s.streaming) {
                     self.stream_start(flow);
                 }
                 self.each_current(flow, |relay| {
@@ -313,7 +318,9 @@ impl Dispatcher {
     /// A raw TCP or h2c connection's first bytes: which mirrors take it, for its whole life. The
     /// flow is remembered even if none does, so that it is decided once.
     fn stream_start(&mut self, flow: FlowKey) {
-        let pi = self.policy_of(flow, Protocol::is_stream);
+        let pi = self
+            .policy_of(flow, Protocol::is_stream)
+            .or_else(|| self.policy_of(flow, |p| p == Protocol::Http));
         let Self {
             policies,
             slots,
@@ -323,6 +330,7 @@ impl Dispatcher {
             ..
         } = self;
         let state = flows.entry(flow).or_default();
+        state.streaming = true;
         let Some(active) = pi.map(|pi| &policies[pi]) else {
             stats.dispatch.requests_without_policy.fetch_add(1, Relaxed);
             return;
@@ -335,7 +343,9 @@ impl Dispatcher {
                 slot.decided.requests_mirrored.fetch_add(1, Relaxed);
                 slot.open_requests += 1;
                 state.current.push(id);
-                state.used.push(id);
+                if !state.used.contains(&id) {
+                    state.used.push(id);
+                }
             } else {
                 slot.decided.requests_sampled_out.fetch_add(1, Relaxed);
             }

@@ -261,6 +261,9 @@ impl RunArgs {
             connect_timeout: Duration::from_millis(self.connect_timeout_ms),
             response_timeout: Duration::from_millis(self.response_timeout_ms),
             access_log,
+            // A connection upgraded to h2c is replayed over HTTP/2 (under a config file,
+            // each mirror's relay takes its policy's rule instead).
+            h2c: Some(self.host_rewrite.rewrite()),
             ..RelayConfig::default()
         }
     }

@@ -220,6 +220,8 @@ impl ReplayArgs {
             max_connections: (self.max_shadow_connections / share).max(1),
             max_inflight_bytes: (self.max_inflight_mib.saturating_mul(1 << 20) / share).max(1),
             response_timeout: Duration::from_millis(self.response_timeout_ms),
+            // A connection upgraded to h2c is replayed over HTTP/2.
+            h2c: Some(self.host_rewrite.rewrite()),
             ..RelayConfig::default()
         }
     }
