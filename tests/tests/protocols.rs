@@ -945,8 +945,42 @@ fn curl_http2(scenario: &Scenario, args: &[&str]) {
     scenario.client.ns().exec_ok(&argv).expect("curl --http2");
 }
 
+/// `mirror run` under a config file with one `protocol: http` policy mirroring to v2:80.
+fn http_policy_agent(scenario: &Scenario) -> Agent {
+    let dir = scenario.testbed.log_dir();
+    let config = format!(
+        "interfaces: [{iface}]\npolicies:\n- name: web\n  target: {{address: {VIP}, port: 8000}}\n  mirrors:\n  - backend: {v2}:80\n",
+        iface = scenario.client.node_ifname(),
+        v2 = scenario.v2.ipv4(),
+    );
+    let path = dir.join("mirror.yaml");
+    std::fs::write(&path, config).expect("write config");
+    let args: Vec<String> = [
+        "run",
+        "--config",
+        &path.display().to_string(),
+        "--grace-secs",
+        "2",
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
+    Agent::start(scenario.testbed.node(), "mirror-run", &args, READY).expect("agent")
+}
+
+#[test]
+fn an_upgrade_to_h2c_is_mirrored_as_http2_and_a_refused_one_as_http1() {
+    upgrade_on_http(false);
+}
+
 #[test]
 fn an_upgrade_to_h2c_on_an_http_policy_is_mirrored_as_http2_and_a_refused_one_as_http1() {
+    upgrade_on_http(true);
+}
+
+/// Flags (`--shadow`), or a config file's `http` policy (`policy`): the same traffic, the
+/// same requests at v2.
+fn upgrade_on_http(policy: bool) {
     if !require_root() {
         return;
     }
@@ -954,7 +988,11 @@ fn an_upgrade_to_h2c_on_an_http_policy_is_mirrored_as_http2_and_a_refused_one_as
     let dir = scenario.testbed.log_dir().to_path_buf();
     let (_v1, v1_log) = hypercorn(&scenario.v1, 80, &dir, "v1");
     let (_v2, v2_log) = hypercorn(&scenario.v2, 80, &dir, "v2");
-    let agent = scenario.agent(&[]);
+    let agent = if policy {
+        http_policy_agent(&scenario)
+    } else {
+        scenario.agent(&[])
+    };
     // Upgraded on the first request; the second goes on the same connection as stream 3.
     curl_http2(
         &scenario,
