@@ -7,6 +7,7 @@ mod attack;
 mod bed;
 mod capture_path;
 mod envoy;
+mod h2c;
 mod kernel_isolated;
 mod large;
 mod load;
@@ -90,6 +91,10 @@ struct BenchArgs {
     /// smoke's with --smoke).
     #[arg(long)]
     attacks_only: bool,
+    /// Run only the HTTP/2 section (h2load: baseline, the agent, Envoy, ideal; the smoke's
+    /// size with --smoke).
+    #[arg(long, conflicts_with_all = ["micro", "capture_path", "memory", "attacks_only"])]
+    h2_only: bool,
 }
 
 /// Where the bench writes its JSON results and markdown report.
@@ -161,6 +166,14 @@ fn main() -> Result<()> {
         return Ok(());
     }
     let tools = tools::ensure(&target_dir())?;
+    let h2_plan = if args.smoke {
+        h2c::H2Plan::SMOKE
+    } else {
+        h2c::H2Plan::FULL
+    };
+    if args.h2_only {
+        return h2_only(&tools, h2_plan, &out);
+    }
     // First: it builds the cores' benches, and a failure should not cost the whole run.
     let micro = if args.smoke || args.no_micro {
         Vec::new()
@@ -252,6 +265,7 @@ fn main() -> Result<()> {
     let large = large::run(&bed, large_plan)?;
     let attacks = attack::run(&bed, attack_plan)?;
     drop(bed);
+    let h2_samples = h2c::run(&tools.envoy, &out.join("h2c"), h2_plan)?;
     let results = Results {
         command: command_line(),
         machine: machine(),
@@ -263,6 +277,7 @@ fn main() -> Result<()> {
         memory,
         large: Some(large),
         attacks: Some(attacks),
+        h2c: Some((h2_plan, h2_samples)),
         micro,
     };
     let json = out.join(if args.smoke {
@@ -331,9 +346,28 @@ fn sections_only(args: &BenchArgs, started: Instant) -> Result<()> {
         memory,
         large: None,
         attacks: None,
+        h2c: None,
         micro: Vec::new(),
     };
     println!("{}", report::markdown(&results));
+    Ok(())
+}
+
+/// `--h2-only`: the HTTP/2 section alone, its table printed as the report prints it.
+fn h2_only(tools: &tools::Tools, plan: h2c::H2Plan, out: &Path) -> Result<()> {
+    let samples = h2c::run(&tools.envoy, &out.join("h2c"), plan)?;
+    let json = out.join("h2c.json");
+    std::fs::write(&json, serde_json::to_string_pretty(&samples)?)
+        .with_context(|| format!("write {}", json.display()))?;
+    println!(
+        "Command: `{}`\n\n{}",
+        command_line(),
+        h2c::markdown(&samples, plan)
+    );
+    let problems = h2c::problems(&samples);
+    if !problems.is_empty() {
+        bail!("h2c section:\n  {}", problems.join("\n  "));
+    }
     Ok(())
 }
 
