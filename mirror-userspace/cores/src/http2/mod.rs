@@ -21,9 +21,11 @@
 mod authority;
 mod connection;
 pub mod frame;
+mod policy;
 
 pub use authority::rewrite_authority;
 pub use connection::ClientStream;
+pub use policy::{modify, rewrite_stream};
 
 use bytes::Bytes;
 
