@@ -1,23 +1,25 @@
 //! h2c mode of a raw connection (`protocol: http2`): the client's bytes go through the
 //! HTTP/2 core (`mirror_cores::http2`) instead of straight to v2, and each stream it yields
-//! is replayed as a stream of the agent's own HTTP/2 connection to v2 (the `h2` crate), with
-//! `:authority` rewritten. Every stream whose head was decoded is one request with one
-//! outcome: answered by v2's status class, unanswered, or dropped by reason. Bodies are sent
-//! as v2's flow-control window opens, never buffered beyond the in-flight budget.
+//! is decided by the mirror's policy as an HTTP/1 request is (matches on `:method`, `:path`
+//! and fields, the mirror's share per stream) and, if taken, rewritten (`hostRewrite` on
+//! `:authority`, `requestHeaderModifier` on the fields) and replayed as a stream of the
+//! agent's own HTTP/2 connection to v2 (the `h2` crate). Every stream taken is one request
+//! with one outcome: answered by v2's status class, unanswered, or dropped by reason. Bodies
+//! are sent as v2's flow-control window opens, never buffered beyond the in-flight budget.
 
 use std::{
     collections::HashMap,
     future::poll_fn,
     net::SocketAddr,
-    sync::{atomic::Ordering::Relaxed, Arc},
+    sync::{atomic::Ordering::Relaxed, Arc, Mutex},
     time::Duration,
 };
 
 use bytes::{Bytes, BytesMut};
 use h2::{client::ResponseFuture, Reason, SendStream};
 use mirror_cores::{
-    http2::{rewrite_authority, ClientStream, Field, H2Config, H2Event},
-    rewrite::HostRewrite,
+    http2::{rewrite_stream, ClientStream, Field, H2Config, H2Event},
+    policy::{consistent_hash, Coin, Policy, Verdict},
 };
 use tokio::{
     net::TcpStream,
@@ -32,6 +34,62 @@ use super::{
     ticket::Ticket,
     Shared,
 };
+use crate::agent::mirror_stats::MirrorCounters;
+
+/// What one mirror's relay decides per h2c stream: its policy (swapped on a reload) and
+/// where the decisions are counted, as the dispatcher counts HTTP/1 requests'.
+#[derive(Clone, Debug)]
+pub struct H2cMirror {
+    rule: Arc<Mutex<Rule>>,
+    decided: Arc<MirrorCounters>,
+    seed: u64,
+}
+
+#[derive(Clone, Debug)]
+struct Rule {
+    policy: Arc<Policy>,
+    /// This mirror's index in `policy.mirrors`.
+    mirror: usize,
+}
+
+impl H2cMirror {
+    /// Mirror `mirror` of `policy`. Each connection's coin is seeded from `seed` and the
+    /// client's address, so every mirror of a connection draws the same sequence and makes
+    /// the choices the dispatcher's one coin makes for HTTP/1 requests (independent shares
+    /// stay independent, consistent sampling without its header still takes subsets).
+    pub fn new(
+        policy: Arc<Policy>,
+        mirror: usize,
+        decided: Arc<MirrorCounters>,
+        seed: u64,
+    ) -> H2cMirror {
+        H2cMirror {
+            rule: Arc::new(Mutex::new(Rule { policy, mirror })),
+            decided,
+            seed,
+        }
+    }
+
+    /// A reload's policy, for the streams whose head comes from now on.
+    pub fn set_policy(&self, policy: Arc<Policy>, mirror: usize) {
+        *self.lock() = Rule { policy, mirror };
+    }
+
+    fn rule(&self) -> Rule {
+        self.lock().clone()
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Rule> {
+        // An assignment cannot leave the rule half-changed.
+        self.rule
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    fn coin(&self, client: SocketAddr) -> Coin {
+        Coin::new(self.seed ^ consistent_hash(client.to_string().as_bytes()))
+    }
+}
 
 /// A stream sent to v2 whose request is not complete yet.
 struct Open {
@@ -59,12 +117,13 @@ pub(super) async fn run(
     mut queue: mpsc::Receiver<Piece>,
     cancel: Cancel,
     client: SocketAddr,
-    rewrite: HostRewrite,
+    mirror: H2cMirror,
     shared: Arc<Shared>,
 ) {
     let mut replay = Replay {
         core: ClientStream::new(H2Config::default()),
-        rewrite,
+        coin: mirror.coin(client),
+        mirror,
         scratch: BytesMut::new(),
         upstream: None,
         unreachable: None,
@@ -104,7 +163,8 @@ pub(super) async fn run(
 
 struct Replay {
     core: ClientStream,
-    rewrite: HostRewrite,
+    mirror: H2cMirror,
+    coin: Coin,
     scratch: BytesMut,
     upstream: Option<Upstream>,
     /// Why v2 could not be reached, once that happened: later streams drop at once.
@@ -124,7 +184,9 @@ impl Replay {
                 mut fields,
                 end_stream,
             } => {
-                rewrite_authority(&mut fields, &self.rewrite, &mut self.scratch);
+                if !self.take(&mut fields) {
+                    return;
+                }
                 let ticket = Ticket::issue(&self.shared.stats, None, self.client, &Bytes::new());
                 let Some(request) = request(&fields) else {
                     // Not expressible as a request (pseudo-headers missing or unknown).
@@ -209,6 +271,35 @@ impl Replay {
                     open.send.send_reset(Reason::CANCEL);
                     open.ticket.end(Outcome::Dropped(DropReason::Aborted));
                 }
+            }
+        }
+    }
+
+    /// Whether this mirror takes the stream (counted either way); if so, its head rewritten.
+    fn take(&mut self, fields: &mut Vec<Field>) -> bool {
+        let rule = self.mirror.rule();
+        let mut verdict = Verdict::NotMatched;
+        rule.policy
+            .decide_request(&fields[..], &mut self.coin, |i, v| {
+                if i == rule.mirror {
+                    verdict = v;
+                }
+            });
+        let decided = &self.mirror.decided;
+        let rewrite = rule.policy.mirrors.get(rule.mirror).map(|m| &m.rewrite);
+        match (verdict, rewrite) {
+            (Verdict::Take, Some(rewrite)) => {
+                decided.requests_mirrored.fetch_add(1, Relaxed);
+                rewrite_stream(fields, rewrite, &mut self.scratch);
+                true
+            }
+            (Verdict::SampledOut, _) => {
+                decided.requests_sampled_out.fetch_add(1, Relaxed);
+                false
+            }
+            _ => {
+                decided.requests_not_matched.fetch_add(1, Relaxed);
+                false
             }
         }
     }
@@ -379,16 +470,23 @@ fn header_map(fields: &[Field]) -> http::HeaderMap {
 
 #[cfg(test)]
 mod tests {
-    use std::sync::{atomic::Ordering::Relaxed, Mutex};
+    use std::sync::{
+        atomic::{AtomicU64, Ordering::Relaxed},
+        Mutex,
+    };
 
     use mirror_cores::{flow::FlowKey, pipeline::Event};
     use tokio::net::TcpListener;
 
     use super::*;
     use crate::relay::{Relay, RelayConfig, RelayStats};
+    use mirror_cores::{
+        policy::{HeaderModifier, MirrorRewrite, MirrorRule, PathMatch, RequestMatch, Share},
+        rewrite::HostRewrite,
+    };
 
-    /// What the loopback v2 got per stream: `:authority`, path, body.
-    type Got = Arc<Mutex<Vec<(String, String, Vec<u8>)>>>;
+    /// What the loopback v2 got per stream: `:authority`, path, its `x-mirror` fields, body.
+    type Got = Arc<Mutex<Vec<(String, String, Vec<String>, Vec<u8>)>>>;
 
     /// An HTTP/2 v2 on loopback that answers each stream with `status` once its body is in,
     /// or resets streams whose path is `/reset`.
@@ -409,6 +507,12 @@ mod tests {
                         tokio::spawn(async move {
                             let authority = request.uri().authority().unwrap().to_string();
                             let path = request.uri().path().to_owned();
+                            let tags = request
+                                .headers()
+                                .get_all("x-mirror")
+                                .iter()
+                                .map(|v| v.to_str().unwrap().to_owned())
+                                .collect();
                             if path == "/reset" {
                                 respond.send_reset(Reason::REFUSED_STREAM);
                                 return;
@@ -419,7 +523,7 @@ mod tests {
                                 let _ = body.flow_control().release_capacity(chunk.len());
                                 bytes.extend_from_slice(&chunk);
                             }
-                            record.lock().unwrap().push((authority, path, bytes));
+                            record.lock().unwrap().push((authority, path, tags, bytes));
                             let response =
                                 http::Response::builder().status(status).body(()).unwrap();
                             let _ = respond.send_response(response, true);
@@ -470,13 +574,36 @@ mod tests {
         out
     }
 
+    /// A policy of one mirror that takes every stream.
+    fn h2c_mirror(rewrite: MirrorRewrite) -> H2cMirror {
+        let policy = Policy {
+            matches: vec![],
+            sampling: Default::default(),
+            mirrors: vec![MirrorRule {
+                share: Share::ALL,
+                rewrite,
+            }],
+        };
+        H2cMirror::new(Arc::new(policy), 0, Arc::default(), 0)
+    }
+
     fn h2c_relay(addr: SocketAddr) -> Relay {
+        relay_for(
+            addr,
+            h2c_mirror(MirrorRewrite {
+                host: HostRewrite::Suffix("-shadow".into()),
+                headers: Default::default(),
+            }),
+        )
+    }
+
+    fn relay_for(addr: SocketAddr, mirror: H2cMirror) -> Relay {
         Relay::new(RelayConfig {
             shadow: addr.to_string(),
             connect_timeout: Duration::from_millis(500),
             // Generous: a loaded machine must not turn a slow answer into a failed test.
             response_timeout: Duration::from_secs(10),
-            h2c: Some(HostRewrite::Suffix("-shadow".into())),
+            h2c: Some(mirror),
             ..RelayConfig::default()
         })
     }
@@ -526,7 +653,12 @@ mod tests {
         let mut got = got.lock().unwrap().clone();
         got.sort();
         let want = |path: &str, body: &[u8]| {
-            ("api-shadow:8080".to_owned(), path.to_owned(), body.to_vec())
+            (
+                "api-shadow:8080".to_owned(),
+                path.to_owned(),
+                vec![],
+                body.to_vec(),
+            )
         };
         assert_eq!(
             got,
@@ -563,5 +695,72 @@ mod tests {
         assert_eq!(stats.dropped_count(DropReason::ShadowDown), 2);
         assert_eq!(stats.pending(), 0);
         relay.shutdown(Duration::from_secs(1)).await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn streams_are_matched_sampled_and_modified_one_by_one() {
+        let (addr, got) = v2(200).await;
+        let kept = RequestMatch {
+            path: Some(PathMatch::prefix("/kept").unwrap()),
+            ..RequestMatch::default()
+        };
+        let set =
+            HeaderModifier::new(vec![("X-Mirror".into(), "v2".into())], vec![], vec![]).unwrap();
+        let rule = |share| MirrorRule {
+            share,
+            rewrite: MirrorRewrite {
+                host: HostRewrite::Keep,
+                headers: set.clone(),
+            },
+        };
+        let policy = Arc::new(Policy {
+            matches: vec![kept],
+            sampling: Default::default(),
+            mirrors: vec![rule(Share::ALL), rule(Share::percent(0.0).unwrap())],
+        });
+        let decided: Vec<Arc<MirrorCounters>> = vec![Arc::default(), Arc::default()];
+        let bytes = client_bytes(&[
+            ("/kept/a", b""),
+            ("/other", b"not sent"),
+            ("/kept/b", b"body"),
+            ("/keptx", b""),
+        ]);
+        let mut all_stats = Vec::new();
+        for (i, counters) in decided.iter().enumerate() {
+            let mirror = H2cMirror::new(Arc::clone(&policy), i, Arc::clone(counters), 9);
+            let mut relay = relay_for(addr, mirror);
+            let stats = relay.stats();
+            send(&mut relay, &bytes, 50);
+            if i == 0 {
+                settle(&stats, 2).await;
+            }
+            relay.shutdown(Duration::from_secs(2)).await;
+            all_stats.push(stats);
+        }
+        let load = |c: &AtomicU64| c.load(Relaxed);
+        let counts = |c: &MirrorCounters| {
+            (
+                load(&c.requests_mirrored),
+                load(&c.requests_sampled_out),
+                load(&c.requests_not_matched),
+            )
+        };
+        // The matched streams taken by the 100 % mirror, left out by the 0 % one; the
+        // other two not matched by either.
+        assert_eq!(counts(&decided[0]), (2, 0, 2));
+        assert_eq!(counts(&decided[1]), (0, 2, 2));
+        assert_eq!(all_stats[0].requests.load(Relaxed), 2);
+        assert_eq!(all_stats[0].answered_class(2), 2);
+        assert_eq!(all_stats[1].requests.load(Relaxed), 0);
+        let mut got = got.lock().unwrap().clone();
+        got.sort();
+        let tag = vec!["v2".to_owned()];
+        assert_eq!(
+            got,
+            [
+                ("api:8080".into(), "/kept/a".into(), tag.clone(), vec![]),
+                ("api:8080".into(), "/kept/b".into(), tag, b"body".to_vec()),
+            ]
+        );
     }
 }
