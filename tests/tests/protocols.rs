@@ -676,10 +676,22 @@ fn h2c_streams_are_matched_sampled_and_modified_one_by_one() {
     };
     assert_eq!(decided(8080, "requests_mirrored"), kept as u64, "{summary}");
     assert_eq!(decided(8080, "requests_sampled_out"), 0, "{summary}");
-    assert_eq!(decided(8080, "requests_not_matched"), unmatched, "{summary}");
+    assert_eq!(
+        decided(8080, "requests_not_matched"),
+        unmatched,
+        "{summary}"
+    );
     assert_eq!(decided(8081, "requests_mirrored"), 0, "{summary}");
-    assert_eq!(decided(8081, "requests_sampled_out"), kept as u64, "{summary}");
-    assert_eq!(decided(8081, "requests_not_matched"), unmatched, "{summary}");
+    assert_eq!(
+        decided(8081, "requests_sampled_out"),
+        kept as u64,
+        "{summary}"
+    );
+    assert_eq!(
+        decided(8081, "requests_not_matched"),
+        unmatched,
+        "{summary}"
+    );
     relay_conserved(&summary).expect("conservation");
     let relayed = |backend: u16, name: &str| {
         mirror_counter(&summary, "relay", &format!("h2/{v2}:{backend}"), name)

@@ -21,6 +21,7 @@
 mod authority;
 mod connection;
 pub mod frame;
+pub mod grpc;
 mod policy;
 
 pub use authority::rewrite_authority;
