@@ -4,21 +4,23 @@
 //! and fields, the mirror's share per stream) and, if taken, rewritten (`hostRewrite` on
 //! `:authority`, `requestHeaderModifier` on the fields) and replayed as a stream of the
 //! agent's own HTTP/2 connection to v2 (the `h2` crate). Every stream taken is one request
-//! with one outcome: answered by v2's status class, unanswered, or dropped by reason. Bodies
-//! are sent as v2's flow-control window opens, never buffered beyond the in-flight budget.
+//! with one outcome: answered by v2's status class, unanswered, or dropped by reason; a gRPC
+//! call is also counted under its method (`grpc_methods`), and its `grpc-timeout` bounds how
+//! long v2's answer is waited for. Bodies are sent as v2's flow-control window opens, never
+//! buffered beyond the in-flight budget.
 
 use std::{
     collections::HashMap,
     future::poll_fn,
     net::SocketAddr,
     sync::{atomic::Ordering::Relaxed, Arc, Mutex},
-    time::Duration,
+    time::{Duration, Instant},
 };
 
 use bytes::{Bytes, BytesMut};
 use h2::{client::ResponseFuture, Reason, SendStream};
 use mirror_cores::{
-    http2::{rewrite_stream, ClientStream, Field, H2Config, H2Event},
+    http2::{grpc, rewrite_stream, ClientStream, Field, H2Config, H2Event},
     policy::{consistent_hash, Coin, Policy, Verdict},
 };
 use tokio::{
@@ -29,7 +31,8 @@ use tokio::{
 
 use super::{
     conn::Slot,
-    stats::{DropReason, Outcome, Unanswered},
+    grpc_methods::CallEnd,
+    stats::{DropReason, Outcome, RelayStats, Unanswered},
     stream::{Cancel, Piece},
     ticket::Ticket,
     Shared,
@@ -93,9 +96,75 @@ impl H2cMirror {
 
 /// A stream sent to v2 whose request is not complete yet.
 struct Open {
-    ticket: Ticket,
+    call: Call,
     send: SendStream<Bytes>,
     response: ResponseFuture,
+}
+
+/// One stream this mirror took: its ticket and, for a gRPC call, what is counted of it and
+/// the deadline its client set.
+struct Call {
+    ticket: Ticket,
+    grpc: Option<GrpcCall>,
+    /// When the client's `grpc-timeout` runs out.
+    deadline: Option<Instant>,
+}
+
+/// A gRPC call's count under its method: made once, when it is dropped, with the end it was
+/// given (`NoStatus` unless v2 answered with a `grpc-status`), so no exit misses it.
+struct GrpcCall {
+    stats: Arc<RelayStats>,
+    method: Option<Box<str>>,
+    end: CallEnd,
+}
+
+impl Drop for GrpcCall {
+    fn drop(&mut self) {
+        self.stats
+            .grpc_methods
+            .count(self.method.as_deref(), self.end);
+    }
+}
+
+impl Call {
+    fn new(fields: &[Field], client: SocketAddr, stats: &Arc<RelayStats>) -> Call {
+        let ticket = Ticket::issue(stats, None, client, &Bytes::new());
+        if !grpc::is_grpc(fields) {
+            return Call {
+                ticket,
+                grpc: None,
+                deadline: None,
+            };
+        }
+        let deadline = match grpc::grpc_timeout(fields) {
+            Ok(timeout) => timeout.and_then(|t| Instant::now().checked_add(t)),
+            Err(grpc::BadTimeout) => {
+                stats.grpc_timeout_invalid.fetch_add(1, Relaxed);
+                None
+            }
+        };
+        Call {
+            ticket,
+            grpc: Some(GrpcCall {
+                stats: Arc::clone(stats),
+                method: grpc::grpc_method(fields).map(Into::into),
+                end: CallEnd::NoStatus,
+            }),
+            deadline,
+        }
+    }
+
+    fn end(self, outcome: Outcome) {
+        self.ticket.end(outcome);
+    }
+
+    /// How long v2's answer is waited for: the response timeout, or less if the client's
+    /// deadline comes first.
+    fn wait(&self, response_timeout: Duration) -> Duration {
+        self.deadline.map_or(response_timeout, |deadline| {
+            response_timeout.min(deadline.saturating_duration_since(Instant::now()))
+        })
+    }
 }
 
 /// The agent's connection to v2 for one client connection.
@@ -156,7 +225,7 @@ pub(super) async fn run(
     };
     for (_, mut open) in replay.open.drain() {
         open.send.send_reset(Reason::CANCEL);
-        open.ticket.end(Outcome::Dropped(reason));
+        open.call.end(Outcome::Dropped(reason));
     }
     while replay.answers.join_next().await.is_some() {}
 }
@@ -187,16 +256,16 @@ impl Replay {
                 if !self.take(&mut fields) {
                     return;
                 }
-                let ticket = Ticket::issue(&self.shared.stats, None, self.client, &Bytes::new());
+                let call = Call::new(&fields, self.client, &self.shared.stats);
                 let Some(request) = request(&fields) else {
                     // Not expressible as a request (pseudo-headers missing or unknown).
-                    ticket.end(Outcome::Unanswered(Unanswered::Malformed));
+                    call.end(Outcome::Unanswered(Unanswered::Malformed));
                     return;
                 };
                 let sender = match self.sender().await {
                     Ok(sender) => sender,
                     Err(reason) => {
-                        ticket.end(Outcome::Dropped(reason));
+                        call.end(Outcome::Dropped(reason));
                         return;
                     }
                 };
@@ -205,11 +274,11 @@ impl Replay {
                     Ok(Ok(sender)) => sender,
                     Ok(Err(_)) => {
                         self.upstream = None;
-                        ticket.end(Outcome::Unanswered(Unanswered::Closed));
+                        call.end(Outcome::Unanswered(Unanswered::Closed));
                         return;
                     }
                     Err(_) => {
-                        ticket.end(Outcome::Unanswered(Unanswered::Timeout));
+                        call.end(Outcome::Unanswered(Unanswered::Timeout));
                         return;
                     }
                 };
@@ -218,14 +287,14 @@ impl Replay {
                         self.open.insert(
                             stream,
                             Open {
-                                ticket,
+                                call,
                                 send,
                                 response,
                             },
                         );
                     }
-                    Ok((response, _)) => self.answer(response, ticket),
-                    Err(error) => ticket.end(Outcome::Unanswered(failed(&error))),
+                    Ok((response, _)) => self.answer(response, call),
+                    Err(error) => call.end(Outcome::Unanswered(failed(&error))),
                 }
             }
             H2Event::Data {
@@ -239,13 +308,13 @@ impl Replay {
                 if let Err(outcome) = send_all(&mut open.send, data, end_stream, timeout).await {
                     if let Some(mut open) = self.open.remove(&stream) {
                         open.send.send_reset(Reason::CANCEL);
-                        open.ticket.end(outcome);
+                        open.call.end(outcome);
                     }
                     return;
                 }
                 if end_stream {
                     if let Some(open) = self.open.remove(&stream) {
-                        self.answer(open.response, open.ticket);
+                        self.answer(open.response, open.call);
                     }
                 }
             }
@@ -254,14 +323,14 @@ impl Replay {
                     return;
                 };
                 match open.send.send_trailers(header_map(&fields)) {
-                    Ok(()) => self.answer(open.response, open.ticket),
-                    Err(error) => open.ticket.end(Outcome::Unanswered(failed(&error))),
+                    Ok(()) => self.answer(open.response, open.call),
+                    Err(error) => open.call.end(Outcome::Unanswered(failed(&error))),
                 }
             }
             H2Event::Abort { stream, .. } => {
                 if let Some(mut open) = self.open.remove(&stream) {
                     open.send.send_reset(Reason::CANCEL);
-                    open.ticket.end(Outcome::Dropped(DropReason::Aborted));
+                    open.call.end(Outcome::Dropped(DropReason::Aborted));
                 }
             }
             H2Event::Stopped(reason) => {
@@ -269,7 +338,7 @@ impl Replay {
                 self.shared.stats.count_h2c_stopped();
                 for (_, mut open) in self.open.drain() {
                     open.send.send_reset(Reason::CANCEL);
-                    open.ticket.end(Outcome::Dropped(DropReason::Aborted));
+                    open.call.end(Outcome::Dropped(DropReason::Aborted));
                 }
             }
         }
@@ -334,24 +403,34 @@ impl Replay {
         Ok(sender)
     }
 
-    /// Waits for v2's answer to a complete request on a task of its own.
-    fn answer(&mut self, response: ResponseFuture, ticket: Ticket) {
-        let timeout = self.shared.config.response_timeout;
+    /// Waits for v2's answer to a complete request on a task of its own, within the
+    /// response timeout and the client's gRPC deadline.
+    fn answer(&mut self, response: ResponseFuture, mut call: Call) {
+        let timeout = call.wait(self.shared.config.response_timeout);
         let stats = Arc::clone(&self.shared.stats);
         self.answers.spawn(async move {
             let outcome = match tokio::time::timeout(timeout, read_response(response)).await {
                 Ok(Ok((status, grpc))) => {
-                    match grpc {
-                        Some(true) => stats.grpc_ok.fetch_add(1, Relaxed),
-                        Some(false) => stats.grpc_error.fetch_add(1, Relaxed),
-                        None => 0,
+                    let end = match grpc {
+                        Some(true) => {
+                            stats.grpc_ok.fetch_add(1, Relaxed);
+                            CallEnd::Ok
+                        }
+                        Some(false) => {
+                            stats.grpc_error.fetch_add(1, Relaxed);
+                            CallEnd::Error
+                        }
+                        None => CallEnd::NoStatus,
                     };
+                    if let Some(counted) = &mut call.grpc {
+                        counted.end = end;
+                    }
                     Outcome::Answered(status)
                 }
                 Ok(Err(error)) => Outcome::Unanswered(failed(&error)),
                 Err(_) => Outcome::Unanswered(Unanswered::Timeout),
             };
-            ticket.end(outcome);
+            call.end(outcome);
         });
     }
 }
@@ -489,7 +568,9 @@ mod tests {
     type Got = Arc<Mutex<Vec<(String, String, Vec<String>, Vec<u8>)>>>;
 
     /// An HTTP/2 v2 on loopback that answers each stream with `status` once its body is in,
-    /// or resets streams whose path is `/reset`.
+    /// or resets streams whose path is `/reset`. gRPC calls get trailers with `grpc-status`
+    /// 3 if their method is `Fail`, 0 otherwise; streams whose path is `/slow` are answered
+    /// after 3 s.
     async fn v2(status: u16) -> (SocketAddr, Got) {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
@@ -517,16 +598,29 @@ mod tests {
                                 respond.send_reset(Reason::REFUSED_STREAM);
                                 return;
                             }
+                            let is_grpc = request.headers().contains_key("content-type");
                             let mut body = request.into_body();
                             let mut bytes = Vec::new();
                             while let Some(Ok(chunk)) = body.data().await {
                                 let _ = body.flow_control().release_capacity(chunk.len());
                                 bytes.extend_from_slice(&chunk);
                             }
+                            let failed = path.ends_with("/Fail");
+                            if path == "/slow" {
+                                tokio::time::sleep(Duration::from_secs(3)).await;
+                            }
                             record.lock().unwrap().push((authority, path, tags, bytes));
                             let response =
                                 http::Response::builder().status(status).body(()).unwrap();
-                            let _ = respond.send_response(response, true);
+                            let Ok(mut sending) = respond.send_response(response, !is_grpc) else {
+                                return;
+                            };
+                            if is_grpc {
+                                let mut trailers = http::HeaderMap::new();
+                                let code = if failed { "3" } else { "0" };
+                                trailers.insert("grpc-status", code.parse().unwrap());
+                                let _ = sending.send_trailers(trailers);
+                            }
                         });
                     }
                 });
@@ -538,6 +632,15 @@ mod tests {
     /// A client connection's bytes: the preface, then each request as HPACK-encoded HEADERS
     /// (with END_STREAM when it has no body) and its body in DATA frames of 16 KiB.
     fn client_bytes(requests: &[(&str, &[u8])]) -> Vec<u8> {
+        let plain: Vec<(&str, &[(&str, &str)], &[u8])> = requests
+            .iter()
+            .map(|&(path, body)| (path, &[][..], body))
+            .collect();
+        client_bytes_with(&plain)
+    }
+
+    /// [`client_bytes`], each request's head with these fields after its pseudo-headers.
+    fn client_bytes_with(requests: &[(&str, &[(&str, &str)], &[u8])]) -> Vec<u8> {
         use mirror_cores::http2::frame::{FrameHeader, DATA, END_HEADERS, END_STREAM, HEADERS};
         let frame = |kind, flags, stream, payload: &[u8]| {
             let mut out = FrameHeader {
@@ -553,14 +656,15 @@ mod tests {
         };
         let mut encoder = loona_hpack::Encoder::new();
         let mut out = mirror_cores::http2::frame::PREFACE.to_vec();
-        for (i, (path, body)) in requests.iter().enumerate() {
+        for (i, (path, extra, body)) in requests.iter().enumerate() {
             let stream = 2 * i as u32 + 1;
-            let fields: [(&[u8], &[u8]); 4] = [
+            let mut fields: Vec<(&[u8], &[u8])> = vec![
                 (b":method", b"POST"),
                 (b":scheme", b"http"),
                 (b":authority", b"api:8080"),
                 (b":path", path.as_bytes()),
             ];
+            fields.extend(extra.iter().map(|(n, v)| (n.as_bytes(), v.as_bytes())));
             let block = encoder.encode(fields);
             let end = if body.is_empty() { END_STREAM } else { 0 };
             out.extend(frame(HEADERS, END_HEADERS | end, stream, &block));
@@ -762,5 +866,66 @@ mod tests {
                 ("api:8080".into(), "/kept/b".into(), tag, b"body".to_vec()),
             ]
         );
+    }
+
+    const GRPC: (&str, &str) = ("content-type", "application/grpc");
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn grpc_calls_are_counted_per_method() {
+        use crate::relay::grpc_methods::OTHER;
+        let (addr, _) = v2(200).await;
+        let mut relay = h2c_relay(addr);
+        let stats = relay.stats();
+        let message: &[u8] = b"\0\0\0\0\x01x";
+        let bytes = client_bytes_with(&[
+            ("/s.S/A", &[GRPC], message),
+            ("/s.S/A", &[GRPC], b""),
+            ("/s.S/Fail", &[GRPC], message),
+            ("/a/b/c", &[GRPC], message),
+            ("/plain", &[], b""),
+        ]);
+        send(&mut relay, &bytes, 64);
+        settle(&stats, 5).await;
+        assert_eq!(stats.answered_class(2), 5);
+        let m = &stats.grpc_methods;
+        assert_eq!(m.calls("/s.S/A", CallEnd::Ok), 2);
+        assert_eq!(m.calls("/s.S/Fail", CallEnd::Error), 1);
+        // Not a `/Service/Method` path: under `other`. The plain stream is no gRPC call.
+        assert_eq!(m.calls(OTHER, CallEnd::Ok), 1);
+        let mut total = 0;
+        m.visit(&mut |s| total += s.value);
+        assert_eq!(total, 4);
+        assert_eq!(
+            (stats.grpc_ok.load(Relaxed), stats.grpc_error.load(Relaxed)),
+            (3, 1)
+        );
+        relay.shutdown(Duration::from_secs(1)).await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_grpc_timeout_bounds_the_wait_for_the_answer() {
+        use crate::relay::grpc_methods::OTHER;
+        let (addr, _) = v2(200).await;
+        // A 10 s response timeout: only the client's 200 ms deadline can end the first call
+        // before v2 answers it at 3 s.
+        let mut relay = h2c_relay(addr);
+        let stats = relay.stats();
+        let bytes = client_bytes_with(&[
+            ("/slow", &[GRPC, ("grpc-timeout", "200m")], b""),
+            ("/slow", &[GRPC, ("grpc-timeout", "soon")], b""),
+        ]);
+        send(&mut relay, &bytes, 1000);
+        settle(&stats, 2).await;
+        assert_eq!(stats.unanswered_count(Unanswered::Timeout), 1);
+        assert_eq!(
+            stats.answered_class(2),
+            1,
+            "the bad grpc-timeout is ignored"
+        );
+        assert_eq!(stats.grpc_timeout_invalid.load(Relaxed), 1);
+        let m = &stats.grpc_methods;
+        assert_eq!(m.calls(OTHER, CallEnd::NoStatus), 1);
+        assert_eq!(m.calls(OTHER, CallEnd::Ok), 1);
+        relay.shutdown(Duration::from_secs(1)).await;
     }
 }

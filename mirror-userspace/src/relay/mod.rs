@@ -11,6 +11,7 @@
 
 mod conn;
 mod flow;
+mod grpc_methods;
 mod h2c;
 mod limits;
 mod pool;
