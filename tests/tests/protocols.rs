@@ -859,6 +859,33 @@ fn grpc_unary_and_client_streaming_calls_reach_v2_with_identical_messages() {
         "{summary}"
     );
     assert_eq!(agent_counter(&summary, "grpc_error"), 1, "{summary}");
+    // Per method, what v2 received: each method's calls counted under its name.
+    let mirror = format!("grpc/{}:50051", scenario.v2.ipv4());
+    let received = |method: &str| {
+        let tag = format!("\"method\": \"{method}\"");
+        grpc_calls(&v2_calls)
+            .iter()
+            .filter(|c| c.contains(&tag))
+            .count() as u64
+    };
+    let methods = [("Unary", "ok"), ("Upload", "ok"), ("Fail", "error")];
+    let all: u64 = methods.iter().map(|(m, _)| received(m)).sum();
+    assert_eq!(all, calls as u64, "every call at v2 has one of the methods");
+    for (method, kind) in methods {
+        let label = format!("/mirror.Test/{method},{mirror}");
+        let counted = |name: &str| mirror_counter(&summary, "relay", &label, name);
+        assert_eq!(counted("grpc_calls"), received(method), "{method}: {summary}");
+        assert_eq!(
+            counted(&format!("grpc_calls_{kind}")),
+            received(method),
+            "{method}: {summary}"
+        );
+    }
+    assert_eq!(
+        mirror_counter(&summary, "relay", &format!("other,{mirror}"), "grpc_calls"),
+        0,
+        "{summary}"
+    );
 }
 
 /// One call, then (once `argv[2]` exists) another on the same channel.
