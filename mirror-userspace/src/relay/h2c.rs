@@ -632,15 +632,18 @@ mod tests {
     /// A client connection's bytes: the preface, then each request as HPACK-encoded HEADERS
     /// (with END_STREAM when it has no body) and its body in DATA frames of 16 KiB.
     fn client_bytes(requests: &[(&str, &[u8])]) -> Vec<u8> {
-        let plain: Vec<(&str, &[(&str, &str)], &[u8])> = requests
+        let plain: Vec<Request> = requests
             .iter()
             .map(|&(path, body)| (path, &[][..], body))
             .collect();
         client_bytes_with(&plain)
     }
 
-    /// [`client_bytes`], each request's head with these fields after its pseudo-headers.
-    fn client_bytes_with(requests: &[(&str, &[(&str, &str)], &[u8])]) -> Vec<u8> {
+    /// A request of a test client: path, fields after the pseudo-headers, body.
+    type Request<'a> = (&'a str, &'a [(&'a str, &'a str)], &'a [u8]);
+
+    /// [`client_bytes`], each request's head with its fields after its pseudo-headers.
+    fn client_bytes_with(requests: &[Request]) -> Vec<u8> {
         use mirror_cores::http2::frame::{FrameHeader, DATA, END_HEADERS, END_STREAM, HEADERS};
         let frame = |kind, flags, stream, payload: &[u8]| {
             let mut out = FrameHeader {
