@@ -874,7 +874,11 @@ fn grpc_unary_and_client_streaming_calls_reach_v2_with_identical_messages() {
     for (method, kind) in methods {
         let label = format!("/mirror.Test/{method},{mirror}");
         let counted = |name: &str| mirror_counter(&summary, "relay", &label, name);
-        assert_eq!(counted("grpc_calls"), received(method), "{method}: {summary}");
+        assert_eq!(
+            counted("grpc_calls"),
+            received(method),
+            "{method}: {summary}"
+        );
         assert_eq!(
             counted(&format!("grpc_calls_{kind}")),
             received(method),

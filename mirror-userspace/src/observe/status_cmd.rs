@@ -200,7 +200,11 @@ fn grpc_rows(out: &mut String, r: &Rendering<'_>) {
         return;
     }
     let _ = writeln!(out);
-    let _ = writeln!(out, "{:<28}{:>14}{:>14}", "grpc calls", "total", "per second");
+    let _ = writeln!(
+        out,
+        "{:<28}{:>14}{:>14}",
+        "grpc calls", "total", "per second"
+    );
     for method in label_values(r.after, calls, &[], "method") {
         let by_method = [("method", method)];
         if r.after.sum(calls, &by_method) <= 0.0 {
@@ -470,6 +474,9 @@ mod tests {
             row("  no_status", 3, "3.0"),
         );
         assert!(text.contains(&table), "{text}");
-        assert!(!text.contains("other"), "methods without calls are left out: {text}");
+        assert!(
+            !text.contains("other"),
+            "methods without calls are left out: {text}"
+        );
     }
 }
