@@ -545,4 +545,67 @@ mod tests {
             "{labels:?}"
         );
     }
+
+    /// A client's h2c connection: the preface, then one GET per path, each on its own
+    /// stream, HPACK-encoded with the connection's dynamic table.
+    fn h2c_bytes(paths: &[&str]) -> Vec<u8> {
+        use mirror_cores::http2::frame::{FrameHeader, END_HEADERS, END_STREAM, HEADERS, PREFACE};
+        let mut encoder = loona_hpack::Encoder::new();
+        let mut out = PREFACE.to_vec();
+        for (i, path) in paths.iter().enumerate() {
+            let fields: [(&[u8], &[u8]); 4] = [
+                (b":method", b"GET"),
+                (b":scheme", b"http"),
+                (b":authority", b"api"),
+                (b":path", path.as_bytes()),
+            ];
+            let block = encoder.encode(fields);
+            let header = FrameHeader {
+                len: block.len() as u32,
+                kind: HEADERS,
+                flags: END_HEADERS | END_STREAM,
+                stream: 2 * i as u32 + 1,
+            };
+            out.extend_from_slice(&header.encode());
+            out.extend_from_slice(&block);
+        }
+        out
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_reload_changes_what_an_h2c_mirror_takes_from_the_next_stream_on() {
+        let h2 = |path: &str| {
+            let text = format!(
+                "interfaces: [lo]\npolicies:\n- name: h2\n  target: {{address: 10.0.0.2, port: 80}}\n  protocol: http2\n  matches: [{{path: {{type: PathPrefix, value: {path}}}}}]\n  mirrors:\n  - backend: 127.0.0.1:1\n"
+            );
+            parse(&text, "t").unwrap()
+        };
+        let mut d = Dispatcher::new(&h2("/a"), RelayConfig::default(), 0, Duration::from_secs(2));
+        let connection = |d: &mut Dispatcher, port: u16, paths: &[&str]| {
+            d.handle(Event::StreamData {
+                flow: flow(port),
+                data: Bytes::from(h2c_bytes(paths)),
+            });
+            d.handle(Event::FlowEnd {
+                flow: flow(port),
+                reason: EndReason::Fin,
+            });
+        };
+        connection(&mut d, 1000, &["/a", "/b"]);
+        // The same mirror (same policy name and backend) keeps its relay, with the new rule.
+        d.reconfigure(&h2("/b"));
+        connection(&mut d, 1001, &["/b", "/b", "/a"]);
+        let stats = d.stats();
+        d.shutdown(Duration::from_secs(2)).await;
+        let mut decided = HashMap::new();
+        super::super::mirror_stats::PolicySource(stats).visit(&mut |s| {
+            if !s.labels.is_empty() {
+                decided.insert(s.name, s.value);
+            }
+        });
+        // Before the reload /a taken, /b not; after it, the other way round.
+        assert_eq!(decided["requests_mirrored"], 1 + 2, "{decided:?}");
+        assert_eq!(decided["requests_not_matched"], 1 + 1, "{decided:?}");
+        assert_eq!(decided["requests_sampled_out"], 0, "{decided:?}");
+    }
 }

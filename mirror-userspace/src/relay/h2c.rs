@@ -73,7 +73,8 @@ impl H2cMirror {
         }
     }
 
-    /// A reload's policy, for the streams whose head comes from now on.
+    /// A reload's policy, for every stream whose head the relay decodes from now on (bytes
+    /// already queued when the reload came included): a long-lived channel follows reloads.
     pub fn set_policy(&self, policy: Arc<Policy>, mirror: usize) {
         *self.lock() = Rule { policy, mirror };
     }
