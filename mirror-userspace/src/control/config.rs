@@ -365,7 +365,21 @@ fn build_policy(
     let protocol = match &p.protocol {
         None => Protocol::Http,
         Some(proto) if proto.value == ProtocolEntry::Http => Protocol::Http,
-        Some(proto) if proto.value == ProtocolEntry::Http2 => Protocol::Http2,
+        Some(proto) if proto.value == ProtocolEntry::Http2 => {
+            for (m, rule) in p.mirrors.iter().zip(&mirrors) {
+                if let Some(name) = mirror_cores::http2::forbidden_field(&rule.rewrite.headers) {
+                    return Err(check.invalid(
+                        At::from(m),
+                        "requestHeaderModifier",
+                        format!(
+                            "{name:?} is a connection-specific field, which an HTTP/2 request \
+                             must not carry (RFC 9113 section 8.2.2)"
+                        ),
+                    ));
+                }
+            }
+            Protocol::Http2
+        }
         Some(proto) => {
             check_raw_tcp(p).map_err(|key| {
                 check.invalid(

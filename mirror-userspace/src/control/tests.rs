@@ -216,6 +216,9 @@ fn http2_policies_take_matches_sampling_and_modifiers() {
     ] {
         assert!(text.contains(want), "{want}: {text}");
     }
+    let forbidden = h2.replace("name: x-mirrored", "name: Connection");
+    let error = refused(&forbidden).to_string();
+    assert!(error.contains("connection-specific"), "{error}");
 }
 
 /// A Service target as the ConfigMap in deploy/ writes it.

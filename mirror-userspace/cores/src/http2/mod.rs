@@ -26,7 +26,7 @@ mod policy;
 
 pub use authority::rewrite_authority;
 pub use connection::ClientStream;
-pub use policy::{modify, rewrite_stream};
+pub use policy::{forbidden_field, modify, rewrite_stream};
 
 use bytes::Bytes;
 

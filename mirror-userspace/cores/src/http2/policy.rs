@@ -38,6 +38,25 @@ fn pseudo<'f>(fields: &'f [Field], name: &[u8]) -> &'f [u8] {
         .map_or(&[], |f| &f.value[..])
 }
 
+/// Connection-specific fields, which an HTTP/2 request must not carry (RFC 9113 section
+/// 8.2.2); `te` is allowed with the value `trailers` only.
+const CONNECTION_SPECIFIC: [&str; 4] = ["connection", "proxy-connection", "keep-alive", "upgrade"];
+
+/// The first field a modifier would set or add that HTTP/2 forbids: v2's HTTP/2 stack would
+/// refuse every stream carrying it, so a config naming one is refused instead.
+pub fn forbidden_field(mods: &HeaderModifier) -> Option<&str> {
+    mods.set()
+        .iter()
+        .chain(mods.add())
+        .find(|(name, value)| {
+            CONNECTION_SPECIFIC
+                .iter()
+                .any(|c| c.eq_ignore_ascii_case(name))
+                || (name.eq_ignore_ascii_case("te") && value != "trailers")
+        })
+        .map(|(name, _)| name.as_str())
+}
+
 /// Everything one mirror changes in a stream's head: `:authority` (and `host`) by its host
 /// rule, then its header modifier.
 pub fn rewrite_stream(fields: &mut Vec<Field>, rewrite: &MirrorRewrite, scratch: &mut BytesMut) {
@@ -244,6 +263,20 @@ mod tests {
                 "accept: text/plain",
             ]
         );
+        let pairs = |list: &[(&str, &str)]| -> Vec<(String, String)> {
+            list.iter()
+                .map(|(n, v)| ((*n).to_owned(), (*v).to_owned()))
+                .collect()
+        };
+        for (set, forbidden) in [
+            (&[("Connection", "close")][..], Some("Connection")),
+            (&[("te", "gzip")], Some("te")),
+            (&[("te", "trailers")], None),
+            (&[("x-a", "1"), ("Upgrade", "h2c")], Some("Upgrade")),
+        ] {
+            let mods = HeaderModifier::new(pairs(set), vec![], vec![]).unwrap();
+            assert_eq!(forbidden_field(&mods), forbidden, "{set:?}");
+        }
         let untouched = head("GET", "/", &[("a", "1")]);
         let mut same = untouched.clone();
         modify(&mut same, &HeaderModifier::default());
