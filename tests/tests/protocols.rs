@@ -15,7 +15,7 @@ use std::{
 };
 
 use mirror_tests::{
-    agent::{counter, mirror_counter, relay_conserved, Agent},
+    agent::{counter, mirror_binary, mirror_counter, relay_conserved, Agent},
     ensure_venv, require_root,
     scenario::{Scenario, READY, VIP},
     Host, Process, Sink,
@@ -835,7 +835,25 @@ fn grpc_unary_and_client_streaming_calls_reach_v2_with_identical_messages() {
         std::thread::sleep(Duration::from_millis(100));
     }
     std::thread::sleep(Duration::from_secs(1));
+    // `mirror status` on the node, as a person runs it: a row per method, failures below.
+    let mirror = mirror_binary().expect("mirror").display().to_string();
+    let status = scenario
+        .testbed
+        .node()
+        .exec_ok(&[&mirror[..], "status", "--interval-secs", "0.2"])
+        .expect("mirror status");
     let summary = agent.stop(libc::SIGTERM).expect("stop");
+    let row = |label: &str, n: u64| format!("\n{label:<28}{n:>14}");
+    for (label, n) in [
+        ("grpc calls", None),
+        ("/mirror.Test/Unary", Some(5)),
+        ("/mirror.Test/Upload", Some(1)),
+        ("/mirror.Test/Fail", Some(1)),
+        ("  error", Some(1)),
+    ] {
+        let want = n.map_or(format!("\n{label}"), |n| row(label, n));
+        assert!(status.contains(&want), "{want:?} in\n{status}");
+    }
     let at_v1 = grpc_calls(&v1_calls);
     assert_eq!(at_v1.len(), calls);
     assert!(
