@@ -45,7 +45,7 @@ use crate::{
         status::{short_line, status_line},
         Registry,
     },
-    relay::{raise_fd_limit, FdLimitError, Relay, RelayConfig, Shadow},
+    relay::{raise_fd_limit, FdLimitError, H2cMirror, Relay, RelayConfig, Shadow},
     shutdown::shutdown_signal,
 };
 
@@ -263,7 +263,7 @@ impl RunArgs {
             access_log,
             // A connection upgraded to h2c is replayed over HTTP/2 (under a config file,
             // each mirror's relay takes its policy's rule instead).
-            h2c: Some(self.host_rewrite.rewrite()),
+            h2c: Some(H2cMirror::all(self.host_rewrite.rewrite(), self.seed)),
             ..RelayConfig::default()
         }
     }

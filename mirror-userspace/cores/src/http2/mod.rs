@@ -21,10 +21,13 @@
 mod authority;
 mod connection;
 pub mod frame;
+pub mod grpc;
+mod policy;
 mod upgrade;
 
 pub use authority::rewrite_authority;
 pub use connection::ClientStream;
+pub use policy::{forbidden_field, modify, rewrite_stream};
 pub(crate) use upgrade::{asks_only_h2c, settings_well_formed};
 
 use bytes::Bytes;

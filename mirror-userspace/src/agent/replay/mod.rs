@@ -46,7 +46,7 @@ use crate::{
     capture::{packet, pcap, record, target::Target},
     control,
     observe::{status::status_line, Registry, Source},
-    relay::{raise_fd_limit, FdLimitError, Relay, RelayConfig},
+    relay::{raise_fd_limit, FdLimitError, H2cMirror, Relay, RelayConfig},
     shutdown::shutdown_signal,
 };
 
@@ -221,7 +221,7 @@ impl ReplayArgs {
             max_inflight_bytes: (self.max_inflight_mib.saturating_mul(1 << 20) / share).max(1),
             response_timeout: Duration::from_millis(self.response_timeout_ms),
             // A connection upgraded to h2c is replayed over HTTP/2.
-            h2c: Some(self.host_rewrite.rewrite()),
+            h2c: Some(H2cMirror::all(self.host_rewrite.rewrite(), self.seed)),
             ..RelayConfig::default()
         }
     }
