@@ -94,6 +94,13 @@ pub struct RunArgs {
     /// is raised to fit.
     #[arg(long, default_value_t = 4096, value_parser = positive::<usize>)]
     pub max_shadow_connections: usize,
+    /// Of those, how many the client connections of one client address (a pod) may hold or
+    /// wait for at once; beyond, that pod's requests are dropped
+    /// (`dropped_source_connections`), no other pod's. Default: a quarter of
+    /// --max-shadow-connections, so that one pod opening many connections leaves the others
+    /// most of the cap.
+    #[arg(long, value_name = "N", value_parser = positive::<usize>)]
+    pub max_shadow_connections_per_source: Option<usize>,
     /// Request pieces queued per client connection before requests are dropped. Generous:
     /// with v1's acknowledgements releasing the client's bytes, an upload arrives in pieces of
     /// a few KiB; the in-flight byte budget (which charges every piece at least 256 bytes) is
@@ -247,12 +254,19 @@ impl RunArgs {
             .unwrap_or(self.max_inflight_mib)
     }
 
+    /// One pod's share of the shadow connections.
+    pub fn max_shadow_connections_per_source(&self) -> usize {
+        self.max_shadow_connections_per_source
+            .unwrap_or((self.max_shadow_connections / 4).max(1))
+    }
+
     /// The relay settings; under a config file, every mirror's (its backend as the shadow).
     pub(super) fn relay_config(&self, access_log: Option<Arc<AccessLog>>) -> RelayConfig {
         RelayConfig {
             shadow: self.shadow.clone().unwrap_or_default(),
             mark: self.shadow_mark,
             max_connections: self.max_shadow_connections,
+            max_connections_per_source: self.max_shadow_connections_per_source(),
             queue_depth: self.shadow_queue,
             max_inflight_bytes: self.max_inflight_mib.saturating_mul(1 << 20),
             max_inflight_bytes_per_source: self

@@ -26,7 +26,7 @@ use tokio::{
 };
 
 use super::{
-    conn::Slot,
+    pool::StreamSlot,
     stats::{DropReason, Outcome, Unanswered},
     stream::{Cancel, Piece},
     ticket::Ticket,
@@ -44,7 +44,7 @@ struct Open {
 struct Upstream {
     sender: h2::client::SendRequest<Bytes>,
     driver: JoinHandle<()>,
-    _slot: Slot,
+    _slot: StreamSlot,
 }
 
 impl Drop for Upstream {
@@ -221,7 +221,7 @@ impl Replay {
         if let Some(upstream) = &self.upstream {
             return Ok(upstream.sender.clone());
         }
-        let (stream, slot) = match self.shared.pool.open_stream().await {
+        let (stream, slot) = match self.shared.pool.open_stream(self.client.ip()).await {
             Ok(opened) => opened,
             Err(reason) => {
                 self.unreachable = Some(reason);

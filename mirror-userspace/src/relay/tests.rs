@@ -839,3 +839,92 @@ async fn a_pod_over_its_byte_share_loses_its_own_requests_only() {
     assert_eq!(relay.shared.budget.used(), 0);
     relay.shutdown(Duration::from_secs(1)).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pod_over_its_connection_share_loses_its_own_requests_only() {
+    let v2 = V2::start(Script::Answer {
+        close_after: None,
+        say_close: false,
+    })
+    .await;
+    let mut relay = Relay::new(RelayConfig {
+        max_connections: 8,
+        max_connections_per_source: 4,
+        ..config(v2.addr)
+    });
+    let (noisy, quiet) = (
+        std::net::IpAddr::from([10, 0, 1, 1]),
+        std::net::IpAddr::from([10, 0, 1, 2]),
+    );
+    let from = |source: std::net::IpAddr, port: u16| FlowKey {
+        src: SocketAddr::new(source, port),
+        ..flow(port)
+    };
+    // Pod 1 opens 10 client connections that stay open, so each keeps its connection to v2:
+    // 4 get one, the other 6 lose their request. Pod 2's 4, after them, all get theirs
+    // although the global cap has only 4 left.
+    for i in 0..10 {
+        request(&mut relay, from(noisy, 100 + i), &format!("/noisy-{i}"), 0);
+    }
+    settle(&relay, Duration::from_secs(10)).await;
+    for i in 0..4 {
+        request(&mut relay, from(quiet, 200 + i), &format!("/quiet-{i}"), 0);
+    }
+    settle(&relay, Duration::from_secs(10)).await;
+    let stats = relay.stats();
+    assert_eq!(
+        outcomes(&stats),
+        [
+            ("requests", 14),
+            ("answered", 8),
+            ("answered_2xx", 8),
+            ("dropped", 6),
+            ("dropped_source_connections", 6),
+        ]
+    );
+    let shared = Arc::clone(&relay.shared);
+    let pool = &shared.pool;
+    assert_eq!((pool.in_use_by(noisy), pool.in_use_by(quiet)), (4, 4));
+    let mut quiet_received: Vec<String> = v2
+        .received()
+        .into_iter()
+        .filter(|path| path.starts_with("/quiet"))
+        .collect();
+    quiet_received.sort();
+    assert_eq!(quiet_received, paths("quiet", 4));
+    assert_eq!(v2.received().len(), 8);
+    assert_eq!(v2.connections.load(Relaxed), 8);
+    // Once pod 1's client connections end, their connections go idle and count for nobody;
+    // its next one takes an idle one.
+    for i in 0..10 {
+        relay.flow_end(from(noisy, 100 + i));
+    }
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    while pool.in_use_by(noisy) > 0 && tokio::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert_eq!((pool.in_use_by(noisy), pool.sources_in_use()), (0, 1));
+    request(&mut relay, from(noisy, 300), "/noisy-again", 0);
+    settle(&relay, Duration::from_secs(10)).await;
+    assert_eq!(
+        outcomes(&stats),
+        [
+            ("requests", 15),
+            ("answered", 9),
+            ("answered_2xx", 9),
+            ("dropped", 6),
+            ("dropped_source_connections", 6),
+        ]
+    );
+    assert_eq!(v2.connections.load(Relaxed), 8, "the idle one was reused");
+    relay.flow_end(from(noisy, 300));
+    for i in 0..4 {
+        relay.flow_end(from(quiet, 200 + i));
+    }
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    while pool.sources_in_use() > 0 && tokio::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert_eq!(pool.sources_in_use(), 0, "no entry left for an idle source");
+    relay.shutdown(Duration::from_secs(1)).await;
+}
