@@ -111,10 +111,11 @@ pub struct RunArgs {
     /// answered), in MiB.
     #[arg(long, default_value_t = 64, value_parser = positive::<usize>)]
     pub max_inflight_mib: usize,
-    /// Of those, what the requests of one client address (a pod) may hold, in MiB; beyond,
-    /// that pod's requests are dropped (`dropped_source_budget`), no other pod's. Default: all
-    /// of --max-inflight-mib (no share), since one pod's large upload may need the whole
-    /// budget while v2 falls behind; set it below to keep room for the other pods.
+    /// Of those, one client address's (a pod's) share, in MiB: a pod may hold more only while
+    /// the budget keeps room for every other pod's unused share and a sixteenth for pods not
+    /// yet holding any; beyond, that pod's requests are dropped (`dropped_source_budget`), no
+    /// other pod's. Default: a quarter of --max-inflight-mib, so a lone pod's large upload may
+    /// still use 15/16 of the budget while v2 falls behind.
     #[arg(long, value_name = "MIB", value_parser = positive::<usize>)]
     pub max_inflight_mib_per_source: Option<usize>,
     /// Timeout of a connect to the shadow, in milliseconds.
@@ -251,7 +252,7 @@ impl RunArgs {
     /// One pod's share of the in-flight budget, in MiB.
     pub fn max_inflight_mib_per_source(&self) -> usize {
         self.max_inflight_mib_per_source
-            .unwrap_or(self.max_inflight_mib)
+            .unwrap_or((self.max_inflight_mib / 4).max(1))
     }
 
     /// One pod's share of the shadow connections.

@@ -58,8 +58,8 @@ pub struct RelayConfig {
     pub queue_depth: usize,
     /// Request bytes held over all connections (queued, or sent and not yet answered).
     pub max_inflight_bytes: usize,
-    /// Of those, what one source address (a client pod) may hold; beyond, its requests are
-    /// dropped as `source_budget`.
+    /// Of those, one source address's (a client pod's) share: more only while the budget can
+    /// lend it (see `ticket::Budget`); beyond, its requests are dropped as `source_budget`.
     pub max_inflight_bytes_per_source: usize,
     pub connect_timeout: Duration,
     /// How long v2 may go without accepting a byte of a request being written, and how long
@@ -85,7 +85,7 @@ impl Default for RelayConfig {
             max_connections_per_source: 1024,
             queue_depth: 1024,
             max_inflight_bytes: 64 << 20,
-            max_inflight_bytes_per_source: 64 << 20,
+            max_inflight_bytes_per_source: 16 << 20,
             connect_timeout: Duration::from_secs(2),
             response_timeout: Duration::from_secs(10),
             down_backoff: Duration::from_secs(1),
