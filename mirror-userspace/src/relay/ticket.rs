@@ -301,7 +301,10 @@ mod tests {
         drop(a);
         drop(b);
         assert_eq!((budget.used(), budget.used_by(pod(1))), (0, 0));
-        assert!(budget.lock().sources.is_empty(), "no entry left for an idle source");
+        assert!(
+            budget.lock().sources.is_empty(),
+            "no entry left for an idle source"
+        );
         assert_eq!(budget.lock().owed, 0);
     }
 
