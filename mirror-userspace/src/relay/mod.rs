@@ -82,7 +82,7 @@ impl Default for RelayConfig {
             shadow: String::new(),
             mark: 0,
             max_connections: 4096,
-            max_connections_per_source: 1024,
+            max_connections_per_source: 2048,
             queue_depth: 1024,
             max_inflight_bytes: 64 << 20,
             max_inflight_bytes_per_source: 16 << 20,

@@ -960,3 +960,51 @@ async fn a_lone_pod_may_queue_more_than_its_share() {
     relay.shutdown(Duration::from_secs(1)).await;
     assert_eq!(stats.queued_bytes.load(Relaxed), 0);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn raw_connections_count_in_their_pods_share_too() {
+    let v2 = V2::start(Script::Stall).await;
+    let stats = Arc::new(RelayStats::default());
+    let pool = pool::Pool::new(
+        RelayConfig {
+            max_connections: 4,
+            max_connections_per_source: 2,
+            ..config(v2.addr)
+        },
+        Arc::clone(&stats),
+    );
+    let (a, b, c) = (
+        std::net::IpAddr::from([10, 0, 1, 1]),
+        std::net::IpAddr::from([10, 0, 1, 2]),
+        std::net::IpAddr::from([10, 0, 1, 3]),
+    );
+    let mut a_held = vec![
+        pool.open_stream(a).await.unwrap(),
+        pool.open_stream(a).await.unwrap(),
+    ];
+    assert_eq!(
+        pool.open_stream(a).await.err(),
+        Some(DropReason::SourceConnections)
+    );
+    let _b_held = [
+        pool.open_stream(b).await.unwrap(),
+        pool.open_stream(b).await.unwrap(),
+    ];
+    assert_eq!(
+        pool.open_stream(b).await.err(),
+        Some(DropReason::SourceConnections)
+    );
+    // The cap is full: a third pod waits the connect timeout for a slot; one of the first
+    // pod's closing gives it one.
+    assert_eq!(pool.open_stream(c).await.err(), Some(DropReason::ConnLimit));
+    assert_eq!(pool.in_use_by(c), 0, "a refused connect holds nothing");
+    a_held.pop();
+    assert_eq!(pool.in_use_by(a), 1);
+    let _c_held = pool.open_stream(c).await.unwrap();
+    assert_eq!(
+        (pool.in_use_by(a), pool.in_use_by(b), pool.in_use_by(c)),
+        (1, 2, 1)
+    );
+    assert_eq!(stats.shadow_connections.load(Relaxed), 4);
+    assert_eq!(stats.connections_opened.load(Relaxed), 5);
+}
