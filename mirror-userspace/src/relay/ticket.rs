@@ -183,7 +183,7 @@ impl Budget {
             let total = was.checked_add(charge).ok_or(DropReason::SourceBudget)?;
             let after = used.checked_add(charge).ok_or(DropReason::QueueFull)?;
             if total > self.per_source {
-                let owed_to_others = held.owed - owed_now;
+                let owed_to_others = held.owed.saturating_sub(owed_now);
                 let keep_free = owed_to_others.saturating_add(self.headroom);
                 if after.saturating_add(keep_free) > self.limit {
                     return Err(DropReason::SourceBudget);
@@ -191,7 +191,7 @@ impl Budget {
             } else if after > self.limit {
                 return Err(DropReason::QueueFull);
             }
-            held.owed = held.owed - owed_now + self.owed(total);
+            held.owed = held.owed.saturating_sub(owed_now) + self.owed(total);
             held.sources.insert(source, total);
             self.stats.queued_bytes.store(after, Relaxed);
         }
@@ -214,9 +214,10 @@ impl Budget {
             return;
         };
         let now = was.saturating_sub(charge);
-        held.owed = held.owed - self.owed(was) + self.owed(now);
+        // A source that no longer holds anything is owed nothing: it has no entry.
+        let owed_after = if now == 0 { 0 } else { self.owed(now) };
+        held.owed = held.owed.saturating_sub(self.owed(was)) + owed_after;
         if now == 0 {
-            held.owed -= self.owed(0);
             held.sources.remove(&source);
         } else {
             held.sources.insert(source, now);
@@ -389,6 +390,69 @@ mod tests {
             Some(DropReason::QueueFull)
         );
         drop(held);
+        assert_eq!((budget.used(), budget.lock().owed), (0, 0));
+    }
+
+    fn held_by(held: &[(u8, Chunk)], source: u8) -> usize {
+        held.iter()
+            .filter(|(s, _)| *s == source)
+            .map(|(_, c)| c.charge)
+            .sum()
+    }
+
+    /// Random reserves and gives-back over a few sources, against a model that recomputes
+    /// every sum from scratch: the same decisions, the same bookkeeping, the limit never
+    /// passed.
+    #[test]
+    fn decisions_match_a_model_recomputed_from_scratch() {
+        const LIMIT: usize = 64_000;
+        const SHARE: usize = 16_000;
+        let budget = Budget::new(LIMIT, SHARE, Arc::default());
+        let headroom = Budget::headroom(LIMIT, SHARE);
+        let mut held: Vec<(u8, Chunk)> = Vec::new();
+        let mut x: u64 = 0x9e37_79b9_7f4a_7c15;
+        for _ in 0..20_000 {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            let source = (x % 4) as u8;
+            if x % 3 == 0 && !held.is_empty() {
+                held.swap_remove((x >> 8) as usize % held.len());
+                continue;
+            }
+            let size = (x >> 16) as usize % 6000;
+            let charge = size.max(MIN_CHARGE);
+            let by = |n: u8| held_by(&held, n);
+            let used: usize = held.iter().map(|(_, c)| c.charge).sum();
+            let owed_to_others: usize = (0..4u8)
+                .filter(|&n| n != source && by(n) > 0)
+                .map(|n| SHARE.saturating_sub(by(n)))
+                .sum();
+            let want = if by(source) + charge > SHARE {
+                (used + charge + owed_to_others + headroom <= LIMIT)
+                    .then_some(())
+                    .ok_or(DropReason::SourceBudget)
+            } else {
+                (used + charge <= LIMIT)
+                    .then_some(())
+                    .ok_or(DropReason::QueueFull)
+            };
+            let got = budget.reserve(pod(source), Bytes::from(vec![0; size]));
+            assert_eq!(got.as_ref().map(|_| ()).map_err(|r| *r), want);
+            if let Ok(chunk) = got {
+                held.push((source, chunk));
+            }
+            let used: usize = held.iter().map(|(_, c)| c.charge).sum();
+            assert!(used <= LIMIT);
+            assert_eq!(budget.used(), used);
+            let owed: usize = (0..4u8)
+                .map(|n| held_by(&held, n))
+                .filter(|&h| h > 0)
+                .map(|h| SHARE.saturating_sub(h))
+                .sum();
+            assert_eq!(budget.lock().owed, owed);
+        }
+        held.clear();
         assert_eq!((budget.used(), budget.lock().owed), (0, 0));
     }
 }
