@@ -416,7 +416,7 @@ mod tests {
             x ^= x >> 7;
             x ^= x << 17;
             let source = (x % 4) as u8;
-            if x % 3 == 0 && !held.is_empty() {
+            if x.is_multiple_of(3) && !held.is_empty() {
                 held.swap_remove((x >> 8) as usize % held.len());
                 continue;
             }
