@@ -11,6 +11,7 @@
 
 mod conn;
 mod flow;
+mod grpc_methods;
 mod h2c;
 mod limits;
 mod pool;
@@ -34,6 +35,7 @@ use self::{
     ticket::{Budget, Ticket},
 };
 pub use self::{
+    h2c::H2cMirror,
     limits::{raise_fd_limit, FdLimitError},
     resolve::{Shadow, ShadowError},
     stats::{ConnectFailure, DropReason, Outcome, RelayStats, Unanswered},
@@ -72,8 +74,8 @@ pub struct RelayConfig {
     /// Where each request's outcome is logged, if anywhere.
     pub access_log: Option<Arc<AccessLog>>,
     /// Raw connections carry h2c (`protocol: http2`): replayed stream by stream on an HTTP/2
-    /// connection to v2, `:authority` rewritten by this rule.
-    pub h2c: Option<mirror_cores::rewrite::HostRewrite>,
+    /// connection to v2, each stream decided and rewritten by this mirror's policy.
+    pub h2c: Option<H2cMirror>,
 }
 
 impl Default for RelayConfig {

@@ -133,12 +133,12 @@ fn start(flow: FlowKey, shared: &Arc<Shared>, tasks: &mut JoinSet<()>, runtime: 
     let cancel = Cancel::default();
     match &shared.config.h2c {
         // h2c: one ticket per stream, issued as streams are decoded.
-        Some(rewrite) => tasks.spawn_on(
+        Some(mirror) => tasks.spawn_on(
             super::h2c::run(
                 receiver,
                 Arc::clone(&cancel),
                 flow.src,
-                rewrite.clone(),
+                mirror.clone(),
                 Arc::clone(shared),
             ),
             runtime,

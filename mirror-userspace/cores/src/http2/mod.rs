@@ -21,9 +21,12 @@
 mod authority;
 mod connection;
 pub mod frame;
+pub mod grpc;
+mod policy;
 
 pub use authority::rewrite_authority;
 pub use connection::ClientStream;
+pub use policy::{forbidden_field, modify, rewrite_stream};
 
 use bytes::Bytes;
 
