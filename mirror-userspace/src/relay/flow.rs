@@ -14,6 +14,7 @@
 
 use std::{
     collections::VecDeque,
+    net::IpAddr,
     sync::{
         atomic::{AtomicU8, AtomicUsize, Ordering::Relaxed},
         Arc,
@@ -28,6 +29,7 @@ use tokio::{
 
 use super::{
     conn::{Conn, ReadEvent},
+    pool::InUse,
     stats::{DropReason, Outcome, Unanswered},
     ticket::{Chunk, Ticket},
     Shared,
@@ -105,8 +107,10 @@ impl Cancel {
 
 /// Runs until the dispatcher closes the queue and every request in it has an outcome.
 /// `after` is the previous task of the same client connection, which must finish first so
-/// that its requests reach v2 before this one's.
+/// that its requests reach v2 before this one's; `source` is the client's address, whose
+/// share of the connections to v2 the task's connection counts in.
 pub(super) async fn run(
+    source: IpAddr,
     mut queue: mpsc::Receiver<Piece>,
     cancel: Arc<Cancel>,
     after: Option<oneshot::Receiver<()>>,
@@ -125,7 +129,7 @@ pub(super) async fn run(
                 None => break,
             }
         }
-        conn = serve(&mut line, conn, &mut queue, &cancel, &shared).await;
+        conn = serve(source, &mut line, conn, &mut queue, &cancel, &shared).await;
     }
     if let Some(conn) = conn {
         shared.pool.release(conn);
@@ -280,18 +284,19 @@ enum Attempt {
 /// still good) until each has an outcome; returns the connection if it can carry the next
 /// request.
 async fn serve(
+    source: IpAddr,
     line: &mut VecDeque<Request>,
-    mut conn: Option<Conn>,
+    mut conn: Option<InUse>,
     queue: &mut mpsc::Receiver<Piece>,
     cancel: &Cancel,
     shared: &Shared,
-) -> Option<Conn> {
+) -> Option<InUse> {
     loop {
         let fresh = line.front().is_some_and(|request| request.resent);
         let kept = conn.take().filter(|_| !fresh);
         let mut current = match kept.and_then(|mut kept| kept.usable().then_some(kept)) {
             Some(kept) => kept,
-            None => match shared.pool.acquire(fresh).await {
+            None => match shared.pool.acquire(source, fresh).await {
                 Ok(fresh) => fresh,
                 Err(reason) => {
                     for request in line.iter_mut() {

@@ -31,8 +31,8 @@ use tokio::{
 };
 
 use super::{
-    conn::Slot,
     grpc_methods::CallEnd,
+    pool::StreamSlot,
     stats::{DropReason, Outcome, RelayStats, Unanswered},
     stream::{Cancel, Piece},
     ticket::Ticket,
@@ -199,7 +199,7 @@ impl Call {
 struct Upstream {
     sender: h2::client::SendRequest<Bytes>,
     driver: JoinHandle<()>,
-    _slot: Slot,
+    _slot: StreamSlot,
 }
 
 impl Drop for Upstream {
@@ -422,7 +422,7 @@ impl Replay {
         if let Some(upstream) = &self.upstream {
             return Ok(upstream.sender.clone());
         }
-        let (stream, slot) = match self.shared.pool.open_stream().await {
+        let (stream, slot) = match self.shared.pool.open_stream(self.client.ip()).await {
             Ok(opened) => opened,
             Err(reason) => {
                 self.unreachable = Some(reason);

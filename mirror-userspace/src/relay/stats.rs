@@ -36,6 +36,10 @@ reasons! {
         /// The client's source address (its pod) held its share of the in-flight byte budget
         /// (`--max-inflight-mib-per-source`): it loses its own mirroring, no other pod's.
         SourceBudget => "source_budget",
+        /// The client's source address (its pod) had its share of the connections to v2 in
+        /// use (`--max-shadow-connections-per-source`), one per client connection it keeps
+        /// open: it loses its own mirroring, no other pod's.
+        SourceConnections => "source_connections",
         /// Every allowed connection to v2 was busy for the whole connect timeout.
         ConnLimit => "conn_limit",
         /// v2 refused, did not answer the connect, or was unreachable (or backing off after that).

@@ -218,7 +218,10 @@ impl ReplayArgs {
         RelayConfig {
             shadow: self.shadow.clone().unwrap_or_default(),
             max_connections: (self.max_shadow_connections / share).max(1),
+            // A replay has no pods to share between: the whole caps.
+            max_connections_per_source: usize::MAX,
             max_inflight_bytes: (self.max_inflight_mib.saturating_mul(1 << 20) / share).max(1),
+            max_inflight_bytes_per_source: usize::MAX,
             response_timeout: Duration::from_millis(self.response_timeout_ms),
             // A connection upgraded to h2c is replayed over HTTP/2.
             h2c: Some(H2cMirror::all(self.host_rewrite.rewrite(), self.seed)),
