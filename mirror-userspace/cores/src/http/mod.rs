@@ -13,4 +13,4 @@ pub use chunked::{ChunkError, Chunked};
 pub use head::{BodyKind, Head, HeadParse};
 pub use method::{line_start, LineStart};
 pub use request::{Env, FrameEvent, Framer, FramerConfig};
-pub use response::{ResponseError, ResponseFramer};
+pub use response::{Answer, ResponseError, ResponseFramer};
