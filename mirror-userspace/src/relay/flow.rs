@@ -21,6 +21,7 @@ use std::{
         atomic::{AtomicU64, AtomicU8, Ordering::Relaxed},
         Arc,
     },
+    time::Duration,
 };
 
 use bytes::Bytes;
@@ -46,33 +47,53 @@ const REPLAY_LIMIT: usize = 1 << 20;
 /// costs little writing again.
 const PIPELINE_DEPTH: usize = 8;
 
+/// How often a connection at v2's learnt keep-alive limit may carry one request more, to
+/// see whether v2 still closes there.
+const PROBE_EVERY: Duration = Duration::from_secs(1);
+
 /// How far requests may go out ahead of v2's answers on one connection, learnt from v2.
 /// While v2 is not known to close connections, up to [`PIPELINE_DEPTH`] go out unanswered.
 /// A connection v2 closed (saying so or not) after `k` answers while requests on it were
 /// unanswered shows a keep-alive limit: from then on a connection carries at most `k`
-/// requests, so nothing goes out behind the answer v2 closes after (a v2 that closes after
-/// every response gets one request per connection, and nothing is written in vain or lost in
-/// a reset). A connection that answers more than `k` shows the limit is gone.
+/// requests, so nothing goes out behind the answer v2 closes after (nothing is written in
+/// vain, or lost in a reset). A connection that answers more than `k` shows the limit gone;
+/// so that a wrong lesson (a v2 restarting resets connections whatever they carried) is not
+/// kept for ever, once every [`PROBE_EVERY`] a connection at the limit carries one request
+/// more, written once all before it are answered (if v2 does close there, its FIN is
+/// usually read first, and the request goes on a new connection).
 #[derive(Debug)]
 pub(super) struct Depth {
     /// Answers v2 gives on one connection before closing it; `u64::MAX`: none known.
     limit: AtomicU64,
+    started: Instant,
+    /// Milliseconds since `started` from which the next probe may go.
+    next_probe_ms: AtomicU64,
 }
 
 impl Default for Depth {
     fn default() -> Self {
         Depth {
             limit: AtomicU64::new(u64::MAX),
+            started: Instant::now(),
+            next_probe_ms: AtomicU64::new(0),
         }
     }
 }
 
 impl Depth {
-    /// Whether one more request may begin on a connection that has begun `exchanges` and
-    /// had `answers` of them answered.
-    fn may_begin(&self, exchanges: u64, answers: u64) -> bool {
+    /// Whether one more request may begin, at `now`, on a connection that has begun
+    /// `exchanges` and had `answers` of them answered.
+    fn may_begin(&self, exchanges: u64, answers: u64, now: Instant) -> bool {
         let unanswered = exchanges.saturating_sub(answers);
-        exchanges < self.limit.load(Relaxed) && unanswered < PIPELINE_DEPTH as u64
+        if !self.spent(exchanges) {
+            return unanswered < PIPELINE_DEPTH as u64;
+        }
+        unanswered == 0 && self.probe_due(now)
+    }
+
+    /// Whether a connection that has begun `exchanges` is at v2's keep-alive limit.
+    fn spent(&self, exchanges: u64) -> bool {
+        exchanges >= self.limit.load(Relaxed)
     }
 
     /// A connection has had `answers` answered.
@@ -82,10 +103,32 @@ impl Depth {
         }
     }
 
-    /// v2 closed a connection after `answers_on_conn` answers with requests on it unanswered.
-    fn closed_after(&self, answers_on_conn: u64) {
+    /// v2 closed a connection, at `now`, after `answers_on_conn` answers with requests on it
+    /// unanswered.
+    fn closed_after(&self, answers_on_conn: u64, now: Instant) {
         self.limit.store(answers_on_conn.max(1), Relaxed);
+        self.next_probe_ms
+            .store(self.ms_at(now).saturating_add(ms(PROBE_EVERY)), Relaxed);
     }
+
+    /// Takes the probe if it is due at `now`.
+    fn probe_due(&self, now: Instant) -> bool {
+        let now = self.ms_at(now);
+        let next = self.next_probe_ms.load(Relaxed);
+        now >= next
+            && self
+                .next_probe_ms
+                .compare_exchange(next, now.saturating_add(ms(PROBE_EVERY)), Relaxed, Relaxed)
+                .is_ok()
+    }
+
+    fn ms_at(&self, now: Instant) -> u64 {
+        ms(now.saturating_duration_since(self.started))
+    }
+}
+
+fn ms(duration: Duration) -> u64 {
+    u64::try_from(duration.as_millis()).unwrap_or(u64::MAX)
 }
 
 /// A piece of a request, queued for its client connection's task.
@@ -144,11 +187,11 @@ pub(super) async fn run(
         conn = serve(&mut line, conn, &mut queue, &cancel, &shared).await;
     }
     if let Some(conn) = conn {
-        if shared.depth.may_begin(conn.exchanges, conn.answers) {
-            shared.pool.release(conn);
-        } else {
+        if shared.depth.spent(conn.exchanges) {
             // v2 closes it after the answers it has given.
             conn.reset();
+        } else {
+            shared.pool.release(conn);
         }
     }
     drop(done);
@@ -401,7 +444,11 @@ async fn attempt(
         };
         let pending = match writing.and_then(|at| line.get_mut(at)) {
             Some(request) if request.begun => request.unwritten(),
-            Some(request) if shared.depth.may_begin(conn.exchanges, conn.answers) => {
+            Some(request)
+                if shared
+                    .depth
+                    .may_begin(conn.exchanges, conn.answers, Instant::now()) =>
+            {
                 if conn.exchanges > 0 {
                     shared.stats.connections_reused.fetch_add(1, Relaxed);
                 }
@@ -536,7 +583,7 @@ fn cut_off(line: &VecDeque<Request>) -> bool {
 /// The connection is reset: v2 is done with it, and the node keeps no TIME_WAIT.
 fn announced_close(conn: &Conn, line: &mut VecDeque<Request>, depth: &Depth) -> Attempt {
     if cut_off(line) {
-        depth.closed_after(conn.answers);
+        depth.closed_after(conn.answers, Instant::now());
     }
     for request in line.iter_mut().filter(|request| request.written_any) {
         if !request.replayable {
@@ -564,7 +611,7 @@ fn closed(
         return Attempt::Broken { reset: false };
     };
     if cut_off(line) {
-        depth.closed_after(conn.answers);
+        depth.closed_after(conn.answers, Instant::now());
     }
     // v2 closed with a FIN right after an answer without a byte for the next request, or
     // before any byte of the oldest unanswered one was written: it took none of them up, and
@@ -599,22 +646,38 @@ mod tests {
     #[test]
     fn the_depth_follows_what_v2_answers_before_closing() {
         let depth = Depth::default();
+        let now = Instant::now();
         // Nothing known: up to PIPELINE_DEPTH unanswered on a connection, however long.
         let deep = PIPELINE_DEPTH as u64;
-        assert!(depth.may_begin(1000 + deep - 1, 1000));
-        assert!(!depth.may_begin(1000 + deep, 1000));
+        assert!(depth.may_begin(1000 + deep - 1, 1000, now));
+        assert!(!depth.may_begin(1000 + deep, 1000, now));
         // v2 closed after 3: three requests per connection, back to back, then no more.
-        depth.closed_after(3);
-        assert!(depth.may_begin(2, 0));
-        assert!(!depth.may_begin(3, 3));
+        depth.closed_after(3, now);
+        assert!(depth.may_begin(2, 0, now));
+        assert!(depth.spent(3));
+        assert!(!depth.may_begin(3, 3, now));
         // A v2 closing before any answer still gets one request per connection.
-        depth.closed_after(0);
-        assert!(depth.may_begin(0, 0));
-        assert!(!depth.may_begin(1, 1));
+        depth.closed_after(0, now);
+        assert!(depth.may_begin(0, 0, now));
+        assert!(!depth.may_begin(1, 1, now));
         // A connection answering more than that shows the limit gone.
         depth.answered(1);
-        assert!(!depth.may_begin(1, 1));
+        assert!(!depth.may_begin(1, 1, now));
         depth.answered(2);
-        assert!(depth.may_begin(5, 2));
+        assert!(depth.may_begin(5, 2, now));
+    }
+
+    #[test]
+    fn a_connection_at_the_limit_carries_one_more_once_in_a_while() {
+        let depth = Depth::default();
+        let now = Instant::now();
+        depth.closed_after(2, now);
+        assert!(!depth.may_begin(2, 2, now));
+        let later = now + PROBE_EVERY;
+        // Only once all before it are answered, and only one connection per interval.
+        assert!(!depth.may_begin(2, 1, later));
+        assert!(depth.may_begin(2, 2, later));
+        assert!(!depth.may_begin(2, 2, later));
+        assert!(depth.may_begin(2, 2, later + PROBE_EVERY));
     }
 }

@@ -516,9 +516,13 @@ async fn a_reset_after_answers_is_no_proof_and_nothing_is_sent_twice() {
     assert_eq!(stats.resent.load(Relaxed), 0);
     let received = v2.received();
     assert_once_each_in_order(&received, 1, 10);
-    // The one v2 took on the reset connection, besides those it answered; once v2 is known
-    // to close after 2, no connection gets a 3rd.
-    assert_eq!(received.len() as u64, answered + 1, "{got:?} {received:?}");
+    // The one v2 took on the first reset connection, besides those it answered; once v2 is
+    // known to close after 2, a connection gets a 3rd only as a probe, once a second.
+    let took = received.len() as u64;
+    assert!(
+        answered < took && took <= answered + reset,
+        "{got:?} {received:?}"
+    );
     relay.shutdown(Duration::from_secs(1)).await;
 }
 
