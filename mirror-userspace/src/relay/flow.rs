@@ -414,6 +414,10 @@ async fn attempt(
     // written again even if it was before.
     let mut progress = false;
     let mut write_failed = false;
+    // A write failed with ECONNRESET: v2 reset the connection. The error is told once, to
+    // the writer or the reader, whichever asks first; the other then sees only the end (the
+    // reader an EOF), so the reader's word alone does not say it was no reset.
+    let mut reset_seen = false;
     let mut queue_closed = false;
     // The newest request was given up on after some of it was written: once the older ones
     // have their outcomes, the connection is reset so v2 never takes it for whole.
@@ -521,8 +525,9 @@ async fn attempt(
                     shared.stats.bytes_sent.fetch_add(n as u64, Relaxed);
                 }
                 // v2 closed or reset: the reader says what it answered first.
-                Err(_) => {
+                Err(error) => {
                     write_failed = true;
+                    reset_seen |= error.kind() == std::io::ErrorKind::ConnectionReset;
                     answer_deadline.get_or_insert_with(|| Instant::now() + timeout);
                 }
             },
@@ -555,7 +560,7 @@ async fn attempt(
                     return Attempt::Broken { reset: true };
                 }
                 Some(ReadEvent::Closed { reset }) => {
-                    return closed(conn, line, reset, progress, &shared.depth);
+                    return closed(conn, line, reset || reset_seen, progress, &shared.depth);
                 }
                 None => return closed(conn, line, true, progress, &shared.depth),
             },
