@@ -14,4 +14,4 @@ pub(crate) use head::parse_length;
 pub use head::{BodyKind, Head, HeadParse};
 pub use method::{line_start, LineStart};
 pub use request::{Env, FrameEvent, Framer, FramerConfig};
-pub use response::{ResponseError, ResponseFramer};
+pub use response::{Answer, ResponseError, ResponseFramer};
