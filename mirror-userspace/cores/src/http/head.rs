@@ -24,6 +24,11 @@ pub struct Head {
     /// The Host value without surrounding whitespace, as a range of the head's bytes;
     /// `None` if absent or empty.
     pub host: Option<Range<usize>>,
+    /// The field line (name to line end) of a lone `Connection: close`, which the mirrored
+    /// head leaves out: like a proxy's, the relay manages its own connections to v2, so a
+    /// client that closes after each request does not make v2 close (and the node open a new
+    /// connection) for each mirrored one. `None` if absent, or if `Connection` says more.
+    pub close: Option<Range<usize>>,
     /// It asks to upgrade the connection to h2c (`Upgrade: h2c` and one well-formed
     /// `HTTP2-Settings`): whether v1 switched shows in what the client sends next.
     pub upgrade_h2c: bool,
@@ -66,14 +71,23 @@ pub fn parse(buf: &[u8]) -> HeadParse {
         return HeadParse::Reject(StopReason::Connect);
     }
     match frame(buf, req.version, req.headers) {
-        Ok((body, host, upgrade_h2c)) => HeadParse::Complete(Head {
+        Ok(f) => HeadParse::Complete(Head {
             len,
-            body,
-            host,
-            upgrade_h2c,
+            body: f.body,
+            host: f.host,
+            close: f.close,
+            upgrade_h2c: f.upgrade_h2c,
         }),
         Err(reason) => HeadParse::Reject(reason),
     }
+}
+
+/// What a head's fields decide: its framing, Host, the `Connection: close` line, the upgrade.
+struct Framed {
+    body: BodyKind,
+    host: Option<Range<usize>>,
+    close: Option<Range<usize>>,
+    upgrade_h2c: bool,
 }
 
 /// What the fields say about framing and Host.
@@ -81,6 +95,9 @@ pub fn parse(buf: &[u8]) -> HeadParse {
 struct Fields {
     hosts: usize,
     host: Option<Range<usize>>,
+    /// `Connection` fields, and the line of the last one if it said `close` alone.
+    connections: usize,
+    close: Option<Range<usize>>,
     length: Option<u64>,
     /// Transfer codings seen, and whether the last one is `chunked`.
     codings: usize,
@@ -98,7 +115,7 @@ fn frame(
     buf: &[u8],
     version: Option<u8>,
     headers: &[httparse::Header<'_>],
-) -> Result<(BodyKind, Option<Range<usize>>, bool), StopReason> {
+) -> Result<Framed, StopReason> {
     let mut f = Fields::default();
     for h in headers {
         let name = h.name.as_bytes();
@@ -125,6 +142,12 @@ fn frame(
             if f.codings == 0 {
                 return Err(StopReason::BadTransferEncoding);
             }
+        } else if name.eq_ignore_ascii_case(b"connection") {
+            f.connections += 1;
+            f.close = trim(h.value)
+                .eq_ignore_ascii_case(b"close")
+                .then(|| field_line(buf, h))
+                .flatten();
         } else if name.eq_ignore_ascii_case(b"upgrade") {
             f.upgrades += 1;
             f.upgrades_h2c += usize::from(crate::http2::asks_only_h2c(h.value));
@@ -162,7 +185,22 @@ fn frame(
     if f.upgrades > 0 && !upgrade_h2c {
         return Err(StopReason::Upgrade);
     }
-    Ok((body, f.host, upgrade_h2c))
+    Ok(Framed {
+        body,
+        host: f.host,
+        close: f.close.filter(|_| f.connections == 1),
+        upgrade_h2c,
+    })
+}
+
+/// The whole line of field `h` in `buf`: from its name to just past its line's `\n`.
+fn field_line(buf: &[u8], h: &httparse::Header<'_>) -> Option<Range<usize>> {
+    let start = (h.name.as_ptr() as usize).checked_sub(buf.as_ptr() as usize)?;
+    let value_end = (h.value.as_ptr() as usize)
+        .checked_sub(buf.as_ptr() as usize)?
+        .checked_add(h.value.len())?;
+    let newline = buf.get(value_end..)?.iter().position(|&b| b == b'\n')?;
+    Some(start..value_end + newline + 1)
 }
 
 /// `1*DIGIT` as a `u64`; `None` if empty, not digits, or too large.

@@ -497,25 +497,33 @@ impl Framer {
         };
     }
 
-    /// Splits the head off the buffer, Host rewritten; untouched heads are not copied.
+    /// Splits the head off the buffer, Host rewritten and a lone `Connection: close` line
+    /// left out (see [`Head::close`]); untouched heads are not copied.
     fn take_head(&mut self, h: &Head, env: &mut Env<'_>) -> Bytes {
         let rewrite = &env.config.rewrite;
-        match &h.host {
-            Some(host) if rewrite.rewrites() => {
-                let head = &self.buf[..h.len];
-                self.scratch.reserve(h.len + 64);
-                self.scratch.extend_from_slice(&head[..host.start]);
-                rewrite.apply(&head[host.clone()], &mut self.scratch);
-                self.scratch.extend_from_slice(&head[host.end..]);
-                self.buf.advance(h.len);
-                self.scratch.split().freeze()
-            }
-            Some(_) => self.buf.split_to(h.len).freeze(),
-            None => {
-                env.counters.requests_host_missing += 1;
-                self.buf.split_to(h.len).freeze()
-            }
+        if h.host.is_none() {
+            env.counters.requests_host_missing += 1;
         }
+        let host = h.host.clone().filter(|_| rewrite.rewrites());
+        if host.is_none() && h.close.is_none() {
+            return self.buf.split_to(h.len).freeze();
+        }
+        // The two edits, in the order they stand in the head (`None` sorts first).
+        let mut edits = [host.map(|r| (r, true)), h.close.clone().map(|r| (r, false))];
+        edits.sort_by_key(|e| e.as_ref().map(|(r, _)| r.start));
+        let head = &self.buf[..h.len];
+        self.scratch.reserve(h.len + 64);
+        let mut at = 0;
+        for (range, is_host) in edits.into_iter().flatten() {
+            self.scratch.extend_from_slice(&head[at..range.start]);
+            if is_host {
+                rewrite.apply(&head[range.clone()], &mut self.scratch);
+            }
+            at = range.end;
+        }
+        self.scratch.extend_from_slice(&head[at..]);
+        self.buf.advance(h.len);
+        self.scratch.split().freeze()
     }
 
     fn body(

@@ -153,6 +153,59 @@ fn rewrite_modes() {
 }
 
 #[test]
+fn a_lone_connection_close_is_left_out_of_the_mirrored_head() {
+    for (rewrite, head, want) in [
+        (
+            HostRewrite::default(),
+            "GET / HTTP/1.1\r\nHost: api:80\r\nConnection: close\r\nAccept: */*\r\n\r\n",
+            "GET / HTTP/1.1\r\nHost: api-shadow:80\r\nAccept: */*\r\n\r\n",
+        ),
+        (
+            HostRewrite::default(),
+            "GET / HTTP/1.1\r\nconnection:\tCLOSE \r\nHost: api\r\n\r\n",
+            "GET / HTTP/1.1\r\nHost: api-shadow\r\n\r\n",
+        ),
+        (
+            HostRewrite::Keep,
+            "GET / HTTP/1.1\nHost: api\nConnection: close\n\n",
+            "GET / HTTP/1.1\nHost: api\n\n",
+        ),
+        (
+            HostRewrite::Keep,
+            "GET / HTTP/1.0\r\nConnection: close\r\n\r\n",
+            "GET / HTTP/1.0\r\n\r\n",
+        ),
+        // Anything else about the connection is v1's client's own business, passed on.
+        (
+            HostRewrite::Keep,
+            "GET / HTTP/1.1\r\nHost: api\r\nConnection: keep-alive\r\n\r\n",
+            "GET / HTTP/1.1\r\nHost: api\r\nConnection: keep-alive\r\n\r\n",
+        ),
+        (
+            HostRewrite::Keep,
+            "GET / HTTP/1.1\r\nHost: api\r\nConnection: close, x-foo\r\nX-Foo: 1\r\n\r\n",
+            "GET / HTTP/1.1\r\nHost: api\r\nConnection: close, x-foo\r\nX-Foo: 1\r\n\r\n",
+        ),
+        (
+            HostRewrite::Keep,
+            "GET / HTTP/1.1\r\nHost: api\r\nConnection: close\r\nConnection: x\r\n\r\n",
+            "GET / HTTP/1.1\r\nHost: api\r\nConnection: close\r\nConnection: x\r\n\r\n",
+        ),
+    ] {
+        let mut h = Harness::with(
+            FramerConfig {
+                rewrite,
+                ..FramerConfig::default()
+            },
+            100.0,
+        );
+        h.feed(head.as_bytes());
+        assert_eq!(h.complete(), vec![want.to_owned()], "{head:?}");
+        assert_eq!(h.counters.bytes_mirrored, want.len() as u64, "{head:?}");
+    }
+}
+
+#[test]
 fn pipelined_mixed_requests_in_one_segment() {
     let wire = "GET /1 HTTP/1.1\r\nHost: a\r\n\r\n\
                 POST /2 HTTP/1.1\r\nHost: a\r\nContent-Length: 5\r\n\r\nhello\
