@@ -22,6 +22,7 @@ use mirror_cores::{
 
 use super::{
     dispatch::Dispatcher,
+    heap_trim::HeapTrim,
     host_rewrite::HostRewriteArgs,
     intake::Intake,
     kubernetes::{self, AgentParts, KubernetesError, KubernetesOptions},
@@ -139,7 +140,12 @@ pub struct RunArgs {
     pub seed: u64,
     /// Pipeline threads of the capture path: above 1, one ring reader shards records by
     /// client address over this many threads, each with its own relay and its share of the
-    /// connection and byte budgets (see `agent/shards.rs`). Not with --config yet.
+    /// connection and byte budgets (see `agent/shards.rs`). Not with --config yet (each
+    /// thread would need its own policy dispatcher, fed every reload). 1 by default, not the
+    /// node's cores: one thread carries about 790k requests per CPU second (`cargo xtask bench
+    /// --capture-path`), ten times what 2 cores serve, and sharding costs ~9% per request (the
+    /// reader's batch copy) and, end to end at saturation on 2 cores, 68k req/s against 82k
+    /// on one thread (`--memory`). More threads pay only past ~700k requests a second.
     #[arg(long, default_value_t = 1, conflicts_with = "config",
           value_parser = clap::value_parser!(u16).range(1..=256))]
     pub capture_threads: u16,
@@ -475,6 +481,8 @@ pub async fn run(args: RunArgs) -> Result<(), RunError> {
     }
 
     let mut expire = tokio::time::interval(Duration::from_millis(250));
+    let mut heap_trim = HeapTrim::new();
+    let ring_fill = session.ring_fill();
     // Without wake-ups the ring is drained on this timer (with them, it never fires usefully
     // but costs nothing).
     let mut poll = tokio::time::interval(Duration::from_millis(args.poll_ms.max(1)));
@@ -497,6 +505,7 @@ pub async fn run(args: RunArgs) -> Result<(), RunError> {
                 health.timer_ran(due.into_std());
                 pipeline.expire(clock::monotonic_ns(), &mut |event| outlet.handle(event));
                 cells.publish(&pipeline);
+                heap_trim.tick(due.into_std(), ring_fill.written_bytes());
             }
             _ = report.tick() => tracing::info!("{}", short_line(&registry)),
             batch = session.reader().next_batch(&mut on_record) => {

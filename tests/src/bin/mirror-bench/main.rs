@@ -50,8 +50,9 @@ struct BenchArgs {
     /// Rounds: every mode runs once per round, modes interleaved, so each runs this many times.
     #[arg(long, default_value_t = 2)]
     rounds: u32,
-    /// Seconds of load per run.
-    #[arg(long, default_value_t = 6)]
+    /// Seconds of load per run (4: a load run then costs about 11 s with the modes' start,
+    /// stop and drain, so a first full run stays under 15 minutes).
+    #[arg(long, default_value_t = 4)]
     seconds: u64,
     /// Fixed-rate runs offer these fractions of what the node carried at saturation with
     /// keep-alive and mirroring on (the agent), one set of runs per fraction.
@@ -76,10 +77,14 @@ struct BenchArgs {
     /// with --capture-path, both.
     #[arg(long, conflicts_with_all = ["smoke", "micro"])]
     memory: bool,
-    /// Ring sizes (MiB) the memory section runs the agent with at saturation.
-    #[arg(long, value_delimiter = ',', default_values_t = [4, 16, 64])]
+    /// Ring sizes (MiB) the memory section runs the agent with, at --memory-rate and at
+    /// saturation.
+    #[arg(long, value_delimiter = ',', default_values_t = [8, 16, 64])]
     ring_sizes: Vec<u32>,
-    /// Capture threads the memory section also runs the agent with (64 MiB ring), end to end
+    /// The fixed rate (requests per second) of the memory section's runs beside saturation.
+    #[arg(long, default_value_t = 50_000)]
+    memory_rate: u64,
+    /// Capture threads the memory section also runs the agent with (default ring), end to end
     /// at saturation beside the one-thread runs.
     #[arg(long, value_delimiter = ',', default_values_t = [2u16])]
     capture_threads: Vec<u16>,
@@ -233,7 +238,13 @@ fn main() -> Result<()> {
     }
     let unmatched = unmatched::run(&bed, &work.join("unmatched"), duration)?;
     let isolated = kernel_isolated::run(&bed, &work.join("kernel-isolated"))?;
-    let memory = memory::run(&bed, &work.join("memory"), duration, &agent_configs(args))?;
+    let memory = memory::run(
+        &bed,
+        &work.join("memory"),
+        duration,
+        &tools.fixed_rate,
+        &memory_plans(args),
+    )?;
     let replays = if args.smoke { 1 } else { args.replays.max(1) };
     let capture_path = capture_path::run(&bed, &work.join("capture-path"), duration, replays)?;
     let large_plan = if args.smoke {
@@ -287,15 +298,33 @@ fn main() -> Result<()> {
     Ok(())
 }
 
-/// The memory section's agents: every ring size on one thread, then the default ring on each
-/// of --capture-threads (the smoke: one ring size, one and two threads).
-fn agent_configs(args: &BenchArgs) -> Vec<(u32, u16)> {
+/// The agent's default `--ring-mib`, which the memory section's sharded runs use.
+const DEFAULT_RING_MIB: u32 = 16;
+
+/// The memory section's agents: every ring size on one thread at --memory-rate and at
+/// saturation, then the default ring on each of --capture-threads (the smoke: the default
+/// ring at a tenth of the rate on one thread, and at saturation on two).
+fn memory_plans(args: &BenchArgs) -> Vec<memory::MemoryPlan> {
     if args.smoke {
-        return vec![(16, 1), (16, 2)];
+        return vec![
+            memory::MemoryPlan {
+                ring_mib: DEFAULT_RING_MIB,
+                threads: 1,
+                offered: Offered::Rate(args.memory_rate / 10),
+            },
+            memory::MemoryPlan {
+                ring_mib: DEFAULT_RING_MIB,
+                threads: 2,
+                offered: Offered::Saturate(Conn::KeepAlive),
+            },
+        ];
     }
-    let mut configs: Vec<(u32, u16)> = args.ring_sizes.iter().map(|&mib| (mib, 1)).collect();
-    configs.extend(args.capture_threads.iter().map(|&threads| (64, threads)));
-    configs
+    memory::plans(
+        &args.ring_sizes,
+        args.memory_rate,
+        &args.capture_threads,
+        DEFAULT_RING_MIB,
+    )
 }
 
 /// `--capture-path` and `--memory`: those sections alone, printed as the report prints them.
@@ -315,7 +344,13 @@ fn sections_only(args: &BenchArgs, started: Instant) -> Result<()> {
         None
     };
     let memory = if args.memory {
-        memory::run(&bed, &work.join("memory"), duration, &agent_configs(args))?
+        memory::run(
+            &bed,
+            &work.join("memory"),
+            duration,
+            &tools::fixed_rate_generator()?,
+            &memory_plans(args),
+        )?
     } else {
         Vec::new()
     };
