@@ -91,6 +91,14 @@ struct BenchArgs {
     /// Skip the criterion micro-benchmarks in a full run.
     #[arg(long)]
     no_micro: bool,
+    /// Run only the primary's latency at this fixed rate (requests per second, fast backend,
+    /// keep-alive): baseline, ideal and mirror interleaved, --rate-rounds rounds.
+    #[arg(long, conflicts_with_all = ["smoke", "micro", "capture_path", "memory"])]
+    latency_rate: Option<u64>,
+    /// Flags added to the mirror mode's `mirror run`, space-separated (for example
+    /// "--poll-ms 1"), to compare agent settings.
+    #[arg(long, allow_hyphen_values = true, default_value = "")]
+    agent_args: String,
     /// Run only the attack mix and the cost of capturing v1's direction (full size, or the
     /// smoke's with --smoke).
     #[arg(long)]
@@ -165,6 +173,14 @@ fn main() -> Result<()> {
         }
         return Ok(());
     }
+    let agent_args: Vec<String> = args
+        .agent_args
+        .split_whitespace()
+        .map(str::to_owned)
+        .collect();
+    if let Some(rate) = args.latency_rate {
+        return latency_only(args, rate, &agent_args, started);
+    }
     let tools = tools::ensure(&target_dir())?;
     // First: it builds the cores' benches, and a failure should not cost the whole run.
     let micro = if args.smoke || args.no_micro {
@@ -195,6 +211,7 @@ fn main() -> Result<()> {
                     duration,
                     fixed_rate: &tools.fixed_rate,
                     envoy: &tools.envoy,
+                    agent_args: &agent_args,
                 };
                 run_one(&bed, &work, samples, plan)?;
             }
@@ -364,6 +381,52 @@ fn sections_only(args: &BenchArgs, started: Instant) -> Result<()> {
         isolated: None,
         capture_path,
         memory,
+        large: None,
+        attacks: None,
+        micro: Vec::new(),
+    };
+    println!("{}", report::markdown(&results));
+    Ok(())
+}
+
+/// `--latency-rate`: the fast backend at one fixed rate, baseline, ideal and mirror interleaved
+/// (the order rotating each round), printed as the report prints fixed-rate runs.
+fn latency_only(
+    args: &BenchArgs,
+    rate: u64,
+    agent_args: &[String],
+    started: Instant,
+) -> Result<()> {
+    let fixed_rate = tools::fixed_rate_generator()?;
+    let bed = Bed::new()?;
+    let work = bed.testbed.log_dir().join("bench");
+    let modes = [Mode::Baseline, Mode::Ideal, Mode::Mirror];
+    let mut samples = Vec::new();
+    for round in 0..args.rate_rounds.max(1) {
+        for i in 0..modes.len() {
+            let plan = Plan {
+                round,
+                backend: Backend::Fast,
+                mode: modes[(i + round as usize) % modes.len()],
+                offered: Offered::Rate(rate),
+                duration: Duration::from_secs(args.seconds),
+                fixed_rate: &fixed_rate,
+                envoy: Path::new("envoy"),
+                agent_args,
+            };
+            run_one(&bed, &work, &mut samples, plan)?;
+        }
+    }
+    drop(bed);
+    let results = Results {
+        command: command_line(),
+        machine: machine(),
+        seconds: started.elapsed().as_secs_f64(),
+        samples,
+        unmatched: None,
+        isolated: None,
+        capture_path: None,
+        memory: Vec::new(),
         large: None,
         attacks: None,
         micro: Vec::new(),
