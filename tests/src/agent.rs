@@ -168,3 +168,28 @@ pub fn counter(summary: &str, name: &str) -> Option<u64> {
         .find(|(key, _)| *key == name)
         .and_then(|(_, value)| value.parse().ok())
 }
+
+/// A counter of one mirror in the agent's summary: stage `stage`, label `mirror` (samples
+/// follow the label they belong to).
+pub fn mirror_counter(summary: &str, stage: &str, mirror: &str, name: &str) -> u64 {
+    let line = summary
+        .lines()
+        .rev()
+        .find(|l| l.contains(&format!("{stage}: ")))
+        .unwrap_or_else(|| panic!("no {stage} stage in {summary}"));
+    let part = line
+        .split(" | ")
+        .find(|p| p.trim_start().starts_with(&format!("{stage}:")))
+        .expect("stage part");
+    let mut label = "";
+    for token in part.split_whitespace().skip(1) {
+        match token.split_once('=') {
+            None => label = token,
+            Some((key, value)) if label == mirror && key == name => {
+                return value.parse().expect("number")
+            }
+            Some(_) => {}
+        }
+    }
+    panic!("no {name} for {mirror} in {part}")
+}

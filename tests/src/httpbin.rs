@@ -29,6 +29,8 @@ pub const VENV_PINS: &[&str] = &[
     "prometheus-client==0.26.0",
     // Not httpbin's: the gRPC server and client of the h2c tests (tests/tests/protocols.rs).
     "grpcio==1.85.1",
+    // Not httpbin's: an HTTP/1.1 and h2c server that takes `Upgrade: h2c` (protocols.rs).
+    "hypercorn==0.18.0",
 ];
 
 /// Port httpbin listens on inside its pod, like the Kubernetes sample's container port.

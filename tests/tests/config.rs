@@ -13,7 +13,7 @@ use std::{
 };
 
 use mirror_tests::{
-    agent::Agent,
+    agent::{mirror_counter, Agent},
     require_root,
     scenario::{Scenario, READY, VIP},
     Sink, SinkRecord,
@@ -103,31 +103,6 @@ fn exchange_all(vip: &str, heads: &[String]) {
 
 fn get(path: &str, extra: &str) -> String {
     format!("GET {path} HTTP/1.1\r\nHost: httpbin:8000\r\nUser-Agent: test\r\n{extra}\r\n")
-}
-
-/// A counter of one mirror in the agent's summary: stage `stage`, label `mirror` (samples
-/// follow the label they belong to).
-fn mirror_counter(summary: &str, stage: &str, mirror: &str, name: &str) -> u64 {
-    let line = summary
-        .lines()
-        .rev()
-        .find(|l| l.contains(&format!("{stage}: ")))
-        .unwrap_or_else(|| panic!("no {stage} stage in {summary}"));
-    let part = line
-        .split(" | ")
-        .find(|p| p.trim_start().starts_with(&format!("{stage}:")))
-        .expect("stage part");
-    let mut label = "";
-    for token in part.split_whitespace().skip(1) {
-        match token.split_once('=') {
-            None => label = token,
-            Some((key, value)) if label == mirror && key == name => {
-                return value.parse().expect("number")
-            }
-            Some(_) => {}
-        }
-    }
-    panic!("no {name} for {mirror} in {part}")
 }
 
 fn paths(records: &[SinkRecord]) -> Vec<String> {

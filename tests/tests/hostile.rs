@@ -73,6 +73,11 @@ impl Bed {
     }
 
     fn agent(&self) -> Agent {
+        self.agent_with(&[])
+    }
+
+    /// The agent with `extra` flags after the usual ones.
+    fn agent_with(&self, extra: &[&str]) -> Agent {
         let args: Vec<String> = [
             "run",
             "--iface",
@@ -89,6 +94,7 @@ impl Bed {
             "2",
         ]
         .iter()
+        .chain(extra)
         .map(|s| s.to_string())
         .collect();
         Agent::start(self.testbed.node(), "mirror-hostile", &args, READY).expect("start agent")
@@ -489,4 +495,65 @@ fn forged_source_denied_in_front_of_v1_never_reaches_v2() {
         .and_then(|count| count.parse().ok())
         .unwrap_or(0);
     assert_eq!(denied, 5, "the rule denied every forged packet:\n{listed}");
+}
+
+#[test]
+fn g_many_connections_from_one_pod_leave_the_others_their_shadow_connections() {
+    if !require_root() {
+        return;
+    }
+    // 64 shadow connections, 16 per pod. The hostile pod keeps 200 connections to v1 open,
+    // one request each: every one of them would keep a shadow connection while it lives, so
+    // without the share the well-behaved pod would find none free.
+    const HOSTILE: usize = 200;
+    const SHARE: usize = 16;
+    let bed = Bed::new();
+    let agent = bed.agent_with(&[
+        "--max-shadow-connections",
+        "64",
+        "--max-shadow-connections-per-source",
+        &SHARE.to_string(),
+    ]);
+    let (flows, hostile) = bed.live_flows(HOSTILE);
+    let mut load = bed.good_load("good");
+    wait_for_exit(&mut load, Duration::from_secs(60));
+    let got = bed
+        .v2
+        .wait_for_records(GOOD_REQUESTS + SHARE, Duration::from_secs(30));
+    // Anything more would have had time to arrive too.
+    std::thread::sleep(Duration::from_secs(1));
+    drop(flows);
+    let summary = agent.stop(libc::SIGTERM).expect("stop agent");
+    got.unwrap_or_else(|error| panic!("{error:#}\n{summary}"));
+    let at_v2: BTreeSet<String> = bed
+        .v2
+        .records()
+        .expect("v2 records")
+        .into_iter()
+        .map(|record| record.path)
+        .collect();
+    let good: BTreeSet<String> = (1..=GOOD_REQUESTS).map(|i| format!("/good-{i}")).collect();
+    assert!(at_v2.is_superset(&good), "{at_v2:?}\n{summary}");
+    let hostile_at_v2 = at_v2.iter().filter(|path| hostile.contains(*path)).count();
+    assert_eq!(hostile_at_v2, SHARE, "{summary}");
+    assert_eq!(at_v2.len(), GOOD_REQUESTS + SHARE, "{summary}");
+    assert_eq!(
+        relay_conserved(&summary).expect("outcomes conserved"),
+        (GOOD_REQUESTS + SHARE) as u64,
+        "{summary}"
+    );
+    assert_eq!(
+        counter(&summary, "requests"),
+        Some((GOOD_REQUESTS + HOSTILE) as u64),
+        "{summary}"
+    );
+    assert_eq!(
+        counter(&summary, "dropped_source_connections"),
+        Some((HOSTILE - SHARE) as u64),
+        "{summary}"
+    );
+    eprintln!(
+        "(g) {HOSTILE} connections from one pod, {SHARE} shadow connections each: v2 got all \
+         {GOOD_REQUESTS} of the other pod's requests and {SHARE} of the {HOSTILE}"
+    );
 }

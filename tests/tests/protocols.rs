@@ -4,7 +4,11 @@
 //! across connections is not kept, as no mirror keeps it), every connection ends in one
 //! counted outcome, and a connection already open when the agent starts is counted and not
 //! mirrored. HTTP/2 with prior knowledge (`curl --http2-prior-knowledge`) on an HTTP policy
-//! is counted as such and not mirrored.
+//! is counted as such and not mirrored; on an `http2` policy every stream is matched,
+//! sampled and rewritten as an HTTP/1 request would be, and gRPC calls reach v2 whole.
+//! `curl --http2` (an HTTP/1.1 request with `Upgrade: h2c`) against hypercorn: where v1
+//! switched, v2 gets the upgrading request and the streams after it over HTTP/2,
+//! `:authority` rewritten; where it did not, HTTP/1.1.
 
 use std::{
     io::{BufRead, BufReader, Read, Write},
@@ -14,7 +18,7 @@ use std::{
 };
 
 use mirror_tests::{
-    agent::{counter, relay_conserved, Agent},
+    agent::{counter, mirror_binary, mirror_counter, relay_conserved, Agent},
     ensure_venv, require_root,
     scenario::{Scenario, READY, VIP},
     Host, Process, Sink,
@@ -432,12 +436,14 @@ fn h2c_on_an_http_policy_is_counted_and_not_mirrored() {
     relay_conserved(&summary).expect("conservation");
 }
 
-/// What an `nghttpd -v` log says it received: per stream, `:authority`, `:path` and the
-/// DATA payload bytes, in the order the streams opened.
-#[derive(Debug, Default, PartialEq, Eq)]
+/// What an `nghttpd -v` log says it received: per stream, `:authority`, `:path`, the
+/// `x-mirror` field (empty if none) and the DATA payload bytes, in the order the streams
+/// opened.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
 struct H2Seen {
     authority: String,
     path: String,
+    tag: String,
     data: u64,
 }
 
@@ -462,6 +468,8 @@ fn nghttpd_seen(path: &std::path::Path) -> Vec<H2Seen> {
                 streams[at].1.authority = v.to_owned();
             } else if let Some(v) = field.strip_prefix(":path: ") {
                 streams[at].1.path = v.to_owned();
+            } else if let Some(v) = field.strip_prefix("x-mirror: ") {
+                streams[at].1.tag = v.to_owned();
             }
             continue;
         }
@@ -568,8 +576,7 @@ fn h2c_streams_reach_v2_with_authority_rewritten_and_whole_bodies() {
         .iter()
         .map(|s| H2Seen {
             authority: s.authority.replace("httpbin:8000", "httpbin-shadow:8000"),
-            path: s.path.clone(),
-            data: s.data,
+            ..s.clone()
         })
         .collect();
     assert_eq!(at_v2, want, "{summary}");
@@ -585,6 +592,116 @@ fn h2c_streams_reach_v2_with_authority_rewritten_and_whole_bodies() {
         streams as u64,
         "{summary}"
     );
+    assert_eq!(agent_counter(&summary, "h2c_stopped"), 0, "{summary}");
+}
+
+/// `mirror run --config` with `policy` as the config's one policy (its target the VIP).
+fn config_agent(scenario: &Scenario, policy: &str) -> Agent {
+    let config = format!(
+        "interfaces: [{iface}]\npolicies:\n- name: h2\n  target: {{address: {VIP}, port: 8000}}\n  protocol: http2\n{policy}",
+        iface = scenario.client.node_ifname(),
+    );
+    let path = scenario.testbed.log_dir().join("mirror.yaml");
+    std::fs::write(&path, config).expect("write config");
+    let args: Vec<String> = [
+        "run",
+        "--config",
+        &path.display().to_string(),
+        "--grace-secs",
+        "2",
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
+    Agent::start(scenario.testbed.node(), "mirror-run", &args, READY).expect("agent")
+}
+
+#[test]
+fn h2c_streams_are_matched_sampled_and_modified_one_by_one() {
+    if !require_root() {
+        return;
+    }
+    let scenario = Scenario::new().expect("scenario");
+    let docroot = scenario.testbed.log_dir().join("htdocs");
+    std::fs::create_dir_all(docroot.join("kept")).expect("docroot");
+    std::fs::write(docroot.join("kept/a"), "page a").expect("page");
+    let v1 = nghttpd(&scenario.v1, 80, &docroot, "v1");
+    let all = nghttpd(&scenario.v2, 8080, &docroot, "v2-all");
+    let none = nghttpd(&scenario.v2, 8081, &docroot, "v2-none");
+    let v2 = scenario.v2.ipv4();
+    // One mirror takes every matching stream and marks it; the other takes none of them.
+    let agent = config_agent(
+        &scenario,
+        &format!(
+            "  matches: [{{path: {{type: PathPrefix, value: /kept}}}}]\n  mirrors:\n  - backend: {v2}:8080\n    requestHeaderModifier: {{set: [{{name: X-Mirror, value: v2}}]}}\n  - backend: {v2}:8081\n    percent: 0\n"
+        ),
+    );
+    let urls = ["/kept/a", "/other", "/kept/b?x=1", "/keptx", "/other/kept"];
+    let url = |path: &str| format!("http://httpbin:8000{path}");
+    let run = |argv: &[&str]| {
+        scenario.client.ns().exec_ok(argv).expect("h2c client");
+    };
+    // A connection per stream, then three streams on one connection (later heads use the
+    // HPACK dynamic table).
+    for path in &urls[..2] {
+        let curl = ["curl", "-sS", "--http2-prior-knowledge", "-o", "/dev/null"];
+        run(&[&curl[..], &[url(path).as_str()]].concat());
+    }
+    let many: Vec<String> = urls[2..].iter().map(|p| url(p)).collect();
+    let mut nghttp = vec!["nghttp", "-n"];
+    nghttp.extend(many.iter().map(String::as_str));
+    run(&nghttp);
+    let kept = 2;
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while nghttpd_seen(all.stdout_path()).len() < kept && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    std::thread::sleep(Duration::from_secs(1));
+    let summary = agent.stop(libc::SIGTERM).expect("stop");
+    let at_v1 = nghttpd_seen(v1.stdout_path());
+    let paths: Vec<&str> = at_v1.iter().map(|s| s.path.as_str()).collect();
+    assert_eq!(paths, urls, "one stream per URL at v1");
+    let want: Vec<H2Seen> = at_v1
+        .iter()
+        .filter(|s| s.path.starts_with("/kept/"))
+        .map(|s| H2Seen {
+            authority: s.authority.replace("httpbin:8000", "httpbin-shadow:8000"),
+            tag: "v2".to_owned(),
+            ..s.clone()
+        })
+        .collect();
+    assert_eq!(nghttpd_seen(all.stdout_path()), want, "{summary}");
+    assert_eq!(nghttpd_seen(none.stdout_path()), [], "{summary}");
+    // Each stream decided once per mirror, as an HTTP/1 request is.
+    let unmatched = (urls.len() - kept) as u64;
+    let decided = |backend: u16, name: &str| {
+        mirror_counter(&summary, "policy", &format!("h2/{v2}:{backend}"), name)
+    };
+    assert_eq!(decided(8080, "requests_mirrored"), kept as u64, "{summary}");
+    assert_eq!(decided(8080, "requests_sampled_out"), 0, "{summary}");
+    assert_eq!(
+        decided(8080, "requests_not_matched"),
+        unmatched,
+        "{summary}"
+    );
+    assert_eq!(decided(8081, "requests_mirrored"), 0, "{summary}");
+    assert_eq!(
+        decided(8081, "requests_sampled_out"),
+        kept as u64,
+        "{summary}"
+    );
+    assert_eq!(
+        decided(8081, "requests_not_matched"),
+        unmatched,
+        "{summary}"
+    );
+    relay_conserved(&summary).expect("conservation");
+    let relayed = |backend: u16, name: &str| {
+        mirror_counter(&summary, "relay", &format!("h2/{v2}:{backend}"), name)
+    };
+    assert_eq!(relayed(8080, "requests"), kept as u64, "{summary}");
+    assert_eq!(relayed(8080, "answered"), kept as u64, "{summary}");
+    assert_eq!(relayed(8081, "requests"), 0, "{summary}");
     assert_eq!(agent_counter(&summary, "h2c_stopped"), 0, "{summary}");
 }
 
@@ -721,7 +838,25 @@ fn grpc_unary_and_client_streaming_calls_reach_v2_with_identical_messages() {
         std::thread::sleep(Duration::from_millis(100));
     }
     std::thread::sleep(Duration::from_secs(1));
+    // `mirror status` on the node, as a person runs it: a row per method, failures below.
+    let mirror = mirror_binary().expect("mirror").display().to_string();
+    let status = scenario
+        .testbed
+        .node()
+        .exec_ok(&[&mirror[..], "status", "--interval-secs", "0.2"])
+        .expect("mirror status");
     let summary = agent.stop(libc::SIGTERM).expect("stop");
+    let row = |label: &str, n: u64| format!("\n{label:<28}{n:>14}");
+    for (label, n) in [
+        ("grpc calls", None),
+        ("/mirror.Test/Unary", Some(5)),
+        ("/mirror.Test/Upload", Some(1)),
+        ("/mirror.Test/Fail", Some(1)),
+        ("  error", Some(1)),
+    ] {
+        let want = n.map_or(format!("\n{label}"), |n| row(label, n));
+        assert!(status.contains(&want), "{want:?} in\n{status}");
+    }
     let at_v1 = grpc_calls(&v1_calls);
     assert_eq!(at_v1.len(), calls);
     assert!(
@@ -745,6 +880,37 @@ fn grpc_unary_and_client_streaming_calls_reach_v2_with_identical_messages() {
         "{summary}"
     );
     assert_eq!(agent_counter(&summary, "grpc_error"), 1, "{summary}");
+    // Per method, what v2 received: each method's calls counted under its name.
+    let mirror = format!("grpc/{}:50051", scenario.v2.ipv4());
+    let received = |method: &str| {
+        let tag = format!("\"method\": \"{method}\"");
+        grpc_calls(&v2_calls)
+            .iter()
+            .filter(|c| c.contains(&tag))
+            .count() as u64
+    };
+    let methods = [("Unary", "ok"), ("Upload", "ok"), ("Fail", "error")];
+    let all: u64 = methods.iter().map(|(m, _)| received(m)).sum();
+    assert_eq!(all, calls as u64, "every call at v2 has one of the methods");
+    for (method, kind) in methods {
+        let label = format!("/mirror.Test/{method},{mirror}");
+        let counted = |name: &str| mirror_counter(&summary, "relay", &label, name);
+        assert_eq!(
+            counted("grpc_calls"),
+            received(method),
+            "{method}: {summary}"
+        );
+        assert_eq!(
+            counted(&format!("grpc_calls_{kind}")),
+            received(method),
+            "{method}: {summary}"
+        );
+    }
+    assert_eq!(
+        mirror_counter(&summary, "relay", &format!("other,{mirror}"), "grpc_calls"),
+        0,
+        "{summary}"
+    );
 }
 
 /// One call, then (once `argv[2]` exists) another on the same channel.
@@ -845,4 +1011,279 @@ fn a_grpc_channel_open_before_the_agent_is_counted_and_not_mirrored() {
         "{summary}"
     );
     assert_eq!(agent_counter(&summary, "requests"), 0, "{summary}");
+}
+
+/// An ASGI app for hypercorn (HTTP/1.1, h2c with prior knowledge, and `Upgrade: h2c`, which
+/// it takes for requests without a body): records each request's HTTP version, method,
+/// path, Host (from `:authority` under HTTP/2) and body length, one JSON line each.
+const UPGRADE_APP: &str = r#"
+import json, os
+
+LOG = os.environ["MIRROR_REQUEST_LOG"]
+
+async def app(scope, receive, send):
+    if scope["type"] != "http":
+        return
+    body = b""
+    while True:
+        message = await receive()
+        body += message.get("body", b"")
+        if not message.get("more_body"):
+            break
+    host = dict(scope["headers"]).get(b"host", b"").decode()
+    with open(LOG, "a", buffering=1) as log:
+        log.write(json.dumps([scope["http_version"], scope["method"], scope["path"], host, len(body)]) + "\n")
+    await send({"type": "http.response.start", "status": 200, "headers": [(b"content-type", b"text/plain")]})
+    await send({"type": "http.response.body", "body": b"ok\n"})
+"#;
+
+/// hypercorn serving [`UPGRADE_APP`] on `port`; returns it and its request log.
+fn hypercorn(host: &Host, port: u16, dir: &std::path::Path, label: &str) -> (Process, PathBuf) {
+    let venv = ensure_venv().expect("python venv with hypercorn");
+    let app_dir = dir.join(format!("app-{label}"));
+    std::fs::create_dir_all(&app_dir).expect("app dir");
+    std::fs::write(app_dir.join("upgrade_app.py"), UPGRADE_APP).expect("app");
+    let log = dir.join(format!("{label}.requests"));
+    let bind = format!("0.0.0.0:{port}");
+    let argv = [
+        "env".to_owned(),
+        format!("MIRROR_REQUEST_LOG={}", log.display()),
+        format!("PYTHONPATH={}", app_dir.display()),
+        venv.join("bin/hypercorn").display().to_string(),
+        "--bind".to_owned(),
+        bind,
+        "upgrade_app:app".to_owned(),
+    ];
+    let process = host
+        .ns()
+        .spawn(&format!("hypercorn-{label}"), &argv)
+        .expect("hypercorn");
+    host.ns()
+        .wait_for_tcp(
+            SocketAddr::from((host.ipv4(), port)),
+            Duration::from_secs(30),
+        )
+        .expect("hypercorn listening");
+    (process, log)
+}
+
+/// `[version, method, path, host, body length]` per request a [`UPGRADE_APP`] logged,
+/// sorted by path.
+fn upgrade_requests(path: &std::path::Path) -> Vec<(String, String, String, String, u64)> {
+    let mut requests: Vec<(String, String, String, String, u64)> = std::fs::read_to_string(path)
+        .unwrap_or_default()
+        .lines()
+        .filter_map(|line| {
+            let fields: Vec<&str> = line
+                .trim_matches(|c| c == '[' || c == ']')
+                .split(", ")
+                .collect();
+            let text = |i: usize| fields.get(i).map(|f| f.trim_matches('"').to_owned());
+            Some((
+                text(0)?,
+                text(1)?,
+                text(2)?,
+                text(3)?,
+                text(4)?.parse().ok()?,
+            ))
+        })
+        .collect();
+    requests.sort_by(|a, b| a.2.cmp(&b.2));
+    requests
+}
+
+/// Waits until `path` logged `count` requests (or 20 s pass).
+fn wait_for_requests(path: &std::path::Path, count: usize) {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while upgrade_requests(path).len() < count && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    std::thread::sleep(Duration::from_secs(1));
+}
+
+/// `curl --http2` on `http://` URLs: an HTTP/1.1 request with `Upgrade: h2c` that v1 (and
+/// v2: the same server) takes for requests without a body.
+fn curl_http2(scenario: &Scenario, args: &[&str]) {
+    let mut argv = vec!["curl", "-sS", "--fail", "-m", "20", "--http2"];
+    argv.extend_from_slice(args);
+    scenario.client.ns().exec_ok(&argv).expect("curl --http2");
+}
+
+/// `mirror run` under a config file with one `protocol: http` policy mirroring to v2:80.
+fn http_policy_agent(scenario: &Scenario) -> Agent {
+    let dir = scenario.testbed.log_dir();
+    let config = format!(
+        "interfaces: [{iface}]\npolicies:\n- name: web\n  target: {{address: {VIP}, port: 8000}}\n  mirrors:\n  - backend: {v2}:80\n",
+        iface = scenario.client.node_ifname(),
+        v2 = scenario.v2.ipv4(),
+    );
+    let path = dir.join("mirror.yaml");
+    std::fs::write(&path, config).expect("write config");
+    let args: Vec<String> = [
+        "run",
+        "--config",
+        &path.display().to_string(),
+        "--grace-secs",
+        "2",
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
+    Agent::start(scenario.testbed.node(), "mirror-run", &args, READY).expect("agent")
+}
+
+#[test]
+fn an_upgrade_to_h2c_is_mirrored_as_http2_and_a_refused_one_as_http1() {
+    upgrade_on_http(false);
+}
+
+#[test]
+fn an_upgrade_to_h2c_on_an_http_policy_is_mirrored_as_http2_and_a_refused_one_as_http1() {
+    upgrade_on_http(true);
+}
+
+/// Flags (`--shadow`), or a config file's `http` policy (`policy`): the same traffic, the
+/// same requests at v2.
+fn upgrade_on_http(policy: bool) {
+    if !require_root() {
+        return;
+    }
+    let scenario = Scenario::new().expect("scenario");
+    let dir = scenario.testbed.log_dir().to_path_buf();
+    let (_v1, v1_log) = hypercorn(&scenario.v1, 80, &dir, "v1");
+    let (_v2, v2_log) = hypercorn(&scenario.v2, 80, &dir, "v2");
+    let agent = if policy {
+        http_policy_agent(&scenario)
+    } else {
+        scenario.agent(&[])
+    };
+    // Upgraded on the first request; the second goes on the same connection as stream 3.
+    curl_http2(
+        &scenario,
+        &[
+            "-o",
+            "/dev/null",
+            "-o",
+            "/dev/null",
+            "http://httpbin:8000/a",
+            "http://httpbin:8000/b",
+        ],
+    );
+    // With a body v1 does not switch: the client goes on in HTTP/1.1 (here it closes).
+    curl_http2(
+        &scenario,
+        &[
+            "-o",
+            "/dev/null",
+            "--data-binary",
+            "hello",
+            "http://httpbin:8000/c",
+        ],
+    );
+    scenario.curl(&["-o", "/dev/null", "http://httpbin:8000/d"]);
+    let requests = 4;
+    wait_for_requests(&v2_log, requests);
+    let summary = agent.stop(libc::SIGTERM).expect("stop");
+    let at_v1 = upgrade_requests(&v1_log);
+    let row = |version: &str, method: &str, path: &str, host: &str, len: u64| {
+        (
+            version.to_owned(),
+            method.to_owned(),
+            path.to_owned(),
+            host.to_owned(),
+            len,
+        )
+    };
+    assert_eq!(
+        at_v1,
+        [
+            row("2", "GET", "/a", "httpbin:8000", 0),
+            row("2", "GET", "/b", "httpbin:8000", 0),
+            row("1.1", "POST", "/c", "httpbin:8000", 5),
+            row("1.1", "GET", "/d", "httpbin:8000", 0),
+        ]
+    );
+    let want: Vec<_> = at_v1
+        .iter()
+        .map(|(v, m, p, h, l)| row(v, m, p, &h.replace("httpbin", "httpbin-shadow"), *l))
+        .collect();
+    assert_eq!(upgrade_requests(&v2_log), want, "{summary}");
+    relay_conserved(&summary).expect("conservation");
+    assert_eq!(agent_counter(&summary, "requests"), 4, "{summary}");
+    assert_eq!(agent_counter(&summary, "answered_2xx"), 4, "{summary}");
+    assert_eq!(agent_counter(&summary, "upgrades_h2c"), 1, "{summary}");
+    assert_eq!(
+        agent_counter(&summary, "upgrades_h2c_refused"),
+        1,
+        "{summary}"
+    );
+    assert_eq!(agent_counter(&summary, "stopped_upgrade"), 0, "{summary}");
+}
+
+#[test]
+fn an_upgrade_to_h2c_on_an_http2_policy_reaches_v2_as_stream_one() {
+    if !require_root() {
+        return;
+    }
+    let scenario = Scenario::new().expect("scenario");
+    let dir = scenario.testbed.log_dir().to_path_buf();
+    let (_v1, v1_log) = hypercorn(&scenario.v1, 80, &dir, "v1");
+    let (_v2, v2_log) = hypercorn(&scenario.v2, 8080, &dir, "v2");
+    let config = format!(
+        "interfaces: [{iface}]\npolicies:\n- name: web\n  target: {{address: {VIP}, port: 8000}}\n  protocol: http2\n  mirrors:\n  - backend: {v2}:8080\n",
+        iface = scenario.client.node_ifname(),
+        v2 = scenario.v2.ipv4(),
+    );
+    let path = dir.join("mirror.yaml");
+    std::fs::write(&path, config).expect("write config");
+    let args: Vec<String> = [
+        "run",
+        "--config",
+        &path.display().to_string(),
+        "--grace-secs",
+        "2",
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
+    let agent = Agent::start(scenario.testbed.node(), "mirror-run", &args, READY).expect("agent");
+    curl_http2(
+        &scenario,
+        &[
+            "-o",
+            "/dev/null",
+            "-o",
+            "/dev/null",
+            "-o",
+            "/dev/null",
+            "http://httpbin:8000/a?q=1",
+            "http://httpbin:8000/b",
+            "http://httpbin:8000/c",
+        ],
+    );
+    wait_for_requests(&v2_log, 3);
+    let summary = agent.stop(libc::SIGTERM).expect("stop");
+    let at_v1 = upgrade_requests(&v1_log);
+    assert_eq!(at_v1.len(), 3, "{at_v1:?}");
+    assert!(
+        at_v1.iter().all(|r| r.0 == "2" && r.3 == "httpbin:8000"),
+        "{at_v1:?}"
+    );
+    let want: Vec<_> = at_v1
+        .iter()
+        .map(|(v, m, p, _, l)| {
+            (
+                v.clone(),
+                m.clone(),
+                p.clone(),
+                "httpbin-shadow:8000".to_owned(),
+                *l,
+            )
+        })
+        .collect();
+    assert_eq!(upgrade_requests(&v2_log), want, "{summary}");
+    relay_conserved(&summary).expect("conservation");
+    assert_eq!(agent_counter(&summary, "requests"), 3, "{summary}");
+    assert_eq!(agent_counter(&summary, "answered_2xx"), 3, "{summary}");
+    assert_eq!(agent_counter(&summary, "h2c_stopped"), 0, "{summary}");
 }

@@ -16,7 +16,7 @@ use crate::toolchain;
 #[derive(clap::Args)]
 pub struct BenchArgs {
     /// Arguments for mirror-bench: `--smoke`, `--micro`, `--rounds N`, `--seconds N`,
-    /// `--rate-fractions F,F,...`, `--httpbin-rate-fractions F,...`, `--rate-rounds N`, `--no-micro`, `--capture-path`, `--memory`, `--ring-sizes N,N,...` (see `target/release/mirror-bench --help`).
+    /// `--rate-fractions F,F,...`, `--httpbin-rate-fractions F,...`, `--rate-rounds N`, `--no-micro`, `--capture-path`, `--memory`, `--ring-sizes N,N,...`, `--h2-only` (see `target/release/mirror-bench --help`).
     #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
     args: Vec<String>,
 }

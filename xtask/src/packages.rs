@@ -103,6 +103,16 @@ const BENCH: &[Need] = &[
         "bpftool",
         "the kernel program timed in isolation",
     ),
+    need(
+        Probe::Program("h2load"),
+        "nghttp2-client",
+        "the HTTP/2 load (h2load)",
+    ),
+    need(
+        Probe::Program("nghttpd"),
+        "nghttp2-server",
+        "the HTTP/2 backend in v1 and v2",
+    ),
 ];
 
 impl Task {

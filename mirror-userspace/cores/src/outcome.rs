@@ -98,12 +98,20 @@ counters! {
     /// Connections no longer mirrored: HTTP/2 with prior knowledge (h2c), which is not
     /// HTTP/1.1 (its connection preface instead of a request line).
     stopped_h2c,
-    /// Raw TCP connections no longer mirrored: the capture lost bytes of them.
+    /// Raw TCP connections (or connections upgraded to h2c) no longer mirrored: the capture
+    /// lost bytes of them.
     stopped_stream_gap,
+    /// HTTP/1.1 connections v1 switched to h2c after an `Upgrade: h2c` request (the client
+    /// sent the connection preface after it): handed on as HTTP/2 from that request on.
+    upgrades_h2c,
+    /// `Upgrade: h2c` requests after which the client went on in HTTP/1.1 (v1 did not
+    /// switch): mirrored as HTTP/1.1 requests.
+    upgrades_h2c_refused,
     /// Raw TCP connections first seen mid-stream: not mirrored (where their stream began is
     /// unknown).
     stream_joins_skipped,
-    /// Bytes of raw TCP connections handed to the relay (acknowledged by v1, in order).
+    /// Bytes of raw TCP connections, and of connections upgraded to h2c, handed to the
+    /// relay (acknowledged by v1, in order).
     stream_bytes,
     /// Flows started by a SYN.
     flows_started,
@@ -258,7 +266,7 @@ mod tests {
             ..Counters::default()
         };
         let pairs: Vec<_> = c.iter().collect();
-        assert_eq!(pairs.len(), 56);
+        assert_eq!(pairs.len(), 58);
         assert!(pairs.contains(&("gaps", 3)));
         assert!(pairs.contains(&("flows_evicted_memory", 7)));
         let mut names: Vec<_> = pairs.iter().map(|p| p.0).collect();

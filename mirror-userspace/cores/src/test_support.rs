@@ -86,6 +86,8 @@ pub struct Rebuilt {
     pub complete: Vec<Vec<u8>>,
     pub aborted: usize,
     pub stopped: Option<crate::outcome::StopReason>,
+    /// Bytes handed on as HTTP/2 after an upgrade to h2c.
+    pub h2c: Vec<u8>,
     current: Option<Vec<u8>>,
 }
 
@@ -113,6 +115,11 @@ impl Rebuilt {
             FrameEvent::Stopped(r) => {
                 assert!(self.current.is_none(), "stop inside a request");
                 self.stopped = Some(r);
+            }
+            FrameEvent::H2c(b) => {
+                assert!(self.current.is_none(), "h2c inside a request");
+                assert!(!b.is_empty(), "empty h2c event");
+                self.h2c.extend_from_slice(&b);
             }
         }
     }

@@ -6,7 +6,12 @@
 //! and counters: a slow mirror never costs another one a request.
 //!
 //! A raw TCP connection (`protocol: tcp`) is decided once, at its first bytes: each mirror
-//! of its policy takes the whole connection or none of it, by its share.
+//! of its policy takes the whole connection or none of it, by its share. An h2c connection
+//! (`protocol: http2`) goes to every mirror of its policy, whose relay decodes it and decides
+//! each stream by the policy as this dispatcher decides HTTP/1 requests.
+//! An HTTP/1.1 connection of an `http` policy that v1 switched to h2c (from its `Upgrade: h2c`
+//! request on) is handed on the same way: every mirror of its policy takes it, and its relay
+//! decides each stream.
 //!
 //! A new config ([`Dispatcher::reconfigure`]) applies from the next request head on; a
 //! request in progress finishes with the mirrors it started with, and a removed mirror's
@@ -28,7 +33,7 @@ use mirror_cores::{
 use super::mirror_stats::{MirrorCounters, MirrorStats};
 use crate::{
     control::{config::Scope, MirrorConfig, Protocol},
-    relay::{Relay, RelayConfig},
+    relay::{H2cMirror, Relay, RelayConfig},
 };
 
 type MirrorId = u32;
@@ -46,6 +51,8 @@ struct ActivePolicy {
 struct Slot {
     relay: Relay,
     decided: Arc<MirrorCounters>,
+    /// An h2c mirror's per-stream policy, which a reload replaces.
+    h2c: Option<H2cMirror>,
     label: String,
     /// False once a reload dropped this mirror: it takes no new request.
     live: bool,
@@ -60,6 +67,8 @@ struct FlowState {
     current: Vec<MirrorId>,
     /// Every mirror that got a request of this flow, to tell it when the flow ends.
     used: Vec<MirrorId>,
+    /// Its stream (raw TCP, h2c, or after an upgrade to h2c) was decided.
+    streaming: bool,
 }
 
 /// Routes request events to the mirrors' relays by policy.
@@ -73,6 +82,8 @@ pub struct Dispatcher {
     scratch: BytesMut,
     verdicts: Vec<(usize, Verdict)>,
     coin: Coin,
+    /// What h2c relays seed their per-connection coins with.
+    seed: u64,
     relay_template: RelayConfig,
     grace: Duration,
     stats: Arc<MirrorStats>,
@@ -97,6 +108,7 @@ impl Dispatcher {
             scratch: BytesMut::new(),
             verdicts: Vec::new(),
             coin: Coin::new(seed),
+            seed,
             relay_template,
             grace,
             stats: Arc::default(),
@@ -117,15 +129,20 @@ impl Dispatcher {
         let mut wanted: Vec<MirrorId> = Vec::new();
         for p in &config.policies {
             let mut mirrors = Vec::new();
+            let shared_policy = Arc::new(p.policy.clone());
             for (i, backend) in p.backends.iter().enumerate() {
                 let label = p.mirror_label(i);
+                // An `http` policy's connections may be upgraded to h2c.
+                let h2c = (p.protocol != Protocol::Tcp).then(|| (Arc::clone(&shared_policy), i));
                 let id = match self.by_label.get(&label) {
-                    Some(&id) => id,
-                    None => {
-                        let h2c = (p.protocol == Protocol::Http2)
-                            .then(|| p.policy.mirrors[i].rewrite.host.clone());
-                        self.open_mirror(label, backend, h2c)
+                    Some(&id) => {
+                        let kept = self.slots.get(&id).and_then(|s| s.h2c.as_ref());
+                        if let (Some(mirror), Some((policy, i))) = (kept, h2c) {
+                            mirror.set_policy(policy, i);
+                        }
+                        id
                     }
+                    None => self.open_mirror(label, backend, h2c),
                 };
                 mirrors.push(id);
                 wanted.push(id);
@@ -157,16 +174,17 @@ impl Dispatcher {
         &mut self,
         label: String,
         backend: &str,
-        h2c: Option<mirror_cores::rewrite::HostRewrite>,
+        h2c: Option<(Arc<Policy>, usize)>,
     ) -> MirrorId {
         let id = self.next_id;
         self.next_id = self.next_id.wrapping_add(1);
+        let decided = Arc::new(MirrorCounters::default());
+        let h2c = h2c.map(|(policy, i)| H2cMirror::new(policy, i, Arc::clone(&decided), self.seed));
         let relay = Relay::new(RelayConfig {
             shadow: backend.to_owned(),
-            h2c,
+            h2c: h2c.clone(),
             ..self.relay_template.clone()
         });
-        let decided = Arc::new(MirrorCounters::default());
         self.stats
             .add(label.clone(), Arc::clone(&decided), relay.stats());
         tracing::info!(mirror = %label, "mirror added");
@@ -176,6 +194,7 @@ impl Dispatcher {
             Slot {
                 relay,
                 decided,
+                h2c,
                 label,
                 live: true,
                 open_requests: 0,
@@ -222,7 +241,7 @@ impl Dispatcher {
                 self.request_done(flow);
             }
             Event::StreamData { flow, data } => {
-                if !self.flows.contains_key(&flow) {
+                if !self.flows.get(&flow).is_some_and(|s| s.streaming) {
                     self.stream_start(flow);
                 }
                 self.each_current(flow, |relay| {
@@ -310,10 +329,13 @@ impl Dispatcher {
             .position(|p| fits(p.protocol) && p.scope.contains(flow.dst.ip(), flow.dst.port()))
     }
 
-    /// A raw TCP or h2c connection's first bytes: which mirrors take it, for its whole life. The
-    /// flow is remembered even if none does, so that it is decided once.
+    /// A raw TCP or h2c connection's first bytes: which mirrors take it, for its whole life
+    /// (every mirror takes an h2c connection: their relays decide per stream). The flow is
+    /// remembered even if none does, so that it is decided once.
     fn stream_start(&mut self, flow: FlowKey) {
-        let pi = self.policy_of(flow, Protocol::is_stream);
+        let pi = self
+            .policy_of(flow, Protocol::is_stream)
+            .or_else(|| self.policy_of(flow, |p| p == Protocol::Http));
         let Self {
             policies,
             slots,
@@ -323,6 +345,7 @@ impl Dispatcher {
             ..
         } = self;
         let state = flows.entry(flow).or_default();
+        state.streaming = true;
         let Some(active) = pi.map(|pi| &policies[pi]) else {
             stats.dispatch.requests_without_policy.fetch_add(1, Relaxed);
             return;
@@ -331,11 +354,18 @@ impl Dispatcher {
             let Some(slot) = slots.get_mut(&id) else {
                 continue;
             };
-            if rule.share.takes(coin.draw()) {
-                slot.decided.requests_mirrored.fetch_add(1, Relaxed);
+            // h2c (prior knowledge, or an `http` policy's connection upgraded): the relay
+            // decides per stream.
+            let h2c = active.protocol != Protocol::Tcp;
+            if h2c || rule.share.takes(coin.draw()) {
+                if !h2c {
+                    slot.decided.requests_mirrored.fetch_add(1, Relaxed);
+                }
                 slot.open_requests += 1;
                 state.current.push(id);
-                state.used.push(id);
+                if !state.used.contains(&id) {
+                    state.used.push(id);
+                }
             } else {
                 slot.decided.requests_sampled_out.fetch_add(1, Relaxed);
             }
@@ -526,5 +556,68 @@ mod tests {
             labels.iter().all(|l| *l == format!("p/{new}")),
             "{labels:?}"
         );
+    }
+
+    /// A client's h2c connection: the preface, then one GET per path, each on its own
+    /// stream, HPACK-encoded with the connection's dynamic table.
+    fn h2c_bytes(paths: &[&str]) -> Vec<u8> {
+        use mirror_cores::http2::frame::{FrameHeader, END_HEADERS, END_STREAM, HEADERS, PREFACE};
+        let mut encoder = loona_hpack::Encoder::new();
+        let mut out = PREFACE.to_vec();
+        for (i, path) in paths.iter().enumerate() {
+            let fields: [(&[u8], &[u8]); 4] = [
+                (b":method", b"GET"),
+                (b":scheme", b"http"),
+                (b":authority", b"api"),
+                (b":path", path.as_bytes()),
+            ];
+            let block = encoder.encode(fields);
+            let header = FrameHeader {
+                len: block.len() as u32,
+                kind: HEADERS,
+                flags: END_HEADERS | END_STREAM,
+                stream: 2 * i as u32 + 1,
+            };
+            out.extend_from_slice(&header.encode());
+            out.extend_from_slice(&block);
+        }
+        out
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_reload_changes_what_an_h2c_mirror_takes_from_the_next_stream_on() {
+        let h2 = |path: &str| {
+            let text = format!(
+                "interfaces: [lo]\npolicies:\n- name: h2\n  target: {{address: 10.0.0.2, port: 80}}\n  protocol: http2\n  matches: [{{path: {{type: PathPrefix, value: {path}}}}}]\n  mirrors:\n  - backend: 127.0.0.1:1\n"
+            );
+            parse(&text, "t").unwrap()
+        };
+        let mut d = Dispatcher::new(&h2("/a"), RelayConfig::default(), 0, Duration::from_secs(2));
+        let connection = |d: &mut Dispatcher, port: u16, paths: &[&str]| {
+            d.handle(Event::StreamData {
+                flow: flow(port),
+                data: Bytes::from(h2c_bytes(paths)),
+            });
+            d.handle(Event::FlowEnd {
+                flow: flow(port),
+                reason: EndReason::Fin,
+            });
+        };
+        connection(&mut d, 1000, &["/a", "/b"]);
+        // The same mirror (same policy name and backend) keeps its relay, with the new rule.
+        d.reconfigure(&h2("/b"));
+        connection(&mut d, 1001, &["/b", "/b", "/a"]);
+        let stats = d.stats();
+        d.shutdown(Duration::from_secs(2)).await;
+        let mut decided = HashMap::new();
+        super::super::mirror_stats::PolicySource(stats).visit(&mut |s| {
+            if !s.labels.is_empty() {
+                decided.insert(s.name, s.value);
+            }
+        });
+        // Before the reload /a taken, /b not; after it, the other way round.
+        assert_eq!(decided["requests_mirrored"], 1 + 2, "{decided:?}");
+        assert_eq!(decided["requests_not_matched"], 1 + 1, "{decided:?}");
+        assert_eq!(decided["requests_sampled_out"], 0, "{decided:?}");
     }
 }

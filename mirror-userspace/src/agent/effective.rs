@@ -33,6 +33,7 @@ impl RunArgs {
             "host_rewrite": rewrite,
             "relay": {
                 "max_shadow_connections": self.max_shadow_connections,
+                "max_shadow_connections_per_source": self.max_shadow_connections_per_source(),
                 "shadow_queue": self.shadow_queue,
                 "max_inflight_mib": self.max_inflight_mib,
                 "max_inflight_mib_per_source": self.max_inflight_mib_per_source(),

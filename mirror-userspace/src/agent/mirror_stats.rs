@@ -133,10 +133,19 @@ impl Source for RelaySource {
                 (e.label, samples)
             })
             .collect();
-        let count = per_mirror.first().map_or(0, |(_, s)| s.len());
-        for i in 0..count {
+        // Grouped by name, in the order names first come: relays may differ in how many
+        // samples a name has (gRPC methods seen), never in which names come first.
+        let mut names: Vec<&'static str> = Vec::new();
+        for (_, samples) in &per_mirror {
+            for sample in samples {
+                if !names.contains(&sample.name) {
+                    names.push(sample.name);
+                }
+            }
+        }
+        for name in names {
             for (label, samples) in &per_mirror {
-                if let Some(sample) = samples.get(i) {
+                for sample in samples.iter().filter(|s| s.name == name) {
                     out(sample.clone().with_label("mirror", label.clone()));
                 }
             }

@@ -9,7 +9,7 @@ pub mod host_rewrite;
 mod intake;
 pub mod kubernetes;
 mod link_events;
-mod mirror_stats;
+pub(crate) mod mirror_stats;
 mod pipeline_cells;
 pub mod replay;
 pub mod run;

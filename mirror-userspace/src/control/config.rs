@@ -114,9 +114,9 @@ pub enum Protocol {
     /// Raw TCP mode: each connection's bytes, as they are, to a connection of its own to
     /// each mirror that takes it (sampling per connection; nothing is rewritten).
     Tcp,
-    /// h2c with prior knowledge: each connection followed from its preface (sampling per
-    /// connection), each stream replayed on an HTTP/2 connection to the mirror with
-    /// `:authority` rewritten.
+    /// h2c with prior knowledge: each connection followed from its preface, each stream
+    /// matched, sampled and rewritten as an HTTP/1 request is (`:method`, `:path`, fields;
+    /// `hostRewrite` on `:authority`) and replayed on an HTTP/2 connection to the mirror.
     Http2,
 }
 
@@ -366,14 +366,18 @@ fn build_policy(
         None => Protocol::Http,
         Some(proto) if proto.value == ProtocolEntry::Http => Protocol::Http,
         Some(proto) if proto.value == ProtocolEntry::Http2 => {
-            check_http2(p).map_err(|key| {
-                check.invalid(
-                    At::from(proto),
-                    key,
-                    "not yet on a protocol: http2 policy: connections are sampled whole and \
-                     only hostRewrite applies (to :authority)",
-                )
-            })?;
+            for (m, rule) in p.mirrors.iter().zip(&mirrors) {
+                if let Some(name) = mirror_cores::http2::forbidden_field(&rule.rewrite.headers) {
+                    return Err(check.invalid(
+                        At::from(m),
+                        "requestHeaderModifier",
+                        format!(
+                            "{name:?} is a connection-specific field, which an HTTP/2 request \
+                             must not carry (RFC 9113 section 8.2.2)"
+                        ),
+                    ));
+                }
+            }
             Protocol::Http2
         }
         Some(proto) => {
@@ -402,23 +406,6 @@ fn build_policy(
         match_text,
         protocol,
     })
-}
-
-/// What an http2 policy does not support yet. Returns the key that is out of place.
-fn check_http2(p: &PolicyEntry) -> Result<(), &'static str> {
-    if !p.matches.is_empty() {
-        return Err("matches");
-    }
-    if p.sampling.is_some() {
-        return Err("sampling");
-    }
-    if p.mirrors
-        .iter()
-        .any(|m| m.value.request_header_modifier.is_some())
-    {
-        return Err("requestHeaderModifier");
-    }
-    Ok(())
 }
 
 /// A raw TCP policy's connections carry no HTTP: it may say only how much to mirror where.
@@ -608,7 +595,7 @@ impl fmt::Display for MirrorConfig {
             if p.protocol == Protocol::Http2 {
                 writeln!(
                     f,
-                    "  protocol: http2 (h2c, streams replayed, :authority rewritten)"
+                    "  protocol: http2 (h2c, each stream matched, sampled and rewritten as a request)"
                 )?;
             }
             if p.protocol == Protocol::Tcp {

@@ -201,25 +201,24 @@ fn raw_tcp_policies_take_shares_and_refuse_http_rules() {
 }
 
 #[test]
-fn http2_policies_rewrite_authority_and_refuse_what_is_not_there_yet() {
-    let h2 = "interfaces: [eth0]\npolicies:\n- name: grpc\n  target: {address: 10.96.0.30, port: 50051}\n  protocol: http2\n  mirrors:\n  - backend: grpc-v2:50051\n    hostRewrite: {host: grpc-v2}\n";
+fn http2_policies_take_matches_sampling_and_modifiers() {
+    let h2 = "interfaces: [eth0]\npolicies:\n- name: grpc\n  target: {address: 10.96.0.30, port: 50051}\n  protocol: http2\n  matches: [{method: POST, path: {type: PathPrefix, value: /pkg.Service}}]\n  sampling: {consistentBy: header, header: x-request-id}\n  mirrors:\n  - backend: grpc-v2:50051\n    hostRewrite: {host: grpc-v2}\n    percent: 50\n    requestHeaderModifier: {set: [{name: x-mirrored, value: \"1\"}], remove: [authorization]}\n";
     let config = parse(h2, "t").unwrap();
-    assert_eq!(config.policies[0].protocol, super::Protocol::Http2);
-    assert!(config.to_string().contains("protocol: http2"), "{config}");
-    for extra in [
-        "  matches: [{method: GET}]\n",
-        "  sampling: {consistentBy: header, header: x}\n",
+    let p = &config.policies[0];
+    assert_eq!(p.protocol, super::Protocol::Http2);
+    assert_eq!(p.policy.matches.len(), 1);
+    assert!(!p.policy.mirrors[0].rewrite.headers.is_empty());
+    let text = config.to_string();
+    for want in [
+        "protocol: http2",
+        "consistent by header x-request-id",
+        "set x-mirrored: 1",
     ] {
-        let text = h2.replace(
-            "  protocol: http2\n",
-            &format!("  protocol: http2\n{extra}"),
-        );
-        assert!(refused(&text).to_string().contains("not yet"), "{extra}");
+        assert!(text.contains(want), "{want}: {text}");
     }
-    let modifier = format!("{h2}    requestHeaderModifier: {{remove: [a]}}\n");
-    assert!(refused(&modifier)
-        .to_string()
-        .contains("requestHeaderModifier"));
+    let forbidden = h2.replace("name: x-mirrored", "name: Connection");
+    let error = refused(&forbidden).to_string();
+    assert!(error.contains("connection-specific"), "{error}");
 }
 
 /// A Service target as the ConfigMap in deploy/ writes it.

@@ -124,6 +124,7 @@ pub fn render(r: &Rendering<'_>) -> String {
         );
         outcome_rows(&mut out, r, "mirror_policy", &[("mirror", mirror)]);
     }
+    grpc_rows(&mut out, r);
     let _ = writeln!(out);
     let _ = writeln!(out, "{:<28}{:>14}{:>14}", "capture", "total", "per second");
     for (label, metric) in [
@@ -189,6 +190,34 @@ fn outcome_rows(
     }
     let sampled_out = format!("{mirrored_stage}_requests_sampled_out_total");
     row(out, r, "sampled out", &sampled_out, labels);
+}
+
+/// gRPC calls, once any was mirrored: per method (mirrors added up), with the kinds other
+/// than `ok` that happened.
+fn grpc_rows(out: &mut String, r: &Rendering<'_>) {
+    let calls = "mirror_relay_grpc_calls_total";
+    if r.after.sum(calls, &[]) <= 0.0 {
+        return;
+    }
+    let _ = writeln!(out);
+    let _ = writeln!(
+        out,
+        "{:<28}{:>14}{:>14}",
+        "grpc calls", "total", "per second"
+    );
+    for method in label_values(r.after, calls, &[], "method") {
+        let by_method = [("method", method)];
+        if r.after.sum(calls, &by_method) <= 0.0 {
+            continue;
+        }
+        row(out, r, method, calls, &by_method);
+        for kind in ["error", "no_status"] {
+            let member = [("method", method), ("kind", kind)];
+            if r.after.sum(calls, &member) > 0.0 {
+                row(out, r, &format!("  {kind}"), calls, &member);
+            }
+        }
+    }
 }
 
 /// One row: the total of `metric` over `labels` and its rate between the two scrapes.
@@ -331,6 +360,7 @@ mod tests {
             !text.contains("conn_limit"),
             "zero reasons are left out: {text}"
         );
+        assert!(!text.contains("grpc calls"), "no gRPC, no table: {text}");
         assert!(text.contains("v2 latency: p50 0.6"), "{text}");
     }
 
@@ -404,6 +434,49 @@ mod tests {
         assert!(
             text.contains("ring buffer: 2.0 KiB of 4.0 MiB waiting to be read\n"),
             "{text}"
+        );
+    }
+
+    #[test]
+    fn grpc_calls_are_listed_per_method_with_what_failed() {
+        let metric = |method: &str, kind: &str, mirror: &str, n: u32| {
+            format!(
+                "mirror_relay_grpc_calls_total{{method=\"{method}\",kind=\"{kind}\",mirror=\"{mirror}\"}} {n}\n"
+            )
+        };
+        let after: String = [
+            metric("/s.S/Get", "ok", "p/a:80", 5),
+            metric("/s.S/Get", "ok", "p/b:80", 2),
+            metric("/s.S/Get", "error", "p/a:80", 1),
+            metric("/s.S/Get", "no_status", "p/a:80", 0),
+            metric("/s.S/Put", "no_status", "p/a:80", 3),
+            metric("other", "ok", "p/a:80", 0),
+        ]
+        .concat();
+        let text = render(&Rendering {
+            addr: "127.0.0.1:9477".parse().unwrap(),
+            ready: true,
+            readiness: "ready\n",
+            before: &Scrape::default(),
+            after: &Scrape::parse(&after).unwrap(),
+            seconds: 1.0,
+        });
+        let row =
+            |label: &str, total: u32, rate: &str| format!("{label:<28}{total:>14}{rate:>14}\n");
+        let table = format!(
+            "{:<28}{:>14}{:>14}\n{}{}{}{}\n",
+            "grpc calls",
+            "total",
+            "per second",
+            row("/s.S/Get", 8, "8.0"),
+            row("  error", 1, "1.0"),
+            row("/s.S/Put", 3, "3.0"),
+            row("  no_status", 3, "3.0"),
+        );
+        assert!(text.contains(&table), "{text}");
+        assert!(
+            !text.contains("other"),
+            "methods without calls are left out: {text}"
         );
     }
 }

@@ -24,6 +24,7 @@ use super::{
     stats::{ConnectFailure, RelayStats},
     ResponseFramer,
 };
+use mirror_cores::http::Answer;
 
 /// Bytes read from v2 at a time: large responses cost few wake-ups.
 const READ_BUFFER: usize = 64 * 1024;
@@ -31,8 +32,8 @@ const READ_BUFFER: usize = 64 * 1024;
 /// What the reader saw.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(super) enum ReadEvent {
-    /// A complete final response, with its status.
-    Answered(u16),
+    /// A complete final response, with its status; `close`: v2 said it closes after it.
+    Answered { status: u16, close: bool },
     /// v2 closed (`reset`: with RST) its side; nothing more will come.
     Closed { reset: bool },
     /// v2 sent something that is not a response to what was sent.
@@ -82,6 +83,8 @@ pub(super) struct Conn {
     pub(super) answers: u64,
     pub(super) idle_since: Instant,
     dead: bool,
+    /// v2 said it closes after its last answer: no request may begin on it.
+    closing: bool,
     _slot: Slot,
     /// Held until v2 first answers on this connection (the pool's bound on new connections).
     opening: Option<OwnedSemaphorePermit>,
@@ -103,6 +106,7 @@ impl Conn {
             answers: 0,
             idle_since: Instant::now(),
             dead: false,
+            closing: false,
             _slot: slot,
             opening: None,
         }
@@ -113,9 +117,10 @@ impl Conn {
         self.opening = Some(permit);
     }
 
-    /// v2 answered a request on this connection.
-    pub(super) fn answered(&mut self) {
+    /// v2 answered a request on this connection (`close`: and said it closes after it).
+    pub(super) fn answered(&mut self, close: bool) {
         self.answers += 1;
+        self.closing |= close;
         self.opening = None;
     }
 
@@ -131,10 +136,10 @@ impl Conn {
         lock(&self.state).heard
     }
 
-    /// Whether a new request may go out on this connection: v2 has not closed it, sent
-    /// anything unasked, or left a response unfinished.
+    /// Whether a new request may go out on this connection: v2 has not closed it (or said
+    /// it would), sent anything unasked, or left a response unfinished.
     pub(super) fn usable(&mut self) -> bool {
-        self.dead |= self.writer.is_none();
+        self.dead |= self.writer.is_none() || self.closing;
         while !self.dead {
             match self.events.try_recv() {
                 Ok(_) | Err(mpsc::error::TryRecvError::Disconnected) => self.dead = true,
@@ -184,14 +189,14 @@ async fn read_responses(
     events: mpsc::Sender<ReadEvent>,
 ) {
     let mut buf = vec![0u8; READ_BUFFER];
-    let mut answers = Vec::new();
+    let mut answers: Vec<Answer> = Vec::new();
     let last = loop {
         let read = reader.read(&mut buf).await;
         let (fed, last) = {
             let mut state = lock(&state);
             match read {
                 Ok(0) => {
-                    state.framer.closed(|status| answers.push(status));
+                    state.framer.closed(|answer| answers.push(answer));
                     (Ok(()), Some(ReadEvent::Closed { reset: false }))
                 }
                 Err(error) => {
@@ -199,7 +204,7 @@ async fn read_responses(
                     (Ok(()), Some(ReadEvent::Closed { reset }))
                 }
                 Ok(n) => {
-                    let fed = state.framer.feed(&buf[..n], |status| answers.push(status));
+                    let fed = state.framer.feed(&buf[..n], |answer| answers.push(answer));
                     // After an answer, only what follows it counts (a response begun).
                     state.heard = if answers.is_empty() {
                         true
@@ -213,21 +218,30 @@ async fn read_responses(
         if let Some(last) = last {
             break last;
         }
-        for status in answers.drain(..) {
-            if events.send(ReadEvent::Answered(status)).await.is_err() {
-                return;
-            }
+        if !send_answers(&mut answers, &events).await {
+            return;
         }
         if fed.is_err() {
             break ReadEvent::Malformed;
         }
     };
-    for status in answers.drain(..) {
-        if events.send(ReadEvent::Answered(status)).await.is_err() {
-            return;
+    if send_answers(&mut answers, &events).await {
+        let _ = events.send(last).await;
+    }
+}
+
+/// Reports `answers` in order; false once nobody listens.
+async fn send_answers(answers: &mut Vec<Answer>, events: &mpsc::Sender<ReadEvent>) -> bool {
+    for Answer { status, close } in answers.drain(..) {
+        if events
+            .send(ReadEvent::Answered { status, close })
+            .await
+            .is_err()
+        {
+            return false;
         }
     }
-    let _ = events.send(last).await;
+    true
 }
 
 /// Connects to one of `addrs` (in order) within `timeout`, sockets marked with `mark`.

@@ -4,20 +4,25 @@
 //!
 //! Requests the client connection has queued go out back to back on its connection (up to
 //! [`PIPELINE_DEPTH`] unanswered), so v2 sees the client's pipelining and a v2 slower than v1
-//! is not held to one round trip per request. When v2 closes the connection, the fate of
-//! every request on it is known from the order of answers: those answered were answered;
-//! if v2 closed without a byte after an answer (keep-alive limit, idle timeout,
-//! `Connection: close`) or before any byte of a request was written, v2 did not take up the
-//! rest and they are written once more, in order, on a new connection; otherwise the oldest
-//! unanswered one and every one written after it are counted unanswered, and only those not
-//! yet written go on.
+//! is not held to one round trip per request; once v2 is known to close connections after
+//! some answers, no more than that many go out on one ([`Depth`]). When v2 closes the
+//! connection, the fate of every request on it is known from the order of answers: those
+//! answered were answered; those written after an answer that said `Connection: close`, and,
+//! if v2 closed with a FIN without a byte after an answer (keep-alive limit, idle timeout)
+//! or before any byte of a request was written, the rest, were not taken up and are written
+//! once more, in order, on a new connection; otherwise (a reset among them: Linux resets a
+//! connection closed with requests unread and drops what v2 had not sent yet, which may be
+//! the answer to one it processed) the oldest unanswered one and every one written after it
+//! are counted unanswered, and only those not yet written go on.
 
 use std::{
     collections::VecDeque,
+    net::IpAddr,
     sync::{
-        atomic::{AtomicU8, AtomicUsize, Ordering::Relaxed},
+        atomic::{AtomicU64, AtomicU8, Ordering::Relaxed},
         Arc,
     },
+    time::Duration,
 };
 
 use bytes::Bytes;
@@ -28,6 +33,7 @@ use tokio::{
 
 use super::{
     conn::{Conn, ReadEvent},
+    pool::InUse,
     stats::{DropReason, Outcome, Unanswered},
     ticket::{Chunk, Ticket},
     Shared,
@@ -43,33 +49,88 @@ const REPLAY_LIMIT: usize = 1 << 20;
 /// costs little writing again.
 const PIPELINE_DEPTH: usize = 8;
 
-/// How many requests go out back to back, learnt from v2: a connection v2 closed after `k`
-/// answers sets it to `k` (a v2 that closes after every response gets one request at a
-/// time, and nothing is written in vain), and a connection that answered more raises it
-/// again, up to [`PIPELINE_DEPTH`].
+/// How often a connection at v2's learnt keep-alive limit may carry one request more, to
+/// see whether v2 still closes there.
+const PROBE_EVERY: Duration = Duration::from_secs(1);
+
+/// How far requests may go out ahead of v2's answers on one connection, learnt from v2.
+/// While v2 is not known to close connections, up to [`PIPELINE_DEPTH`] go out unanswered.
+/// A connection v2 closed (saying so or not) after `k` answers while requests on it were
+/// unanswered shows a keep-alive limit: from then on a connection carries at most `k`
+/// requests, so nothing goes out behind the answer v2 closes after (nothing is written in
+/// vain, or lost in a reset). A connection that answers more than `k` shows the limit gone;
+/// so that a wrong lesson (a v2 restarting resets connections whatever they carried) is not
+/// kept for ever, once every [`PROBE_EVERY`] a connection at the limit carries one request
+/// more, written once all before it are answered (if v2 does close there, its FIN is
+/// usually read first, and the request goes on a new connection).
 #[derive(Debug)]
-pub(super) struct Depth(AtomicUsize);
+pub(super) struct Depth {
+    /// Answers v2 gives on one connection before closing it; `u64::MAX`: none known.
+    limit: AtomicU64,
+    started: Instant,
+    /// Milliseconds since `started` from which the next probe may go.
+    next_probe_ms: AtomicU64,
+}
 
 impl Default for Depth {
     fn default() -> Self {
-        Depth(AtomicUsize::new(PIPELINE_DEPTH))
+        Depth {
+            limit: AtomicU64::new(u64::MAX),
+            started: Instant::now(),
+            next_probe_ms: AtomicU64::new(0),
+        }
     }
 }
 
 impl Depth {
-    fn get(&self) -> usize {
-        self.0.load(Relaxed)
+    /// Whether one more request may begin, at `now`, on a connection that has begun
+    /// `exchanges` and had `answers` of them answered.
+    fn may_begin(&self, exchanges: u64, answers: u64, now: Instant) -> bool {
+        let unanswered = exchanges.saturating_sub(answers);
+        if !self.spent(exchanges) {
+            return unanswered < PIPELINE_DEPTH as u64;
+        }
+        unanswered == 0 && self.probe_due(now)
     }
 
+    /// Whether a connection that has begun `exchanges` is at v2's keep-alive limit.
+    fn spent(&self, exchanges: u64) -> bool {
+        exchanges >= self.limit.load(Relaxed)
+    }
+
+    /// A connection has had `answers` answered.
     fn answered(&self, answers_on_conn: u64) {
-        let answers = usize::try_from(answers_on_conn).unwrap_or(usize::MAX);
-        self.0.fetch_max(answers.min(PIPELINE_DEPTH), Relaxed);
+        if answers_on_conn > self.limit.load(Relaxed) {
+            self.limit.store(u64::MAX, Relaxed);
+        }
     }
 
-    fn closed_after(&self, answers_on_conn: u64) {
-        let answers = usize::try_from(answers_on_conn).unwrap_or(usize::MAX);
-        self.0.store(answers.clamp(1, PIPELINE_DEPTH), Relaxed);
+    /// v2 closed a connection, at `now`, after `answers_on_conn` answers with requests on it
+    /// unanswered.
+    fn closed_after(&self, answers_on_conn: u64, now: Instant) {
+        self.limit.store(answers_on_conn.max(1), Relaxed);
+        self.next_probe_ms
+            .store(self.ms_at(now).saturating_add(ms(PROBE_EVERY)), Relaxed);
     }
+
+    /// Takes the probe if it is due at `now`.
+    fn probe_due(&self, now: Instant) -> bool {
+        let now = self.ms_at(now);
+        let next = self.next_probe_ms.load(Relaxed);
+        now >= next
+            && self
+                .next_probe_ms
+                .compare_exchange(next, now.saturating_add(ms(PROBE_EVERY)), Relaxed, Relaxed)
+                .is_ok()
+    }
+
+    fn ms_at(&self, now: Instant) -> u64 {
+        ms(now.saturating_duration_since(self.started))
+    }
+}
+
+fn ms(duration: Duration) -> u64 {
+    u64::try_from(duration.as_millis()).unwrap_or(u64::MAX)
 }
 
 /// A piece of a request, queued for its client connection's task.
@@ -105,8 +166,10 @@ impl Cancel {
 
 /// Runs until the dispatcher closes the queue and every request in it has an outcome.
 /// `after` is the previous task of the same client connection, which must finish first so
-/// that its requests reach v2 before this one's.
+/// that its requests reach v2 before this one's; `source` is the client's address, whose
+/// share of the connections to v2 the task's connection counts in.
 pub(super) async fn run(
+    source: IpAddr,
     mut queue: mpsc::Receiver<Piece>,
     cancel: Arc<Cancel>,
     after: Option<oneshot::Receiver<()>>,
@@ -125,10 +188,15 @@ pub(super) async fn run(
                 None => break,
             }
         }
-        conn = serve(&mut line, conn, &mut queue, &cancel, &shared).await;
+        conn = serve(source, &mut line, conn, &mut queue, &cancel, &shared).await;
     }
     if let Some(conn) = conn {
-        shared.pool.release(conn);
+        if shared.depth.spent(conn.exchanges) {
+            // v2 closes it after the answers it has given.
+            conn.reset();
+        } else {
+            shared.pool.release(conn);
+        }
     }
     drop(done);
 }
@@ -280,18 +348,19 @@ enum Attempt {
 /// still good) until each has an outcome; returns the connection if it can carry the next
 /// request.
 async fn serve(
+    source: IpAddr,
     line: &mut VecDeque<Request>,
-    mut conn: Option<Conn>,
+    mut conn: Option<InUse>,
     queue: &mut mpsc::Receiver<Piece>,
     cancel: &Cancel,
     shared: &Shared,
-) -> Option<Conn> {
+) -> Option<InUse> {
     loop {
         let fresh = line.front().is_some_and(|request| request.resent);
         let kept = conn.take().filter(|_| !fresh);
         let mut current = match kept.and_then(|mut kept| kept.usable().then_some(kept)) {
             Some(kept) => kept,
-            None => match shared.pool.acquire(fresh).await {
+            None => match shared.pool.acquire(source, fresh).await {
                 Ok(fresh) => fresh,
                 Err(reason) => {
                     for request in line.iter_mut() {
@@ -350,6 +419,10 @@ async fn attempt(
     // written again even if it was before.
     let mut progress = false;
     let mut write_failed = false;
+    // A write failed with ECONNRESET: v2 reset the connection. The error is told once, to
+    // the writer or the reader, whichever asks first; the other then sees only the end (the
+    // reader an EOF), so the reader's word alone does not say it was no reset.
+    let mut reset_seen = false;
     let mut queue_closed = false;
     // The newest request was given up on after some of it was written: once the older ones
     // have their outcomes, the connection is reset so v2 never takes it for whole.
@@ -379,17 +452,24 @@ async fn attempt(
             line.iter_mut().position(|request| !request.sent())
         };
         let pending = match writing.and_then(|at| line.get_mut(at)) {
-            Some(request) => {
-                if !request.begun {
-                    if conn.exchanges > 0 {
-                        shared.stats.connections_reused.fetch_add(1, Relaxed);
-                    }
-                    conn.begin(request.is_head);
-                    request.begun = true;
+            Some(request) if request.begun => request.unwritten(),
+            Some(request)
+                if shared
+                    .depth
+                    .may_begin(conn.exchanges, conn.answers, Instant::now()) =>
+            {
+                if conn.exchanges > 0 {
+                    shared.stats.connections_reused.fetch_add(1, Relaxed);
                 }
+                conn.begin(request.is_head);
+                request.begun = true;
                 request.unwritten()
             }
-            None => None,
+            // v2 closes this connection after the answers it has given: the rest go on a
+            // new one.
+            Some(_) if conn.exchanges == conn.answers => return Attempt::Broken { reset: true },
+            // It goes out once v2 has answered more.
+            Some(_) | None => None,
         };
         if pending.is_some() && !was_pending {
             // Bytes to write again after a wait for the client: the stall clock starts now.
@@ -402,8 +482,7 @@ async fn attempt(
             }
         }
         let newest_open = line.back().is_some_and(|request| !request.complete);
-        let pull =
-            !queue_closed && (newest_open || (!stop_writing && line.len() < shared.depth.get()));
+        let pull = !queue_closed && (newest_open || (!stop_writing && line.len() < PIPELINE_DEPTH));
         let Some((writer, events)) = conn.halves() else {
             fail_written(line, Unanswered::Reset);
             return Attempt::Broken { reset: false };
@@ -451,8 +530,9 @@ async fn attempt(
                     shared.stats.bytes_sent.fetch_add(n as u64, Relaxed);
                 }
                 // v2 closed or reset: the reader says what it answered first.
-                Err(_) => {
+                Err(error) => {
                     write_failed = true;
+                    reset_seen |= error.kind() == std::io::ErrorKind::ConnectionReset;
                     answer_deadline.get_or_insert_with(|| Instant::now() + timeout);
                 }
             },
@@ -467,14 +547,17 @@ async fn attempt(
                 return Attempt::Broken { reset: true };
             }
             event = events.recv() => match event {
-                Some(ReadEvent::Answered(status)) => {
+                Some(ReadEvent::Answered { status, close }) => {
                     shared.pool.alive();
-                    conn.answered();
+                    conn.answered(close);
                     shared.depth.answered(conn.answers);
                     progress = true;
                     answer_deadline = None;
                     if let Some(awaited) = line.iter_mut().find(|request| !request.ended()) {
                         awaited.end(Outcome::Answered(status));
+                    }
+                    if close {
+                        return announced_close(conn, line, &shared.depth);
                     }
                 }
                 Some(ReadEvent::Malformed) => {
@@ -482,10 +565,9 @@ async fn attempt(
                     return Attempt::Broken { reset: true };
                 }
                 Some(ReadEvent::Closed { reset }) => {
-                    shared.depth.closed_after(conn.answers);
-                    return closed(conn, line, reset, progress);
+                    return closed(conn, line, reset || reset_seen, progress, &shared.depth);
                 }
-                None => return closed(conn, line, true, progress),
+                None => return closed(conn, line, true, progress, &shared.depth),
             },
         }
     }
@@ -499,9 +581,37 @@ fn fail_written(line: &mut VecDeque<Request>, cause: Unanswered) {
     }
 }
 
+/// Whether requests begun on this connection are still unanswered: v2 closing now cuts
+/// them off, and shows the keep-alive limit to learn.
+fn cut_off(line: &VecDeque<Request>) -> bool {
+    line.iter().any(|request| request.begun && !request.ended())
+}
+
+/// v2 answered with `Connection: close`: it processes no request sent after the one it
+/// answered (RFC 9112, section 9.6), so those written after it go on a new connection, even
+/// if the close comes as a reset (one too large to hold for writing again is unanswered).
+/// The connection is reset: v2 is done with it, and the node keeps no TIME_WAIT.
+fn announced_close(conn: &Conn, line: &mut VecDeque<Request>, depth: &Depth) -> Attempt {
+    if cut_off(line) {
+        depth.closed_after(conn.answers, Instant::now());
+    }
+    for request in line.iter_mut().filter(|request| request.written_any) {
+        if !request.replayable {
+            request.end(Outcome::Unanswered(Unanswered::Closed));
+        }
+    }
+    Attempt::Broken { reset: true }
+}
+
 /// v2 closed the connection while requests of `line` were without an outcome; `progress`:
 /// it answered some of them first.
-fn closed(conn: &Conn, line: &mut VecDeque<Request>, reset: bool, progress: bool) -> Attempt {
+fn closed(
+    conn: &Conn,
+    line: &mut VecDeque<Request>,
+    reset: bool,
+    progress: bool,
+    depth: &Depth,
+) -> Attempt {
     let cause = if reset {
         Unanswered::Reset
     } else {
@@ -510,13 +620,18 @@ fn closed(conn: &Conn, line: &mut VecDeque<Request>, reset: bool, progress: bool
     let Some(awaited) = line.iter().find(|request| !request.ended()) else {
         return Attempt::Broken { reset: false };
     };
-    // v2 closed right after an answer without a byte for the next request, or before any
-    // byte of the oldest unanswered one was written: it took none of them up, and they may
-    // be written again. Once only unless v2 answered some on the way, so a v2 that closes
-    // every connection at once cannot make a request go round for ever.
+    if cut_off(line) {
+        depth.closed_after(conn.answers, Instant::now());
+    }
+    // v2 closed with a FIN right after an answer without a byte for the next request, or
+    // before any byte of the oldest unanswered one was written: it took none of them up, and
+    // they may be written again. Once only unless v2 answered some on the way, so a v2 that
+    // closes every connection at once cannot make a request go round for ever. A reset is no
+    // such proof: v2 closing with requests unread makes Linux reset the connection and drop
+    // what v2 had not sent yet, which may be the answer to a request it processed.
     let untaken = !conn.heard_back() && (conn.answers > 0 || !awaited.written_any);
     for request in line.iter_mut().filter(|request| request.written_any) {
-        if !untaken || (request.resent && !progress) || !request.replayable {
+        if reset || !untaken || (request.resent && !progress) || !request.replayable {
             request.end(Outcome::Unanswered(cause));
         }
     }
@@ -541,14 +656,38 @@ mod tests {
     #[test]
     fn the_depth_follows_what_v2_answers_before_closing() {
         let depth = Depth::default();
-        assert_eq!(depth.get(), PIPELINE_DEPTH);
-        depth.closed_after(3);
-        assert_eq!(depth.get(), 3);
-        depth.closed_after(0);
-        assert_eq!(depth.get(), 1);
+        let now = Instant::now();
+        // Nothing known: up to PIPELINE_DEPTH unanswered on a connection, however long.
+        let deep = PIPELINE_DEPTH as u64;
+        assert!(depth.may_begin(1000 + deep - 1, 1000, now));
+        assert!(!depth.may_begin(1000 + deep, 1000, now));
+        // v2 closed after 3: three requests per connection, back to back, then no more.
+        depth.closed_after(3, now);
+        assert!(depth.may_begin(2, 0, now));
+        assert!(depth.spent(3));
+        assert!(!depth.may_begin(3, 3, now));
+        // A v2 closing before any answer still gets one request per connection.
+        depth.closed_after(0, now);
+        assert!(depth.may_begin(0, 0, now));
+        assert!(!depth.may_begin(1, 1, now));
+        // A connection answering more than that shows the limit gone.
+        depth.answered(1);
+        assert!(!depth.may_begin(1, 1, now));
         depth.answered(2);
-        assert_eq!(depth.get(), 2);
-        depth.answered(100);
-        assert_eq!(depth.get(), PIPELINE_DEPTH);
+        assert!(depth.may_begin(5, 2, now));
+    }
+
+    #[test]
+    fn a_connection_at_the_limit_carries_one_more_once_in_a_while() {
+        let depth = Depth::default();
+        let now = Instant::now();
+        depth.closed_after(2, now);
+        assert!(!depth.may_begin(2, 2, now));
+        let later = now + PROBE_EVERY;
+        // Only once all before it are answered, and only one connection per interval.
+        assert!(!depth.may_begin(2, 1, later));
+        assert!(depth.may_begin(2, 2, later));
+        assert!(!depth.may_begin(2, 2, later));
+        assert!(depth.may_begin(2, 2, later + PROBE_EVERY));
     }
 }

@@ -11,6 +11,7 @@
 
 mod conn;
 mod flow;
+mod grpc_methods;
 mod h2c;
 mod limits;
 mod pool;
@@ -34,6 +35,7 @@ use self::{
     ticket::{Budget, Ticket},
 };
 pub use self::{
+    h2c::H2cMirror,
     limits::{raise_fd_limit, FdLimitError},
     resolve::{Shadow, ShadowError},
     stats::{ConnectFailure, DropReason, Outcome, RelayStats, Unanswered},
@@ -51,12 +53,15 @@ pub struct RelayConfig {
     pub mark: u32,
     /// Connections to v2 open at once, idle ones included.
     pub max_connections: usize,
+    /// Of those, how many the client connections of one source address (a client pod) may
+    /// have in use at once; beyond, its requests are dropped as `source_connections`.
+    pub max_connections_per_source: usize,
     /// Messages (head, body chunk, end) queued per client connection.
     pub queue_depth: usize,
     /// Request bytes held over all connections (queued, or sent and not yet answered).
     pub max_inflight_bytes: usize,
-    /// Of those, what one source address (a client pod) may hold; beyond, its requests are
-    /// dropped as `source_budget`.
+    /// Of those, one source address's (a client pod's) share: more only while the budget can
+    /// lend it (see `ticket::Budget`); beyond, its requests are dropped as `source_budget`.
     pub max_inflight_bytes_per_source: usize,
     pub connect_timeout: Duration,
     /// How long v2 may go without accepting a byte of a request being written, and how long
@@ -68,9 +73,10 @@ pub struct RelayConfig {
     pub idle_timeout: Duration,
     /// Where each request's outcome is logged, if anywhere.
     pub access_log: Option<Arc<AccessLog>>,
-    /// Raw connections carry h2c (`protocol: http2`): replayed stream by stream on an HTTP/2
-    /// connection to v2, `:authority` rewritten by this rule.
-    pub h2c: Option<mirror_cores::rewrite::HostRewrite>,
+    /// Raw connections carry h2c (`protocol: http2`, or an HTTP/1.1 connection v1 switched
+    /// after `Upgrade: h2c`): replayed stream by stream on an HTTP/2 connection to v2, each
+    /// stream decided and rewritten by this mirror's policy.
+    pub h2c: Option<H2cMirror>,
 }
 
 impl Default for RelayConfig {
@@ -79,9 +85,10 @@ impl Default for RelayConfig {
             shadow: String::new(),
             mark: 0,
             max_connections: 4096,
+            max_connections_per_source: 2048,
             queue_depth: 1024,
             max_inflight_bytes: 64 << 20,
-            max_inflight_bytes_per_source: 64 << 20,
+            max_inflight_bytes_per_source: 16 << 20,
             connect_timeout: Duration::from_secs(2),
             response_timeout: Duration::from_secs(10),
             down_backoff: Duration::from_secs(1),
@@ -215,7 +222,13 @@ impl Relay {
                 return;
             }
         };
-        let queue = queue_of(entry, &self.shared, &mut self.tasks, &self.runtime);
+        let queue = queue_of(
+            flow.src.ip(),
+            entry,
+            &self.shared,
+            &mut self.tasks,
+            &self.runtime,
+        );
         if let Err(error) = queue.try_send(Piece::Head { chunk, ticket }) {
             let (reason, piece) = match error {
                 mpsc::error::TrySendError::Full(piece) => (DropReason::QueueFull, piece),
@@ -330,8 +343,10 @@ impl Drop for Relay {
     }
 }
 
-/// The queue of `entry`'s task, starting a task if it has none (or its last one was cancelled).
+/// The queue of `entry`'s task (a client connection from `source`), starting a task if it has
+/// none (or its last one was cancelled).
 fn queue_of(
+    source: std::net::IpAddr,
     entry: &mut ClientConnection,
     shared: &Arc<Shared>,
     tasks: &mut JoinSet<()>,
@@ -346,6 +361,7 @@ fn queue_of(
     entry.cancel = Arc::new(Cancel::default());
     tasks.spawn_on(
         flow::run(
+            source,
             receiver,
             Arc::clone(&entry.cancel),
             after,

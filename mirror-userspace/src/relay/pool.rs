@@ -2,7 +2,11 @@
 //! connection no longer needs goes idle here and carries the next client connection's
 //! requests, so clients that open a connection per request do not cost a TCP connection (and
 //! a TIME_WAIT on the node) each. At most `max_connections` are open, idle ones included, and
-//! at most [`MAX_OPENING`] new ones wait for their first answer at once.
+//! at most [`MAX_OPENING`] new ones wait for their first answer at once. The client
+//! connections of one source address (a client pod) hold or wait for at most
+//! `max_connections_per_source` of them: a pod opening many client connections at once loses
+//! its own mirroring beyond its share (`source_connections`), and the other pods keep the rest
+//! of the cap and their places in its queues. Idle connections count for no source.
 //! Only failures that say v2 is down count towards taking it for down: refused, unreachable,
 //! and a connect timeout while v2 showed no sign of life (no connect completed, no answer
 //! framed) since that connect began. A timeout while v2 answers elsewhere is a full accept
@@ -10,6 +14,9 @@
 //! counted as themselves.
 
 use std::{
+    collections::HashMap,
+    net::IpAddr,
+    ops::{Deref, DerefMut},
     sync::{
         atomic::{AtomicU32, AtomicU64, Ordering::Relaxed},
         Arc, Mutex, MutexGuard,
@@ -60,6 +67,8 @@ pub(super) struct Pool {
     /// One more than the milliseconds since `started` when v2 last completed a connect or
     /// answered a request; 0: never.
     alive_ms: AtomicU64,
+    /// Connections in use per source address (see [`Lease`]).
+    in_use: Arc<Mutex<HashMap<IpAddr, usize>>>,
 }
 
 impl Pool {
@@ -76,12 +85,41 @@ impl Pool {
             down_until_ms: AtomicU64::new(0),
             failures_in_a_row: AtomicU32::new(0),
             alive_ms: AtomicU64::new(0),
+            in_use: Arc::default(),
         }
     }
 
-    /// A connection for the next request: an idle one if any (unless `fresh`), else a new
-    /// one.
-    pub(super) async fn acquire(&self, fresh: bool) -> Result<Conn, DropReason> {
+    /// A connection for the next request of a client connection from `source`: an idle one
+    /// if any (unless `fresh`), else a new one; charged to `source`'s share while in use.
+    pub(super) async fn acquire(&self, source: IpAddr, fresh: bool) -> Result<InUse, DropReason> {
+        let lease = self.lease(source)?;
+        self.connection(fresh).await.map(|conn| InUse {
+            conn,
+            _lease: lease,
+        })
+    }
+
+    /// Counts one more connection in use by `source`, if its share has room. Taken before the
+    /// wait for a connection, so that a source's concurrent acquires cannot all pass the
+    /// check, and a source's waiters are bounded too: a pod cannot fill the queue for new
+    /// connections ahead of the other pods with more than its share.
+    fn lease(&self, source: IpAddr) -> Result<Lease, DropReason> {
+        let mut in_use = lock(&self.in_use);
+        let held = in_use.entry(source).or_insert(0);
+        if *held >= self.config.max_connections_per_source {
+            if *held == 0 {
+                in_use.remove(&source);
+            }
+            return Err(DropReason::SourceConnections);
+        }
+        *held += 1;
+        Ok(Lease {
+            in_use: Arc::clone(&self.in_use),
+            source,
+        })
+    }
+
+    async fn connection(&self, fresh: bool) -> Result<Conn, DropReason> {
         if !fresh {
             if let Some(conn) = self.take_idle() {
                 return Ok(conn);
@@ -135,9 +173,25 @@ impl Pool {
         Ok(conn)
     }
 
-    /// A new connection of its own, outside the pool (raw TCP mode), within the same cap:
-    /// a slot is waited for up to the connect timeout, an idle connection closed to make one.
-    pub(super) async fn open_stream(&self) -> Result<(TcpStream, Slot), DropReason> {
+    /// A new connection of its own, outside the pool (raw TCP mode), within the same caps:
+    /// a slot is waited for up to the connect timeout, an idle connection closed to make one;
+    /// it counts in `source`'s share for as long as the returned [`StreamSlot`] lives.
+    pub(super) async fn open_stream(
+        &self,
+        source: IpAddr,
+    ) -> Result<(TcpStream, StreamSlot), DropReason> {
+        let lease = self.lease(source)?;
+        let (stream, slot) = self.open_unpooled().await?;
+        Ok((
+            stream,
+            StreamSlot {
+                _slot: slot,
+                _lease: lease,
+            },
+        ))
+    }
+
+    async fn open_unpooled(&self) -> Result<(TcpStream, Slot), DropReason> {
         if self.shadow_down() {
             return Err(DropReason::ShadowDown);
         }
@@ -207,8 +261,10 @@ impl Pool {
             .unwrap_or(Err(DropReason::ShadowBusy))
     }
 
-    /// Keeps `conn` for later requests if v2 may still take them.
-    pub(super) fn release(&self, mut conn: Conn) {
+    /// Keeps `conn` for later requests if v2 may still take them; it no longer counts in
+    /// its source's share either way.
+    pub(super) fn release(&self, in_use: InUse) {
+        let InUse { mut conn, .. } = in_use;
         if !conn.usable() {
             return;
         }
@@ -280,11 +336,81 @@ impl Pool {
     }
 
     fn lock(&self) -> MutexGuard<'_, Vec<Conn>> {
-        // A push or pop cannot leave the list half-changed: recover from a poisoned lock.
-        self.idle
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
+        lock(&self.idle)
     }
+
+    #[cfg(test)]
+    pub(super) fn in_use_by(&self, source: IpAddr) -> usize {
+        lock(&self.in_use).get(&source).copied().unwrap_or(0)
+    }
+
+    #[cfg(test)]
+    pub(super) fn sources_in_use(&self) -> usize {
+        lock(&self.in_use).len()
+    }
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    // Each update is one push, pop, insert or remove: recover from a poisoned lock.
+    mutex
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+/// One connection in `source`'s share: given back when dropped. A source using none has no
+/// entry, so spoofed or short-lived sources leave nothing behind.
+#[derive(Debug)]
+struct Lease {
+    in_use: Arc<Mutex<HashMap<IpAddr, usize>>>,
+    source: IpAddr,
+}
+
+impl Drop for Lease {
+    fn drop(&mut self) {
+        let mut in_use = lock(&self.in_use);
+        if let Some(held) = in_use.get_mut(&self.source) {
+            *held = held.saturating_sub(1);
+            if *held == 0 {
+                in_use.remove(&self.source);
+            }
+        }
+    }
+}
+
+/// A pooled connection in use by a client connection, counted in its source's share until it
+/// goes back to the pool ([`Pool::release`]) or closes.
+#[derive(Debug)]
+pub(super) struct InUse {
+    conn: Conn,
+    _lease: Lease,
+}
+
+impl InUse {
+    /// Closes the connection with RST (see [`Conn::reset`]).
+    pub(super) fn reset(self) {
+        self.conn.reset();
+    }
+}
+
+impl Deref for InUse {
+    type Target = Conn;
+
+    fn deref(&self) -> &Conn {
+        &self.conn
+    }
+}
+
+impl DerefMut for InUse {
+    fn deref_mut(&mut self) -> &mut Conn {
+        &mut self.conn
+    }
+}
+
+/// A raw connection's slot in the cap and in its source's share, held while it is open.
+#[derive(Debug)]
+pub(super) struct StreamSlot {
+    _slot: Slot,
+    _lease: Lease,
 }
 
 /// What a request waiting to open a connection got.

@@ -6,6 +6,7 @@
 
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering::Relaxed};
 
+use super::grpc_methods::GrpcMethods;
 use crate::observe::{histogram::LatencyHistogram, registry::HistogramSample, Sample, Source};
 
 /// Defines a reason enum with its `reason` labels and help texts from one list.
@@ -35,6 +36,10 @@ reasons! {
         /// The client's source address (its pod) held its share of the in-flight byte budget
         /// (`--max-inflight-mib-per-source`): it loses its own mirroring, no other pod's.
         SourceBudget => "source_budget",
+        /// The client's source address (its pod) had its share of the connections to v2 in
+        /// use (`--max-shadow-connections-per-source`), one per client connection it keeps
+        /// open: it loses its own mirroring, no other pod's.
+        SourceConnections => "source_connections",
         /// Every allowed connection to v2 was busy for the whole connect timeout.
         ConnLimit => "conn_limit",
         /// v2 refused, did not answer the connect, or was unreachable (or backing off after that).
@@ -172,6 +177,10 @@ pub struct RelayStats {
     pub grpc_ok: AtomicU64,
     /// Answered h2c streams whose response carried another `grpc-status`.
     pub grpc_error: AtomicU64,
+    /// gRPC calls by method and how they ended.
+    pub grpc_methods: GrpcMethods,
+    /// gRPC calls whose `grpc-timeout` was not one (ignored: the response timeout applied).
+    pub grpc_timeout_invalid: AtomicU64,
     /// Connections to v2 open now (a gauge), idle ones included.
     pub shadow_connections: AtomicUsize,
     /// Of those, idle in the pool now (a gauge).
@@ -199,6 +208,8 @@ impl Default for RelayStats {
             h2c_stopped: AtomicU64::new(0),
             grpc_ok: AtomicU64::new(0),
             grpc_error: AtomicU64::new(0),
+            grpc_methods: GrpcMethods::default(),
+            grpc_timeout_invalid: AtomicU64::new(0),
             shadow_connections: AtomicUsize::new(0),
             idle_connections: AtomicUsize::new(0),
             queued_bytes: AtomicUsize::new(0),
@@ -376,6 +387,12 @@ impl Source for RelayStats {
             "grpc_error",
             "Answered h2c streams whose response said a grpc-status other than 0.",
             load(&self.grpc_error),
+        ));
+        self.grpc_methods.visit(out);
+        out(Sample::counter(
+            "grpc_timeout_invalid",
+            "gRPC calls whose grpc-timeout did not parse: ignored, the response timeout applied.",
+            load(&self.grpc_timeout_invalid),
         ));
         out(Sample::gauge(
             "shadow_connections",

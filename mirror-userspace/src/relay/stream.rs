@@ -12,6 +12,7 @@
 use std::{
     collections::HashMap,
     io,
+    net::IpAddr,
     sync::{atomic::Ordering::Relaxed, Arc, OnceLock},
     time::Duration,
 };
@@ -132,12 +133,12 @@ fn start(flow: FlowKey, shared: &Arc<Shared>, tasks: &mut JoinSet<()>, runtime: 
     let cancel = Cancel::default();
     match &shared.config.h2c {
         // h2c: one ticket per stream, issued as streams are decoded.
-        Some(rewrite) => tasks.spawn_on(
+        Some(mirror) => tasks.spawn_on(
             super::h2c::run(
                 receiver,
                 Arc::clone(&cancel),
                 flow.src,
-                rewrite.clone(),
+                mirror.clone(),
                 Arc::clone(shared),
             ),
             runtime,
@@ -145,7 +146,13 @@ fn start(flow: FlowKey, shared: &Arc<Shared>, tasks: &mut JoinSet<()>, runtime: 
         None => {
             let ticket = Ticket::issue(&shared.stats, None, flow.src, &Bytes::new());
             tasks.spawn_on(
-                run(receiver, Arc::clone(&cancel), ticket, Arc::clone(shared)),
+                run(
+                    flow.src.ip(),
+                    receiver,
+                    Arc::clone(&cancel),
+                    ticket,
+                    Arc::clone(shared),
+                ),
                 runtime,
             )
         }
@@ -157,19 +164,25 @@ fn start(flow: FlowKey, shared: &Arc<Shared>, tasks: &mut JoinSet<()>, runtime: 
 }
 
 async fn run(
+    source: IpAddr,
     mut queue: mpsc::Receiver<Piece>,
     cancel: Cancel,
     ticket: Ticket,
     shared: Arc<Shared>,
 ) {
-    let outcome = relay(&mut queue, &cancel, &shared).await;
+    let outcome = relay(source, &mut queue, &cancel, &shared).await;
     ticket.end(outcome);
 }
 
-/// Gives the stream to v2 and says how it ended.
-async fn relay(queue: &mut mpsc::Receiver<Piece>, cancel: &Cancel, shared: &Shared) -> Outcome {
+/// Gives the stream of a client connection from `source` to v2 and says how it ended.
+async fn relay(
+    source: IpAddr,
+    queue: &mut mpsc::Receiver<Piece>,
+    cancel: &Cancel,
+    shared: &Shared,
+) -> Outcome {
     // Bytes queue (bounded) while the connection is made.
-    let (mut stream, _slot) = match shared.pool.open_stream().await {
+    let (mut stream, _slot) = match shared.pool.open_stream(source).await {
         Ok(opened) => opened,
         Err(reason) => return Outcome::Dropped(reason),
     };

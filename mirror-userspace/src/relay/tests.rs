@@ -31,6 +31,12 @@ enum Script {
     EarlyResponse(usize),
     /// Reads this many bytes, then resets the connection.
     ResetAfter(usize),
+    /// Answers one request with `Connection: close`, and closes this long after (as a
+    /// worker doing its bookkeeping first).
+    CloseLate(Duration),
+    /// Answers this many requests, takes the next one whole (v2 received it), and resets the
+    /// connection instead of answering it.
+    AnswerThenReset(usize),
     /// Accepts and reads nothing.
     Stall,
     /// Answers only once this many whole requests (without bodies) have arrived, then all of
@@ -68,6 +74,9 @@ impl V2 {
         let open = Arc::new(std::sync::atomic::AtomicUsize::new(0));
         tokio::spawn(async move {
             while let Ok((stream, _)) = listener.accept().await {
+                // Each answer leaves at once (no Nagle delay): what the relay is told, and
+                // what a reset of v2's own may drop unsent, does not depend on timing.
+                stream.set_nodelay(true).unwrap();
                 connections.fetch_add(1, Relaxed);
                 most_open.fetch_max(open.fetch_add(1, Relaxed) + 1, Relaxed);
                 let (received, open) = (Arc::clone(&received), Arc::clone(&open));
@@ -132,12 +141,17 @@ async fn serve(mut stream: TcpStream, script: Script, received: Arc<Mutex<Vec<St
         if !matches!(script, Script::EarlyResponse(_)) {
             received.lock().unwrap().push(path);
         }
+        if matches!(script, Script::AnswerThenReset(limit) if answered == limit) {
+            let _ = socket2::SockRef::from(&stream).set_linger(Some(Duration::ZERO));
+            return;
+        }
         answered += 1;
         let (closing, say_close) = match script {
             Script::Answer {
                 close_after,
                 say_close,
             } => (close_after == Some(answered), say_close),
+            Script::CloseLate(_) => (true, true),
             _ => (false, false),
         };
         if !matches!(script, Script::EarlyResponse(_)) {
@@ -152,6 +166,9 @@ async fn serve(mut stream: TcpStream, script: Script, received: Arc<Mutex<Vec<St
             }
         }
         if closing {
+            if let Script::CloseLate(pause) = script {
+                tokio::time::sleep(pause).await;
+            }
             return;
         }
     }
@@ -337,26 +354,26 @@ async fn queued_requests_of_a_client_connection_are_pipelined() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn v2_closing_after_every_response_still_gets_every_request_once_in_order() {
-    for say_close in [true, false] {
-        let v2 = V2::start(Script::Answer {
-            close_after: Some(1),
-            say_close,
-        })
-        .await;
-        let mut relay = Relay::new(config(v2.addr));
-        for path in paths("close", 200) {
-            request(&mut relay, flow(2), &path, 0);
-        }
-        settle(&relay, Duration::from_secs(20)).await;
-        let stats = relay.stats();
-        assert_eq!(
-            outcomes(&stats),
-            [("requests", 200), ("answered", 200), ("answered_2xx", 200)],
-            "Connection: close said: {say_close}"
-        );
-        assert_eq!(v2.received(), paths("close", 200));
-        relay.shutdown(Duration::from_secs(1)).await;
+    // v2 says `Connection: close` in every answer: what the relay pipelined behind the first
+    // one comes back, and from then on each connection carries one request. (A v2 that does
+    // not say so: below.)
+    let v2 = V2::start(Script::Answer {
+        close_after: Some(1),
+        say_close: true,
+    })
+    .await;
+    let mut relay = Relay::new(config(v2.addr));
+    for path in paths("close", 200) {
+        request(&mut relay, flow(2), &path, 0);
     }
+    settle(&relay, Duration::from_secs(20)).await;
+    let stats = relay.stats();
+    assert_eq!(
+        outcomes(&stats),
+        [("requests", 200), ("answered", 200), ("answered_2xx", 200)]
+    );
+    assert_eq!(v2.received(), paths("close", 200));
+    relay.shutdown(Duration::from_secs(1)).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -391,27 +408,52 @@ async fn new_connections_wait_for_answers_instead_of_flooding_v2() {
     relay.shutdown(Duration::from_secs(1)).await;
 }
 
+/// The value of counter `name` in `outcomes` (0 if not there).
+fn count(outcomes: &[(&str, u64)], name: &str) -> u64 {
+    outcomes
+        .iter()
+        .find(|(n, _)| *n == name)
+        .map_or(0, |(_, value)| *value)
+}
+
+/// Hands `per_client` requests of `clients` client connections to the relay, interleaved.
+fn interleaved(relay: &mut Relay, clients: u16, per_client: usize) {
+    for i in 0..per_client {
+        for client in 0..clients {
+            let path = format!("/c{client}-{i}");
+            request(relay, flow(10 + client), &path, 10);
+        }
+    }
+}
+
+/// What v2 received holds no request twice, and each client connection's in order.
+fn assert_once_each_in_order(received: &[String], clients: u16, per_client: usize) {
+    let mut distinct = received.to_vec();
+    distinct.sort();
+    distinct.dedup();
+    assert_eq!(distinct.len(), received.len(), "{received:?}");
+    for client in 0..clients {
+        let prefix = format!("/c{client}-");
+        let own: Vec<_> = received.iter().filter(|p| p.starts_with(&prefix)).collect();
+        let expected = paths(&format!("c{client}"), per_client);
+        let mut sorted = own.clone();
+        sorted.sort_by_key(|path| expected.iter().position(|e| e == *path));
+        assert_eq!(own, sorted, "client {client} out of order: {received:?}");
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "known bug, issue 11: under load a request v2 answered just before closing (with \
-            pipelined requests unread) is written again: seen in CI as 31 requests at v2 for 30"]
 async fn v2_closing_after_a_few_responses_gets_the_rest_on_new_connections() {
+    // v2 says `Connection: close` in its 3rd answer: what the relay pipelined behind it was
+    // not taken up, whether the close comes as a FIN or, with those requests unread, as a
+    // reset.
     let v2 = V2::start(Script::Answer {
         close_after: Some(3),
-        say_close: false,
+        say_close: true,
     })
     .await;
     let mut relay = Relay::new(config(v2.addr));
-    // Three client connections at once, interleaved.
-    for i in 0..10 {
-        for client in 0..3 {
-            request(
-                &mut relay,
-                flow(10 + client),
-                &format!("/c{client}-{i}"),
-                10,
-            );
-        }
-    }
+    interleaved(&mut relay, 3, 10);
     settle(&relay, Duration::from_secs(10)).await;
     let stats = relay.stats();
     assert_eq!(
@@ -420,14 +462,91 @@ async fn v2_closing_after_a_few_responses_gets_the_rest_on_new_connections() {
     );
     let received = v2.received();
     assert_eq!(received.len(), 30, "{received:?}");
-    for client in 0..3 {
-        let own: Vec<_> = received
-            .iter()
-            .filter(|p| p.starts_with(&format!("/c{client}-")))
-            .cloned()
-            .collect();
-        assert_eq!(own, paths(&format!("c{client}"), 10));
+    assert_once_each_in_order(&received, 3, 10);
+    relay.shutdown(Duration::from_secs(1)).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn v2_closing_unannounced_on_pipelined_requests_never_gets_one_twice() {
+    // v2 closes after 1 or 3 answers without saying so. Requests the relay pipelined behind
+    // the last come back (a FIN: v2 took none up) or are lost (a reset, which cannot tell
+    // them from one v2 processed): never twice. Once v2 is known to close after k, a
+    // connection carries k, and only a rare race (the next request reaching v2 before its
+    // close) loses one more.
+    for close_after in [1, 3] {
+        let v2 = V2::start(Script::Answer {
+            close_after: Some(close_after),
+            say_close: false,
+        })
+        .await;
+        let mut relay = Relay::new(config(v2.addr));
+        interleaved(&mut relay, 3, 10);
+        settle(&relay, Duration::from_secs(10)).await;
+        let stats = relay.stats();
+        let got = outcomes(&stats);
+        let answered = count(&got, "answered");
+        assert_eq!(count(&got, "requests"), 30, "{got:?}");
+        assert_eq!(answered + count(&got, "unanswered_reset"), 30, "{got:?}");
+        let received = v2.received();
+        // v2 answered each request it took whole (each answer leaves before its close).
+        assert_eq!(received.len() as u64, answered, "{got:?} {received:?}");
+        assert_once_each_in_order(&received, 3, 10);
+        relay.shutdown(Duration::from_secs(1)).await;
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reset_after_answers_is_no_proof_and_nothing_is_sent_twice() {
+    // On each connection v2 answers 2 requests, takes the 3rd whole and resets: the relay
+    // sees two answers and a reset. The 3rd was processed; a relay that took the reset for
+    // "v2 took nothing after its last answer" writes it again.
+    let v2 = V2::start(Script::AnswerThenReset(2)).await;
+    let mut relay = Relay::new(config(v2.addr));
+    interleaved(&mut relay, 1, 10);
+    settle(&relay, Duration::from_secs(10)).await;
+    let stats = relay.stats();
+    let got = outcomes(&stats);
+    let (answered, reset) = (count(&got, "answered"), count(&got, "unanswered_reset"));
+    assert_eq!(count(&got, "requests"), 10, "{got:?}");
+    assert_eq!(answered + reset, 10, "{got:?}");
+    assert!(reset >= 1, "{got:?}");
+    assert_eq!(stats.resent.load(Relaxed), 0);
+    let received = v2.received();
+    assert_once_each_in_order(&received, 1, 10);
+    // The one v2 took on the first reset connection, besides those it answered; once v2 is
+    // known to close after 2, a connection gets a 3rd only as a probe, once a second.
+    let took = received.len() as u64;
+    assert!(
+        answered < took && took <= answered + reset,
+        "{got:?} {received:?}"
+    );
+    relay.shutdown(Duration::from_secs(1)).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_connection_v2_said_it_closes_is_never_written_to_again() {
+    // 300 client connections of one request each, v2 closing 20 ms after every response
+    // with `Connection: close`: a connection that said close is neither kept nor pooled, so
+    // no request is written onto one v2 is closing (and then written again).
+    let v2 = V2::start(Script::CloseLate(Duration::from_millis(20))).await;
+    // What is counted here is writes, not time: room for a machine under load.
+    let mut relay = Relay::new(RelayConfig {
+        response_timeout: Duration::from_secs(10),
+        ..config(v2.addr)
+    });
+    for i in 0..300 {
+        request(&mut relay, flow(3000 + i), &format!("/once-{i}"), 0);
+        relay.flow_end(flow(3000 + i));
+    }
+    settle(&relay, Duration::from_secs(20)).await;
+    let stats = relay.stats();
+    assert_eq!(
+        outcomes(&stats),
+        [("requests", 300), ("answered", 300), ("answered_2xx", 300)]
+    );
+    assert_eq!(stats.resent.load(Relaxed), 0);
+    assert_eq!(v2.received().len(), 300);
+    assert_eq!(v2.connections.load(Relaxed), 300);
     relay.shutdown(Duration::from_secs(1)).await;
 }
 
@@ -799,9 +918,10 @@ async fn a_pod_over_its_byte_share_loses_its_own_requests_only() {
         src: SocketAddr::from(([10, 0, 1, pod], port)),
         ..flow(port)
     };
-    // Pod 1 hands over 1 MiB at once (before any connection to v2 is up to take it): only
-    // its share fits. Pod 2, after it, still has all of its own.
-    for i in 0..50 {
+    // Pod 1 hands over 2 MiB at once (before any connection to v2 is up to take it): it may
+    // borrow beyond its share all but the headroom (64 KiB of 1 MiB). Pod 2, after it, still
+    // gets its requests in: the headroom is kept for it.
+    for i in 0..100 {
         request(
             &mut relay,
             from(1, 100 + i),
@@ -809,7 +929,7 @@ async fn a_pod_over_its_byte_share_loses_its_own_requests_only() {
             20 << 10,
         );
     }
-    for i in 0..4 {
+    for i in 0..3 {
         request(
             &mut relay,
             from(2, 200 + i),
@@ -831,11 +951,179 @@ async fn a_pod_over_its_byte_share_loses_its_own_requests_only() {
         .into_iter()
         .filter(|path| path.starts_with("/quiet"))
         .collect();
-    assert_eq!(quiet.len(), 4, "{counts:?}");
-    assert!(get("dropped_source_budget") >= 40, "{counts:?}");
+    assert_eq!(quiet.len(), 3, "{counts:?}");
+    // Each request holds 20 KiB and 256 bytes: 47 fit in 1 MiB less the headroom (a few
+    // more if v2 answers some while the rest are handed over).
+    let dropped = get("dropped_source_budget");
+    assert!((40..=100 - 47).contains(&dropped), "{counts:?}");
+    assert_eq!(get("answered"), 103 - dropped, "{counts:?}");
     assert_eq!(get("dropped"), get("dropped_source_budget"), "{counts:?}");
-    assert_eq!(get("requests"), 54);
-    assert_eq!(get("answered") + get("dropped"), 54, "{counts:?}");
+    assert_eq!(get("requests"), 103);
+    assert_eq!(get("answered") + get("dropped"), 103, "{counts:?}");
     assert_eq!(relay.shared.budget.used(), 0);
     relay.shutdown(Duration::from_secs(1)).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pod_over_its_connection_share_loses_its_own_requests_only() {
+    let v2 = V2::start(Script::Answer {
+        close_after: None,
+        say_close: false,
+    })
+    .await;
+    let mut relay = Relay::new(RelayConfig {
+        max_connections: 8,
+        max_connections_per_source: 4,
+        ..config(v2.addr)
+    });
+    let (noisy, quiet) = (
+        std::net::IpAddr::from([10, 0, 1, 1]),
+        std::net::IpAddr::from([10, 0, 1, 2]),
+    );
+    let from = |source: std::net::IpAddr, port: u16| FlowKey {
+        src: SocketAddr::new(source, port),
+        ..flow(port)
+    };
+    // Pod 1 opens 10 client connections that stay open, so each keeps its connection to v2:
+    // 4 get one, the other 6 lose their request. Pod 2's 4, after them, all get theirs
+    // although the global cap has only 4 left.
+    for i in 0..10 {
+        request(&mut relay, from(noisy, 100 + i), &format!("/noisy-{i}"), 0);
+    }
+    settle(&relay, Duration::from_secs(10)).await;
+    for i in 0..4 {
+        request(&mut relay, from(quiet, 200 + i), &format!("/quiet-{i}"), 0);
+    }
+    settle(&relay, Duration::from_secs(10)).await;
+    let stats = relay.stats();
+    assert_eq!(
+        outcomes(&stats),
+        [
+            ("requests", 14),
+            ("answered", 8),
+            ("answered_2xx", 8),
+            ("dropped", 6),
+            ("dropped_source_connections", 6),
+        ]
+    );
+    let shared = Arc::clone(&relay.shared);
+    let pool = &shared.pool;
+    assert_eq!((pool.in_use_by(noisy), pool.in_use_by(quiet)), (4, 4));
+    let mut quiet_received: Vec<String> = v2
+        .received()
+        .into_iter()
+        .filter(|path| path.starts_with("/quiet"))
+        .collect();
+    quiet_received.sort();
+    assert_eq!(quiet_received, paths("quiet", 4));
+    assert_eq!(v2.received().len(), 8);
+    assert_eq!(v2.connections.load(Relaxed), 8);
+    // Once pod 1's client connections end, their connections go idle and count for nobody;
+    // its next one takes an idle one.
+    for i in 0..10 {
+        relay.flow_end(from(noisy, 100 + i));
+    }
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    while pool.in_use_by(noisy) > 0 && tokio::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert_eq!((pool.in_use_by(noisy), pool.sources_in_use()), (0, 1));
+    request(&mut relay, from(noisy, 300), "/noisy-again", 0);
+    settle(&relay, Duration::from_secs(10)).await;
+    assert_eq!(
+        outcomes(&stats),
+        [
+            ("requests", 15),
+            ("answered", 9),
+            ("answered_2xx", 9),
+            ("dropped", 6),
+            ("dropped_source_connections", 6),
+        ]
+    );
+    assert_eq!(v2.connections.load(Relaxed), 8, "the idle one was reused");
+    relay.flow_end(from(noisy, 300));
+    for i in 0..4 {
+        relay.flow_end(from(quiet, 200 + i));
+    }
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    while pool.sources_in_use() > 0 && tokio::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert_eq!(pool.sources_in_use(), 0, "no entry left for an idle source");
+    relay.shutdown(Duration::from_secs(1)).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lone_pod_may_queue_more_than_its_share() {
+    let v2 = V2::start(Script::Answer {
+        close_after: None,
+        say_close: false,
+    })
+    .await;
+    let mut relay = Relay::new(RelayConfig {
+        max_inflight_bytes: 1 << 20,
+        max_inflight_bytes_per_source: 256 << 10,
+        ..config(v2.addr)
+    });
+    // 768 KiB handed over before any connection to v2 is up: three times the pod's share,
+    // queued whole since no other pod needs the budget.
+    request(&mut relay, flow(100), "/upload", 768 << 10);
+    settle(&relay, Duration::from_secs(10)).await;
+    let stats = relay.stats();
+    assert_eq!(
+        outcomes(&stats),
+        [("requests", 1), ("answered", 1), ("answered_2xx", 1)]
+    );
+    assert_eq!(v2.received(), ["/upload"]);
+    relay.flow_end(flow(100));
+    relay.shutdown(Duration::from_secs(1)).await;
+    assert_eq!(stats.queued_bytes.load(Relaxed), 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn raw_connections_count_in_their_pods_share_too() {
+    let v2 = V2::start(Script::Stall).await;
+    let stats = Arc::new(RelayStats::default());
+    let pool = pool::Pool::new(
+        RelayConfig {
+            max_connections: 4,
+            max_connections_per_source: 2,
+            ..config(v2.addr)
+        },
+        Arc::clone(&stats),
+    );
+    let (a, b, c) = (
+        std::net::IpAddr::from([10, 0, 1, 1]),
+        std::net::IpAddr::from([10, 0, 1, 2]),
+        std::net::IpAddr::from([10, 0, 1, 3]),
+    );
+    let mut a_held = vec![
+        pool.open_stream(a).await.unwrap(),
+        pool.open_stream(a).await.unwrap(),
+    ];
+    assert_eq!(
+        pool.open_stream(a).await.err(),
+        Some(DropReason::SourceConnections)
+    );
+    let _b_held = [
+        pool.open_stream(b).await.unwrap(),
+        pool.open_stream(b).await.unwrap(),
+    ];
+    assert_eq!(
+        pool.open_stream(b).await.err(),
+        Some(DropReason::SourceConnections)
+    );
+    // The cap is full: a third pod waits the connect timeout for a slot; one of the first
+    // pod's closing gives it one.
+    assert_eq!(pool.open_stream(c).await.err(), Some(DropReason::ConnLimit));
+    assert_eq!(pool.in_use_by(c), 0, "a refused connect holds nothing");
+    a_held.pop();
+    assert_eq!(pool.in_use_by(a), 1);
+    let _c_held = pool.open_stream(c).await.unwrap();
+    assert_eq!(
+        (pool.in_use_by(a), pool.in_use_by(b), pool.in_use_by(c)),
+        (1, 2, 1)
+    );
+    assert_eq!(stats.shadow_connections.load(Relaxed), 4);
+    assert_eq!(stats.connections_opened.load(Relaxed), 5);
 }

@@ -24,6 +24,9 @@ pub struct Head {
     /// The Host value without surrounding whitespace, as a range of the head's bytes;
     /// `None` if absent or empty.
     pub host: Option<Range<usize>>,
+    /// It asks to upgrade the connection to h2c (`Upgrade: h2c` and one well-formed
+    /// `HTTP2-Settings`): whether v1 switched shows in what the client sends next.
+    pub upgrade_h2c: bool,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -63,7 +66,12 @@ pub fn parse(buf: &[u8]) -> HeadParse {
         return HeadParse::Reject(StopReason::Connect);
     }
     match frame(buf, req.version, req.headers) {
-        Ok((body, host)) => HeadParse::Complete(Head { len, body, host }),
+        Ok((body, host, upgrade_h2c)) => HeadParse::Complete(Head {
+            len,
+            body,
+            host,
+            upgrade_h2c,
+        }),
         Err(reason) => HeadParse::Reject(reason),
     }
 }
@@ -78,14 +86,19 @@ struct Fields {
     codings: usize,
     chunked_last: bool,
     chunked_before_last: bool,
-    upgrade: bool,
+    /// `Upgrade` fields, and whether each asked for h2c alone.
+    upgrades: usize,
+    upgrades_h2c: usize,
+    /// `HTTP2-Settings` fields, and whether each was well-formed.
+    settings: usize,
+    settings_well_formed: usize,
 }
 
 fn frame(
     buf: &[u8],
     version: Option<u8>,
     headers: &[httparse::Header<'_>],
-) -> Result<(BodyKind, Option<Range<usize>>), StopReason> {
+) -> Result<(BodyKind, Option<Range<usize>>, bool), StopReason> {
     let mut f = Fields::default();
     for h in headers {
         let name = h.name.as_bytes();
@@ -113,7 +126,11 @@ fn frame(
                 return Err(StopReason::BadTransferEncoding);
             }
         } else if name.eq_ignore_ascii_case(b"upgrade") {
-            f.upgrade = true;
+            f.upgrades += 1;
+            f.upgrades_h2c += usize::from(crate::http2::asks_only_h2c(h.value));
+        } else if name.eq_ignore_ascii_case(b"http2-settings") {
+            f.settings += 1;
+            f.settings_well_formed += usize::from(crate::http2::settings_well_formed(h.value));
         }
     }
     if f.hosts > 1 {
@@ -136,14 +153,20 @@ fn frame(
             Some(n) => BodyKind::Length(n),
         }
     };
-    if f.upgrade {
+    let upgrade_h2c = f.upgrades == 1
+        && f.upgrades_h2c == 1
+        && f.settings == 1
+        && f.settings_well_formed == 1
+        && version == Some(1)
+        && body != BodyKind::Chunked;
+    if f.upgrades > 0 && !upgrade_h2c {
         return Err(StopReason::Upgrade);
     }
-    Ok((body, f.host))
+    Ok((body, f.host, upgrade_h2c))
 }
 
 /// `1*DIGIT` as a `u64`; `None` if empty, not digits, or too large.
-fn parse_length(digits: &[u8]) -> Option<u64> {
+pub(crate) fn parse_length(digits: &[u8]) -> Option<u64> {
     if digits.is_empty() {
         return None;
     }
@@ -250,6 +273,23 @@ mod tests {
                 "GET / HTTP/1.1\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\r\n",
                 StopReason::Upgrade,
             ),
+            // h2c only with its settings, once, and a body it can be held with.
+            (
+                "GET / HTTP/1.1\r\nUpgrade: h2c\r\n\r\n",
+                StopReason::Upgrade,
+            ),
+            (
+                "GET / HTTP/1.1\r\nUpgrade: h2c, websocket\r\nHTTP2-Settings: AAMAAABk\r\n\r\n",
+                StopReason::Upgrade,
+            ),
+            (
+                "GET / HTTP/1.1\r\nUpgrade: h2c\r\nHTTP2-Settings: AAMA\r\n\r\n",
+                StopReason::Upgrade,
+            ),
+            (
+                "POST / HTTP/1.1\r\nUpgrade: h2c\r\nHTTP2-Settings: AAMAAABk\r\nTransfer-Encoding: chunked\r\n\r\n",
+                StopReason::Upgrade,
+            ),
             (
                 "GET / HTTP/1.1\r\nHost: a\r\nHost: b\r\n\r\n",
                 StopReason::MultipleHost,
@@ -322,6 +362,18 @@ mod tests {
             "X: y\r\n".repeat(MAX_HEADERS + 1)
         );
         assert_eq!(rejected(&many), StopReason::TooManyHeaders);
+    }
+
+    #[test]
+    fn an_h2c_upgrade_is_a_head_that_says_so() {
+        let up = "GET / HTTP/1.1\r\nHost: a\r\nConnection: Upgrade, HTTP2-Settings\r\n\
+            Upgrade: h2c\r\nHTTP2-Settings: AAMAAABkAAQCAAAAAAIAAAAA\r\n\r\n";
+        assert!(complete(up).upgrade_h2c);
+        let post =
+            "POST / HTTP/1.1\r\nUpgrade: H2C\r\nHTTP2-Settings: \r\nContent-Length: 3\r\n\r\n";
+        assert_eq!(complete(post).body, BodyKind::Length(3));
+        assert!(complete(post).upgrade_h2c);
+        assert!(!complete("GET / HTTP/1.1\r\nHost: a\r\n\r\n").upgrade_h2c);
     }
 
     #[test]

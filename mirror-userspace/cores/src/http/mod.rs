@@ -10,7 +10,8 @@ mod request;
 mod response;
 
 pub use chunked::{ChunkError, Chunked};
+pub(crate) use head::parse_length;
 pub use head::{BodyKind, Head, HeadParse};
 pub use method::{line_start, LineStart};
 pub use request::{Env, FrameEvent, Framer, FramerConfig};
-pub use response::{ResponseError, ResponseFramer};
+pub use response::{Answer, ResponseError, ResponseFramer};

@@ -1,5 +1,6 @@
 //! Frames v2's responses so a shadow connection stays usable and each status is counted.
-//! Sans-IO: bytes in, completed statuses out; the bodies are skipped, never stored.
+//! Sans-IO: bytes in, completed responses out (status, and whether v2 closes after it); the
+//! bodies are skipped, never stored.
 
 use std::collections::VecDeque;
 
@@ -32,6 +33,16 @@ enum Body {
     UntilClose,
 }
 
+/// A complete final response.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Answer {
+    pub status: u16,
+    /// v2 closes the connection after this response (`Connection: close`, HTTP/1.0 without
+    /// keep-alive, a body delimited by the close, or a protocol switch): by RFC 9112 section
+    /// 9.6 it processes no request sent after the one this answers.
+    pub close: bool,
+}
+
 /// Tracks responses on one shadow connection.
 #[derive(Debug)]
 pub struct ResponseFramer {
@@ -39,8 +50,8 @@ pub struct ResponseFramer {
     outstanding: VecDeque<bool>,
     head: Vec<u8>,
     body: Body,
-    /// Status of the response whose body is being skipped.
-    status: u16,
+    /// The response whose body is being skipped.
+    answer: Answer,
 }
 
 impl Default for ResponseFramer {
@@ -49,7 +60,10 @@ impl Default for ResponseFramer {
             outstanding: VecDeque::new(),
             head: Vec::new(),
             body: Body::Head,
-            status: 0,
+            answer: Answer {
+                status: 0,
+                close: false,
+            },
         }
     }
 }
@@ -70,22 +84,22 @@ impl ResponseFramer {
         self.body != Body::Head || !self.head.is_empty()
     }
 
-    /// Consumes response bytes, calling `on_status` for each complete final response.
+    /// Consumes response bytes, calling `on_answer` for each complete final response.
     pub fn feed(
         &mut self,
         mut input: &[u8],
-        mut on_status: impl FnMut(u16),
+        mut on_answer: impl FnMut(Answer),
     ) -> Result<(), ResponseError> {
         while !input.is_empty() {
             input = match &mut self.body {
-                Body::Head => self.feed_head(input, &mut on_status)?,
+                Body::Head => self.feed_head(input, &mut on_answer)?,
                 Body::Remaining(left) => {
                     let take = usize::try_from(*left)
                         .unwrap_or(usize::MAX)
                         .min(input.len());
                     *left -= take as u64;
                     if *left == 0 {
-                        self.finish(&mut on_status);
+                        self.finish(&mut on_answer);
                     }
                     &input[take..]
                 }
@@ -94,7 +108,7 @@ impl ResponseFramer {
                         .advance(input)
                         .map_err(|_| ResponseError::BadChunk)?;
                     if chunked.is_done() {
-                        self.finish(&mut on_status);
+                        self.finish(&mut on_answer);
                     }
                     &input[used..]
                 }
@@ -105,16 +119,16 @@ impl ResponseFramer {
     }
 
     /// The connection closed: a close-delimited body is complete.
-    pub fn closed(&mut self, mut on_status: impl FnMut(u16)) {
+    pub fn closed(&mut self, mut on_answer: impl FnMut(Answer)) {
         if self.body == Body::UntilClose {
-            self.finish(&mut on_status);
+            self.finish(&mut on_answer);
         }
     }
 
     fn feed_head<'a>(
         &mut self,
         input: &'a [u8],
-        on_status: &mut impl FnMut(u16),
+        on_answer: &mut impl FnMut(Answer),
     ) -> Result<&'a [u8], ResponseError> {
         let already = self.head.len();
         let take = input.len().min(MAX_HEAD + 1 - already.min(MAX_HEAD));
@@ -132,8 +146,15 @@ impl ResponseFramer {
         let status = response.code.ok_or(ResponseError::Malformed)?;
         let mut chunked = false;
         let mut length = None;
+        let (mut says_close, mut says_keep_alive) = (false, false);
         for header in response.headers.iter() {
-            if header.name.eq_ignore_ascii_case("transfer-encoding") {
+            if header.name.eq_ignore_ascii_case("connection") {
+                for option in header.value.split(|&byte| byte == b',') {
+                    let option = option.trim_ascii();
+                    says_close |= option.eq_ignore_ascii_case(b"close");
+                    says_keep_alive |= option.eq_ignore_ascii_case(b"keep-alive");
+                }
+            } else if header.name.eq_ignore_ascii_case("transfer-encoding") {
                 chunked = header.value.to_ascii_lowercase().ends_with(b"chunked");
             } else if header.name.eq_ignore_ascii_case("content-length") {
                 let value =
@@ -146,10 +167,12 @@ impl ResponseFramer {
                 );
             }
         }
+        // HTTP/1.1 keeps the connection unless it says close; HTTP/1.0 closes unless it says
+        // keep-alive.
+        let close = says_close || (response.version == Some(0) && !says_keep_alive);
         // Bytes of `input` past the head belong to the body or the next response.
         let rest = &input[head_len - already..];
         self.head.clear();
-        self.status = status;
         if (100..200).contains(&status) && status != 101 {
             // Interim (100 Continue): the final response follows.
             return Ok(rest);
@@ -164,15 +187,19 @@ impl ResponseFramer {
         } else {
             Body::UntilClose
         };
+        self.answer = Answer {
+            status,
+            close: close || status == 101 || self.body == Body::UntilClose,
+        };
         if self.body == Body::Remaining(0) {
-            self.finish(on_status);
+            self.finish(on_answer);
         }
         Ok(rest)
     }
 
-    fn finish(&mut self, on_status: &mut impl FnMut(u16)) {
+    fn finish(&mut self, on_answer: &mut impl FnMut(Answer)) {
         self.outstanding.pop_front();
-        on_status(self.status);
+        on_answer(self.answer);
         self.body = Body::Head;
     }
 }
@@ -184,8 +211,8 @@ mod tests {
     fn statuses(framer: &mut ResponseFramer, input: &[u8], split: usize) -> Vec<u16> {
         let mut seen = Vec::new();
         let (a, b) = input.split_at(split.min(input.len()));
-        framer.feed(a, |s| seen.push(s)).unwrap();
-        framer.feed(b, |s| seen.push(s)).unwrap();
+        framer.feed(a, |answer| seen.push(answer.status)).unwrap();
+        framer.feed(b, |answer| seen.push(answer.status)).unwrap();
         seen
     }
 
@@ -219,16 +246,59 @@ mod tests {
         assert!(!framer.mid_response());
         let mut seen = Vec::new();
         framer
-            .feed(b"HTTP/1.1 200 OK\r\nContent-", |s| seen.push(s))
+            .feed(b"HTTP/1.1 200 OK\r\nContent-", |answer| {
+                seen.push(answer.status)
+            })
             .unwrap();
         assert!(framer.mid_response());
         framer
-            .feed(b"Length: 2\r\n\r\nok", |s| seen.push(s))
+            .feed(b"Length: 2\r\n\r\nok", |answer| seen.push(answer.status))
             .unwrap();
         assert!(!framer.mid_response());
-        framer.feed(b"HTTP/1.1 204 No", |s| seen.push(s)).unwrap();
+        framer
+            .feed(b"HTTP/1.1 204 No", |answer| seen.push(answer.status))
+            .unwrap();
         assert!(framer.mid_response());
         assert_eq!(seen, [200]);
+    }
+
+    /// Whether v2 closes after each of the responses to `requests` GETs.
+    fn closes(stream: &[u8], requests: usize) -> Vec<bool> {
+        let mut framer = ResponseFramer::default();
+        for _ in 0..requests {
+            framer.request_sent(false);
+        }
+        let mut seen = Vec::new();
+        framer
+            .feed(stream, |answer| seen.push(answer.close))
+            .unwrap();
+        framer.closed(|answer| seen.push(answer.close));
+        seen
+    }
+
+    #[test]
+    fn says_which_response_v2_closes_after() {
+        let stream = b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n\
+            HTTP/1.1 200 OK\r\nConnection: keep-alive\r\nContent-Length: 0\r\n\r\n\
+            HTTP/1.1 200 OK\r\nconnection: Upgrade, CLOSE\r\nContent-Length: 0\r\n\r\n";
+        assert_eq!(closes(stream, 3), [false, false, true]);
+        // HTTP/1.0 closes unless it says keep-alive.
+        let stream = b"HTTP/1.0 200 OK\r\nConnection: Keep-Alive\r\nContent-Length: 0\r\n\r\n\
+            HTTP/1.0 200 OK\r\nContent-Length: 0\r\n\r\n";
+        assert_eq!(closes(stream, 2), [false, true]);
+        // A close-delimited body, and a protocol switch.
+        assert_eq!(closes(b"HTTP/1.1 200 OK\r\n\r\nuntil close", 1), [true]);
+        assert_eq!(
+            closes(
+                b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: h2c\r\n\r\n",
+                1
+            ),
+            [true]
+        );
+        // An interim response's headers say nothing about the connection.
+        let stream = b"HTTP/1.1 100 Continue\r\nConnection: close\r\n\r\n\
+            HTTP/1.1 204 No Content\r\n\r\n";
+        assert_eq!(closes(stream, 1), [false]);
     }
 
     #[test]
@@ -237,10 +307,12 @@ mod tests {
         framer.request_sent(false);
         let mut seen = Vec::new();
         framer
-            .feed(b"HTTP/1.0 200 OK\r\n\r\nbody until close", |s| seen.push(s))
+            .feed(b"HTTP/1.0 200 OK\r\n\r\nbody until close", |answer| {
+                seen.push(answer.status)
+            })
             .unwrap();
         assert!(seen.is_empty());
-        framer.closed(|s| seen.push(s));
+        framer.closed(|answer| seen.push(answer.status));
         assert_eq!(seen, vec![200]);
     }
 

@@ -8,15 +8,31 @@ use bytes::Bytes;
 use loona_hpack::Decoder;
 
 use super::frame::{self, FrameHeader, HEADER_LEN, PREFACE};
+use super::upgrade::{self, NotUpgrade};
 use super::{Field, H2Config, H2Counters, H2Event, H2Stop, StreamAbort};
+use crate::http::{line_start, LineStart};
 
 /// Bytes per field on top of its name and value in a header list's size (RFC 9113 6.5.2).
 const FIELD_OVERHEAD: usize = 32;
 
 #[derive(Debug)]
 enum State {
-    /// This many bytes of the preface matched so far.
-    Preface(usize),
+    /// This many bytes of the preface matched so far. `upgraded`: an HTTP/1.1 request asked
+    /// for h2c before it, so bytes that are not the preface mean v1 did not switch; without
+    /// one, they may be that request (held in `buf`).
+    Preface {
+        matched: usize,
+        upgraded: bool,
+    },
+    /// An HTTP/1.1 head that may ask for `Upgrade: h2c`, gathered in `buf`; `scanned` bytes
+    /// of it were searched for its end.
+    UpgradeHead {
+        scanned: usize,
+    },
+    /// The body of the upgrading request (stream 1): this many bytes still to come.
+    UpgradeBody {
+        left: u64,
+    },
     Frames,
     Stopped,
 }
@@ -66,7 +82,10 @@ impl ClientStream {
         decoder.set_max_allowed_table_size(config.max_table_bytes);
         ClientStream {
             config,
-            state: State::Preface(0),
+            state: State::Preface {
+                matched: 0,
+                upgraded: false,
+            },
             decoder,
             buf: Vec::new(),
             block: None,
@@ -97,20 +116,67 @@ impl ClientStream {
 
     /// The next bytes of the client's stream, in order.
     pub fn data(&mut self, mut bytes: &[u8], out: &mut impl FnMut(H2Event)) {
-        if let State::Preface(matched) = self.state {
-            let take = bytes.len().min(PREFACE.len() - matched);
-            if bytes[..take] != PREFACE[matched..matched + take] {
-                self.stop(H2Stop::NotPreface, out);
+        loop {
+            match self.state {
+                State::Preface { matched, upgraded } => {
+                    let take = bytes.len().min(PREFACE.len() - matched);
+                    if bytes[..take] != PREFACE[matched..matched + take] {
+                        if upgraded {
+                            // The client went on in HTTP/1.1: v1 did not switch.
+                            self.stop(H2Stop::NotSwitched, out);
+                            return;
+                        }
+                        // Perhaps an HTTP/1.1 request asking to upgrade: what matched of
+                        // the preface is its first bytes.
+                        self.buf.extend_from_slice(&PREFACE[..matched]);
+                        self.state = State::UpgradeHead { scanned: 0 };
+                        continue;
+                    }
+                    bytes = &bytes[take..];
+                    self.state = if matched + take == PREFACE.len() {
+                        State::Frames
+                    } else {
+                        State::Preface {
+                            matched: matched + take,
+                            upgraded,
+                        }
+                    };
+                    if matches!(self.state, State::Preface { .. }) {
+                        return;
+                    }
+                }
+                State::UpgradeHead { scanned } => {
+                    self.buf.extend_from_slice(bytes);
+                    if !self.upgrade_head(scanned, out) {
+                        return;
+                    }
+                    // What followed the head is in `buf`: go on with it.
+                    let rest = std::mem::take(&mut self.buf);
+                    self.data(&rest, out);
+                    return;
+                }
+                State::UpgradeBody { left } => {
+                    let take = usize::try_from(left).unwrap_or(usize::MAX).min(bytes.len());
+                    let left = left - take as u64;
+                    self.upgrade_body(&bytes[..take], left == 0, out);
+                    bytes = &bytes[take..];
+                    if left > 0 {
+                        self.state = State::UpgradeBody { left };
+                        return;
+                    }
+                    self.state = State::Preface {
+                        matched: 0,
+                        upgraded: true,
+                    };
+                }
+                State::Frames => break,
+                State::Stopped => return,
+            }
+            if bytes.is_empty() {
                 return;
             }
-            bytes = &bytes[take..];
-            self.state = if matched + take == PREFACE.len() {
-                State::Frames
-            } else {
-                State::Preface(matched + take)
-            };
         }
-        if !matches!(self.state, State::Frames) || bytes.is_empty() {
+        if bytes.is_empty() {
             return;
         }
         self.buf.extend_from_slice(bytes);
@@ -144,6 +210,85 @@ impl ClientStream {
             // What is left is less than a frame: a large delivery's room is given back.
             self.buf.shrink_to_fit();
         }
+    }
+
+    /// Gathers a head that may ask for h2c. Returns whether it was one: it is then stream 1,
+    /// handed out, and `buf` holds what followed it.
+    fn upgrade_head(&mut self, scanned: usize, out: &mut impl FnMut(H2Event)) -> bool {
+        if line_start(&self.buf) == LineStart::No {
+            // Not a request line: joined mid-stream, or not HTTP at all.
+            self.stop(H2Stop::NotPreface, out);
+            return false;
+        }
+        let mut scanned = scanned;
+        let Some(end) = upgrade::head_end(&self.buf, &mut scanned) else {
+            if self.buf.len() > self.config.max_header_block {
+                self.stop(H2Stop::NotPreface, out);
+            } else {
+                self.state = State::UpgradeHead { scanned };
+            }
+            return false;
+        };
+        if end > self.config.max_header_block {
+            self.stop(H2Stop::NotPreface, out);
+            return false;
+        }
+        let request = match upgrade::parse(&self.buf[..end]) {
+            Ok(request) => request,
+            Err(NotUpgrade::NotH2c) => {
+                self.stop(H2Stop::NotPreface, out);
+                return false;
+            }
+            Err(NotUpgrade::Unsupported) => {
+                self.stop(H2Stop::Protocol, out);
+                return false;
+            }
+        };
+        self.buf.drain(..request.len);
+        self.counters.upgrades += 1;
+        let size: usize = request
+            .fields
+            .iter()
+            .map(|f| f.name.len() + f.value.len() + FIELD_OVERHEAD)
+            .sum();
+        // Stream 1 is the upgrading request (RFC 7540 section 3.2): ids after it go on from 3.
+        self.last_stream = 1;
+        let end_stream = request.body == 0;
+        self.state = if end_stream {
+            State::Preface {
+                matched: 0,
+                upgraded: true,
+            }
+        } else {
+            State::UpgradeBody { left: request.body }
+        };
+        if size > self.config.max_header_list {
+            self.counters.streams_over_headers += 1;
+            return true;
+        }
+        self.counters.streams += 1;
+        if end_stream {
+            self.counters.streams_complete += 1;
+        } else {
+            self.open.insert(1, Open { body: 0 });
+        }
+        out(H2Event::Head {
+            stream: 1,
+            fields: request.fields,
+            end_stream,
+        });
+        true
+    }
+
+    /// Body bytes of the upgrading request, as stream 1's DATA would have carried them.
+    fn upgrade_body(&mut self, data: &[u8], end_stream: bool, out: &mut impl FnMut(H2Event)) {
+        let header = FrameHeader {
+            len: data.len() as u32,
+            kind: frame::DATA,
+            flags: if end_stream { frame::END_STREAM } else { 0 },
+            stream: 1,
+        };
+        self.stream_data(header, data, out);
     }
 
     /// The capture lost `_lost` bytes: nothing after them can be decoded.

@@ -21,9 +21,14 @@
 mod authority;
 mod connection;
 pub mod frame;
+pub mod grpc;
+mod policy;
+mod upgrade;
 
 pub use authority::rewrite_authority;
 pub use connection::ClientStream;
+pub use policy::{forbidden_field, modify, rewrite_stream};
+pub(crate) use upgrade::{asks_only_h2c, settings_well_formed};
 
 use bytes::Bytes;
 
@@ -77,8 +82,12 @@ pub enum StreamAbort {
 /// Why a connection is no longer followed.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum H2Stop {
-    /// The first bytes are not the connection preface: joined mid-stream, or not h2c.
+    /// The first bytes are neither the connection preface nor an HTTP/1.1 request asking to
+    /// upgrade to h2c: joined mid-stream, or not h2c.
     NotPreface,
+    /// An HTTP/1.1 request asked to upgrade to h2c but the client went on in HTTP/1.1: v1 did
+    /// not switch. The request itself was handed out as stream 1 (v1 answered it either way).
+    NotSwitched,
     /// The capture lost bytes: the HPACK state cannot be known any more.
     Gap,
     /// A frame longer than [`H2Config::max_frame_bytes`].
@@ -145,6 +154,8 @@ pub struct H2Counters {
     pub data_bytes_ignored: u64,
     /// GOAWAY frames from the client.
     pub goaways: u64,
+    /// HTTP/1.1 requests that asked to upgrade the connection to h2c (stream 1).
+    pub upgrades: u64,
 }
 
 #[cfg(test)]

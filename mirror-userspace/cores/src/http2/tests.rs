@@ -10,6 +10,8 @@ use proptest::prelude::*;
 use super::frame::*;
 use super::*;
 
+mod upgrade;
+
 /// Builds a client's byte stream frame by frame, HPACK-encoding with one dynamic table.
 struct Wire {
     encoder: Encoder<'static>,

@@ -51,8 +51,9 @@ use std::collections::HashMap;
 /// What the relay is told, always for one flow. Per flow, requests come as
 /// `RequestHead (RequestBody)* (RequestEnd | RequestAbort)`, one after another, and
 /// `FlowEnd` comes last and at most once (a flow that starts again later is a new flow).
-/// A raw TCP flow (see [`Pipeline::set_stream_targets`]) has `StreamData*` instead of
-/// requests.
+/// A raw TCP or h2c flow (see [`Pipeline::set_stream_targets`]) has `StreamData*` instead of
+/// requests; an HTTP/1.1 flow that v1 switched to h2c has `StreamData*` after its requests,
+/// from the upgrading request on (for the h2c core: see [`crate::http::FrameEvent::H2c`]).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Event {
     /// Open (or reuse) the shadow connection of `flow` and send this complete head.
@@ -66,7 +67,8 @@ pub enum Event {
     RequestAbort { flow: FlowKey, reason: AbortReason },
     /// The flow is over for the relay: close its shadow connection.
     FlowEnd { flow: FlowKey, reason: EndReason },
-    /// Raw TCP mode: the next bytes of the client's stream, in order, acknowledged by v1.
+    /// Raw TCP mode, h2c, or an upgraded flow: the next bytes of the client's stream, in
+    /// order, acknowledged by v1.
     StreamData { flow: FlowKey, data: Bytes },
 }
 
@@ -756,6 +758,8 @@ fn to_event(flow: FlowKey, e: FrameEvent) -> Option<Event> {
         FrameEvent::Body(data) => Event::RequestBody { flow, data },
         FrameEvent::End => Event::RequestEnd { flow },
         FrameEvent::Abort(reason) => Event::RequestAbort { flow, reason },
+        // The h2c core in the relay takes it from here, the upgrading request first.
+        FrameEvent::H2c(data) => Event::StreamData { flow, data },
         FrameEvent::Stopped(_) => return None,
     })
 }

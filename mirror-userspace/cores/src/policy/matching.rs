@@ -4,7 +4,10 @@
 use regex::bytes::{Regex, RegexBuilder};
 use thiserror::Error;
 
-use super::view::HeadView;
+use super::{
+    fields::{Http1Head, RequestFields},
+    view::HeadView,
+};
 
 /// Compiled-program budget of one regular expression: patterns come from a config file, yet
 /// one huge pattern must not take the agent's memory (the `regex` crate's matching time is
@@ -122,11 +125,12 @@ impl HeaderMatch {
     }
 
     /// True if any field of that name has a matching value.
-    fn matches(&self, view: &HeadView, head: &[u8]) -> bool {
-        view.values(head, &self.name).any(|v| match &self.value {
+    fn matches<R: RequestFields + ?Sized>(&self, request: &R) -> bool {
+        let mut takes = |v: &[u8]| match &self.value {
             ValueMatch::Exact(want) => v == want.as_bytes(),
             ValueMatch::Regex(re) => re.is_match(v),
-        })
+        };
+        request.find_value(&self.name, &mut takes).is_some()
     }
 }
 
@@ -142,20 +146,31 @@ pub fn is_token(name: &str) -> bool {
 
 impl RequestMatch {
     pub fn matches(&self, view: &HeadView, head: &[u8]) -> bool {
-        self.path
-            .as_ref()
-            .is_none_or(|p| p.matches(view.path(head)))
+        self.matches_request(&Http1Head { view, head })
+    }
+
+    /// The same conditions over any protocol's request.
+    pub fn matches_request<R: RequestFields + ?Sized>(&self, request: &R) -> bool {
+        self.path.as_ref().is_none_or(|p| p.matches(request.path()))
             && self
                 .method
                 .as_ref()
-                .is_none_or(|m| view.method(head) == m.as_bytes())
-            && self.headers.iter().all(|h| h.matches(view, head))
+                .is_none_or(|m| request.method() == m.as_bytes())
+            && self.headers.iter().all(|h| h.matches(request))
     }
 }
 
 /// Gateway API's rule: no entries match everything; otherwise any one entry must match.
 pub fn any_matches(matches: &[RequestMatch], view: &HeadView, head: &[u8]) -> bool {
-    matches.is_empty() || matches.iter().any(|m| m.matches(view, head))
+    any_matches_request(matches, &Http1Head { view, head })
+}
+
+/// [`any_matches`] over any protocol's request.
+pub fn any_matches_request<R: RequestFields + ?Sized>(
+    matches: &[RequestMatch],
+    request: &R,
+) -> bool {
+    matches.is_empty() || matches.iter().any(|m| m.matches_request(request))
 }
 
 #[cfg(test)]

@@ -22,13 +22,16 @@
 //! assert_eq!(sent, head);
 //! ```
 
+mod fields;
 mod matching;
 mod modify;
 mod selection;
 mod view;
 
+pub use fields::{path_of, Http1Head, RequestFields};
 pub use matching::{
-    anchored, any_matches, is_token, HeaderMatch, MatchError, PathMatch, RequestMatch, ValueMatch,
+    anchored, any_matches, any_matches_request, is_token, HeaderMatch, MatchError, PathMatch,
+    RequestMatch, ValueMatch,
 };
 pub use modify::{HeaderModifier, MirrorRewrite, ModifyError};
 pub use selection::{consistent_hash, Coin, Draws, Sampling, Share, ShareError};
@@ -65,15 +68,25 @@ impl Policy {
         view: &HeadView,
         head: &[u8],
         coin: &mut Coin,
+        verdict: impl FnMut(usize, Verdict),
+    ) {
+        self.decide_request(&Http1Head { view, head }, coin, verdict);
+    }
+
+    /// [`Policy::decide`] over any protocol's request (an HTTP/2 stream's header list).
+    pub fn decide_request<R: RequestFields + ?Sized>(
+        &self,
+        request: &R,
+        coin: &mut Coin,
         mut verdict: impl FnMut(usize, Verdict),
     ) {
-        if !any_matches(&self.matches, view, head) {
+        if !any_matches_request(&self.matches, request) {
             for i in 0..self.mirrors.len() {
                 verdict(i, Verdict::NotMatched);
             }
             return;
         }
-        let mut draws = self.sampling.draws(view, head, coin);
+        let mut draws = self.sampling.draws_for(request, coin);
         for (i, mirror) in self.mirrors.iter().enumerate() {
             if mirror.share.takes(draws.draw()) {
                 verdict(i, Verdict::Take);

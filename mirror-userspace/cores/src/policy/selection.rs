@@ -4,7 +4,10 @@
 
 use thiserror::Error;
 
-use super::view::HeadView;
+use super::{
+    fields::{Http1Head, RequestFields},
+    view::HeadView,
+};
 use crate::sampling::splitmix64;
 
 const TWO_POW_64: u128 = 1 << 64;
@@ -116,9 +119,18 @@ impl Draws<'_> {
 impl Sampling {
     /// The draws for the request whose head is `head`.
     pub fn draws<'c>(&self, view: &HeadView, head: &[u8], coin: &'c mut Coin) -> Draws<'c> {
+        self.draws_for(&Http1Head { view, head }, coin)
+    }
+
+    /// The draws for any protocol's request.
+    pub fn draws_for<'c, R: RequestFields + ?Sized>(
+        &self,
+        request: &R,
+        coin: &'c mut Coin,
+    ) -> Draws<'c> {
         match self {
             Sampling::Independent => Draws::Coin(coin),
-            Sampling::ConsistentBy { header } => match view.values(head, header).next() {
+            Sampling::ConsistentBy { header } => match request.find_value(header, &mut |_| true) {
                 Some(value) => Draws::Shared(consistent_hash(value)),
                 None => Draws::Shared(coin.draw()),
             },

@@ -83,12 +83,7 @@ impl HeadView {
 
     /// The path of the request target: up to `?` or `#`, query left out.
     pub fn path<'h>(&self, head: &'h [u8]) -> &'h [u8] {
-        let target = &head[self.target.clone()];
-        let end = target
-            .iter()
-            .position(|&b| b == b'?' || b == b'#')
-            .unwrap_or(target.len());
-        &target[..end]
+        super::fields::path_of(&head[self.target.clone()])
     }
 
     pub fn fields(&self) -> &[Field] {

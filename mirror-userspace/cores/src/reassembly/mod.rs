@@ -49,15 +49,18 @@ pub const MAX_WINDOW: u32 = 1 << 30;
 ///
 /// Offsets below are relative to `next_seq`, the sequence number of the next byte to deliver.
 ///
-/// **Overlap rule: the first bytes received win.** A byte already held or delivered is never
-/// replaced by a later segment carrying different bytes for the same sequence number, whether
-/// the later one is out of order or the next expected. Why: a receiver has already queued (or
-/// handed to the application) what arrived first, and Linux keeps queued bytes when a
-/// retransmission overlaps them; a peer that sends two versions of the same bytes is not a
-/// TCP stack, and one fixed, documented rule keeps the mirror deterministic. (Linux differs
-/// in two corners of its out-of-order queue: a segment that covers a held one with the same
-/// start replaces it, and the in-order segment wins over held data it overlaps. Only a
-/// client that sends different bytes twice can see the difference.)
+/// **Overlap rule: what v1's receive queue keeps.** Bytes are either *in order at the
+/// receiver* (delivered, or held contiguous from `next_seq`: v1 has queued them, whether or
+/// not its acknowledgement has released them here yet) or *held out of order* (behind a hole).
+/// A later segment never changes in-order bytes; a segment that arrives at the in-order point
+/// (it starts at or before the end of the in-order bytes) overwrites held out-of-order bytes it
+/// overlaps; between two out-of-order segments the first received wins. Why: this is what
+/// Linux keeps (`tcp_data_queue` appends the in-order segment, `tcp_ofo_queue` then trims the
+/// out-of-order ones it covers), and it means a forged segment planted ahead of the client is
+/// replaced by the genuine one when that arrives, instead of being released by v1's
+/// acknowledgement of the genuine bytes. (Linux also lets an out-of-order segment that covers
+/// a held one with the same start replace it; only a client sending two versions of the same
+/// out-of-order bytes can see that corner.)
 ///
 /// Invariants:
 /// - every offset held in `ranges` is `< window` (enforced when a segment is held);
@@ -178,6 +181,9 @@ impl Reassembler {
         let mut data = payload;
         // Offset of `data[0]`; i64 so that adding a length can never overflow.
         let mut off = i64::from(seq.wrapping_sub(self.next_seq) as i32);
+        // Whether the segment reached the in-order point and replaced held bytes: once is
+        // enough, what is left of `data` later is a suffix of what was written.
+        let mut replaced = false;
         loop {
             if off < 0 {
                 let old = usize::try_from(-off).unwrap_or(usize::MAX).min(data.len());
@@ -193,6 +199,9 @@ impl Reassembler {
                 pushed.beyond_window = pushed.beyond_window.saturating_add(to_u32(data.len()));
                 return Ok(pushed);
             }
+            if !replaced {
+                replaced = self.overwrite_out_of_order(off, data);
+            }
             if off == 0 {
                 let held_at = self.ranges.first().map_or(u32::MAX, |r| r.0);
                 let cut = data.len().min(held_at as usize).min(self.room() as usize);
@@ -201,7 +210,8 @@ impl Reassembler {
                     self.advance(cut);
                     let ready = self.deliver_ready(out);
                     data = &data[cut..];
-                    // What follows was delivered from held bytes (first received wins).
+                    // What follows was delivered from held bytes (already overwritten by this
+                    // segment where they overlap it).
                     off = -(ready as i64);
                     continue;
                 }
@@ -278,6 +288,40 @@ impl Reassembler {
         self.advance(lost as usize);
         let delivered = self.deliver_ready(out);
         Moved { lost, delivered }
+    }
+
+    /// End of the bytes in order at the receiver: the held run from offset 0, if any.
+    fn in_order_end(&self) -> u32 {
+        match self.ranges.first() {
+            Some((0, end)) => end,
+            _ => 0,
+        }
+    }
+
+    /// A segment at offset `off` that starts at or before the end of the in-order bytes is
+    /// the receiver's next in-order data: where it overlaps bytes held out of order, its
+    /// bytes replace them (see the overlap rule on [`Reassembler`]). Costs the segment's length.
+    /// Returns whether the segment reached the in-order point.
+    fn overwrite_out_of_order(&mut self, off: i64, data: &[u8]) -> bool {
+        let front = self.in_order_end();
+        let Ok(skip) = usize::try_from(i64::from(front) - off) else {
+            return false;
+        };
+        if skip >= data.len() || front >= self.window {
+            return true;
+        }
+        let fresh = &data[skip..];
+        let end = u32::try_from(fresh.len())
+            .unwrap_or(u32::MAX)
+            .min(self.window - front)
+            + front;
+        let base = self.base;
+        let pages = &mut self.pages;
+        self.ranges.for_each_held(front, end, |a, b| {
+            let bytes = &fresh[(a - front) as usize..(b - front) as usize];
+            pages.write(base + u64::from(a), bytes);
+        });
+        true
     }
 
     /// Stores an out-of-order (or not yet released) segment at offset `off`

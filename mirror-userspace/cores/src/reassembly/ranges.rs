@@ -77,6 +77,16 @@ impl RangeSet {
         }
     }
 
+    /// Calls `f` with each maximal part of `[start, end)` that is held, in order.
+    pub fn for_each_held(&self, start: u32, end: u32, mut f: impl FnMut(u32, u32)) {
+        for &(s, e) in self.as_slice() {
+            let (a, b) = (s.max(start), e.min(end));
+            if a < b {
+                f(a, b);
+            }
+        }
+    }
+
     /// Adds `[start, end)`, merging it with every range it overlaps or touches. On error
     /// nothing changed.
     pub fn insert(&mut self, start: u32, end: u32) -> Result<(), TooManyRanges> {
@@ -197,5 +207,16 @@ mod tests {
         assert_eq!(s.covered(0, 100), 20);
         assert_eq!(s.covered(15, 35), 10);
         assert_eq!(s.covered(20, 30), 0);
+    }
+
+    #[test]
+    fn for_each_held_clips_to_the_asked_range() {
+        let s = set(&[(10, 20), (30, 40)]);
+        let mut parts = Vec::new();
+        s.for_each_held(15, 35, |a, b| parts.push((a, b)));
+        assert_eq!(parts, vec![(15, 20), (30, 35)]);
+        parts.clear();
+        s.for_each_held(20, 30, |a, b| parts.push((a, b)));
+        assert!(parts.is_empty());
     }
 }

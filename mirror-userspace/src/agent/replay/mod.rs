@@ -46,7 +46,7 @@ use crate::{
     capture::{packet, pcap, record, target::Target},
     control,
     observe::{status::status_line, Registry, Source},
-    relay::{raise_fd_limit, FdLimitError, Relay, RelayConfig},
+    relay::{raise_fd_limit, FdLimitError, H2cMirror, Relay, RelayConfig},
     shutdown::shutdown_signal,
 };
 
@@ -218,8 +218,13 @@ impl ReplayArgs {
         RelayConfig {
             shadow: self.shadow.clone().unwrap_or_default(),
             max_connections: (self.max_shadow_connections / share).max(1),
+            // A replay has no pods to share between: the whole caps.
+            max_connections_per_source: usize::MAX,
             max_inflight_bytes: (self.max_inflight_mib.saturating_mul(1 << 20) / share).max(1),
+            max_inflight_bytes_per_source: usize::MAX,
             response_timeout: Duration::from_millis(self.response_timeout_ms),
+            // A connection upgraded to h2c is replayed over HTTP/2.
+            h2c: Some(H2cMirror::all(self.host_rewrite.rewrite(), self.seed)),
             ..RelayConfig::default()
         }
     }

@@ -26,10 +26,50 @@ fn cluster(name: &str, addr: SocketAddr) -> String {
     )
 }
 
+/// A cluster whose upstream connections speak HTTP/2 (h2c with prior knowledge).
+fn cluster_h2(name: &str, addr: SocketAddr) -> String {
+    format!(
+        "{}    typed_extension_protocol_options:\n\
+         \x20     envoy.extensions.upstreams.http.v3.HttpProtocolOptions:\n\
+         \x20       \"@type\": type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions\n\
+         \x20       explicit_http_config:\n          http2_protocol_options: {{}}\n",
+        cluster(name, addr)
+    )
+}
+
 /// Static bootstrap: listener on `listen`, everything routed to `primary` and mirrored to
 /// `shadow`. Circuit breakers are raised so that Envoy's defaults (1,024 pending requests) do
 /// not shed the mirror under saturation, as a tuned deployment would.
 pub fn config(listen: SocketAddr, primary: SocketAddr, shadow: SocketAddr) -> String {
+    bootstrap(
+        listen,
+        &cluster("primary", primary),
+        &cluster("shadow", shadow),
+    )
+}
+
+/// [`config`] for HTTP/2: the listener takes h2c (its codec is detected from the first
+/// bytes), both upstreams are HTTP/2, and an admin listener on `admin` serves the shadow
+/// cluster's counters.
+pub fn h2_config(
+    listen: SocketAddr,
+    primary: SocketAddr,
+    shadow: SocketAddr,
+    admin: SocketAddr,
+) -> String {
+    format!(
+        "admin:\n  address:\n    socket_address: {{address: \"{}\", port_value: {}}}\n{}",
+        admin.ip(),
+        admin.port(),
+        bootstrap(
+            listen,
+            &cluster_h2("primary", primary),
+            &cluster_h2("shadow", shadow),
+        )
+    )
+}
+
+fn bootstrap(listen: SocketAddr, primary: &str, shadow: &str) -> String {
     format!(
         "static_resources:\n  listeners:\n  - name: ingress\n    address:\n\
          \x20     socket_address: {{address: \"{}\", port_value: {}}}\n    filter_chains:\n\
@@ -47,8 +87,8 @@ pub fn config(listen: SocketAddr, primary: SocketAddr, shadow: SocketAddr) -> St
          \x20 clusters:\n{}{}",
         listen.ip(),
         listen.port(),
-        cluster("primary", primary),
-        cluster("shadow", shadow)
+        primary,
+        shadow
     )
 }
 

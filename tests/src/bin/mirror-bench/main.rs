@@ -7,6 +7,7 @@ mod attack;
 mod bed;
 mod capture_path;
 mod envoy;
+mod h2c;
 mod kernel_isolated;
 mod large;
 mod load;
@@ -99,10 +100,17 @@ struct BenchArgs {
     /// "--poll-ms 1"), to compare agent settings.
     #[arg(long, allow_hyphen_values = true, default_value = "")]
     agent_args: String,
+    /// Skip the HTTP/2 section in a full run (about 7 minutes of it).
+    #[arg(long, conflicts_with = "h2_only")]
+    no_h2: bool,
     /// Run only the attack mix and the cost of capturing v1's direction (full size, or the
     /// smoke's with --smoke).
     #[arg(long)]
     attacks_only: bool,
+    /// Run only the HTTP/2 section (h2load: baseline, the agent, Envoy, ideal; the smoke's
+    /// size with --smoke).
+    #[arg(long, conflicts_with_all = ["micro", "capture_path", "memory", "attacks_only"])]
+    h2_only: bool,
 }
 
 /// Where the bench writes its JSON results and markdown report.
@@ -182,6 +190,14 @@ fn main() -> Result<()> {
         return latency_only(args, rate, &agent_args, started);
     }
     let tools = tools::ensure(&target_dir())?;
+    let h2_plan = if args.smoke {
+        h2c::H2Plan::SMOKE
+    } else {
+        h2c::H2Plan::FULL
+    };
+    if args.h2_only {
+        return h2_only(&tools, h2_plan, &out, args.smoke);
+    }
     // First: it builds the cores' benches, and a failure should not cost the whole run.
     let micro = if args.smoke || args.no_micro {
         Vec::new()
@@ -280,6 +296,11 @@ fn main() -> Result<()> {
     let large = large::run(&bed, large_plan)?;
     let attacks = attack::run(&bed, attack_plan)?;
     drop(bed);
+    let h2_samples = if args.no_h2 {
+        None
+    } else {
+        Some((h2_plan, h2c::run(&tools.envoy, &out.join("h2c"), h2_plan)?))
+    };
     let results = Results {
         command: command_line(),
         machine: machine(),
@@ -291,6 +312,7 @@ fn main() -> Result<()> {
         memory,
         large: Some(large),
         attacks: Some(attacks),
+        h2c: h2_samples,
         micro,
     };
     let json = out.join(if args.smoke {
@@ -383,6 +405,7 @@ fn sections_only(args: &BenchArgs, started: Instant) -> Result<()> {
         memory,
         large: None,
         attacks: None,
+        h2c: None,
         micro: Vec::new(),
     };
     println!("{}", report::markdown(&results));
@@ -430,8 +453,32 @@ fn latency_only(
         large: None,
         attacks: None,
         micro: Vec::new(),
+        h2c: None,
     };
     println!("{}", report::markdown(&results));
+    Ok(())
+}
+
+/// `--h2-only`: the HTTP/2 section alone, its table printed as the report prints it; with
+/// `--smoke`, checked as the smoke checks it.
+fn h2_only(tools: &tools::Tools, plan: h2c::H2Plan, out: &Path, smoke: bool) -> Result<()> {
+    let samples = h2c::run(&tools.envoy, &out.join("h2c"), plan)?;
+    let json = out.join("h2c.json");
+    std::fs::write(&json, serde_json::to_string_pretty(&samples)?)
+        .with_context(|| format!("write {}", json.display()))?;
+    println!(
+        "Command: `{}`\n\n{}",
+        command_line(),
+        h2c::markdown(&samples, plan)
+    );
+    let problems = if smoke {
+        h2c::problems(&samples)
+    } else {
+        Vec::new()
+    };
+    if !problems.is_empty() {
+        bail!("h2c section:\n  {}", problems.join("\n  "));
+    }
     Ok(())
 }
 

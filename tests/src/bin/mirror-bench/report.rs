@@ -30,6 +30,8 @@ pub struct Results {
     pub memory: Vec<RingRun>,
     pub large: Option<LargeResult>,
     pub attacks: Option<Attacks>,
+    /// The HTTP/2 section: its plan and runs.
+    pub h2c: Option<(super::h2c::H2Plan, Vec<super::h2c::H2Sample>)>,
     pub micro: Vec<Micro>,
 }
 
@@ -265,6 +267,10 @@ pub fn markdown(results: &Results) -> String {
     large(&mut md, results);
     if let Some(attacks) = &results.attacks {
         md.push_str(&super::attack::markdown(attacks));
+        md.push('\n');
+    }
+    if let Some((plan, samples)) = &results.h2c {
+        md.push_str(&super::h2c::markdown(samples, *plan));
         md.push('\n');
     }
     micro(&mut md, results);

@@ -1,7 +1,8 @@
 //! What makes the smoke run (CI) fail: a mode that served nothing, erred, or mirrored far from
 //! every request (for the ideal mode: whose second load did not reach v2 with the shadow Host),
 //! large bodies that did not reach v2 intact, a recorded capture whose replay lost most of its
-//! requests, and a memory run that mirrored nothing.
+//! requests, a memory run that mirrored nothing, and an h2c mode that served or mirrored
+//! next to nothing.
 
 use anyhow::{bail, Result};
 
@@ -107,6 +108,9 @@ pub fn check(results: &Results) -> Result<()> {
     }
     if let Some(attacks) = &results.attacks {
         problems.extend(super::attack::problems(attacks));
+    }
+    if let Some((_, samples)) = &results.h2c {
+        problems.extend(super::h2c::problems(samples));
     }
     if !problems.is_empty() {
         bail!("bench smoke failed:\n  {}", problems.join("\n  "));

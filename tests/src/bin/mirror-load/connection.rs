@@ -97,7 +97,7 @@ impl Connection {
         loop {
             let n = stream.read(&mut self.buf).await?;
             if n == 0 {
-                framer.closed(|code| status = Some(code));
+                framer.closed(|answer| status = Some(answer.status));
                 self.stream = None;
                 return status.ok_or_else(|| io::ErrorKind::UnexpectedEof.into());
             }
@@ -107,7 +107,7 @@ impl Connection {
                 self.head.extend_from_slice(&input[..n.min(room)]);
             }
             framer
-                .feed(input, |code| status = Some(code))
+                .feed(input, |answer| status = Some(answer.status))
                 .map_err(|err| io::Error::new(io::ErrorKind::InvalidData, err))?;
             if let Some(code) = status {
                 if closes(&self.head) {

@@ -21,6 +21,11 @@ const FEED_PIECE: usize = 64 * 1024;
 /// Smallest allocation made for incoming bytes: small segments share one block.
 const MIN_RESERVE: usize = 16 * 1024;
 
+/// Most body bytes an `Upgrade: h2c` request may carry to be held until the client's next
+/// bytes tell whether v1 switched; a larger one stops the connection as `stopped_upgrade`.
+/// (Clients upgrade with a GET, or a small body: curl sends its upgrade on the first request.)
+pub const MAX_UPGRADE_BODY: u64 = 64 * 1024;
+
 /// What the framer tells the relay, in stream order.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum FrameEvent {
@@ -34,6 +39,12 @@ pub enum FrameEvent {
     Abort(AbortReason),
     /// Mirroring of this connection stopped; nothing more will come from this framer.
     Stopped(StopReason),
+    /// The connection is HTTP/2 from here on: v1 switched to h2c after an `Upgrade: h2c`
+    /// request (the client sent the connection preface after it). The first such event
+    /// carries that request as the client sent it, then the preface and what follows; later
+    /// ones, the next bytes. For the h2c core (`crate::http2`), which takes the request as
+    /// stream 1.
+    H2c(Bytes),
 }
 
 /// Framing settings shared by every flow.
@@ -77,6 +88,16 @@ enum State {
         body: Body,
         mirror: bool,
     },
+    /// An `Upgrade: h2c` request ([`Framer::held`]) of `total` bytes (head and body) is at
+    /// the front of the buffer: the bytes after it tell whether v1 switched.
+    Upgrade {
+        total: usize,
+    },
+    /// v1 switched to HTTP/2: every byte goes on as [`FrameEvent::H2c`] (`mirror`), or is
+    /// dropped (the connection was sampled out).
+    Upgraded {
+        mirror: bool,
+    },
     Stopped,
 }
 
@@ -98,6 +119,8 @@ pub struct Framer {
     msg_bytes: u64,
     /// Where rewritten heads are assembled.
     scratch: BytesMut,
+    /// The head of the `Upgrade: h2c` request being held.
+    held: Option<Head>,
 }
 
 impl Framer {
@@ -118,6 +141,7 @@ impl Framer {
             scanned: 0,
             msg_bytes: 0,
             scratch: BytesMut::new(),
+            held: None,
         }
     }
 
@@ -137,6 +161,14 @@ impl Framer {
             if self.is_stopped() {
                 return;
             }
+            if let State::Upgraded { mirror } = self.state {
+                if mirror {
+                    env.counters.stream_bytes =
+                        env.counters.stream_bytes.wrapping_add(piece.len() as u64);
+                    out(FrameEvent::H2c(Bytes::copy_from_slice(piece)));
+                }
+                continue;
+            }
             if self.buf.capacity() - self.buf.len() < piece.len() {
                 self.buf.reserve(piece.len().max(MIN_RESERVE));
             }
@@ -153,6 +185,11 @@ impl Framer {
         if self.is_stopped() {
             return;
         }
+        if let State::Upgraded { .. } = self.state {
+            // HTTP/2 cannot be resynchronised: its header compression state is lost.
+            self.stop(StopReason::StreamGap, env, out);
+            return;
+        }
         self.drop_current(AbortReason::Gap, env, out);
         self.state = State::Resync { line_start: true };
     }
@@ -164,6 +201,15 @@ impl Framer {
         env: &mut Env<'_>,
         out: &mut impl FnMut(FrameEvent),
     ) {
+        if let State::Upgrade { total } = self.state {
+            if self.buf.len() >= total {
+                // The request is whole and the client never sent the preface: v1 answered
+                // it in HTTP/1.1.
+                self.buf.truncate(total);
+                self.not_switched(env, out);
+                self.process(env, out);
+            }
+        }
         if !self.is_stopped() {
             self.drop_current(reason, env, out);
         }
@@ -189,6 +235,11 @@ impl Framer {
             State::Head { candidate: false } if !self.buf.is_empty() => {
                 env.counters.heads_discarded += 1;
             }
+            State::Upgrade { .. } => {
+                self.held = None;
+                env.counters.heads_discarded += 1;
+            }
+            State::Upgraded { .. } => {}
             State::Head { .. } | State::Resync { .. } => {
                 env.counters.resync_skipped_bytes += self.buf.len() as u64;
             }
@@ -213,6 +264,7 @@ impl Framer {
     fn release(&mut self) {
         self.buf = BytesMut::new();
         self.scratch = BytesMut::new();
+        self.held = None;
     }
 
     /// Runs the state machine over the buffer until it needs more bytes.
@@ -222,7 +274,8 @@ impl Framer {
                 State::Resync { line_start } => self.resync(line_start, env),
                 State::Head { candidate } => self.head(candidate, env, out),
                 State::Body { body, mirror } => self.body(body, mirror, env, out),
-                State::Stopped => false,
+                State::Upgrade { total } => self.await_switch(total, env, out),
+                State::Upgraded { .. } | State::Stopped => false,
             };
             if !more {
                 return;
@@ -290,6 +343,7 @@ impl Framer {
             return self.reject(StopReason::HeaderTooLarge, candidate, env, out);
         }
         match head::parse(&self.buf[..end]) {
+            HeadParse::Complete(h) if h.upgrade_h2c => self.hold(h, env, out),
             HeadParse::Complete(h) => {
                 self.start_request(h, env, out);
                 true
@@ -348,6 +402,70 @@ impl Framer {
         } else {
             self.stop(reason, env, out);
             false
+        }
+    }
+
+    /// Holds an `Upgrade: h2c` request until the bytes after it tell whether v1 switched
+    /// (v1's answer, `101 Switching Protocols` or not, is not captured: only its headers).
+    fn hold(&mut self, h: Head, env: &mut Env<'_>, out: &mut impl FnMut(FrameEvent)) -> bool {
+        self.scanned = 0;
+        let body = match h.body {
+            BodyKind::Length(n) if n <= MAX_UPGRADE_BODY => n,
+            BodyKind::None => 0,
+            BodyKind::Length(_) | BodyKind::Chunked => {
+                self.stop(StopReason::Upgrade, env, out);
+                return false;
+            }
+        };
+        self.state = State::Upgrade {
+            total: h.len + body as usize,
+        };
+        self.held = Some(h);
+        true
+    }
+
+    /// With the held request whole, looks at what follows: the connection preface means v1
+    /// switched; anything else, that the client goes on in HTTP/1.1 and the request is an
+    /// ordinary one. Returns whether the state moved on.
+    fn await_switch(
+        &mut self,
+        total: usize,
+        env: &mut Env<'_>,
+        out: &mut impl FnMut(FrameEvent),
+    ) -> bool {
+        let preface = crate::http2::frame::PREFACE;
+        let Some(after) = self.buf.get(total..) else {
+            return false;
+        };
+        let seen = after.len().min(preface.len());
+        if after[..seen] != preface[..seen] {
+            self.not_switched(env, out);
+            return true;
+        }
+        if seen < preface.len() {
+            return false;
+        }
+        self.held = None;
+        env.counters.upgrades_h2c += 1;
+        let mirror = env.sampler.sample();
+        if mirror {
+            let bytes = self.buf.split().freeze();
+            env.counters.stream_bytes = env.counters.stream_bytes.wrapping_add(bytes.len() as u64);
+            out(FrameEvent::H2c(bytes));
+        } else {
+            env.counters.requests_sampled_out += 1;
+        }
+        self.state = State::Upgraded { mirror };
+        self.release();
+        false
+    }
+
+    /// v1 did not switch: the held request is framed as any other.
+    fn not_switched(&mut self, env: &mut Env<'_>, out: &mut impl FnMut(FrameEvent)) {
+        env.counters.upgrades_h2c_refused += 1;
+        match self.held.take() {
+            Some(h) => self.start_request(h, env, out),
+            None => self.state = State::Head { candidate: false },
         }
     }
 

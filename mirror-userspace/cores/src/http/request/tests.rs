@@ -6,6 +6,8 @@ use crate::outcome::Counters;
 use crate::test_support::{request, Rebuilt};
 use proptest::prelude::*;
 
+mod upgrade;
+
 struct Harness {
     framer: Framer,
     config: FramerConfig,

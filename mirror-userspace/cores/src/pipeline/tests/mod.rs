@@ -7,6 +7,7 @@ use crate::test_support::{request, Rebuilt};
 use proptest::prelude::*;
 
 mod acked;
+mod overlap;
 mod shares;
 mod streams;
 

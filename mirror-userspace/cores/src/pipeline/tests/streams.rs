@@ -204,3 +204,25 @@ proptest! {
         prop_assert_eq!(h.p.buffered_bytes(), 0);
     }
 }
+
+#[test]
+fn an_http_flow_v1_switched_to_h2c_is_streamed_from_its_upgrade_on() {
+    let upgrade =
+        b"GET / HTTP/1.1\r\nHost: api\r\nUpgrade: h2c\r\nHTTP2-Settings: AAMAAABk\r\n\r\n";
+    let mut wire = upgrade.to_vec();
+    wire.extend_from_slice(crate::http2::frame::PREFACE);
+    wire.extend_from_slice(&[0, 0, 0, 4, 0, 0, 0, 0, 0]);
+    let mut h = H::new(PipelineConfig::default());
+    h.handshake(1, 1000, S_ISN);
+    for (i, piece) in wire.chunks(10).enumerate() {
+        h.client(1, 1001 + 10 * i as u32, S_ISN + 1, ACK, piece);
+    }
+    let end = 1001 + wire.len() as u32;
+    h.server(0, 1, S_ISN + 1, end, 512, ACK);
+    h.client(1, end, S_ISN + 1, TcpFlags::FIN | ACK, b"");
+    h.server(0, 1, S_ISN + 1, end + 1, 512, ACK);
+    assert_eq!(h.stream(1), (wire.clone(), Some(EndReason::Fin)));
+    let c = h.p.counters();
+    assert_eq!((c.upgrades_h2c, c.stream_bytes), (1, wire.len() as u64));
+    assert_eq!((c.requests_mirrored, c.stopped_upgrade), (0, 0));
+}
