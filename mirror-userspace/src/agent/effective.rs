@@ -45,6 +45,7 @@ impl RunArgs {
                 "poll_ms": self.poll_ms,
                 "capture_threads": self.capture_threads,
                 "nice": self.nice,
+                "relay_nice": self.relay_nice,
                 "grace_secs": self.grace_secs,
                 "log_interval_secs": self.log_interval_secs,
             },

@@ -4,6 +4,7 @@
 
 mod dispatch;
 mod effective;
+mod heap_trim;
 pub mod host_rewrite;
 mod intake;
 pub mod kubernetes;

@@ -22,6 +22,7 @@ use mirror_cores::{
 
 use super::{
     dispatch::Dispatcher,
+    heap_trim::HeapTrim,
     host_rewrite::HostRewriteArgs,
     intake::Intake,
     kubernetes::{self, AgentParts, KubernetesError, KubernetesOptions},
@@ -145,12 +146,27 @@ pub struct RunArgs {
     /// connection per request, nice 10 mirrored 47% of requests and nice 0 all of them.
     #[arg(long, default_value_t = 0, value_parser = clap::value_parser!(i32).range(0..=19))]
     pub nice: i32,
+    /// Niceness of the relay's threads alone (those that send to v2), at least --nice: the
+    /// capture thread keeps draining the ring while the sending yields the CPU to the node's
+    /// workloads; held requests are bounded by --max-inflight-mib like any backlog. Measured
+    /// (`cargo xtask bench --latency-rate 40000 --rate-rounds 3`, half of what 2 cores carry):
+    /// the primary's p99 was x1.53 of the ideal mirror's at 10, x82 at 0 (stalls of 50 ms to
+    /// 1.4 s while the relay's bursts took the CPU from v1), every request mirrored in both.
+    /// Not the default: it yields to every workload, so on a busy node the relay falls behind
+    /// (the relay test at 10k connections a second lost requests at 10 on 2 loaded cores).
+    #[arg(long, default_value_t = 0, value_parser = clap::value_parser!(i32).range(0..=19))]
+    pub relay_nice: i32,
     /// Seed of the per-request sampling decisions (fixed: reproducible runs).
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
     /// Pipeline threads of the capture path: above 1, one ring reader shards records by
     /// client address over this many threads, each with its own relay and its share of the
-    /// connection and byte budgets (see `agent/shards.rs`). Not with --config yet.
+    /// connection and byte budgets (see `agent/shards.rs`). Not with --config yet (each
+    /// thread would need its own policy dispatcher, fed every reload). 1 by default, not the
+    /// node's cores: one thread carries about 790k requests per CPU second (`cargo xtask bench
+    /// --capture-path`), ten times what 2 cores serve, and sharding costs ~9% per request (the
+    /// reader's batch copy) and, end to end at saturation on 2 cores, 68k req/s against 82k
+    /// on one thread (`--memory`). More threads pay only past ~700k requests a second.
     #[arg(long, default_value_t = 1, conflicts_with = "config",
           value_parser = clap::value_parser!(u16).range(1..=256))]
     pub capture_threads: u16,
@@ -224,13 +240,19 @@ pub(super) async fn check_shadow(shadow: &str) {
     }
 }
 
-/// The relay's own runtime: its connection work never takes the capture thread.
-pub(super) fn relay_runtime() -> std::io::Result<tokio::runtime::Runtime> {
-    tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .thread_name("mirror-relay")
-        .enable_all()
-        .build()
+/// The relay's own runtime: its connection work never takes the capture thread. `nice`: its
+/// threads' niceness (None: the caller's).
+pub(super) fn relay_runtime(nice: Option<i32>) -> std::io::Result<tokio::runtime::Runtime> {
+    let mut builder = tokio::runtime::Builder::new_multi_thread();
+    builder.worker_threads(2).thread_name("mirror-relay");
+    if let Some(nice) = nice {
+        builder.on_thread_start(move || {
+            if let Err(error) = set_nice(nice) {
+                tracing::warn!(%error, nice, "cannot set the relay thread's niceness");
+            }
+        });
+    }
+    builder.enable_all().build()
 }
 
 impl RunArgs {
@@ -412,7 +434,8 @@ pub async fn run(args: RunArgs) -> Result<(), RunError> {
     health.attached(&capture.ifaces);
     // Relays (and the dispatcher's, made and replaced on reloads) spawn their tasks on a
     // runtime of their own: enter it wherever one is made.
-    let relay_runtime = relay_runtime().map_err(RunError::Runtime)?;
+    let relay_nice = (args.relay_nice > args.nice).then_some(args.relay_nice);
+    let relay_runtime = relay_runtime(relay_nice).map_err(RunError::Runtime)?;
     let intake = Arc::new(Intake::default());
     let cells = Arc::new(PipelineCells::default());
     let on_relay_runtime = relay_runtime.enter();
@@ -496,6 +519,8 @@ pub async fn run(args: RunArgs) -> Result<(), RunError> {
     }
 
     let mut expire = tokio::time::interval(Duration::from_millis(250));
+    let mut heap_trim = HeapTrim::new();
+    let ring_fill = session.ring_fill();
     // Without wake-ups the ring is drained on this timer (with them, it never fires usefully
     // but costs nothing).
     let mut poll = tokio::time::interval(Duration::from_millis(args.poll_ms.max(1)));
@@ -518,6 +543,7 @@ pub async fn run(args: RunArgs) -> Result<(), RunError> {
                 health.timer_ran(due.into_std());
                 pipeline.expire(clock::monotonic_ns(), &mut |event| outlet.handle(event));
                 cells.publish(&pipeline);
+                heap_trim.tick(due.into_std(), ring_fill.written_bytes());
             }
             _ = report.tick() => tracing::info!("{}", short_line(&registry)),
             batch = session.reader().next_batch(&mut on_record) => {

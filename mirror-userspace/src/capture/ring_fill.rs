@@ -70,6 +70,12 @@ impl RingFill {
         producer.wrapping_sub(consumer) as u64
     }
 
+    /// Bytes the kernel has written since the ring was made (modulo the word size): the
+    /// capture path's traffic, record headers included.
+    pub fn written_bytes(&self) -> u64 {
+        self.position(self.page_size) as u64
+    }
+
     pub fn size_bytes(&self) -> u64 {
         u64::from(self.size)
     }

@@ -45,12 +45,14 @@ pub struct CaptureOptions {
     /// TCX links or a netlink clsact filter.
     #[arg(long, value_enum, default_value = "auto")]
     pub attach: AttachMode,
-    /// Ring buffer size in MiB (a power of two, 2 to 1024). In `cargo xtask bench` (2 cores,
-    /// small keep-alive requests at saturation) 4 and 16 MiB dropped nothing at 60-65k req/s
-    /// and kept the agent at 15 and 44 MiB PSS against 110 MiB with 64; but a 64 MiB upload
-    /// (tests/tests/relay.rs, debug agent) overflowed 16 MiB (498 records dropped), so the
-    /// default stays 64 until large bodies are measured against smaller rings.
-    #[arg(long, default_value_t = 64, value_name = "MIB")]
+    /// Ring buffer size in MiB (a power of two, 2 to 1024). The kernel allocates all of it when
+    /// the map is made, so it is memory the agent holds whatever the load. Measured with
+    /// `cargo xtask bench --memory` (2 cores): 16 MiB dropped nothing at saturation (82k
+    /// req/s) and kept the agent at 32.5 MiB PSS at 50k req/s (64 MiB: 91 MiB); a 64 MiB
+    /// upload at veth speed (tests/tests/relay.rs, release agent) passed 3 of 3 runs at 16 MiB,
+    /// while 8 MiB lost records in 1 of 2 and 4 MiB in 2 of 2: twice the smallest ring seen
+    /// to fail.
+    #[arg(long, default_value_t = 16, value_name = "MIB")]
     pub ring_mib: u32,
     /// Forward the kernel program's diagnostics (aya-log) to the log.
     #[arg(long)]

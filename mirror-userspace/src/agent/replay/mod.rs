@@ -304,7 +304,7 @@ pub async fn run(args: ReplayArgs) -> Result<(), ReplayError> {
     let grace = Duration::from_secs(args.grace_secs);
 
     let registry = Registry::default();
-    let relay_runtime = relay_runtime().map_err(ReplayError::Runtime)?;
+    let relay_runtime = relay_runtime(None).map_err(ReplayError::Runtime)?;
     if !args.discard {
         raise_fd_limit(args.max_shadow_connections)?;
         if let Some(shadow) = &args.shadow {

@@ -51,8 +51,9 @@ struct BenchArgs {
     /// Rounds: every mode runs once per round, modes interleaved, so each runs this many times.
     #[arg(long, default_value_t = 2)]
     rounds: u32,
-    /// Seconds of load per run.
-    #[arg(long, default_value_t = 6)]
+    /// Seconds of load per run (4: a load run then costs about 11 s with the modes' start,
+    /// stop and drain, so a first full run stays under 15 minutes).
+    #[arg(long, default_value_t = 4)]
     seconds: u64,
     /// Fixed-rate runs offer these fractions of what the node carried at saturation with
     /// keep-alive and mirroring on (the agent), one set of runs per fraction.
@@ -77,16 +78,28 @@ struct BenchArgs {
     /// with --capture-path, both.
     #[arg(long, conflicts_with_all = ["smoke", "micro"])]
     memory: bool,
-    /// Ring sizes (MiB) the memory section runs the agent with at saturation.
-    #[arg(long, value_delimiter = ',', default_values_t = [4, 16, 64])]
+    /// Ring sizes (MiB) the memory section runs the agent with, at --memory-rate and at
+    /// saturation.
+    #[arg(long, value_delimiter = ',', default_values_t = [8, 16, 64])]
     ring_sizes: Vec<u32>,
-    /// Capture threads the memory section also runs the agent with (64 MiB ring), end to end
+    /// The fixed rate (requests per second) of the memory section's runs beside saturation.
+    #[arg(long, default_value_t = 50_000)]
+    memory_rate: u64,
+    /// Capture threads the memory section also runs the agent with (default ring), end to end
     /// at saturation beside the one-thread runs.
     #[arg(long, value_delimiter = ',', default_values_t = [2u16])]
     capture_threads: Vec<u16>,
     /// Skip the criterion micro-benchmarks in a full run.
     #[arg(long)]
     no_micro: bool,
+    /// Run only the primary's latency at this fixed rate (requests per second, fast backend,
+    /// keep-alive): baseline, ideal and mirror interleaved, --rate-rounds rounds.
+    #[arg(long, conflicts_with_all = ["smoke", "micro", "capture_path", "memory"])]
+    latency_rate: Option<u64>,
+    /// Flags added to the mirror mode's `mirror run`, space-separated (for example
+    /// "--poll-ms 1"), to compare agent settings.
+    #[arg(long, allow_hyphen_values = true, default_value = "")]
+    agent_args: String,
     /// Skip the HTTP/2 section in a full run (about 7 minutes of it).
     #[arg(long, conflicts_with = "h2_only")]
     no_h2: bool,
@@ -168,6 +181,14 @@ fn main() -> Result<()> {
         }
         return Ok(());
     }
+    let agent_args: Vec<String> = args
+        .agent_args
+        .split_whitespace()
+        .map(str::to_owned)
+        .collect();
+    if let Some(rate) = args.latency_rate {
+        return latency_only(args, rate, &agent_args, started);
+    }
     let tools = tools::ensure(&target_dir())?;
     let h2_plan = if args.smoke {
         h2c::H2Plan::SMOKE
@@ -206,6 +227,7 @@ fn main() -> Result<()> {
                     duration,
                     fixed_rate: &tools.fixed_rate,
                     envoy: &tools.envoy,
+                    agent_args: &agent_args,
                 };
                 run_one(&bed, &work, samples, plan)?;
             }
@@ -249,7 +271,13 @@ fn main() -> Result<()> {
     }
     let unmatched = unmatched::run(&bed, &work.join("unmatched"), duration)?;
     let isolated = kernel_isolated::run(&bed, &work.join("kernel-isolated"))?;
-    let memory = memory::run(&bed, &work.join("memory"), duration, &agent_configs(args))?;
+    let memory = memory::run(
+        &bed,
+        &work.join("memory"),
+        duration,
+        &tools.fixed_rate,
+        &memory_plans(args),
+    )?;
     let replays = if args.smoke { 1 } else { args.replays.max(1) };
     let capture_path = capture_path::run(&bed, &work.join("capture-path"), duration, replays)?;
     let large_plan = if args.smoke {
@@ -309,15 +337,33 @@ fn main() -> Result<()> {
     Ok(())
 }
 
-/// The memory section's agents: every ring size on one thread, then the default ring on each
-/// of --capture-threads (the smoke: one ring size, one and two threads).
-fn agent_configs(args: &BenchArgs) -> Vec<(u32, u16)> {
+/// The agent's default `--ring-mib`, which the memory section's sharded runs use.
+const DEFAULT_RING_MIB: u32 = 16;
+
+/// The memory section's agents: every ring size on one thread at --memory-rate and at
+/// saturation, then the default ring on each of --capture-threads (the smoke: the default
+/// ring at a tenth of the rate on one thread, and at saturation on two).
+fn memory_plans(args: &BenchArgs) -> Vec<memory::MemoryPlan> {
     if args.smoke {
-        return vec![(16, 1), (16, 2)];
+        return vec![
+            memory::MemoryPlan {
+                ring_mib: DEFAULT_RING_MIB,
+                threads: 1,
+                offered: Offered::Rate(args.memory_rate / 10),
+            },
+            memory::MemoryPlan {
+                ring_mib: DEFAULT_RING_MIB,
+                threads: 2,
+                offered: Offered::Saturate(Conn::KeepAlive),
+            },
+        ];
     }
-    let mut configs: Vec<(u32, u16)> = args.ring_sizes.iter().map(|&mib| (mib, 1)).collect();
-    configs.extend(args.capture_threads.iter().map(|&threads| (64, threads)));
-    configs
+    memory::plans(
+        &args.ring_sizes,
+        args.memory_rate,
+        &args.capture_threads,
+        DEFAULT_RING_MIB,
+    )
 }
 
 /// `--capture-path` and `--memory`: those sections alone, printed as the report prints them.
@@ -337,7 +383,13 @@ fn sections_only(args: &BenchArgs, started: Instant) -> Result<()> {
         None
     };
     let memory = if args.memory {
-        memory::run(&bed, &work.join("memory"), duration, &agent_configs(args))?
+        memory::run(
+            &bed,
+            &work.join("memory"),
+            duration,
+            &tools::fixed_rate_generator()?,
+            &memory_plans(args),
+        )?
     } else {
         Vec::new()
     };
@@ -355,6 +407,53 @@ fn sections_only(args: &BenchArgs, started: Instant) -> Result<()> {
         attacks: None,
         h2c: None,
         micro: Vec::new(),
+    };
+    println!("{}", report::markdown(&results));
+    Ok(())
+}
+
+/// `--latency-rate`: the fast backend at one fixed rate, baseline, ideal and mirror interleaved
+/// (the order rotating each round), printed as the report prints fixed-rate runs.
+fn latency_only(
+    args: &BenchArgs,
+    rate: u64,
+    agent_args: &[String],
+    started: Instant,
+) -> Result<()> {
+    let fixed_rate = tools::fixed_rate_generator()?;
+    let bed = Bed::new()?;
+    let work = bed.testbed.log_dir().join("bench");
+    let modes = [Mode::Baseline, Mode::Ideal, Mode::Mirror];
+    let mut samples = Vec::new();
+    for round in 0..args.rate_rounds.max(1) {
+        for i in 0..modes.len() {
+            let plan = Plan {
+                round,
+                backend: Backend::Fast,
+                mode: modes[(i + round as usize) % modes.len()],
+                offered: Offered::Rate(rate),
+                duration: Duration::from_secs(args.seconds),
+                fixed_rate: &fixed_rate,
+                envoy: Path::new("envoy"),
+                agent_args,
+            };
+            run_one(&bed, &work, &mut samples, plan)?;
+        }
+    }
+    drop(bed);
+    let results = Results {
+        command: command_line(),
+        machine: machine(),
+        seconds: started.elapsed().as_secs_f64(),
+        samples,
+        unmatched: None,
+        isolated: None,
+        capture_path: None,
+        memory: Vec::new(),
+        large: None,
+        attacks: None,
+        micro: Vec::new(),
+        h2c: None,
     };
     println!("{}", report::markdown(&results));
     Ok(())

@@ -66,6 +66,8 @@ pub struct Plan<'a> {
     /// The fixed-rate load generator.
     pub fixed_rate: &'a Path,
     pub envoy: &'a Path,
+    /// Flags added to the mirror mode's `mirror run` (`--agent-args`).
+    pub agent_args: &'a [String],
 }
 
 /// Longest wait for the mirror to catch up after the load stops.
@@ -73,7 +75,7 @@ const DRAIN_TIMEOUT: Duration = Duration::from_secs(15);
 
 pub fn run(bed: &Bed, plan: &Plan<'_>, dir: &Path) -> Result<Sample> {
     let (backend, mode) = (plan.backend, plan.mode);
-    let component = mode.start(bed, backend, plan.envoy, dir)?;
+    let component = mode.start(bed, backend, plan.envoy, plan.agent_args, dir)?;
     let v1_before = bed.logged_hosts(backend, 0)?.len();
     let v2_before = bed.logged_hosts(backend, 1)?.len();
     let pid = component.pid();

@@ -70,12 +70,14 @@ impl Mode {
         }
     }
 
-    /// Starts this mode's mirroring component for `backend`, with its files under `dir`.
+    /// Starts this mode's mirroring component for `backend`, with its files under `dir`
+    /// (`agent_args`: more flags for the agent).
     pub fn start(
         self,
         bed: &Bed,
         backend: Backend,
         envoy_bin: &Path,
+        agent_args: &[String],
         dir: &Path,
     ) -> Result<Component> {
         std::fs::create_dir_all(dir).with_context(|| format!("create {}", dir.display()))?;
@@ -83,7 +85,12 @@ impl Mode {
         let (primary, shadow) = (bed.primary(backend), bed.shadow(backend));
         Ok(match self {
             Mode::Baseline | Mode::Ideal => Component::None,
-            Mode::Mirror => Component::Agent(start_agent(bed, bed.service(backend), shadow)?),
+            Mode::Mirror => Component::Agent(start_agent_with(
+                bed,
+                bed.service(backend),
+                shadow,
+                agent_args,
+            )?),
             Mode::Nginx => {
                 let listen = bed.nginx_proxy();
                 let config = nginx::proxy_config(dir, listen, primary, shadow);

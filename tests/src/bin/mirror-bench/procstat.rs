@@ -52,13 +52,60 @@ pub struct Memory {
     pub pss_kib: u64,
     /// Pages no other process maps, each once.
     pub private_kib: u64,
+    /// PSS of the BPF map mappings (`anon_inode:bpf-map`): the ring buffer's pages, allocated
+    /// in full by the kernel when the map is made, whatever the load.
+    pub ring_pss_kib: u64,
+    /// PSS of the anonymous mappings: the heap, malloc's arenas and the threads' stacks.
+    pub anon_pss_kib: u64,
 }
 
-/// Reads `smaps_rollup` of `pid` (now, not a peak).
+/// Reads `smaps_rollup` of `pid` (now, not a peak), and from `smaps` the share of the ring
+/// buffer and of the anonymous mappings.
 pub fn memory(pid: u32) -> Result<Memory> {
     let path = format!("/proc/{pid}/smaps_rollup");
     let text = std::fs::read_to_string(&path).with_context(|| format!("read {path}"))?;
-    parse_smaps_rollup(&text).with_context(|| format!("no Rss/Pss in {path}"))
+    let memory = parse_smaps_rollup(&text).with_context(|| format!("no Rss/Pss in {path}"))?;
+    let path = format!("/proc/{pid}/smaps");
+    let text = std::fs::read_to_string(&path).with_context(|| format!("read {path}"))?;
+    let (ring_pss_kib, anon_pss_kib) = pss_by_kind(&text);
+    Ok(Memory {
+        ring_pss_kib,
+        anon_pss_kib,
+        ..memory
+    })
+}
+
+/// PSS in KiB of the BPF map mappings and of the anonymous ones, from `smaps` text: each
+/// mapping's header line (`start-end perms offset dev inode [name]`) is followed by its fields.
+fn pss_by_kind(text: &str) -> (u64, u64) {
+    let (mut ring, mut anon) = (0, 0);
+    let mut kind = None;
+    for line in text.lines() {
+        let mut words = line.split_whitespace();
+        let first = words.next().unwrap_or_default();
+        if first.contains('-') && !first.ends_with(':') {
+            let name = words.nth(4).unwrap_or_default();
+            kind = if name == "anon_inode:bpf-map" {
+                Some(&mut ring)
+            } else if name.is_empty()
+                || name.starts_with("[heap]")
+                || name.starts_with("[stack")
+                || name.starts_with("[anon")
+            {
+                Some(&mut anon)
+            } else {
+                None
+            };
+        } else if first == "Pss:" {
+            if let (Some(total), Some(kib)) = (
+                kind.as_deref_mut(),
+                words.next().and_then(|n| n.parse::<u64>().ok()),
+            ) {
+                *total += kib;
+            }
+        }
+    }
+    (ring, anon)
 }
 
 fn parse_smaps_rollup(text: &str) -> Option<Memory> {
@@ -77,6 +124,7 @@ fn parse_smaps_rollup(text: &str) -> Option<Memory> {
         rss_kib: field("Rss")?,
         pss_kib: field("Pss")?,
         private_kib: field("Private_Clean")? + field("Private_Dirty")?,
+        ..Memory::default()
     })
 }
 
@@ -137,6 +185,16 @@ mod tests {
         assert_eq!((memory.rss_kib, memory.pss_kib), (137_000, 72_000));
         assert_eq!(memory.private_kib, 72_000);
         assert!(parse_smaps_rollup("Rss: 1 kB\n").is_none());
+    }
+
+    #[test]
+    fn splits_pss_between_the_ring_and_anonymous_mappings() {
+        let text = "7f00-7f01 rw-s 00000000 00:0f 1063 anon_inode:bpf-map\nRss: 4 kB\nPss: 4 kB\n\
+                    7f01-7f09 r--s 00001000 00:0f 1063 anon_inode:bpf-map\nPss: 16388 kB\n\
+                    5600-5700 rw-p 00000000 00:00 0 [heap]\nPss: 900 kB\n\
+                    7e00-7e40 rw-p 00000000 00:00 0 \nPss: 3000 kB\n\
+                    5500-5600 r-xp 00000000 fd:00 77 /usr/bin/mirror\nPss: 5000 kB\n";
+        assert_eq!(pss_by_kind(text), (16_392, 3_900));
     }
 
     #[test]

@@ -399,16 +399,30 @@ fn memory(md: &mut String, results: &Results) {
     let mib = |kib: u64| kib as f64 / 1024.0;
     let _ = writeln!(
         md,
-        "#### Agent memory by ring size, and capture threads (fast backend, keep-alive, saturation)\n\n\
-         Read from `/proc/PID/smaps_rollup` at the end of the load: PSS counts each physical \
-         page once (the ring's data pages are mapped twice, so RSS counts them twice).\n\n\
-         | --ring-mib | --capture-threads | req/s | mirrored | dropped (by reason) | ring drops | PSS MiB | private MiB | RSS MiB |\n\
-         |---|---|---|---|---|---|---|---|---|"
+        "#### Agent memory by ring size, load and capture threads (fast backend, keep-alive)\n\n\
+         Read at the end of the load from `/proc/PID/smaps_rollup` (PSS counts each physical \
+         page once; the ring's data pages are mapped twice, so RSS counts them twice) and \
+         `/proc/PID/smaps`: the PSS of the ring buffer's mappings (all its pages, allocated when \
+         the map is made) and of the anonymous ones (heap, malloc arenas, stacks). Relay \
+         backlog: requests held for v2 then (queued, or sent and not answered), from the \
+         agent's /metrics. Shard queue drops: records the sharded reader dropped because a \
+         pipeline thread's queue was full (`records_dropped_queue_full`; their requests never \
+         reach the relay's counts). Idle: PSS once that backlog drained and the agent sat idle \
+         for 3 s.\n\n\
+         | --ring-mib | --capture-threads | load | req/s | mirrored | dropped (by reason) | ring drops | shard queue drops | relay backlog | PSS MiB | ring MiB | anonymous MiB | private MiB | RSS MiB | PSS idle MiB |\n\
+         |---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"
     );
     for r in &results.memory {
+        let shard_drops =
+            mirror_tests::agent::counter(&r.agent.summary, "records_dropped_queue_full")
+                .unwrap_or(0);
+        let load = match r.offered {
+            Offered::Saturate(_) => "saturation".to_owned(),
+            Offered::Rate(rate) => format!("{rate} req/s"),
+        };
         let _ = writeln!(
             md,
-            "| {} | {} | {:.0} | {} | {}{} | {} | {:.1} | {:.1} | {:.1} |",
+            "| {} | {} | {load} | {:.0} | {} | {}{} | {} | {shard_drops} | {} | {:.1} | {:.1} | {:.1} | {:.1} | {:.1} | {:.1} |",
             r.ring_mib,
             r.threads,
             r.load.rps(),
@@ -416,9 +430,13 @@ fn memory(md: &mut String, results: &Results) {
             r.agent.dropped,
             drop_reasons(&r.agent.summary),
             r.agent.ringbuf_full_drops,
+            r.backlog.pending,
             mib(r.memory.pss_kib),
+            mib(r.memory.ring_pss_kib),
+            mib(r.memory.anon_pss_kib),
             mib(r.memory.private_kib),
             mib(r.memory.rss_kib),
+            mib(r.idle.pss_kib),
         );
     }
     md.push('\n');

