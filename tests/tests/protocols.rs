@@ -52,24 +52,8 @@ impl Bed {
     }
 
     fn agent(&self) -> Agent {
-        let config = format!(
-            "interfaces: [{iface}]\npolicies:\n- name: cache\n  target: {{address: {VIP}, port: 8000}}\n  protocol: tcp\n  mirrors:\n  - backend: {backend}\n",
-            iface = self.scenario.client.node_ifname(),
-            backend = self.backend(),
-        );
-        let path = self.scenario.testbed.log_dir().join("mirror.yaml");
-        std::fs::write(&path, config).expect("write config");
-        let args: Vec<String> = [
-            "run",
-            "--config",
-            &path.display().to_string(),
-            "--grace-secs",
-            "2",
-        ]
-        .iter()
-        .map(|s| s.to_string())
-        .collect();
-        Agent::start(self.scenario.testbed.node(), "mirror-run", &args, READY).expect("agent")
+        let mirrors = format!("  mirrors:\n  - backend: {}\n", self.backend());
+        policy_agent(&self.scenario, "cache", "tcp", &mirrors)
     }
 
     fn backend(&self) -> String {
@@ -523,24 +507,12 @@ fn h2c_streams_reach_v2_with_authority_rewritten_and_whole_bodies() {
     std::fs::write(docroot.join("a"), "page a").expect("page");
     let v1 = nghttpd(&scenario.v1, 80, &docroot, "v1");
     let v2 = nghttpd(&scenario.v2, 8080, &docroot, "v2");
-    let config = format!(
-        "interfaces: [{iface}]\npolicies:\n- name: grpc\n  target: {{address: {VIP}, port: 8000}}\n  protocol: http2\n  mirrors:\n  - backend: {v2}:8080\n",
-        iface = scenario.client.node_ifname(),
-        v2 = scenario.v2.ipv4(),
+    let agent = policy_agent(
+        &scenario,
+        "grpc",
+        "http2",
+        &one_mirror(scenario.v2.ipv4(), 8080),
     );
-    let path = dir.join("mirror.yaml");
-    std::fs::write(&path, config).expect("write config");
-    let args: Vec<String> = [
-        "run",
-        "--config",
-        &path.display().to_string(),
-        "--grace-secs",
-        "2",
-    ]
-    .iter()
-    .map(|s| s.to_string())
-    .collect();
-    let agent = Agent::start(scenario.testbed.node(), "mirror-run", &args, READY).expect("agent");
     let body = dir.join("body");
     std::fs::write(&body, value(7, 100_000)).expect("body");
     let body_arg = format!("@{}", body.display());
@@ -595,10 +567,11 @@ fn h2c_streams_reach_v2_with_authority_rewritten_and_whole_bodies() {
     assert_eq!(agent_counter(&summary, "h2c_stopped"), 0, "{summary}");
 }
 
-/// `mirror run --config` with `policy` as the config's one policy (its target the VIP).
-fn config_agent(scenario: &Scenario, policy: &str) -> Agent {
+/// `mirror run --config` with one policy named `name`, its target the VIP, of `protocol`,
+/// the rest of its keys (`mirrors`, `matches`, ...) as `rest` gives them.
+fn policy_agent(scenario: &Scenario, name: &str, protocol: &str, rest: &str) -> Agent {
     let config = format!(
-        "interfaces: [{iface}]\npolicies:\n- name: h2\n  target: {{address: {VIP}, port: 8000}}\n  protocol: http2\n{policy}",
+        "interfaces: [{iface}]\npolicies:\n- name: {name}\n  target: {{address: {VIP}, port: 8000}}\n  protocol: {protocol}\n{rest}",
         iface = scenario.client.node_ifname(),
     );
     let path = scenario.testbed.log_dir().join("mirror.yaml");
@@ -616,6 +589,11 @@ fn config_agent(scenario: &Scenario, policy: &str) -> Agent {
     Agent::start(scenario.testbed.node(), "mirror-run", &args, READY).expect("agent")
 }
 
+/// A policy's `mirrors` with one backend, `host:port`.
+fn one_mirror(host: impl std::fmt::Display, port: u16) -> String {
+    format!("  mirrors:\n  - backend: {host}:{port}\n")
+}
+
 #[test]
 fn h2c_streams_are_matched_sampled_and_modified_one_by_one() {
     if !require_root() {
@@ -630,8 +608,10 @@ fn h2c_streams_are_matched_sampled_and_modified_one_by_one() {
     let none = nghttpd(&scenario.v2, 8081, &docroot, "v2-none");
     let v2 = scenario.v2.ipv4();
     // One mirror takes every matching stream and marks it; the other takes none of them.
-    let agent = config_agent(
+    let agent = policy_agent(
         &scenario,
+        "h2",
+        "http2",
         &format!(
             "  matches: [{{path: {{type: PathPrefix, value: /kept}}}}]\n  mirrors:\n  - backend: {v2}:8080\n    requestHeaderModifier: {{set: [{{name: X-Mirror, value: v2}}]}}\n  - backend: {v2}:8081\n    percent: 0\n"
         ),
@@ -807,24 +787,12 @@ fn grpc_unary_and_client_streaming_calls_reach_v2_with_identical_messages() {
     };
     let (_v1, v1_calls) = start(&scenario.v1, 80, "v1");
     let (_v2, v2_calls) = start(&scenario.v2, 50051, "v2");
-    let config = format!(
-        "interfaces: [{iface}]\npolicies:\n- name: grpc\n  target: {{address: {VIP}, port: 8000}}\n  protocol: http2\n  mirrors:\n  - backend: {v2}:50051\n",
-        iface = scenario.client.node_ifname(),
-        v2 = scenario.v2.ipv4(),
+    let agent = policy_agent(
+        &scenario,
+        "grpc",
+        "http2",
+        &one_mirror(scenario.v2.ipv4(), 50051),
     );
-    let path = dir.join("mirror.yaml");
-    std::fs::write(&path, config).expect("write config");
-    let args: Vec<String> = [
-        "run",
-        "--config",
-        &path.display().to_string(),
-        "--grace-secs",
-        "2",
-    ]
-    .iter()
-    .map(|s| s.to_string())
-    .collect();
-    let agent = Agent::start(scenario.testbed.node(), "mirror-run", &args, READY).expect("agent");
     let client_text = client.display().to_string();
     let target = format!("{VIP}:8000");
     scenario
@@ -978,24 +946,12 @@ fn a_grpc_channel_open_before_the_agent_is_counted_and_not_mirrored() {
     while grpc_calls(&logs[0]).is_empty() && Instant::now() < deadline {
         std::thread::sleep(Duration::from_millis(50));
     }
-    let config = format!(
-        "interfaces: [{iface}]\npolicies:\n- name: grpc\n  target: {{address: {VIP}, port: 8000}}\n  protocol: http2\n  mirrors:\n  - backend: {v2}:50051\n",
-        iface = scenario.client.node_ifname(),
-        v2 = scenario.v2.ipv4(),
+    let agent = policy_agent(
+        &scenario,
+        "grpc",
+        "http2",
+        &one_mirror(scenario.v2.ipv4(), 50051),
     );
-    let path = dir.join("mirror.yaml");
-    std::fs::write(&path, config).expect("write config");
-    let args: Vec<String> = [
-        "run",
-        "--config",
-        &path.display().to_string(),
-        "--grace-secs",
-        "2",
-    ]
-    .iter()
-    .map(|s| s.to_string())
-    .collect();
-    let agent = Agent::start(scenario.testbed.node(), "mirror-run", &args, READY).expect("agent");
     std::fs::write(&go, "").expect("go");
     let deadline = Instant::now() + Duration::from_secs(20);
     while caller.try_status().expect("client status").is_none() && Instant::now() < deadline {
@@ -1111,25 +1067,7 @@ fn curl_http2(scenario: &Scenario, args: &[&str]) {
 
 /// `mirror run` under a config file with one `protocol: http` policy mirroring to v2:80.
 fn http_policy_agent(scenario: &Scenario) -> Agent {
-    let dir = scenario.testbed.log_dir();
-    let config = format!(
-        "interfaces: [{iface}]\npolicies:\n- name: web\n  target: {{address: {VIP}, port: 8000}}\n  mirrors:\n  - backend: {v2}:80\n",
-        iface = scenario.client.node_ifname(),
-        v2 = scenario.v2.ipv4(),
-    );
-    let path = dir.join("mirror.yaml");
-    std::fs::write(&path, config).expect("write config");
-    let args: Vec<String> = [
-        "run",
-        "--config",
-        &path.display().to_string(),
-        "--grace-secs",
-        "2",
-    ]
-    .iter()
-    .map(|s| s.to_string())
-    .collect();
-    Agent::start(scenario.testbed.node(), "mirror-run", &args, READY).expect("agent")
+    policy_agent(scenario, "web", "http", &one_mirror(scenario.v2.ipv4(), 80))
 }
 
 #[test]
@@ -1229,24 +1167,12 @@ fn an_upgrade_to_h2c_on_an_http2_policy_reaches_v2_as_stream_one() {
     let dir = scenario.testbed.log_dir().to_path_buf();
     let (_v1, v1_log) = hypercorn(&scenario.v1, 80, &dir, "v1");
     let (_v2, v2_log) = hypercorn(&scenario.v2, 8080, &dir, "v2");
-    let config = format!(
-        "interfaces: [{iface}]\npolicies:\n- name: web\n  target: {{address: {VIP}, port: 8000}}\n  protocol: http2\n  mirrors:\n  - backend: {v2}:8080\n",
-        iface = scenario.client.node_ifname(),
-        v2 = scenario.v2.ipv4(),
+    let agent = policy_agent(
+        &scenario,
+        "web",
+        "http2",
+        &one_mirror(scenario.v2.ipv4(), 8080),
     );
-    let path = dir.join("mirror.yaml");
-    std::fs::write(&path, config).expect("write config");
-    let args: Vec<String> = [
-        "run",
-        "--config",
-        &path.display().to_string(),
-        "--grace-secs",
-        "2",
-    ]
-    .iter()
-    .map(|s| s.to_string())
-    .collect();
-    let agent = Agent::start(scenario.testbed.node(), "mirror-run", &args, READY).expect("agent");
     curl_http2(
         &scenario,
         &[
