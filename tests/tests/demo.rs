@@ -189,14 +189,15 @@ fn demo_shows_the_task_and_cleans_up() {
     let step3 = section(out, "Step 3");
     let received = number_after(step3, "v2 received ");
     assert!((30..=70).contains(&received), "{step3}");
-    // Every copy the agent made reached v2. (The relay's own `sent` is not compared: against
-    // gunicorn, which closes every connection after answering, its counters can err towards
-    // reporting a loss.)
+    // Every copy the agent made reached v2, and the relay counted each one answered: against
+    // gunicorn, which closes every connection after answering, too.
     assert_eq!(
         number_after(step3, "requests_mirrored="),
         received,
         "{step3}"
     );
+    assert_eq!(number_after(step3, " answered="), received, "{step3}");
+    assert!(!step3.contains("note: the agent copied"), "{step3}");
     assert_eq!(number_after(step3, "requests_sampled_out="), 100 - received);
     assert_eq!(number_after(step3, "httpbin-v1 logged "), 100, "{step3}");
 
