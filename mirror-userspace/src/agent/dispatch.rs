@@ -603,7 +603,26 @@ mod tests {
                 reason: EndReason::Fin,
             });
         };
+        let decisions = |d: &Dispatcher| {
+            let mut decided = HashMap::new();
+            super::super::mirror_stats::PolicySource(d.stats()).visit(&mut |s| {
+                if !s.labels.is_empty() {
+                    decided.insert(s.name, s.value);
+                }
+            });
+            decided
+        };
         connection(&mut d, 1000, &["/a", "/b"]);
+        // The relay decides a stream when it decodes its head, and a reload applies to every
+        // head decoded after it: wait for the first connection's two decisions.
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while std::time::Instant::now() < deadline {
+            let decided = decisions(&d);
+            if decided["requests_mirrored"] + decided["requests_not_matched"] == 2 {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
         // The same mirror (same policy name and backend) keeps its relay, with the new rule.
         d.reconfigure(&h2("/b"));
         connection(&mut d, 1001, &["/b", "/b", "/a"]);
