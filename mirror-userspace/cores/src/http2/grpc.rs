@@ -84,16 +84,8 @@ pub fn parse_timeout(value: &[u8]) -> Result<Duration, BadTimeout> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use bytes::Bytes;
 
-    fn fields(list: &[(&str, &str)]) -> Vec<Field> {
-        list.iter()
-            .map(|(n, v)| Field {
-                name: Bytes::copy_from_slice(n.as_bytes()),
-                value: Bytes::copy_from_slice(v.as_bytes()),
-            })
-            .collect()
-    }
+    use crate::http2::fields_of as fields;
 
     #[test]
     fn every_unit_parses_and_bad_values_are_refused() {

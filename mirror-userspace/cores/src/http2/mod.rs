@@ -158,5 +158,16 @@ pub struct H2Counters {
     pub upgrades: u64,
 }
 
+/// A header list from `(name, value)` pairs, as the tests write them.
+#[cfg(test)]
+pub(crate) fn fields_of(list: &[(&str, &str)]) -> Vec<Field> {
+    list.iter()
+        .map(|(n, v)| Field {
+            name: Bytes::copy_from_slice(n.as_bytes()),
+            value: Bytes::copy_from_slice(v.as_bytes()),
+        })
+        .collect()
+}
+
 #[cfg(test)]
 mod tests;

@@ -115,14 +115,7 @@ mod tests {
     };
     use crate::{policy::MirrorRule, rewrite::HostRewrite};
 
-    fn fields(list: &[(&str, &str)]) -> Vec<Field> {
-        list.iter()
-            .map(|(n, v)| Field {
-                name: Bytes::copy_from_slice(n.as_bytes()),
-                value: Bytes::copy_from_slice(v.as_bytes()),
-            })
-            .collect()
-    }
+    use crate::http2::fields_of as fields;
 
     fn text(fields: &[Field]) -> Vec<String> {
         fields
