@@ -29,6 +29,7 @@ use super::{
     mirror_stats::{PolicySource, RelaySource},
     pipeline_cells::PipelineCells,
     run_shards,
+    shards::EventSink,
 };
 use crate::{
     capture::{
@@ -160,14 +161,15 @@ pub struct RunArgs {
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
     /// Pipeline threads of the capture path: above 1, one ring reader shards records by
-    /// client address over this many threads, each with its own relay and its share of the
-    /// connection and byte budgets (see `agent/shards.rs`). Not with --config yet (each
-    /// thread would need its own policy dispatcher, fed every reload). 1 by default, not the
+    /// client address over this many threads, each with its own relay (with --config, its
+    /// own policy dispatcher: a relay per mirror) and its share of the connection and byte
+    /// budgets (see `agent/shards.rs`); every reload reaches every thread, and the counters
+    /// are the threads' sums under the same names and labels. 1 by default, not the
     /// node's cores: one thread carries about 790k requests per CPU second (`cargo xtask bench
     /// --capture-path`), ten times what 2 cores serve, and sharding costs ~9% per request (the
     /// reader's batch copy) and, end to end at saturation on 2 cores, 68k req/s against 82k
     /// on one thread (`--memory`). More threads pay only past ~700k requests a second.
-    #[arg(long, default_value_t = 1, conflicts_with = "config",
+    #[arg(long, default_value_t = 1,
           value_parser = clap::value_parser!(u16).range(1..=256))]
     pub capture_threads: u16,
 }
@@ -323,6 +325,8 @@ pub fn set_nice(nice: i32) -> std::io::Result<()> {
 pub(super) enum Outlet {
     Relay(Relay),
     Policies(Box<Dispatcher>),
+    /// The capture thread's, when pipeline threads have the outlets (`--capture-threads`).
+    Sharded,
 }
 
 impl Outlet {
@@ -330,6 +334,7 @@ impl Outlet {
         match self {
             Outlet::Relay(relay) => relay.handle(event),
             Outlet::Policies(dispatcher) => dispatcher.handle(event),
+            Outlet::Sharded => {}
         }
     }
 
@@ -337,7 +342,14 @@ impl Outlet {
         match self {
             Outlet::Relay(relay) => relay.shutdown(grace).await,
             Outlet::Policies(dispatcher) => (*dispatcher).shutdown(grace).await,
+            Outlet::Sharded => {}
         }
+    }
+}
+
+impl EventSink for Outlet {
+    fn handle(&mut self, event: Event) {
+        Outlet::handle(self, event);
     }
 }
 
@@ -347,7 +359,7 @@ pub(super) fn config_targets(config: &MirrorConfig) -> BTreeSet<Target> {
 }
 
 /// The destinations of a config's raw TCP and h2c policies (a Service's as discovered).
-fn stream_targets(config: &MirrorConfig) -> Vec<StreamTarget> {
+pub(super) fn stream_targets(config: &MirrorConfig) -> Vec<StreamTarget> {
     config
         .policies
         .iter()
@@ -444,6 +456,7 @@ pub async fn run(args: RunArgs) -> Result<(), RunError> {
         threads => Some(run_shards::start(
             &args,
             &pipeline_config,
+            file.as_ref().map(|(_, config)| config),
             access_log.clone(),
             &registry,
             usize::from(threads),
@@ -451,25 +464,34 @@ pub async fn run(args: RunArgs) -> Result<(), RunError> {
     };
     let (mut outlet, mut reloads) = match &file {
         None => {
-            // Sharded, the threads' relays send; this one stays idle.
-            let relay = Relay::new(args.relay_config(access_log.clone()));
-            if shards.is_none() {
+            // Sharded, the threads' relays send.
+            let outlet = if shards.is_some() {
+                Outlet::Sharded
+            } else {
+                let relay = Relay::new(args.relay_config(access_log.clone()));
                 registry.register("relay", relay.stats());
-            }
+                Outlet::Relay(relay)
+            };
             let shadow = args.shadow.clone().unwrap_or_default();
             tracing::info!(%shadow, percent = args.percent, "mirroring");
             eprintln!("mirroring to {shadow}; Ctrl-C to stop");
-            (Outlet::Relay(relay), None)
+            (outlet, None)
         }
         Some((path, config)) => {
-            let dispatcher = Dispatcher::new(
-                config,
-                args.relay_config(access_log.clone()),
-                args.seed,
-                grace,
-            );
-            registry.register("policy", Arc::new(PolicySource(dispatcher.stats())));
-            registry.register("relay", Arc::new(RelaySource(dispatcher.stats())));
+            // Sharded, the threads' dispatchers send.
+            let outlet = if shards.is_some() {
+                Outlet::Sharded
+            } else {
+                let dispatcher = Dispatcher::new(
+                    config,
+                    args.relay_config(access_log.clone()),
+                    args.seed,
+                    grace,
+                );
+                registry.register("policy", Arc::new(PolicySource(dispatcher.stats())));
+                registry.register("relay", Arc::new(RelaySource(dispatcher.stats())));
+                Outlet::Policies(Box::new(dispatcher))
+            };
             let mirrors: usize = config.policies.iter().map(|p| p.backends.len()).sum();
             tracing::info!(config = %path.display(), policies = config.policies.len(), mirrors, "mirroring");
             eprintln!(
@@ -478,7 +500,7 @@ pub async fn run(args: RunArgs) -> Result<(), RunError> {
                 path.display()
             );
             let reloads = reload::watch(path.clone(), config.clone());
-            (Outlet::Policies(Box::new(dispatcher)), Some(reloads))
+            (outlet, Some(reloads))
         }
     };
     drop(on_relay_runtime);
@@ -558,6 +580,9 @@ pub async fn run(args: RunArgs) -> Result<(), RunError> {
                 let _on_relay_runtime = relay_runtime.enter();
                 if apply_reload(&config, &session, &mut outlet) {
                     pipeline.set_stream_targets(stream_targets(&config));
+                    if let Some(shards) = &mut shards {
+                        shards.update(&run_shards::reload(config));
+                    }
                 }
             }
         }

@@ -1,17 +1,22 @@
-//! `mirror run --capture-threads N` with N above 1: one relay per pipeline thread, each with
-//! its share of the shadow connections and in-flight bytes, and the threads' counters summed
-//! under the stage names the single-threaded loop uses, so the status line, the metrics and
-//! the tests read the same names.
+//! `mirror run --capture-threads N` with N above 1: one outlet per pipeline thread (a relay
+//! with the flags, a policy dispatcher with `--config`), each with its share of the shadow
+//! connections and in-flight bytes, and the threads' counters summed under the stage names
+//! and labels the single-threaded loop uses, so the status line, the metrics and the tests
+//! read the same names. A reload reaches every thread's dispatcher and stream targets
+//! ([`reload`]).
 
 use std::{sync::Arc, time::Duration};
 
 use mirror_cores::pipeline::{Pipeline, PipelineConfig};
 
 use super::{
-    run::{RunArgs, RunError},
-    shards::{shard_config, Shard, ShardClock, Shards, Summed, WhenFull},
+    dispatch::Dispatcher,
+    mirror_stats::{PolicySource, RelaySource},
+    run::{stream_targets, Outlet, RunArgs, RunError},
+    shards::{shard_config, Shard, ShardClock, Shards, Summed, Update, WhenFull},
 };
 use crate::{
+    control::MirrorConfig,
     observe::{access_log::AccessLog, Registry, Source},
     relay::Relay,
 };
@@ -21,14 +26,17 @@ use crate::{
 const QUEUE_BATCHES: usize = 64;
 
 /// Starts the threads; call inside the relay runtime (the relays spawn their tasks there).
+/// `config`: the policies of `--config`, or None for the flags' one relay per thread.
 pub(super) fn start(
     args: &RunArgs,
     pipeline_config: &PipelineConfig,
+    config: Option<&MirrorConfig>,
     access_log: Option<Arc<AccessLog>>,
     registry: &Registry,
     threads: usize,
-) -> Result<Shards<Relay>, RunError> {
+) -> Result<Shards<Outlet>, RunError> {
     let mut relays: Vec<Arc<dyn Source>> = Vec::new();
+    let mut policies: Vec<Arc<dyn Source>> = Vec::new();
     let mut cells: Vec<Arc<dyn Source>> = Vec::new();
     let mut intakes: Vec<Arc<dyn Source>> = Vec::new();
     let mut shards = Vec::new();
@@ -36,16 +44,34 @@ pub(super) fn start(
         let mut relay_config = args.relay_config(access_log.clone());
         relay_config.max_connections = (relay_config.max_connections / threads).max(1);
         relay_config.max_inflight_bytes = (relay_config.max_inflight_bytes / threads).max(1);
-        let relay = Relay::new(relay_config);
-        relays.push(relay.stats());
-        let pipeline = Pipeline::new(shard_config(pipeline_config, index, threads))?;
-        let shard = Shard::new(pipeline, relay);
+        let mut pipeline = Pipeline::new(shard_config(pipeline_config, index, threads))?;
+        let outlet = match config {
+            None => {
+                let relay = Relay::new(relay_config);
+                relays.push(relay.stats());
+                Outlet::Relay(relay)
+            }
+            Some(config) => {
+                pipeline.set_stream_targets(stream_targets(config));
+                // Each thread draws its own sampling coin, as its pipeline does.
+                let seed = args.seed.wrapping_add(index as u64);
+                let grace = Duration::from_secs(args.grace_secs);
+                let dispatcher = Dispatcher::new(config, relay_config, seed, grace);
+                policies.push(Arc::new(PolicySource(dispatcher.stats())));
+                relays.push(Arc::new(RelaySource(dispatcher.stats())));
+                Outlet::Policies(Box::new(dispatcher))
+            }
+        };
+        let shard = Shard::new(pipeline, outlet);
         cells.push(shard.cells.clone());
         intakes.push(shard.intake.clone());
         shards.push(shard);
     }
     let shards = Shards::start(shards, QUEUE_BATCHES, ShardClock::Monotonic, WhenFull::Drop)
         .map_err(RunError::Runtime)?;
+    if !policies.is_empty() {
+        registry.register("policy", Arc::new(Summed(policies)));
+    }
     registry.register("relay", Arc::new(Summed(relays)));
     registry.register("pipeline", Arc::new(Summed(cells)));
     registry.register("intake", Arc::new(Summed(intakes)));
@@ -53,8 +79,20 @@ pub(super) fn start(
     Ok(shards)
 }
 
-/// Lets every thread finish its queue, then gives each relay the grace period, together.
-pub(super) async fn finish(shards: Shards<Relay>, grace: Duration) {
+/// A reloaded config as every thread applies it: its stream targets, and its policies from
+/// the thread's next request head on (what the single-threaded loop does between records).
+pub(super) fn reload(config: MirrorConfig) -> Update<Outlet> {
+    let targets = stream_targets(&config);
+    Arc::new(move |pipeline: &mut Pipeline, outlet: &mut Outlet| {
+        pipeline.set_stream_targets(targets.clone());
+        if let Outlet::Policies(dispatcher) = outlet {
+            dispatcher.reconfigure(&config);
+        }
+    })
+}
+
+/// Lets every thread finish its queue, then gives each outlet the grace period, together.
+pub(super) async fn finish(shards: Shards<Outlet>, grace: Duration) {
     let mut closing = tokio::task::JoinSet::new();
     for shard in shards.finish() {
         closing.spawn(shard.sink.shutdown(grace));

@@ -9,14 +9,20 @@
 //! when a thread's queue is full the batch is dropped and its records counted, so the reader
 //! never waits behind a slow pipeline. Each thread has its own pipeline, outlet and
 //! counters; the registry sees their sums ([`Summed`]).
+//!
+//! A change of settings (a config reload: every thread's policy dispatcher and stream
+//! targets) reaches every thread at the same point of its record stream as it would reach a
+//! single pipeline: after the records read before it, before those read after it
+//! ([`Shards::update`]).
 
 use std::{
+    collections::VecDeque,
     hash::{BuildHasher, RandomState},
     net::IpAddr,
     sync::{
         atomic::{AtomicU64, Ordering::Relaxed},
         mpsc::{sync_channel, Receiver, RecvTimeoutError, SyncSender, TrySendError},
-        Arc,
+        Arc, Mutex, MutexGuard,
     },
     thread::JoinHandle,
     time::Duration,
@@ -35,6 +41,49 @@ use crate::{
 const BATCH_BYTES: usize = 64 << 10;
 /// How often each pipeline thread ends idle flows and gives up on stale holes.
 const EXPIRE_EVERY: Duration = Duration::from_millis(250);
+/// Updates waiting for one thread (it applies them at its next batch, so more wait only
+/// while it is stuck); past this, the newest replaces the newest waiting one.
+const MAX_PENDING_UPDATES: usize = 8;
+
+/// A change of one thread's settings, run on that thread between two records. Each is whole
+/// (it sets, it does not add), so a later one may replace one not yet run.
+pub type Update<S> = Arc<dyn Fn(&mut Pipeline, &mut S) + Send + Sync>;
+
+/// The updates waiting for one thread, each with the number of batches sent to it before.
+struct PendingUpdates<S>(Mutex<VecDeque<(u64, Update<S>)>>);
+
+impl<S> PendingUpdates<S> {
+    fn lock(&self) -> MutexGuard<'_, VecDeque<(u64, Update<S>)>> {
+        // A push or pop cannot leave the queue half-changed.
+        self.0.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// Queues `update` to run once `after` batches were handled.
+    fn push(&self, after: u64, update: Update<S>) {
+        let mut queue = self.lock();
+        if queue.len() >= MAX_PENDING_UPDATES {
+            queue.pop_back();
+        }
+        queue.push_back((after, update));
+    }
+
+    /// Runs, in order, every update due once `handled` batches were.
+    fn run_due(&self, handled: u64, pipeline: &mut Pipeline, sink: &mut S) {
+        loop {
+            let due = {
+                let mut queue = self.lock();
+                match queue.front() {
+                    Some((after, _)) if *after <= handled => queue.pop_front(),
+                    _ => None,
+                }
+            };
+            match due {
+                Some((_, update)) => update(pipeline, sink),
+                None => break,
+            }
+        }
+    }
+}
 
 /// Where one pipeline thread's events go.
 pub trait EventSink: Send + 'static {
@@ -118,6 +167,9 @@ pub fn shard_config(config: &PipelineConfig, index: usize, threads: usize) -> Pi
 /// The reader's side: batches per thread, their queues, and the threads.
 pub struct Shards<S> {
     senders: Vec<SyncSender<Vec<u8>>>,
+    /// Batches each thread's queue took so far.
+    sent_batches: Vec<u64>,
+    updates: Vec<Arc<PendingUpdates<S>>>,
     pending: Vec<Vec<u8>>,
     pending_records: Vec<u64>,
     hasher: RandomState,
@@ -133,6 +185,8 @@ pub struct ShardStats {
     pub records_queued: AtomicU64,
     pub records_dropped_queue_full: AtomicU64,
     pub batches_dropped: AtomicU64,
+    /// Of `records_queued`, each thread's (how evenly the client addresses spread).
+    pub records_queued_per_thread: Vec<AtomicU64>,
 }
 
 impl Source for ShardStats {
@@ -157,32 +211,55 @@ impl Source for ShardStats {
             "Batches of records dropped because a queue was full.",
             self.batches_dropped.load(Relaxed),
         ));
+        for (thread, records) in self.records_queued_per_thread.iter().enumerate() {
+            out(Sample::counter(
+                "thread_records_queued",
+                "Records handed to each pipeline thread (how evenly client addresses spread).",
+                records.load(Relaxed),
+            )
+            .with_label("thread", thread.to_string()));
+        }
     }
 }
 
 impl<S: EventSink> Shards<S> {
-    /// Starts one thread per shard, each behind a queue of `queue_batches` batches.
+    /// Starts one thread per shard, each behind a queue of `queue_batches` batches. Called
+    /// inside a tokio runtime, the threads run inside it too (a relay spawns its tasks there).
     pub fn start(
         shards: Vec<Shard<S>>,
         queue_batches: usize,
         clock: ShardClock,
         when_full: WhenFull,
     ) -> std::io::Result<Self> {
-        let stats = Arc::new(ShardStats::default());
-        stats.threads.store(shards.len() as u64, Relaxed);
+        let stats = Arc::new(ShardStats {
+            threads: AtomicU64::new(shards.len() as u64),
+            records_queued_per_thread: shards.iter().map(|_| AtomicU64::new(0)).collect(),
+            ..ShardStats::default()
+        });
         let mut senders = Vec::new();
         let mut workers = Vec::new();
+        let mut updates = Vec::new();
+        let runtime = tokio::runtime::Handle::try_current().ok();
         for (i, shard) in shards.into_iter().enumerate() {
             let (sender, receiver) = sync_channel(queue_batches.max(1));
+            let pending = Arc::new(PendingUpdates(Mutex::default()));
+            let thread_pending = Arc::clone(&pending);
+            let runtime = runtime.clone();
             let worker = std::thread::Builder::new()
                 .name(format!("mirror-pipe-{i}"))
-                .spawn(move || work(shard, &receiver, clock))?;
+                .spawn(move || {
+                    let _in_runtime = runtime.as_ref().map(tokio::runtime::Handle::enter);
+                    work(shard, &receiver, &thread_pending, clock)
+                })?;
             senders.push(sender);
             workers.push(worker);
+            updates.push(pending);
         }
         let n = senders.len();
         Ok(Shards {
             senders,
+            sent_batches: vec![0; n],
+            updates,
             pending: vec![Vec::new(); n],
             pending_records: vec![0; n],
             hasher: RandomState::new(),
@@ -213,6 +290,15 @@ impl<S: EventSink> Shards<S> {
         }
     }
 
+    /// Runs `update` on every thread after the records dispatched so far and before any
+    /// dispatched later, as one pipeline would see it between two records.
+    pub fn update(&mut self, update: &Update<S>) {
+        self.flush();
+        for (pending, &sent) in self.updates.iter().zip(&self.sent_batches) {
+            pending.push(sent, Arc::clone(update));
+        }
+    }
+
     /// Hands every partly filled batch on (call at the end of a ring drain).
     pub fn flush(&mut self) {
         for shard in 0..self.senders.len() {
@@ -233,7 +319,9 @@ impl<S: EventSink> Shards<S> {
         };
         match sent {
             Ok(()) => {
+                self.sent_batches[shard] += 1;
                 self.stats.records_queued.fetch_add(records, Relaxed);
+                self.stats.records_queued_per_thread[shard].fetch_add(records, Relaxed);
             }
             Err(TrySendError::Full(_) | TrySendError::Disconnected(_)) => {
                 self.stats.batches_dropped.fetch_add(1, Relaxed);
@@ -271,12 +359,17 @@ fn client_address(item: &[u8]) -> Option<IpAddr> {
 fn work<S: EventSink>(
     mut shard: Shard<S>,
     batches: &Receiver<Vec<u8>>,
+    updates: &PendingUpdates<S>,
     clock: ShardClock,
 ) -> Shard<S> {
     let mut next_expire_ns = 0u64;
+    let mut handled = 0u64;
     loop {
-        match batches.recv_timeout(EXPIRE_EVERY) {
+        let received = batches.recv_timeout(EXPIRE_EVERY);
+        updates.run_due(handled, &mut shard.pipeline, &mut shard.sink);
+        match received {
             Ok(batch) => {
+                handled += 1;
                 for item in items(&batch) {
                     shard.feed(item);
                 }
@@ -285,6 +378,7 @@ fn work<S: EventSink>(
             Err(RecvTimeoutError::Timeout) => {}
             Err(RecvTimeoutError::Disconnected) => break,
         }
+        updates.run_due(handled, &mut shard.pipeline, &mut shard.sink);
         let now = match clock {
             ShardClock::Monotonic => clock::monotonic_ns(),
             ShardClock::Records => shard.last_ns,
@@ -313,34 +407,43 @@ fn items(batch: &[u8]) -> impl Iterator<Item = &[u8]> {
 }
 
 /// The sum of several sources' samples, by name and labels: what the registry shows for a
-/// stage that every shard has.
+/// stage that every shard has. Samples stay grouped by name (as the registry requires) even
+/// when one shard has labels another lacks (a mirror still draining after a reload, a gRPC
+/// method only one thread saw).
 pub struct Summed(pub Vec<Arc<dyn Source>>);
 
 impl Source for Summed {
     fn visit(&self, out: &mut dyn FnMut(Sample)) {
         let mut merged: Vec<Sample> = Vec::new();
+        let mut names: Vec<&'static str> = Vec::new();
         for source in &self.0 {
-            source.visit(&mut |sample| match merged
-                .iter_mut()
-                .find(|m| m.name == sample.name && m.labels == sample.labels)
-            {
-                Some(m) => m.value = m.value.wrapping_add(sample.value),
-                None => merged.push(sample),
+            source.visit(&mut |sample| {
+                if !names.contains(&sample.name) {
+                    names.push(sample.name);
+                }
+                match merged
+                    .iter_mut()
+                    .find(|m| m.name == sample.name && m.labels == sample.labels)
+                {
+                    Some(m) => m.value = m.value.wrapping_add(sample.value),
+                    None => merged.push(sample),
+                }
             });
         }
+        merged.sort_by_key(|sample| names.iter().position(|name| *name == sample.name));
         for sample in merged {
             out(sample);
         }
     }
 
-    /// Histograms of one name add up bucket by bucket (every shard's relay has the same
-    /// bounds).
+    /// Histograms of one name and labels add up bucket by bucket (every shard's relay has
+    /// the same bounds).
     fn histograms(&self, out: &mut dyn FnMut(HistogramSample)) {
         let mut merged: Vec<HistogramSample> = Vec::new();
         for source in &self.0 {
             source.histograms(&mut |histogram| match merged
                 .iter_mut()
-                .find(|m| m.name == histogram.name)
+                .find(|m| m.name == histogram.name && m.labels == histogram.labels)
             {
                 Some(m) if m.buckets.len() == histogram.buckets.len() => {
                     for (mine, theirs) in m.buckets.iter_mut().zip(&histogram.buckets) {
@@ -376,6 +479,9 @@ mod tests {
     struct Recorder {
         shard: usize,
         seen: Seen,
+        /// Set by updates; each request head is recorded with the one it came under.
+        generation: u32,
+        heads: Arc<Mutex<Vec<(FlowKey, u32)>>>,
         /// Blocks the first event until a message arrives (a slow pipeline).
         gate: Option<mpsc::Receiver<()>>,
     }
@@ -394,6 +500,9 @@ mod tests {
                 | Event::StreamData { flow, .. } => (*flow, false),
             };
             self.seen.lock().unwrap().push((self.shard, flow, head));
+            if head {
+                self.heads.lock().unwrap().push((flow, self.generation));
+            }
         }
     }
 
@@ -424,6 +533,8 @@ mod tests {
                 let sink = Recorder {
                     shard,
                     seen: Arc::clone(seen),
+                    generation: 0,
+                    heads: Arc::default(),
                     gate: gate.take(),
                 };
                 Shard::new(pipeline, sink)
@@ -519,6 +630,148 @@ mod tests {
             .filter(|(_, _, head)| *head)
             .count();
         assert_eq!(heads as u64, queued);
+    }
+
+    #[test]
+    fn an_update_reaches_every_thread_between_the_records_before_and_after_it() {
+        let seen = Seen::default();
+        let (open, gate) = mpsc::channel();
+        // The first thread is held at its first event, so its other batches (one per
+        // record) wait in its queue while the update is posted: it must run after them.
+        let shards = shards(2, &seen, Some(gate));
+        let heads: Vec<_> = shards.iter().map(|s| Arc::clone(&s.sink.heads)).collect();
+        let clients = 20;
+        let mut set =
+            Shards::start(shards, 2 * clients, ShardClock::Records, WhenFull::Wait).unwrap();
+        let first = |i: usize| format!("GET /a{i} HTTP/1.1\r\nHost: a\r\n\r\n");
+        for i in 0..clients {
+            set.dispatch(&record(client(i), 101, TcpFlags::ACK, first(i).as_bytes()));
+            set.flush();
+        }
+        let update: Update<Recorder> = Arc::new(|pipeline: &mut Pipeline, sink: &mut Recorder| {
+            sink.generation += 1;
+            pipeline.set_stream_targets(Vec::new());
+        });
+        set.update(&update);
+        for i in 0..clients {
+            let seq = 101 + first(i).len() as u32;
+            let second = format!("GET /b{i} HTTP/1.1\r\nHost: a\r\n\r\n");
+            set.dispatch(&record(client(i), seq, TcpFlags::ACK, second.as_bytes()));
+        }
+        open.send(()).unwrap();
+        let done = set.finish();
+        assert!(done.iter().all(|shard| shard.sink.generation == 1));
+        let mut all: Vec<(FlowKey, u32)> = Vec::new();
+        for (shard, heads) in heads.iter().enumerate() {
+            let heads = heads.lock().unwrap();
+            assert!(!heads.is_empty(), "thread {shard} got no request");
+            all.extend(heads.iter().copied());
+        }
+        assert_eq!(all.len(), 2 * clients);
+        for i in 0..clients {
+            let of_client: Vec<u32> = all
+                .iter()
+                .filter(|(flow, _)| *flow == client(i))
+                .map(|(_, generation)| *generation)
+                .collect();
+            // Its first request under the old settings, its second under the new.
+            assert_eq!(of_client, vec![0, 1], "client {i}");
+        }
+    }
+
+    #[test]
+    fn updates_past_the_cap_keep_the_newest() {
+        let pending = PendingUpdates::<u32>(Mutex::default());
+        for n in 0..MAX_PENDING_UPDATES as u32 + 3 {
+            pending.push(0, Arc::new(move |_: &mut Pipeline, sink: &mut u32| *sink = n));
+        }
+        let mut pipeline = Pipeline::new(PipelineConfig::default()).unwrap();
+        let mut sink = 0;
+        pending.run_due(0, &mut pipeline, &mut sink);
+        assert_eq!(sink, MAX_PENDING_UPDATES as u32 + 2);
+        assert!(pending.lock().is_empty());
+    }
+
+    /// Fixed samples, as a shard's stage would give them.
+    struct Fixed(Vec<Sample>);
+
+    impl Source for Fixed {
+        fn visit(&self, out: &mut dyn FnMut(Sample)) {
+            for sample in &self.0 {
+                out(sample.clone());
+            }
+        }
+    }
+
+    #[test]
+    fn summed_samples_stay_grouped_by_name_when_shards_have_different_labels() {
+        let sample = |name, label: &str, value| {
+            Sample::counter(name, "h", value).with_label("mirror", label.to_owned())
+        };
+        let a = Fixed(vec![sample("answered", "p/a", 1), sample("dropped", "p/a", 2)]);
+        // A mirror only the second shard still has (draining after a reload).
+        let b = Fixed(vec![
+            sample("answered", "p/a", 10),
+            sample("answered", "p/b", 20),
+            sample("dropped", "p/b", 30),
+        ]);
+        let summed = Summed(vec![Arc::new(a), Arc::new(b)]);
+        let mut got = Vec::new();
+        summed.visit(&mut |s| got.push((s.name, s.labels[0].1.clone(), s.value)));
+        let want = [
+            ("answered", "p/a", 11),
+            ("answered", "p/b", 20),
+            ("dropped", "p/a", 2),
+            ("dropped", "p/b", 30),
+        ]
+        .map(|(n, l, v)| (n, l.to_owned(), v));
+        assert_eq!(got, want);
+    }
+
+    #[test]
+    fn per_mirror_counters_of_every_thread_add_up_by_label() {
+        use super::super::mirror_stats::{MirrorCounters, MirrorStats, PolicySource, RelaySource};
+        use crate::{
+            observe::{status::status_line, Registry},
+            relay::RelayStats,
+        };
+        let thread = |mirrored: u64, sampled_out: u64| {
+            let stats = Arc::new(MirrorStats::default());
+            let decided = Arc::new(MirrorCounters::default());
+            decided.requests_mirrored.store(mirrored, Relaxed);
+            decided.requests_sampled_out.store(sampled_out, Relaxed);
+            stats.add("web/a:80".into(), decided, Arc::new(RelayStats::default()));
+            stats.add(
+                "web/b:80".into(),
+                Arc::default(),
+                Arc::new(RelayStats::default()),
+            );
+            stats.dispatch.requests_without_policy.store(1, Relaxed);
+            stats
+        };
+        let threads = [thread(3, 1), thread(4, 2)];
+        let registry = Registry::default();
+        let policies: Vec<Arc<dyn Source>> = threads
+            .iter()
+            .map(|t| Arc::new(PolicySource(Arc::clone(t))) as Arc<dyn Source>)
+            .collect();
+        let relays: Vec<Arc<dyn Source>> = threads
+            .iter()
+            .map(|t| Arc::new(RelaySource(Arc::clone(t))) as Arc<dyn Source>)
+            .collect();
+        registry.register("policy", Arc::new(Summed(policies)));
+        registry.register("relay", Arc::new(Summed(relays)));
+        let line = status_line(&registry);
+        assert!(
+            line.starts_with(
+                "policy: web/a:80 requests_mirrored=7 web/b:80 requests_mirrored=0 \
+                 web/a:80 requests_sampled_out=3"
+            ),
+            "{line}"
+        );
+        assert!(line.contains("requests_without_policy=2"), "{line}");
+        // Each mirror's relay counters appear once, under its label.
+        assert_eq!(line.matches("web/a:80 requests=").count(), 1, "{line}");
     }
 
     #[test]
