@@ -55,7 +55,9 @@ struct PendingUpdates<S>(Mutex<VecDeque<(u64, Update<S>)>>);
 impl<S> PendingUpdates<S> {
     fn lock(&self) -> MutexGuard<'_, VecDeque<(u64, Update<S>)>> {
         // A push or pop cannot leave the queue half-changed.
-        self.0.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+        self.0
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
     /// Queues `update` to run once `after` batches were handled.
@@ -683,7 +685,10 @@ mod tests {
     fn updates_past_the_cap_keep_the_newest() {
         let pending = PendingUpdates::<u32>(Mutex::default());
         for n in 0..MAX_PENDING_UPDATES as u32 + 3 {
-            pending.push(0, Arc::new(move |_: &mut Pipeline, sink: &mut u32| *sink = n));
+            pending.push(
+                0,
+                Arc::new(move |_: &mut Pipeline, sink: &mut u32| *sink = n),
+            );
         }
         let mut pipeline = Pipeline::new(PipelineConfig::default()).unwrap();
         let mut sink = 0;
@@ -708,7 +713,10 @@ mod tests {
         let sample = |name, label: &str, value| {
             Sample::counter(name, "h", value).with_label("mirror", label.to_owned())
         };
-        let a = Fixed(vec![sample("answered", "p/a", 1), sample("dropped", "p/a", 2)]);
+        let a = Fixed(vec![
+            sample("answered", "p/a", 1),
+            sample("dropped", "p/a", 2),
+        ]);
         // A mirror only the second shard still has (draining after a reload).
         let b = Fixed(vec![
             sample("answered", "p/a", 10),
