@@ -99,3 +99,51 @@ pub(super) async fn finish(shards: Shards<Outlet>, grace: Duration) {
     }
     while closing.join_next().await.is_some() {}
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{control::parse, relay::RelayConfig};
+
+    fn config(backend: &str) -> MirrorConfig {
+        let text = format!(
+            "interfaces: [lo]\npolicies:\n- name: web\n  target: {{address: 10.0.0.2, port: 80}}\n  mirrors:\n  - backend: {backend}\n"
+        );
+        parse(&text, "t").unwrap()
+    }
+
+    fn mirrors(stats: &[Arc<dyn Source>]) -> Vec<String> {
+        let mut labels = Vec::new();
+        Summed(stats.to_vec()).visit(&mut |sample| {
+            if sample.name == "requests_mirrored" {
+                labels.extend(sample.labels.iter().map(|(_, label)| label.clone()));
+            }
+        });
+        labels
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_reload_gives_every_threads_dispatcher_the_new_mirrors() {
+        let grace = Duration::from_secs(1);
+        let mut threads: Vec<(Pipeline, Outlet)> = Vec::new();
+        let mut policies: Vec<Arc<dyn Source>> = Vec::new();
+        for seed in 0..2 {
+            let dispatcher =
+                Dispatcher::new(&config("127.0.0.1:1"), RelayConfig::default(), seed, grace);
+            policies.push(Arc::new(PolicySource(dispatcher.stats())));
+            let pipeline = Pipeline::new(PipelineConfig::default()).unwrap();
+            threads.push((pipeline, Outlet::Policies(Box::new(dispatcher))));
+        }
+        assert_eq!(mirrors(&policies), ["web/127.0.0.1:1"]);
+        let update = reload(config("127.0.0.1:2"));
+        for (pipeline, outlet) in &mut threads {
+            update(pipeline, outlet);
+        }
+        // The old mirror (idle) left every thread's counters; the new one is in each, summed
+        // under one label.
+        assert_eq!(mirrors(&policies), ["web/127.0.0.1:2"]);
+        for (_, outlet) in threads {
+            outlet.shutdown(grace).await;
+        }
+    }
+}
