@@ -132,11 +132,21 @@ impl Httpbin {
 
     /// The access log, parsed; lines that do not parse are an error (the format is ours).
     pub fn access_log_lines(&self) -> Result<Vec<AccessLogLine>> {
-        let text = std::fs::read_to_string(&self.access_log)
-            .with_context(|| format!("read {}", self.access_log.display()))?;
-        // gunicorn writes whole lines; a line without its newline is still being written.
-        let complete = &text[..text.rfind('\n').map_or(0, |i| i + 1)];
-        complete.lines().map(AccessLogLine::parse).collect()
+        self.access_log_lines_since(0)
+    }
+
+    /// The access log's length now: [`Self::access_log_lines_since`] it reads only the lines
+    /// logged after this point (a benchmark's log grows by millions of lines).
+    pub fn access_log_len(&self) -> Result<u64> {
+        Ok(std::fs::metadata(&self.access_log)
+            .with_context(|| format!("stat {}", self.access_log.display()))?
+            .len())
+    }
+
+    /// The lines logged past byte `offset` (a length [`Self::access_log_len`] returned), parsed.
+    pub fn access_log_lines_since(&self, offset: u64) -> Result<Vec<AccessLogLine>> {
+        let text = crate::read_complete_lines_since(&self.access_log, offset)?;
+        text.lines().map(AccessLogLine::parse).collect()
     }
 
     /// Waits until the access log holds at least `count` lines and returns them. gunicorn logs a

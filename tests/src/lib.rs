@@ -45,6 +45,7 @@ pub mod hostile;
 mod httpbin;
 pub mod kmock;
 pub mod load;
+mod log_tail;
 mod netns;
 mod privileges;
 mod process;
@@ -55,6 +56,7 @@ mod testbed;
 
 pub use cleanup::{cleanup_stale, remove_all_of_pid, remove_label};
 pub use httpbin::{ensure_venv, AccessLogLine, Httpbin, HTTPBIN_PORT, VENV_PINS};
+pub use log_tail::read_complete_lines_since;
 pub use netns::{Netns, NsThread, EXEC_TIMEOUT};
 pub use privileges::require_root;
 pub use process::Process;

@@ -169,24 +169,54 @@ impl Bed {
         SocketAddr::new(self.gateway().into(), ENVOY_PROXY_PORT)
     }
 
-    /// Host headers of every request v1 (`pod` 0) or v2 (1) has logged so far for `backend`,
-    /// in order; a run's requests are those past the count taken when it started.
-    pub fn logged_hosts(&self, backend: Backend, pod: usize) -> Result<Vec<String>> {
+    /// Where the access log of v1 (`pod` 0) or v2 (1) for `backend` ends now: a run's requests
+    /// are the lines logged past it (a bench's fast log grows by millions of lines, so a run
+    /// reads only its own).
+    pub fn log_end(&self, backend: Backend, pod: usize) -> Result<u64> {
         match backend {
             Backend::Fast => {
                 let path = &self.fast_logs[pod];
-                let text = std::fs::read_to_string(path)
-                    .with_context(|| format!("read {}", path.display()))?;
-                // A line without its newline is still being written.
-                let complete = &text[..text.rfind('\n').map_or(0, |i| i + 1)];
-                Ok(complete.lines().map(str::to_owned).collect())
+                Ok(std::fs::metadata(path)
+                    .with_context(|| format!("stat {}", path.display()))?
+                    .len())
             }
+            Backend::Httpbin => self.httpbin[pod].access_log_len(),
+        }
+    }
+
+    /// Host headers of the requests logged past `from` (a [`Self::log_end`]), in order.
+    pub fn logged_hosts_since(
+        &self,
+        backend: Backend,
+        pod: usize,
+        from: u64,
+    ) -> Result<Vec<String>> {
+        match backend {
+            Backend::Fast => Ok(mirror_tests::read_complete_lines_since(
+                &self.fast_logs[pod],
+                from,
+            )?
+            .lines()
+            .map(str::to_owned)
+            .collect()),
             Backend::Httpbin => Ok(self.httpbin[pod]
-                .access_log_lines()?
+                .access_log_lines_since(from)?
                 .into_iter()
                 .map(|line| line.host)
                 .collect()),
         }
+    }
+
+    /// How many requests were logged past `from`: one line each.
+    pub fn logged_since(&self, backend: Backend, pod: usize, from: u64) -> Result<usize> {
+        let path = match backend {
+            Backend::Fast => &self.fast_logs[pod],
+            Backend::Httpbin => self.httpbin[pod].access_log_path(),
+        };
+        Ok(mirror_tests::read_complete_lines_since(path, from)?
+            .bytes()
+            .filter(|&b| b == b'\n')
+            .count())
     }
 }
 

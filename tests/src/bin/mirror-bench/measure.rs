@@ -76,8 +76,8 @@ const DRAIN_TIMEOUT: Duration = Duration::from_secs(15);
 pub fn run(bed: &Bed, plan: &Plan<'_>, dir: &Path) -> Result<Sample> {
     let (backend, mode) = (plan.backend, plan.mode);
     let component = mode.start(bed, backend, plan.envoy, plan.agent_args, dir)?;
-    let v1_before = bed.logged_hosts(backend, 0)?.len();
-    let v2_before = bed.logged_hosts(backend, 1)?.len();
+    let v1_from = bed.log_end(backend, 0)?;
+    let v2_from = bed.log_end(backend, 1)?;
     let pid = component.pid();
     let cpu_before = pid.map(procstat::group_cpu_seconds).transpose()?;
     let primary = Target {
@@ -107,7 +107,7 @@ pub fn run(bed: &Bed, plan: &Plan<'_>, dir: &Path) -> Result<Sample> {
     } else {
         (offer(bed.client.ns(), dir, plan, primary)?, None)
     };
-    drain(bed, backend, mode, v1_before, v2_before)?;
+    drain(bed, backend, mode, v1_from, v2_from)?;
     let cpu_seconds = match (pid, cpu_before) {
         (Some(pid), Some(before)) => Some(procstat::group_cpu_seconds(pid)? - before),
         _ => None,
@@ -115,9 +115,8 @@ pub fn run(bed: &Bed, plan: &Plan<'_>, dir: &Path) -> Result<Sample> {
     let peak_rss_kib = pid.map(procstat::group_peak_rss_kib).transpose()?;
     let summary = component.stop()?;
     let agent = summary.as_deref().map(AgentStats::parse).transpose()?;
-    let v1 = bed.logged_hosts(backend, 0)?;
-    let v2 = bed.logged_hosts(backend, 1)?;
-    let v2_window = &v2[v2_before..];
+    let v1_requests = bed.logged_since(backend, 0, v1_from)?;
+    let v2_window = bed.logged_hosts_since(backend, 1, v2_from)?;
     Ok(Sample {
         round: plan.round,
         backend,
@@ -125,7 +124,7 @@ pub fn run(bed: &Bed, plan: &Plan<'_>, dir: &Path) -> Result<Sample> {
         offered: plan.offered,
         load,
         shadow_load,
-        v1_requests: (v1.len() - v1_before) as u64,
+        v1_requests: v1_requests as u64,
         v2_requests: v2_window.len() as u64,
         v2_shadow_host: v2_window.iter().filter(|host| is_shadow(host)).count() as u64,
         cpu_seconds,
@@ -144,20 +143,14 @@ fn offer(ns: &Netns, dir: &Path, plan: &Plan<'_>, target: Target<'_>) -> Result<
 
 /// Waits until v1's log stops growing and, when mirroring, until v2 has as many requests as
 /// v1 or stops growing for a second.
-fn drain(
-    bed: &Bed,
-    backend: Backend,
-    mode: Mode,
-    v1_before: usize,
-    v2_before: usize,
-) -> Result<()> {
+fn drain(bed: &Bed, backend: Backend, mode: Mode, v1_from: u64, v2_from: u64) -> Result<()> {
     let deadline = Instant::now() + DRAIN_TIMEOUT;
     let mut last = (usize::MAX, usize::MAX);
     let mut stable_since = Instant::now();
     loop {
         std::thread::sleep(Duration::from_millis(200));
-        let v1 = bed.logged_hosts(backend, 0)?.len() - v1_before;
-        let v2 = bed.logged_hosts(backend, 1)?.len() - v2_before;
+        let v1 = bed.logged_since(backend, 0, v1_from)?;
+        let v2 = bed.logged_since(backend, 1, v2_from)?;
         if (v1, v2) != last {
             last = (v1, v2);
             stable_since = Instant::now();
