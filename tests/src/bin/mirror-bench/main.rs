@@ -199,10 +199,11 @@ fn main() -> Result<()> {
         return h2_only(&tools, h2_plan, &out, args.smoke);
     }
     // First: it builds the cores' benches, and a failure should not cost the whole run.
+    let mut clock = SectionClock::default();
     let micro = if args.smoke || args.no_micro {
         Vec::new()
     } else {
-        micro::run(&workspace(), 3)?
+        clock.time("micro-benchmarks", || micro::run(&workspace(), 3))?
     };
     let bed = Bed::new()?;
     let work = bed.testbed.log_dir().join("bench");
@@ -234,6 +235,7 @@ fn main() -> Result<()> {
             Ok(())
         };
     let mut samples = Vec::new();
+    clock.start("load runs at saturation");
     for round in 0..rounds {
         for backend in [Backend::Fast, Backend::Httpbin] {
             for &conn in conns {
@@ -264,22 +266,32 @@ fn main() -> Result<()> {
     } else {
         args.rate_rounds.max(1)
     };
+    clock.start("load runs at fixed rates");
     for round in 0..rate_rounds {
         for &(backend, rate) in &rates {
             run_modes(&mut samples, round, backend, Offered::Rate(rate))?;
         }
     }
-    let unmatched = unmatched::run(&bed, &work.join("unmatched"), duration)?;
-    let isolated = kernel_isolated::run(&bed, &work.join("kernel-isolated"))?;
-    let memory = memory::run(
-        &bed,
-        &work.join("memory"),
-        duration,
-        &tools.fixed_rate,
-        &memory_plans(args),
-    )?;
+    clock.stop();
+    let unmatched = clock.time("unmatched packets", || {
+        unmatched::run(&bed, &work.join("unmatched"), duration)
+    })?;
+    let isolated = clock.time("kernel program in isolation", || {
+        kernel_isolated::run(&bed, &work.join("kernel-isolated"))
+    })?;
+    let memory = clock.time("memory", || {
+        memory::run(
+            &bed,
+            &work.join("memory"),
+            duration,
+            &tools.fixed_rate,
+            &memory_plans(args),
+        )
+    })?;
     let replays = if args.smoke { 1 } else { args.replays.max(1) };
-    let capture_path = capture_path::run(&bed, &work.join("capture-path"), duration, replays)?;
+    let capture_path = clock.time("capture path alone", || {
+        capture_path::run(&bed, &work.join("capture-path"), duration, replays)
+    })?;
     let large_plan = if args.smoke {
         LargePlan {
             big_bytes: 64 << 20,
@@ -293,18 +305,20 @@ fn main() -> Result<()> {
             small_bytes: 1 << 20,
         }
     };
-    let large = large::run(&bed, large_plan)?;
-    let attacks = attack::run(&bed, attack_plan)?;
+    let large = clock.time("large bodies", || large::run(&bed, large_plan))?;
+    let attacks = clock.time("attack mix", || attack::run(&bed, attack_plan))?;
     drop(bed);
     let h2_samples = if args.no_h2 {
         None
     } else {
-        Some((h2_plan, h2c::run(&tools.envoy, &out.join("h2c"), h2_plan)?))
+        let h2 = clock.time("HTTP/2", || h2c::run(&tools.envoy, &out.join("h2c"), h2_plan))?;
+        Some((h2_plan, h2))
     };
     let results = Results {
         command: command_line(),
         machine: machine(),
         seconds: started.elapsed().as_secs_f64(),
+        sections: clock.sections,
         samples,
         unmatched: Some(unmatched),
         isolated: Some(isolated),
@@ -335,6 +349,40 @@ fn main() -> Result<()> {
         smoke::check(&results)?;
     }
     Ok(())
+}
+
+/// How long each section of a full run took, so the report can say where the time goes.
+#[derive(Default)]
+struct SectionClock {
+    sections: Vec<report::Section>,
+    running: Option<(&'static str, Instant)>,
+}
+
+impl SectionClock {
+    /// Times `section` as one piece.
+    fn time<T>(&mut self, name: &'static str, section: impl FnOnce() -> Result<T>) -> Result<T> {
+        self.start(name);
+        let out = section();
+        self.stop();
+        out
+    }
+
+    /// Starts timing `name`, ending the section that was running.
+    fn start(&mut self, name: &'static str) {
+        self.stop();
+        self.running = Some((name, Instant::now()));
+    }
+
+    fn stop(&mut self) {
+        if let Some((name, since)) = self.running.take() {
+            let seconds = since.elapsed().as_secs_f64();
+            eprintln!("bench: {name}: {seconds:.0} s");
+            self.sections.push(report::Section {
+                name: name.to_owned(),
+                seconds,
+            });
+        }
+    }
 }
 
 /// The agent's default `--ring-mib`, which the memory section's sharded runs use.
@@ -398,6 +446,7 @@ fn sections_only(args: &BenchArgs, started: Instant) -> Result<()> {
         command: command_line(),
         machine: machine(),
         seconds: started.elapsed().as_secs_f64(),
+        sections: Vec::new(),
         samples: Vec::new(),
         unmatched: None,
         isolated: None,
@@ -445,6 +494,7 @@ fn latency_only(
         command: command_line(),
         machine: machine(),
         seconds: started.elapsed().as_secs_f64(),
+        sections: Vec::new(),
         samples,
         unmatched: None,
         isolated: None,
@@ -490,6 +540,7 @@ fn run_one(bed: &Bed, work: &Path, samples: &mut Vec<Sample>, plan: Plan<'_>) ->
         plan.backend.name(),
         plan.mode.name()
     ));
+    let started = Instant::now();
     let sample = measure::run(bed, &plan, &dir).with_context(|| {
         format!(
             "{} / {} / {:?}",
@@ -498,7 +549,11 @@ fn run_one(bed: &Bed, work: &Path, samples: &mut Vec<Sample>, plan: Plan<'_>) ->
             plan.offered
         )
     })?;
-    eprintln!("{}", one_line(&sample));
+    eprintln!(
+        "{} ({:.1} s)",
+        one_line(&sample),
+        started.elapsed().as_secs_f64()
+    );
     samples.push(sample);
     Ok(())
 }

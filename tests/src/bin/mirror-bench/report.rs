@@ -23,6 +23,8 @@ pub struct Results {
     pub command: String,
     pub machine: String,
     pub seconds: f64,
+    /// How long each section took (a full run's).
+    pub sections: Vec<Section>,
     pub samples: Vec<Sample>,
     pub unmatched: Option<Unmatched>,
     pub isolated: Option<Isolated>,
@@ -33,6 +35,13 @@ pub struct Results {
     /// The HTTP/2 section: its plan and runs.
     pub h2c: Option<(super::h2c::H2Plan, Vec<super::h2c::H2Sample>)>,
     pub micro: Vec<Micro>,
+}
+
+/// One section of a run and its wall-clock time.
+#[derive(Debug, serde::Serialize)]
+pub struct Section {
+    pub name: String,
+    pub seconds: f64,
 }
 
 /// Aggregate of one mode over the rounds of one table.
@@ -209,6 +218,14 @@ pub fn markdown(results: &Results) -> String {
         results.command, rounds, results.seconds
     );
     let _ = writeln!(md, "Machine: {}\n", results.machine);
+    if !results.sections.is_empty() {
+        let parts: Vec<String> = results
+            .sections
+            .iter()
+            .map(|s| format!("{} {:.0} s", s.name, s.seconds))
+            .collect();
+        let _ = writeln!(md, "Where the time went: {}.\n", parts.join(", "));
+    }
     let _ = writeln!(
         md,
         "Sysctls: the tables marked `kernel-default sysctls` ran with the node's and the \
