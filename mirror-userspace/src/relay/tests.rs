@@ -44,6 +44,19 @@ enum Script {
     Batches(usize),
 }
 
+impl Script {
+    /// Answers every request and keeps the connection open.
+    const KEEP_ALIVE: Script = Script::Answer {
+        close_after: None,
+        say_close: false,
+    };
+    /// Answers one request per connection, saying `Connection: close`.
+    const CLOSE_EACH: Script = Script::Answer {
+        close_after: Some(1),
+        say_close: true,
+    };
+}
+
 /// A scripted v2 on loopback; `received` lists the paths of the requests it took whole.
 struct V2 {
     addr: SocketAddr,
@@ -308,48 +321,82 @@ fn paths(prefix: &str, count: usize) -> Vec<String> {
     (0..count).map(|i| format!("/{prefix}-{i}")).collect()
 }
 
+/// Hands one request for each of `paths`, in order, on one client connection.
+fn requests(relay: &mut Relay, flow: FlowKey, paths: &[String], body: usize) {
+    for path in paths {
+        request(relay, flow, path, body);
+    }
+}
+
+/// Hands one request for each of `paths` on a client connection of its own, which then ends.
+fn one_per_connection(relay: &mut Relay, paths: &[String]) {
+    for (port, path) in (3000..).zip(paths) {
+        request(relay, flow(port), path, 0);
+        relay.flow_end(flow(port));
+    }
+}
+
+/// The outcomes of `count` requests that were all answered 2xx.
+fn all_answered(count: u64) -> [(&'static str, u64); 3] {
+    [
+        ("requests", count),
+        ("answered", count),
+        ("answered_2xx", count),
+    ]
+}
+
+/// A relay (with the tests' `config`) and the scripted v2 it replays to: what most tests
+/// start from. Its fields stay readable after `relay` is moved out to be shut down.
+struct Bed {
+    v2: V2,
+    relay: Relay,
+    stats: Arc<RelayStats>,
+}
+
+impl Bed {
+    async fn start(script: Script) -> Bed {
+        Bed::tuned(script, |config| config).await
+    }
+
+    /// As `start`, with `tune` changing the config first.
+    async fn tuned(script: Script, tune: impl FnOnce(RelayConfig) -> RelayConfig) -> Bed {
+        let v2 = V2::start(script).await;
+        let relay = Relay::new(tune(config(v2.addr)));
+        let stats = relay.stats();
+        Bed { v2, relay, stats }
+    }
+
+    /// Waits until every request has an outcome (or `limit` passes): the outcomes then.
+    async fn settled(&self, limit: Duration) -> Vec<(&'static str, u64)> {
+        settle(&self.relay, limit).await;
+        outcomes(&self.stats)
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn keep_alive_requests_are_answered_in_order_on_one_connection() {
-    let v2 = V2::start(Script::Answer {
-        close_after: None,
-        say_close: false,
-    })
-    .await;
-    let mut relay = Relay::new(config(v2.addr));
+    let mut bed = Bed::start(Script::KEEP_ALIVE).await;
     for path in paths("ka", 20) {
-        request(&mut relay, flow(1), &path, 100);
+        request(&mut bed.relay, flow(1), &path, 100);
     }
-    settle(&relay, Duration::from_secs(10)).await;
-    let stats = relay.stats();
-    assert_eq!(
-        outcomes(&stats),
-        [("requests", 20), ("answered", 20), ("answered_2xx", 20)]
-    );
-    assert_eq!(v2.received(), paths("ka", 20));
-    assert_eq!(v2.connections.load(Relaxed), 1);
-    assert_eq!(stats.connections_reused.load(Relaxed), 19);
-    relay.shutdown(Duration::from_secs(1)).await;
-    assert_eq!(stats.shadow_connections.load(Relaxed), 0);
+    assert_eq!(bed.settled(Duration::from_secs(10)).await, all_answered(20));
+    assert_eq!(bed.v2.received(), paths("ka", 20));
+    assert_eq!(bed.v2.connections.load(Relaxed), 1);
+    assert_eq!(bed.stats.connections_reused.load(Relaxed), 19);
+    bed.relay.shutdown(Duration::from_secs(1)).await;
+    assert_eq!(bed.stats.shadow_connections.load(Relaxed), 0);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn queued_requests_of_a_client_connection_are_pipelined() {
-    let v2 = V2::start(Script::Batches(4)).await;
-    let mut relay = Relay::new(config(v2.addr));
-    for path in paths("pipelined", 24) {
-        request(&mut relay, flow(3), &path, 0);
-    }
-    settle(&relay, Duration::from_secs(10)).await;
-    let stats = relay.stats();
-    assert_eq!(
-        outcomes(&stats),
-        [("requests", 24), ("answered", 24), ("answered_2xx", 24)]
-    );
-    assert_eq!(v2.received(), paths("pipelined", 24));
-    assert_eq!(v2.connections.load(Relaxed), 1);
-    assert_eq!(stats.resent.load(Relaxed), 0);
-    assert_eq!(stats.connections_reused.load(Relaxed), 23);
-    relay.shutdown(Duration::from_secs(1)).await;
+    let mut bed = Bed::start(Script::Batches(4)).await;
+    requests(&mut bed.relay, flow(3), &paths("pipelined", 24), 0);
+    assert_eq!(bed.settled(Duration::from_secs(10)).await, all_answered(24));
+    assert_eq!(bed.v2.received(), paths("pipelined", 24));
+    assert_eq!(bed.v2.connections.load(Relaxed), 1);
+    assert_eq!(bed.stats.resent.load(Relaxed), 0);
+    assert_eq!(bed.stats.connections_reused.load(Relaxed), 23);
+    bed.relay.shutdown(Duration::from_secs(1)).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -357,55 +404,36 @@ async fn v2_closing_after_every_response_still_gets_every_request_once_in_order(
     // v2 says `Connection: close` in every answer: what the relay pipelined behind the first
     // one comes back, and from then on each connection carries one request. (A v2 that does
     // not say so: below.)
-    let v2 = V2::start(Script::Answer {
-        close_after: Some(1),
-        say_close: true,
-    })
-    .await;
-    let mut relay = Relay::new(config(v2.addr));
-    for path in paths("close", 200) {
-        request(&mut relay, flow(2), &path, 0);
-    }
-    settle(&relay, Duration::from_secs(20)).await;
-    let stats = relay.stats();
+    let mut bed = Bed::start(Script::CLOSE_EACH).await;
+    requests(&mut bed.relay, flow(2), &paths("close", 200), 0);
     assert_eq!(
-        outcomes(&stats),
-        [("requests", 200), ("answered", 200), ("answered_2xx", 200)]
+        bed.settled(Duration::from_secs(20)).await,
+        all_answered(200)
     );
-    assert_eq!(v2.received(), paths("close", 200));
-    relay.shutdown(Duration::from_secs(1)).await;
+    assert_eq!(bed.v2.received(), paths("close", 200));
+    bed.relay.shutdown(Duration::from_secs(1)).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn new_connections_wait_for_answers_instead_of_flooding_v2() {
     // v2 closes after every response: each request needs a new connection, and 300 client
     // connections have one each at once.
-    let v2 = V2::start(Script::Answer {
-        close_after: Some(1),
-        say_close: true,
-    })
-    .await;
-    let mut relay = Relay::new(config(v2.addr));
-    for i in 0..300 {
-        request(&mut relay, flow(3000 + i), &format!("/burst-{i}"), 0);
-        relay.flow_end(flow(3000 + i));
-    }
-    settle(&relay, Duration::from_secs(20)).await;
-    let stats = relay.stats();
+    let mut bed = Bed::start(Script::CLOSE_EACH).await;
+    one_per_connection(&mut bed.relay, &paths("burst", 300));
     assert_eq!(
-        outcomes(&stats),
-        [("requests", 300), ("answered", 300), ("answered_2xx", 300)]
+        bed.settled(Duration::from_secs(20)).await,
+        all_answered(300)
     );
     // 64 wait for a first answer at most; v2 may not have closed an answered one yet when
     // the next opens. Without the bound, all 300 open at once.
-    let most_open = v2.most_open.load(Relaxed);
+    let most_open = bed.v2.most_open.load(Relaxed);
     assert!(most_open < 100, "{most_open} connections open at once");
-    let mut received = v2.received();
+    let mut received = bed.v2.received();
     received.sort();
-    let mut expected: Vec<_> = (0..300).map(|i| format!("/burst-{i}")).collect();
+    let mut expected = paths("burst", 300);
     expected.sort();
     assert_eq!(received, expected);
-    relay.shutdown(Duration::from_secs(1)).await;
+    bed.relay.shutdown(Duration::from_secs(1)).await;
 }
 
 /// The value of counter `name` in `outcomes` (0 if not there).
@@ -447,23 +475,17 @@ async fn v2_closing_after_a_few_responses_gets_the_rest_on_new_connections() {
     // v2 says `Connection: close` in its 3rd answer: what the relay pipelined behind it was
     // not taken up, whether the close comes as a FIN or, with those requests unread, as a
     // reset.
-    let v2 = V2::start(Script::Answer {
+    let mut bed = Bed::start(Script::Answer {
         close_after: Some(3),
         say_close: true,
     })
     .await;
-    let mut relay = Relay::new(config(v2.addr));
-    interleaved(&mut relay, 3, 10);
-    settle(&relay, Duration::from_secs(10)).await;
-    let stats = relay.stats();
-    assert_eq!(
-        outcomes(&stats),
-        [("requests", 30), ("answered", 30), ("answered_2xx", 30)]
-    );
-    let received = v2.received();
+    interleaved(&mut bed.relay, 3, 10);
+    assert_eq!(bed.settled(Duration::from_secs(10)).await, all_answered(30));
+    let received = bed.v2.received();
     assert_eq!(received.len(), 30, "{received:?}");
     assert_once_each_in_order(&received, 3, 10);
-    relay.shutdown(Duration::from_secs(1)).await;
+    bed.relay.shutdown(Duration::from_secs(1)).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -474,24 +496,21 @@ async fn v2_closing_unannounced_on_pipelined_requests_never_gets_one_twice() {
     // connection carries k, and only a rare race (the next request reaching v2 before its
     // close) loses one more.
     for close_after in [1, 3] {
-        let v2 = V2::start(Script::Answer {
+        let mut bed = Bed::start(Script::Answer {
             close_after: Some(close_after),
             say_close: false,
         })
         .await;
-        let mut relay = Relay::new(config(v2.addr));
-        interleaved(&mut relay, 3, 10);
-        settle(&relay, Duration::from_secs(10)).await;
-        let stats = relay.stats();
-        let got = outcomes(&stats);
+        interleaved(&mut bed.relay, 3, 10);
+        let got = bed.settled(Duration::from_secs(10)).await;
         let answered = count(&got, "answered");
         assert_eq!(count(&got, "requests"), 30, "{got:?}");
         assert_eq!(answered + count(&got, "unanswered_reset"), 30, "{got:?}");
-        let received = v2.received();
+        let received = bed.v2.received();
         // v2 answered each request it took whole (each answer leaves before its close).
         assert_eq!(received.len() as u64, answered, "{got:?} {received:?}");
         assert_once_each_in_order(&received, 3, 10);
-        relay.shutdown(Duration::from_secs(1)).await;
+        bed.relay.shutdown(Duration::from_secs(1)).await;
     }
 }
 
@@ -500,18 +519,15 @@ async fn a_reset_after_answers_is_no_proof_and_nothing_is_sent_twice() {
     // On each connection v2 answers 2 requests, takes the 3rd whole and resets: the relay
     // sees two answers and a reset. The 3rd was processed; a relay that took the reset for
     // "v2 took nothing after its last answer" writes it again.
-    let v2 = V2::start(Script::AnswerThenReset(2)).await;
-    let mut relay = Relay::new(config(v2.addr));
-    interleaved(&mut relay, 1, 10);
-    settle(&relay, Duration::from_secs(10)).await;
-    let stats = relay.stats();
-    let got = outcomes(&stats);
+    let mut bed = Bed::start(Script::AnswerThenReset(2)).await;
+    interleaved(&mut bed.relay, 1, 10);
+    let got = bed.settled(Duration::from_secs(10)).await;
     let (answered, reset) = (count(&got, "answered"), count(&got, "unanswered_reset"));
     assert_eq!(count(&got, "requests"), 10, "{got:?}");
     assert_eq!(answered + reset, 10, "{got:?}");
     assert!(reset >= 1, "{got:?}");
-    assert_eq!(stats.resent.load(Relaxed), 0);
-    let received = v2.received();
+    assert_eq!(bed.stats.resent.load(Relaxed), 0);
+    let received = bed.v2.received();
     assert_once_each_in_order(&received, 1, 10);
     // The one v2 took on the first reset connection, besides those it answered; once v2 is
     // known to close after 2, a connection gets a 3rd only as a probe, once a second.
@@ -520,7 +536,7 @@ async fn a_reset_after_answers_is_no_proof_and_nothing_is_sent_twice() {
         answered < took && took <= answered + reset,
         "{got:?} {received:?}"
     );
-    relay.shutdown(Duration::from_secs(1)).await;
+    bed.relay.shutdown(Duration::from_secs(1)).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -528,53 +544,38 @@ async fn a_connection_v2_said_it_closes_is_never_written_to_again() {
     // 300 client connections of one request each, v2 closing 20 ms after every response
     // with `Connection: close`: a connection that said close is neither kept nor pooled, so
     // no request is written onto one v2 is closing (and then written again).
-    let v2 = V2::start(Script::CloseLate(Duration::from_millis(20))).await;
     // What is counted here is writes, not time: room for a machine under load.
-    let mut relay = Relay::new(RelayConfig {
-        response_timeout: Duration::from_secs(10),
-        ..config(v2.addr)
-    });
-    for i in 0..300 {
-        request(&mut relay, flow(3000 + i), &format!("/once-{i}"), 0);
-        relay.flow_end(flow(3000 + i));
-    }
-    settle(&relay, Duration::from_secs(20)).await;
-    let stats = relay.stats();
+    let mut bed = Bed::tuned(Script::CloseLate(Duration::from_millis(20)), |config| {
+        RelayConfig {
+            response_timeout: Duration::from_secs(10),
+            ..config
+        }
+    })
+    .await;
+    one_per_connection(&mut bed.relay, &paths("once", 300));
     assert_eq!(
-        outcomes(&stats),
-        [("requests", 300), ("answered", 300), ("answered_2xx", 300)]
+        bed.settled(Duration::from_secs(20)).await,
+        all_answered(300)
     );
-    assert_eq!(stats.resent.load(Relaxed), 0);
-    assert_eq!(v2.received().len(), 300);
-    assert_eq!(v2.connections.load(Relaxed), 300);
-    relay.shutdown(Duration::from_secs(1)).await;
+    assert_eq!(bed.stats.resent.load(Relaxed), 0);
+    assert_eq!(bed.v2.received().len(), 300);
+    assert_eq!(bed.v2.connections.load(Relaxed), 300);
+    bed.relay.shutdown(Duration::from_secs(1)).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn client_connections_one_after_another_share_pooled_connections() {
-    let v2 = V2::start(Script::Answer {
-        close_after: None,
-        say_close: false,
-    })
-    .await;
-    let mut relay = Relay::new(config(v2.addr));
+    let mut bed = Bed::start(Script::KEEP_ALIVE).await;
     for i in 0..50 {
-        request(&mut relay, flow(1000 + i), &format!("/short-{i}"), 0);
-        relay.flow_end(flow(1000 + i));
-        settle(&relay, Duration::from_secs(5)).await;
+        request(&mut bed.relay, flow(1000 + i), &format!("/short-{i}"), 0);
+        bed.relay.flow_end(flow(1000 + i));
+        settle(&bed.relay, Duration::from_secs(5)).await;
     }
-    let stats = relay.stats();
-    assert_eq!(
-        outcomes(&stats),
-        [("requests", 50), ("answered", 50), ("answered_2xx", 50)]
-    );
+    assert_eq!(outcomes(&bed.stats), all_answered(50));
     // Each flow's task gives the connection back when it ends; the next one takes it.
-    assert!(
-        v2.connections.load(Relaxed) <= 2,
-        "{} connections",
-        v2.connections.load(Relaxed)
-    );
-    relay.shutdown(Duration::from_secs(1)).await;
+    let connections = bed.v2.connections.load(Relaxed);
+    assert!(connections <= 2, "{connections} connections");
+    bed.relay.shutdown(Duration::from_secs(1)).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -582,77 +583,59 @@ async fn a_slow_reader_gets_a_large_upload_whole() {
     // 32 MiB at 256 KiB per 20 ms takes over 2.5 s: longer than the 1 s write timeout,
     // which measures progress, not the whole write (what the kernel buffers, up to 4 MiB,
     // takes v2 about 0.3 s to read at the end).
-    let v2 = V2::start(Script::SlowReader {
+    let mut bed = Bed::start(Script::SlowReader {
         chunk: 256 * 1024,
         pause: Duration::from_millis(20),
     })
     .await;
-    let mut relay = Relay::new(config(v2.addr));
-    request(&mut relay, flow(3), "/upload", 32 << 20);
-    settle(&relay, Duration::from_secs(10)).await;
-    let stats = relay.stats();
-    assert_eq!(
-        outcomes(&stats),
-        [("requests", 1), ("answered", 1), ("answered_2xx", 1)]
-    );
-    assert_eq!(v2.received(), ["/upload"]);
-    relay.shutdown(Duration::from_secs(1)).await;
+    request(&mut bed.relay, flow(3), "/upload", 32 << 20);
+    assert_eq!(bed.settled(Duration::from_secs(10)).await, all_answered(1));
+    assert_eq!(bed.v2.received(), ["/upload"]);
+    bed.relay.shutdown(Duration::from_secs(1)).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_v2_that_stops_reading_times_the_request_out() {
-    let v2 = V2::start(Script::Stall).await;
-    let mut relay = Relay::new(config(v2.addr));
-    request(&mut relay, flow(4), "/stuck", 8 << 20);
-    request(&mut relay, flow(4), "/stuck-get", 0);
-    settle(&relay, Duration::from_secs(10)).await;
-    let stats = relay.stats();
+    let mut bed = Bed::start(Script::Stall).await;
+    request(&mut bed.relay, flow(4), "/stuck", 8 << 20);
+    request(&mut bed.relay, flow(4), "/stuck-get", 0);
     assert_eq!(
-        outcomes(&stats),
+        bed.settled(Duration::from_secs(10)).await,
         [
             ("requests", 2),
             ("unanswered", 2),
             ("unanswered_timeout", 2)
         ]
     );
-    assert_eq!(relay.shared.budget.used(), 0);
-    relay.shutdown(Duration::from_secs(1)).await;
+    assert_eq!(bed.relay.shared.budget.used(), 0);
+    bed.relay.shutdown(Duration::from_secs(1)).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_early_large_response_during_an_upload_does_not_stall_either_side() {
-    let v2 = V2::start(Script::EarlyResponse(8 << 20)).await;
-    let mut relay = Relay::new(config(v2.addr));
-    request(&mut relay, flow(5), "/both-ways", 8 << 20);
-    request(&mut relay, flow(5), "/next", 0);
-    settle(&relay, Duration::from_secs(10)).await;
-    let stats = relay.stats();
-    assert_eq!(
-        outcomes(&stats),
-        [("requests", 2), ("answered", 2), ("answered_2xx", 2)]
-    );
-    assert_eq!(v2.received(), ["/both-ways", "/next"]);
-    relay.shutdown(Duration::from_secs(1)).await;
+    let mut bed = Bed::start(Script::EarlyResponse(8 << 20)).await;
+    request(&mut bed.relay, flow(5), "/both-ways", 8 << 20);
+    request(&mut bed.relay, flow(5), "/next", 0);
+    assert_eq!(bed.settled(Duration::from_secs(10)).await, all_answered(2));
+    assert_eq!(bed.v2.received(), ["/both-ways", "/next"]);
+    bed.relay.shutdown(Duration::from_secs(1)).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_reset_mid_request_is_unanswered_and_not_sent_again() {
-    let v2 = V2::start(Script::ResetAfter(1000)).await;
-    let mut relay = Relay::new(config(v2.addr));
-    request(&mut relay, flow(6), "/reset", 1 << 20);
-    settle(&relay, Duration::from_secs(10)).await;
-    let stats = relay.stats();
+    let mut bed = Bed::start(Script::ResetAfter(1000)).await;
+    request(&mut bed.relay, flow(6), "/reset", 1 << 20);
     // The RST reaches the writer (EPIPE, "closed") or the reader (ECONNRESET, "reset") first,
     // as the scheduler has it: either way the request is unanswered, once, and not re-sent.
-    let got = outcomes(&stats);
+    let got = bed.settled(Duration::from_secs(10)).await;
     assert!(
         got == [("requests", 1), ("unanswered", 1), ("unanswered_reset", 1)]
             || got == [("requests", 1), ("unanswered", 1), ("unanswered_closed", 1)],
         "{got:?}"
     );
-    assert_eq!(stats.resent.load(Relaxed), 0);
-    assert_eq!(v2.connections.load(Relaxed), 1);
-    relay.shutdown(Duration::from_secs(1)).await;
+    assert_eq!(bed.stats.resent.load(Relaxed), 0);
+    assert_eq!(bed.v2.connections.load(Relaxed), 1);
+    bed.relay.shutdown(Duration::from_secs(1)).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -662,9 +645,7 @@ async fn a_refusing_v2_drops_requests_as_shadow_down_and_backs_off() {
         listener.local_addr().unwrap()
     };
     let mut relay = Relay::new(config(addr));
-    for i in 0..8 {
-        request(&mut relay, flow(7), &format!("/refused-{i}"), 0);
-    }
+    requests(&mut relay, flow(7), &paths("refused", 8), 0);
     settle(&relay, Duration::from_secs(5)).await;
     let stats = relay.stats();
     assert_eq!(
@@ -706,11 +687,7 @@ async fn a_full_accept_queue_while_v2_answers_is_busy_not_down() {
     let served = Arc::clone(&received);
     let accepting = tokio::spawn(async move {
         let (stream, _) = listener.accept().await.unwrap();
-        let script = Script::Answer {
-            close_after: None,
-            say_close: false,
-        };
-        tokio::spawn(serve(stream, script, served));
+        tokio::spawn(serve(stream, Script::KEEP_ALIVE, served));
         std::future::pending::<()>().await;
     });
     let mut relay = Relay::new(config(addr));
@@ -753,9 +730,7 @@ async fn a_full_accept_queue_while_v2_answers_is_busy_not_down() {
 async fn connect_timeouts_with_no_sign_of_life_take_v2_for_down() {
     let (listener, _queued) = full_accept_queue().await;
     let mut relay = Relay::new(config(listener.local_addr().unwrap()));
-    for i in 0..8 {
-        request(&mut relay, flow(8), &format!("/unheard-{i}"), 0);
-    }
+    requests(&mut relay, flow(8), &paths("unheard", 8), 0);
     settle(&relay, Duration::from_secs(10)).await;
     let stats = relay.stats();
     assert_eq!(
@@ -770,12 +745,13 @@ async fn connect_timeouts_with_no_sign_of_life_take_v2_for_down() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn aborted_queue_full_and_shutdown_requests_are_dropped_by_reason() {
-    let v2 = V2::start(Script::Stall).await;
-    let mut relay = Relay::new(RelayConfig {
+    let mut bed = Bed::tuned(Script::Stall, |config| RelayConfig {
         queue_depth: 2,
         response_timeout: Duration::from_secs(30),
-        ..config(v2.addr)
-    });
+        ..config
+    })
+    .await;
+    let relay = &mut bed.relay;
     // Aborted: head and some body, then the capture gives up on it.
     relay.request_head(
         flow(8),
@@ -793,11 +769,10 @@ async fn aborted_queue_full_and_shutdown_requests_are_dropped_by_reason() {
     }
     relay.request_end(flow(9));
     // Shutdown: a whole request v2 never answers.
-    request(&mut relay, flow(10), "/never", 0);
-    let stats = relay.stats();
-    relay.shutdown(Duration::from_millis(300)).await;
+    request(relay, flow(10), "/never", 0);
+    bed.relay.shutdown(Duration::from_millis(300)).await;
     assert_eq!(
-        outcomes(&stats),
+        outcomes(&bed.stats),
         [
             ("requests", 3),
             ("dropped", 3),
@@ -810,21 +785,15 @@ async fn aborted_queue_full_and_shutdown_requests_are_dropped_by_reason() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_byte_budget_drops_what_does_not_fit_and_gets_it_all_back() {
-    let v2 = V2::start(Script::Answer {
-        close_after: None,
-        say_close: false,
+    let mut bed = Bed::tuned(Script::KEEP_ALIVE, |config| RelayConfig {
+        max_inflight_bytes: 100 << 10,
+        ..config
     })
     .await;
-    let mut relay = Relay::new(RelayConfig {
-        max_inflight_bytes: 100 << 10,
-        ..config(v2.addr)
-    });
-    request(&mut relay, flow(11), "/too-big", 1 << 20);
-    request(&mut relay, flow(11), "/fits", 10);
-    settle(&relay, Duration::from_secs(5)).await;
-    let stats = relay.stats();
+    request(&mut bed.relay, flow(11), "/too-big", 1 << 20);
+    request(&mut bed.relay, flow(11), "/fits", 10);
     assert_eq!(
-        outcomes(&stats),
+        bed.settled(Duration::from_secs(5)).await,
         [
             ("requests", 2),
             ("answered", 1),
@@ -833,23 +802,20 @@ async fn the_byte_budget_drops_what_does_not_fit_and_gets_it_all_back() {
             ("dropped_queue_full", 1)
         ]
     );
-    assert_eq!(v2.received(), ["/fits"]);
-    assert_eq!(relay.shared.budget.used(), 0);
-    relay.shutdown(Duration::from_secs(1)).await;
+    assert_eq!(bed.v2.received(), ["/fits"]);
+    assert_eq!(bed.relay.shared.budget.used(), 0);
+    bed.relay.shutdown(Duration::from_secs(1)).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_request_larger_than_the_budget_streams_through_it() {
-    let v2 = V2::start(Script::Answer {
-        close_after: None,
-        say_close: false,
+    let budget = 2 << 20;
+    let mut bed = Bed::tuned(Script::KEEP_ALIVE, |config| RelayConfig {
+        max_inflight_bytes: budget,
+        ..config
     })
     .await;
-    let budget = 2 << 20;
-    let mut relay = Relay::new(RelayConfig {
-        max_inflight_bytes: budget,
-        ..config(v2.addr)
-    });
+    let relay = &mut bed.relay;
     let body = 8 << 20;
     relay.request_head(
         flow(12),
@@ -871,47 +837,30 @@ async fn a_request_larger_than_the_budget_streams_through_it() {
         .await
         .expect("the budget comes back as the request is written");
     relay.request_end(flow(12));
-    settle(&relay, Duration::from_secs(10)).await;
-    let stats = relay.stats();
-    assert_eq!(
-        outcomes(&stats),
-        [("requests", 1), ("answered", 1), ("answered_2xx", 1)]
-    );
-    assert_eq!(v2.received(), ["/large"]);
-    relay.shutdown(Duration::from_secs(1)).await;
+    assert_eq!(bed.settled(Duration::from_secs(10)).await, all_answered(1));
+    assert_eq!(bed.v2.received(), ["/large"]);
+    bed.relay.shutdown(Duration::from_secs(1)).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn shutdown_lets_requests_in_flight_be_answered() {
-    let v2 = V2::start(Script::Answer {
-        close_after: Some(1),
-        say_close: true,
-    })
-    .await;
-    let mut relay = Relay::new(config(v2.addr));
-    for i in 0..51 {
-        request(&mut relay, flow(3000 + i), &format!("/last-{i}"), 0);
-        relay.flow_end(flow(3000 + i));
-    }
-    let stats = relay.stats();
-    relay.shutdown(Duration::from_secs(2)).await;
-    assert_eq!(
-        outcomes(&stats),
-        [("requests", 51), ("answered", 51), ("answered_2xx", 51)]
-    );
-    assert_eq!(v2.received().len(), 51);
+    let mut bed = Bed::start(Script::CLOSE_EACH).await;
+    one_per_connection(&mut bed.relay, &paths("last", 51));
+    bed.relay.shutdown(Duration::from_secs(2)).await;
+    assert_eq!(outcomes(&bed.stats), all_answered(51));
+    assert_eq!(bed.v2.received().len(), 51);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_pod_over_its_byte_share_loses_its_own_requests_only() {
     // A v2 that never answers: nothing hands bytes back while the requests are handed over,
     // so what each pod may hold is exact.
-    let v2 = V2::start(Script::Stall).await;
-    let mut relay = Relay::new(RelayConfig {
+    let mut bed = Bed::tuned(Script::Stall, |config| RelayConfig {
         max_inflight_bytes: 1 << 20,
         max_inflight_bytes_per_source: 100 << 10,
-        ..config(v2.addr)
-    });
+        ..config
+    })
+    .await;
     let from = |pod: u8, port: u16| FlowKey {
         src: SocketAddr::from(([10, 0, 1, pod], port)),
         ..flow(port)
@@ -920,26 +869,14 @@ async fn a_pod_over_its_byte_share_loses_its_own_requests_only() {
     // (64 KiB of 1 MiB). Each request holds 20 KiB of body and a head charged 256 bytes, so
     // 47 fit in 960 KiB and 53 are its own loss. Pod 2, after it, still gets its 3 requests
     // in: the headroom is kept for it.
-    for i in 0..100 {
-        request(
-            &mut relay,
-            from(1, 100 + i),
-            &format!("/noisy-{i}"),
-            20 << 10,
-        );
+    for (port, path) in (100..).zip(paths("noisy", 100)) {
+        request(&mut bed.relay, from(1, port), &path, 20 << 10);
     }
-    for i in 0..3 {
-        request(
-            &mut relay,
-            from(2, 200 + i),
-            &format!("/quiet-{i}"),
-            20 << 10,
-        );
+    for (port, path) in (200..).zip(paths("quiet", 3)) {
+        request(&mut bed.relay, from(2, port), &path, 20 << 10);
     }
-    settle(&relay, Duration::from_secs(10)).await;
-    let stats = relay.stats();
     assert_eq!(
-        outcomes(&stats),
+        bed.settled(Duration::from_secs(10)).await,
         [
             ("requests", 103),
             ("unanswered", 50),
@@ -948,22 +885,26 @@ async fn a_pod_over_its_byte_share_loses_its_own_requests_only() {
             ("dropped_source_budget", 53)
         ]
     );
-    assert_eq!(relay.shared.budget.used(), 0);
-    relay.shutdown(Duration::from_secs(1)).await;
+    assert_eq!(bed.relay.shared.budget.used(), 0);
+    bed.relay.shutdown(Duration::from_secs(1)).await;
+}
+
+/// Waits until `done` holds (or five seconds pass), looking every 10 ms.
+async fn wait_until(done: impl Fn() -> bool) {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    while !done() && tokio::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_pod_over_its_connection_share_loses_its_own_requests_only() {
-    let v2 = V2::start(Script::Answer {
-        close_after: None,
-        say_close: false,
-    })
-    .await;
-    let mut relay = Relay::new(RelayConfig {
+    let mut bed = Bed::tuned(Script::KEEP_ALIVE, |config| RelayConfig {
         max_connections: 8,
         max_connections_per_source: 4,
-        ..config(v2.addr)
-    });
+        ..config
+    })
+    .await;
     let (noisy, quiet) = (
         std::net::IpAddr::from([10, 0, 1, 1]),
         std::net::IpAddr::from([10, 0, 1, 2]),
@@ -975,17 +916,15 @@ async fn a_pod_over_its_connection_share_loses_its_own_requests_only() {
     // Pod 1 opens 10 client connections that stay open, so each keeps its connection to v2:
     // 4 get one, the other 6 lose their request. Pod 2's 4, after them, all get theirs
     // although the global cap has only 4 left.
-    for i in 0..10 {
-        request(&mut relay, from(noisy, 100 + i), &format!("/noisy-{i}"), 0);
+    for (port, path) in (100..).zip(paths("noisy", 10)) {
+        request(&mut bed.relay, from(noisy, port), &path, 0);
     }
-    settle(&relay, Duration::from_secs(10)).await;
-    for i in 0..4 {
-        request(&mut relay, from(quiet, 200 + i), &format!("/quiet-{i}"), 0);
+    settle(&bed.relay, Duration::from_secs(10)).await;
+    for (port, path) in (200..).zip(paths("quiet", 4)) {
+        request(&mut bed.relay, from(quiet, port), &path, 0);
     }
-    settle(&relay, Duration::from_secs(10)).await;
-    let stats = relay.stats();
     assert_eq!(
-        outcomes(&stats),
+        bed.settled(Duration::from_secs(10)).await,
         [
             ("requests", 14),
             ("answered", 8),
@@ -994,32 +933,29 @@ async fn a_pod_over_its_connection_share_loses_its_own_requests_only() {
             ("dropped_source_connections", 6),
         ]
     );
-    let shared = Arc::clone(&relay.shared);
+    let shared = Arc::clone(&bed.relay.shared);
     let pool = &shared.pool;
     assert_eq!((pool.in_use_by(noisy), pool.in_use_by(quiet)), (4, 4));
-    let mut quiet_received: Vec<String> = v2
+    let mut quiet_received: Vec<String> = bed
+        .v2
         .received()
         .into_iter()
         .filter(|path| path.starts_with("/quiet"))
         .collect();
     quiet_received.sort();
     assert_eq!(quiet_received, paths("quiet", 4));
-    assert_eq!(v2.received().len(), 8);
-    assert_eq!(v2.connections.load(Relaxed), 8);
+    assert_eq!(bed.v2.received().len(), 8);
+    assert_eq!(bed.v2.connections.load(Relaxed), 8);
     // Once pod 1's client connections end, their connections go idle and count for nobody;
     // its next one takes an idle one.
-    for i in 0..10 {
-        relay.flow_end(from(noisy, 100 + i));
+    for port in 100..110 {
+        bed.relay.flow_end(from(noisy, port));
     }
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
-    while pool.in_use_by(noisy) > 0 && tokio::time::Instant::now() < deadline {
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+    wait_until(|| pool.in_use_by(noisy) == 0).await;
     assert_eq!((pool.in_use_by(noisy), pool.sources_in_use()), (0, 1));
-    request(&mut relay, from(noisy, 300), "/noisy-again", 0);
-    settle(&relay, Duration::from_secs(10)).await;
+    request(&mut bed.relay, from(noisy, 300), "/noisy-again", 0);
     assert_eq!(
-        outcomes(&stats),
+        bed.settled(Duration::from_secs(10)).await,
         [
             ("requests", 15),
             ("answered", 9),
@@ -1028,44 +964,36 @@ async fn a_pod_over_its_connection_share_loses_its_own_requests_only() {
             ("dropped_source_connections", 6),
         ]
     );
-    assert_eq!(v2.connections.load(Relaxed), 8, "the idle one was reused");
-    relay.flow_end(from(noisy, 300));
-    for i in 0..4 {
-        relay.flow_end(from(quiet, 200 + i));
+    assert_eq!(
+        bed.v2.connections.load(Relaxed),
+        8,
+        "the idle one was reused"
+    );
+    bed.relay.flow_end(from(noisy, 300));
+    for port in 200..204 {
+        bed.relay.flow_end(from(quiet, port));
     }
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
-    while pool.sources_in_use() > 0 && tokio::time::Instant::now() < deadline {
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+    wait_until(|| pool.sources_in_use() == 0).await;
     assert_eq!(pool.sources_in_use(), 0, "no entry left for an idle source");
-    relay.shutdown(Duration::from_secs(1)).await;
+    bed.relay.shutdown(Duration::from_secs(1)).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_lone_pod_may_queue_more_than_its_share() {
-    let v2 = V2::start(Script::Answer {
-        close_after: None,
-        say_close: false,
-    })
-    .await;
-    let mut relay = Relay::new(RelayConfig {
+    let mut bed = Bed::tuned(Script::KEEP_ALIVE, |config| RelayConfig {
         max_inflight_bytes: 1 << 20,
         max_inflight_bytes_per_source: 256 << 10,
-        ..config(v2.addr)
-    });
+        ..config
+    })
+    .await;
     // 768 KiB handed over before any connection to v2 is up: three times the pod's share,
     // queued whole since no other pod needs the budget.
-    request(&mut relay, flow(100), "/upload", 768 << 10);
-    settle(&relay, Duration::from_secs(10)).await;
-    let stats = relay.stats();
-    assert_eq!(
-        outcomes(&stats),
-        [("requests", 1), ("answered", 1), ("answered_2xx", 1)]
-    );
-    assert_eq!(v2.received(), ["/upload"]);
-    relay.flow_end(flow(100));
-    relay.shutdown(Duration::from_secs(1)).await;
-    assert_eq!(stats.queued_bytes.load(Relaxed), 0);
+    request(&mut bed.relay, flow(100), "/upload", 768 << 10);
+    assert_eq!(bed.settled(Duration::from_secs(10)).await, all_answered(1));
+    assert_eq!(bed.v2.received(), ["/upload"]);
+    bed.relay.flow_end(flow(100));
+    bed.relay.shutdown(Duration::from_secs(1)).await;
+    assert_eq!(bed.stats.queued_bytes.load(Relaxed), 0);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
