@@ -170,6 +170,14 @@ pub fn load_binary() -> Result<std::path::PathBuf> {
         .with_context(|| format!("mirror-load not found next to {}", exe.display()))
 }
 
+/// Runs `mirror-load` with `args` in `ns` and returns what it printed (its `BENCH ...` line).
+pub fn run_load(ns: &Netns, args: &[&str]) -> Result<String> {
+    let load = load_binary()?;
+    let mut argv = vec![load.as_os_str()];
+    argv.extend(args.iter().map(std::ffi::OsStr::new));
+    ns.exec_ok(&argv)
+}
+
 /// A field of `mirror-load`'s `BENCH ...` line.
 pub fn bench_field(line: &str, name: &str) -> Option<u64> {
     line.split_whitespace()

@@ -107,6 +107,19 @@ impl Netns {
         Ok(String::from_utf8_lossy(&out.stdout).into_owned())
     }
 
+    /// How many packets the counter of `table`'s (family inet) `chain` counted, and the
+    /// chain's listing (for a failing test's message).
+    pub fn nft_counted(&self, table: &str, chain: &str) -> Result<(u64, String)> {
+        let listed = self.exec_ok(&["nft", "list", "chain", "inet", table, chain])?;
+        let packets = listed
+            .split_whitespace()
+            .skip_while(|word| *word != "packets")
+            .nth(1)
+            .and_then(|count| count.parse().ok())
+            .unwrap_or(0);
+        Ok((packets, listed))
+    }
+
     /// Starts `argv` inside the namespace in its own process group, with stdout and stderr going
     /// to `<log dir>/<label>.stdout` / `.stderr`. The returned guard kills the whole group on drop.
     pub fn spawn<S: AsRef<OsStr>>(&self, label: &str, argv: &[S]) -> Result<Process> {

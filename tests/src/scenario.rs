@@ -3,7 +3,9 @@
 
 use anyhow::Result;
 
-use crate::{agent::Agent, Host, Sink, Testbed};
+use std::time::Duration;
+
+use crate::{agent::Agent, Host, Sink, SinkRecord, Testbed};
 
 /// Printed by `mirror capture` once it is attached.
 pub const CAPTURE_READY: &str = "capturing; Ctrl-C to stop";
@@ -54,6 +56,36 @@ impl Scenario {
         .collect();
         args.extend(extra.iter().map(|s| s.to_string()));
         Agent::start(self.testbed.node(), "mirror-run", &args, READY).expect("start mirror run")
+    }
+
+    /// The worst case for a loop: `mirror run` (named `name`) captures v2:80 itself, on the
+    /// hook the agent's shadow connections leave through (egress of v2's node-side veth), and
+    /// mirrors it to v2:80. One request from the client, then the agent stopped once v2 has
+    /// it and its mirror (and a second more for anything else): v2's records and the summary.
+    pub fn once_through_a_loop(&self, name: &str) -> (Vec<SinkRecord>, String) {
+        let v2 = Sink::start(&self.v2, 80).expect("v2 sink");
+        let v2_addr = format!("{}:80", self.v2.ipv4());
+        let args: Vec<String> = [
+            "run",
+            "--iface",
+            self.v2.node_ifname(),
+            "--direction",
+            "egress",
+            "--target",
+            &v2_addr,
+            "--shadow",
+            &v2_addr,
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+        let agent = Agent::start(self.testbed.node(), name, &args, READY).expect("agent");
+        self.curl(&["-o", "/dev/null", &format!("http://{v2_addr}/once")]);
+        v2.wait_for_records(2, Duration::from_secs(10))
+            .expect("the request and its mirror");
+        std::thread::sleep(Duration::from_secs(1));
+        let summary = agent.stop(libc::SIGTERM).expect("stop");
+        (v2.records().expect("records"), summary)
     }
 
     /// curl from the client; fails the test on any error.

@@ -119,6 +119,15 @@ impl Sink {
             .collect()
     }
 
+    /// The paths of the requests recorded so far, in the order they completed.
+    pub fn paths(&self) -> Result<Vec<String>> {
+        Ok(self
+            .records()?
+            .into_iter()
+            .map(|record| record.path)
+            .collect())
+    }
+
     /// Waits until at least `count` requests are recorded and returns the records; mirrored
     /// requests arrive some time after the client got its reply.
     pub fn wait_for_records(&self, count: usize, timeout: Duration) -> Result<Vec<SinkRecord>> {

@@ -100,6 +100,11 @@ impl Bed {
         Agent::start(self.testbed.node(), "mirror-hostile", &args, READY).expect("start agent")
     }
 
+    /// A raw socket in the hostile pod, for the forged segments.
+    fn raw(&self) -> RawSender {
+        RawSender::open(self.hostile.ns()).expect("raw socket")
+    }
+
     fn v2_host_ip(&self) -> Ipv4Addr {
         self.testbed.hosts()[2].ipv4()
     }
@@ -215,20 +220,8 @@ fn attack_run(
         rounds.unwrap_or_else(|error| panic!("{name}: {error:#}\n{summary}"));
     let cpu = attacked.saturating_sub(baseline);
 
-    let at_v1: BTreeSet<String> = bed
-        .v1
-        .records()
-        .expect("v1 records")
-        .into_iter()
-        .map(|record| record.path)
-        .collect();
-    let at_v2: Vec<String> = bed
-        .v2
-        .records()
-        .expect("v2 records")
-        .into_iter()
-        .map(|record| record.path)
-        .collect();
+    let at_v1: BTreeSet<String> = bed.v1.paths().expect("v1 records").into_iter().collect();
+    let at_v2 = bed.v2.paths().expect("v2 records");
     let not_accepted: Vec<&String> = at_v2.iter().filter(|p| !at_v1.contains(*p)).collect();
     assert!(
         not_accepted.is_empty(),
@@ -309,7 +302,7 @@ fn b_far_out_of_order_segments_on_many_flows() {
     let bed = Bed::new();
     let agent = bed.agent();
     let (mut flows, before) = bed.live_flows(FLOWS);
-    let raw = RawSender::open(bed.hostile.ns()).expect("raw socket");
+    let raw = bed.raw();
     let mut rng = Lcg(10);
     let summary = attack_run("(b) far out-of-order segments", &bed, agent, before, || {
         let sent = attacks::far_out_of_order(&raw, &flows, Bed::vip(), PER_FLOW, &mut rng)
@@ -335,7 +328,7 @@ fn c_forged_data_without_a_handshake() {
     const FORGED: u32 = 10_000;
     let bed = Bed::new();
     let agent = bed.agent();
-    let raw = RawSender::open(bed.hostile.ns()).expect("raw socket");
+    let raw = bed.raw();
     let mut rng = Lcg(3);
     let src = bed.hostile.ipv4();
     let name = "(c) forged data, no handshake";
@@ -356,20 +349,29 @@ fn genuine_after(stream: &mut TcpStream) -> Vec<String> {
     genuine
 }
 
+/// `attack` on one live flow of the hostile pod, which then carries `genuine_after`'s
+/// requests (v1 answers each forged segment): `attack_run`'s summary.
+fn attack_run_on_a_live_flow(
+    name: &str,
+    attack: impl FnOnce(&RawSender, &[TcpStream], SocketAddrV4) -> anyhow::Result<u64>,
+) -> String {
+    let bed = Bed::new();
+    let agent = bed.agent();
+    let (mut flows, before) = bed.live_flows(1);
+    let raw = bed.raw();
+    attack_run(name, &bed, agent, before, || {
+        let sent = attack(&raw, &flows, Bed::vip()).expect("attack");
+        (2 * sent, genuine_after(&mut flows[0]))
+    })
+}
+
 #[test]
 fn d_a_segment_two_to_the_31_ahead_on_a_live_flow() {
     if !require_root() {
         return;
     }
-    let bed = Bed::new();
-    let agent = bed.agent();
-    let (mut flows, before) = bed.live_flows(1);
-    let raw = RawSender::open(bed.hostile.ns()).expect("raw socket");
-    let summary = attack_run("(d) segment 2^31 ahead", &bed, agent, before, || {
-        let sent = attacks::far_ahead(&raw, &flows, Bed::vip()).expect("attack");
-        // The issue measured 0 heads for the next 100 valid requests: all must be mirrored.
-        (2 * sent, genuine_after(&mut flows[0]))
-    });
+    // The issue measured 0 heads for the next 100 valid requests: all must be mirrored.
+    let summary = attack_run_on_a_live_flow("(d) segment 2^31 ahead", attacks::far_ahead);
     // Counted as beyond the window, not followed: nothing was poisoned.
     for name in ["duplicate_bytes", "far_jumps", "segments_beyond_window"] {
         eprintln!("(d): {name}={}", counter(&summary, name).unwrap_or(0));
@@ -381,14 +383,7 @@ fn e_off_window_rsts_on_a_live_flow() {
     if !require_root() {
         return;
     }
-    let bed = Bed::new();
-    let agent = bed.agent();
-    let (mut flows, before) = bed.live_flows(1);
-    let raw = RawSender::open(bed.hostile.ns()).expect("raw socket");
-    let summary = attack_run("(e) off-window RSTs", &bed, agent, before, || {
-        let sent = attacks::off_window_rsts(&raw, &flows, Bed::vip()).expect("attack");
-        (2 * sent, genuine_after(&mut flows[0]))
-    });
+    let summary = attack_run_on_a_live_flow("(e) off-window RSTs", attacks::off_window_rsts);
     assert!(
         counter(&summary, "rst_ignored").unwrap_or(0) >= 1,
         "{summary}"
@@ -406,7 +401,7 @@ fn f_syn_flood_of_65536_syns() {
     // so every SYN-ACK stays a pending handshake for the agent.
     drop_own_rsts(bed.hostile.ns()).expect("nft");
     let agent = bed.agent();
-    let raw = RawSender::open(bed.hostile.ns()).expect("raw socket");
+    let raw = bed.raw();
     let mut rng = Lcg(6);
     let src = bed.hostile.ipv4();
     let summary = attack_run("(f) SYN flood", &bed, agent, Vec::new(), || {
@@ -449,7 +444,7 @@ fn forged_source_denied_in_front_of_v1_never_reaches_v2() {
     node.exec_ok(&[std::path::Path::new("nft"), "-f".as_ref(), &file])
         .expect("nft");
     let agent = bed.agent();
-    let raw = RawSender::open(bed.hostile.ns()).expect("raw socket");
+    let raw = bed.raw();
     let client = SocketAddrV4::new(bed.client.ipv4(), 41_000);
     let vip = Bed::vip();
     attack_run(
@@ -485,15 +480,7 @@ fn forged_source_denied_in_front_of_v1_never_reaches_v2() {
             (segments.len() as u64, Vec::new())
         },
     );
-    let listed = node
-        .exec_ok(&["nft", "list", "chain", "inet", table, "guard"])
-        .expect("nft list");
-    let denied: u64 = listed
-        .split_whitespace()
-        .skip_while(|word| *word != "packets")
-        .nth(1)
-        .and_then(|count| count.parse().ok())
-        .unwrap_or(0);
+    let (denied, listed) = node.nft_counted(table, "guard").expect("nft list");
     assert_eq!(denied, 5, "the rule denied every forged packet:\n{listed}");
 }
 
@@ -525,13 +512,7 @@ fn g_many_connections_from_one_pod_leave_the_others_their_shadow_connections() {
     drop(flows);
     let summary = agent.stop(libc::SIGTERM).expect("stop agent");
     got.unwrap_or_else(|error| panic!("{error:#}\n{summary}"));
-    let at_v2: BTreeSet<String> = bed
-        .v2
-        .records()
-        .expect("v2 records")
-        .into_iter()
-        .map(|record| record.path)
-        .collect();
+    let at_v2: BTreeSet<String> = bed.v2.paths().expect("v2 records").into_iter().collect();
     let good: BTreeSet<String> = (1..=GOOD_REQUESTS).map(|i| format!("/good-{i}")).collect();
     assert!(at_v2.is_superset(&good), "{at_v2:?}\n{summary}");
     let hostile_at_v2 = at_v2.iter().filter(|path| hostile.contains(*path)).count();

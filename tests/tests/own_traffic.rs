@@ -2,14 +2,7 @@
 //! set the mark bits that kube-proxy (0x4000, 0x8000), Calico (0xffff0000) and Cilium (0x0f00)
 //! use on the agent's packets: the kernel compares only the bits of `--shadow-mark-mask`.
 
-use std::time::Duration;
-
-use mirror_tests::{
-    agent::{counter, Agent},
-    require_root,
-    scenario::{Scenario, READY},
-    Sink,
-};
+use mirror_tests::{agent::counter, require_root, scenario::Scenario};
 
 /// Every CNI bit named above, set on each packet the node sends.
 const CNI_BITS: &str = "0xffffcf00";
@@ -42,29 +35,7 @@ fn cni_mark_bits_on_the_agents_packets_cause_no_loop() {
     ] {
         node.exec_ok(&rule).expect("nft rule");
     }
-    let v2 = Sink::start(&scenario.v2, 80).expect("v2 sink");
-    let v2_addr = format!("{}:80", scenario.v2.ipv4());
-    let args: Vec<String> = [
-        "run",
-        "--iface",
-        scenario.v2.node_ifname(),
-        "--direction",
-        "egress",
-        "--target",
-        &v2_addr,
-        "--shadow",
-        &v2_addr,
-    ]
-    .iter()
-    .map(|s| s.to_string())
-    .collect();
-    let agent = Agent::start(node, "mirror-cni-bits", &args, READY).expect("agent");
-    scenario.curl(&["-o", "/dev/null", &format!("http://{v2_addr}/once")]);
-    v2.wait_for_records(2, Duration::from_secs(10))
-        .expect("the request and its mirror");
-    std::thread::sleep(Duration::from_secs(1));
-    let summary = agent.stop(libc::SIGTERM).expect("stop");
-    let records = v2.records().expect("records");
+    let (records, summary) = scenario.once_through_a_loop("mirror-cni-bits");
     assert_eq!(
         records.len(),
         2,
@@ -75,14 +46,6 @@ fn cni_mark_bits_on_the_agents_packets_cause_no_loop() {
         "{summary}"
     );
     // The rule did touch the agent's packets (the only ones the node itself sends here).
-    let chain = node
-        .exec_ok(&["nft", "list", "chain", "inet", TABLE, "out"])
-        .expect("nft list");
-    let marked: u64 = chain
-        .split_whitespace()
-        .skip_while(|word| *word != "packets")
-        .nth(1)
-        .and_then(|count| count.parse().ok())
-        .unwrap_or(0);
+    let (marked, chain) = node.nft_counted(TABLE, "out").expect("nft list");
     assert!(marked > 0, "the rule marked nothing:\n{chain}");
 }

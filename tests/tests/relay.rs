@@ -4,10 +4,11 @@
 use std::time::Duration;
 
 use mirror_tests::{
-    agent::{counter, relay_conserved},
+    agent::{counter, relay_conserved, Agent},
+    load::run_load,
     require_root,
     scenario::{Scenario, VIP},
-    Host, Httpbin, Sink,
+    Httpbin, Sink, SinkRecord,
 };
 
 #[test]
@@ -16,8 +17,7 @@ fn seed_scenario_v2_gets_the_request_with_shadow_host() {
         return;
     }
     let scenario = Scenario::new().expect("scenario");
-    let v1 = scenario.v1.clone();
-    let httpbin_v1 = Httpbin::start(&v1).expect("httpbin v1");
+    let httpbin_v1 = Httpbin::start(&scenario.v1).expect("httpbin v1");
     let httpbin_v2 = Httpbin::start(&scenario.v2).expect("httpbin v2");
 
     // Step 1: no agent. v1 logs the request; v2 logs nothing.
@@ -71,9 +71,7 @@ fn post_bodies_reach_v2_byte_exact_plain_and_chunked() {
         return;
     }
     let scenario = Scenario::new().expect("scenario");
-    let v1 = scenario.v1.clone();
-    let _v1 = Sink::start(&v1, 80).expect("v1 sink");
-    let v2 = Sink::start(&scenario.v2, 80).expect("v2 sink");
+    let (_v1, v2) = sinks(&scenario);
     // Byte-exactness is the point here, not the budget: give a 64 MiB upload room to queue in
     // full while v2 (sharing the machine's cores with the test) falls behind.
     // And a ring that holds the whole upload: curl sends it at veth speed, faster than the
@@ -131,9 +129,9 @@ fn post_bodies_reach_v2_byte_exact_plain_and_chunked() {
 }
 
 /// v1 and v2 as digest sinks (fast, and they record connection and order).
-fn sinks(scenario: &Scenario, v1: &Host) -> (Sink, Sink) {
+fn sinks(scenario: &Scenario) -> (Sink, Sink) {
     (
-        Sink::start(v1, 80).expect("v1 sink"),
+        Sink::start(&scenario.v1, 80).expect("v1 sink"),
         Sink::start(&scenario.v2, 80).expect("v2 sink"),
     )
 }
@@ -144,8 +142,7 @@ fn keep_alive_and_pipelined_requests_arrive_complete_and_in_order() {
         return;
     }
     let scenario = Scenario::new().expect("scenario");
-    let v1 = scenario.v1.clone();
-    let (_v1, v2) = sinks(&scenario, &v1);
+    let (_v1, v2) = sinks(&scenario);
     let agent = scenario.agent(&[]);
     // Keep-alive: curl reuses one connection for the three URLs.
     scenario.curl(&[
@@ -216,8 +213,7 @@ fn percent_50_mirrors_about_half() {
         return;
     }
     let scenario = Scenario::new().expect("scenario");
-    let v1 = scenario.v1.clone();
-    let (v1, v2) = sinks(&scenario, &v1);
+    let (v1, v2) = sinks(&scenario);
     let agent = scenario.agent(&["--percent", "50", "--seed", "7"]);
     // 400 requests over a few keep-alive connections (curl's URL globbing).
     for batch in 0..4 {
@@ -249,8 +245,7 @@ fn connection_opened_before_the_agent_is_mirrored_from_its_next_request() {
         return;
     }
     let scenario = Scenario::new().expect("scenario");
-    let v1 = scenario.v1.clone();
-    let (_v1, v2) = sinks(&scenario, &v1);
+    let (_v1, v2) = sinks(&scenario);
     let (go_tx, go_rx) = std::sync::mpsc::channel::<()>();
     let (first_tx, first_rx) = std::sync::mpsc::channel::<()>();
     let vip = format!("{VIP}:8000");
@@ -296,35 +291,7 @@ fn agent_never_captures_its_own_shadow_traffic() {
     // The worst case for a loop: v2 is itself the target, and the agent captures on the very
     // hook its own shadow connections leave through (egress of v2's node-side veth).
     let scenario = Scenario::new().expect("scenario");
-    let v2 = Sink::start(&scenario.v2, 80).expect("v2 sink");
-    let v2_addr = format!("{}:80", scenario.v2.ipv4());
-    let args: Vec<String> = [
-        "run",
-        "--iface",
-        scenario.v2.node_ifname(),
-        "--direction",
-        "egress",
-        "--target",
-        &v2_addr,
-        "--shadow",
-        &v2_addr,
-    ]
-    .iter()
-    .map(|s| s.to_string())
-    .collect();
-    let agent = mirror_tests::agent::Agent::start(
-        scenario.testbed.node(),
-        "mirror-loop",
-        &args,
-        mirror_tests::scenario::READY,
-    )
-    .expect("agent");
-    scenario.curl(&["-o", "/dev/null", &format!("http://{v2_addr}/once")]);
-    v2.wait_for_records(2, Duration::from_secs(10))
-        .expect("the request and its mirror");
-    std::thread::sleep(Duration::from_secs(1));
-    let summary = agent.stop(libc::SIGTERM).expect("stop");
-    let records = v2.records().expect("records");
+    let (records, summary) = scenario.once_through_a_loop("mirror-loop");
     assert_eq!(
         records.len(),
         2,
@@ -353,8 +320,7 @@ fn v2_closing_after_every_response_gets_every_keep_alive_request_in_order() {
     // httpbin under gunicorn's sync worker answers each request with `Connection: close`
     // and closes; the client keeps one connection to v1 for all 200 requests.
     let scenario = Scenario::new().expect("scenario");
-    let v1 = scenario.v1.clone();
-    let v1 = Sink::start(&v1, 80).expect("v1 sink");
+    let v1 = Sink::start(&scenario.v1, 80).expect("v1 sink");
     let httpbin_v2 = Httpbin::start(&scenario.v2).expect("httpbin v2");
     let agent = scenario.agent(&[]);
     scenario.curl(&["-o", "/dev/null", "http://httpbin:8000/anything/ka-[1-200]"]);
@@ -439,8 +405,7 @@ fn concurrent_connections_against_a_small_accept_queue_are_all_counted_where_the
     const CLIENTS: usize = 2000;
     raise_nofile(8192);
     let scenario = Scenario::new().expect("scenario");
-    let v1 = scenario.v1.clone();
-    let _v1 = Sink::start(&v1, 80).expect("v1 sink");
+    let _v1 = Sink::start(&scenario.v1, 80).expect("v1 sink");
     // One sync worker with a backlog of 100: most of 2,000 connects at once find no room.
     let httpbin_v2 = Httpbin::start_with(&scenario.v2, &["--backlog", "100"]).expect("httpbin");
     let agent = scenario.agent(&[]);
@@ -509,8 +474,7 @@ fn a_connection_per_request_reuses_pooled_shadow_connections() {
     // connection towards v2.
     const CLIENTS: usize = 5000;
     let scenario = Scenario::new().expect("scenario");
-    let v1 = scenario.v1.clone();
-    let (_v1, v2) = sinks(&scenario, &v1);
+    let (_v1, v2) = sinks(&scenario);
     let agent = scenario.agent(&[]);
     let vip = format!("{VIP}:8000");
     let started = std::time::Instant::now();
@@ -556,6 +520,17 @@ fn a_connection_per_request_reuses_pooled_shadow_connections() {
     );
 }
 
+/// Waits until v2 has recorded as many requests as v1 has, then stops the agent: v1's count,
+/// v2's records and the agent's summary.
+fn v2_caught_up(v1: &Sink, v2: &Sink, agent: Agent) -> (usize, Vec<SinkRecord>, String) {
+    let v1_count = v1.records().expect("v1 records").len();
+    let records = v2
+        .wait_for_records(v1_count, Duration::from_secs(60))
+        .expect("v2 got every request");
+    let summary = agent.stop(libc::SIGTERM).expect("stop");
+    (v1_count, records, summary)
+}
+
 #[test]
 fn ten_thousand_connections_per_second_at_kernel_default_sysctls_are_mirrored_completely() {
     if !require_root() {
@@ -567,35 +542,27 @@ fn ten_thousand_connections_per_second_at_kernel_default_sysctls_are_mirrored_co
     const SECONDS: u64 = 10;
     raise_nofile(65536);
     let scenario = Scenario::new().expect("scenario");
-    let v1 = scenario.v1.clone();
-    let (v1_sink, v2) = sinks(&scenario, &v1);
+    let (v1_sink, v2) = sinks(&scenario);
     let agent = scenario.agent(&[]);
-    let load = mirror_tests::load::load_binary().expect("mirror-load");
     let (rate, seconds) = (RATE.to_string(), SECONDS.to_string());
-    let url = format!("http://{VIP}:8000/rate");
-    let line = scenario
-        .client
-        .ns()
-        .exec_ok(&[
-            load.as_os_str(),
-            "--rate".as_ref(),
-            rate.as_ref(),
-            "--connections".as_ref(),
-            "1024".as_ref(),
-            "--seconds".as_ref(),
-            seconds.as_ref(),
-            "--host".as_ref(),
-            "httpbin:8000".as_ref(),
-            "--close".as_ref(),
-            url.as_ref(),
-        ])
-        .expect("mirror-load");
+    let line = run_load(
+        scenario.client.ns(),
+        &[
+            "--rate",
+            &rate,
+            "--connections",
+            "1024",
+            "--seconds",
+            &seconds,
+            "--host",
+            "httpbin:8000",
+            "--close",
+            &format!("http://{VIP}:8000/rate"),
+        ],
+    )
+    .expect("mirror-load");
     let field = |name| mirror_tests::load::bench_field(&line, name).unwrap_or(0);
-    let v1_count = v1_sink.records().expect("v1 records").len();
-    let records = v2
-        .wait_for_records(v1_count, Duration::from_secs(60))
-        .expect("v2 got every request");
-    let summary = agent.stop(libc::SIGTERM).expect("stop");
+    let (v1_count, records, summary) = v2_caught_up(&v1_sink, &v2, agent);
     eprintln!(
         "offered {RATE}/s for {SECONDS} s: answered {} ({:.0}/s), errors {}, never sent {}; v1 \
          {v1_count}, v2 {}; agent: {summary}",
@@ -626,29 +593,22 @@ fn v2_answering_every_request_with_a_mebibyte_costs_the_capture_no_ring_drops() 
     let v1_sink = Sink::start(&scenario.v1, 80).expect("v1 sink");
     let v2 = Sink::start_with(&scenario.v2, 80, &["--response-bytes", "1048576"]).expect("v2 sink");
     let agent = scenario.agent(&[]);
-    let load = mirror_tests::load::load_binary().expect("mirror-load");
-    let url = format!("http://{VIP}:8000/large-answer");
-    let line = scenario
-        .client
-        .ns()
-        .exec_ok(&[
-            load.as_os_str(),
-            "--rate".as_ref(),
-            "200".as_ref(),
-            "--connections".as_ref(),
-            "16".as_ref(),
-            "--seconds".as_ref(),
-            "5".as_ref(),
-            "--host".as_ref(),
-            "httpbin:8000".as_ref(),
-            url.as_ref(),
-        ])
-        .expect("mirror-load");
-    let v1_count = v1_sink.records().expect("v1 records").len();
-    let records = v2
-        .wait_for_records(v1_count, Duration::from_secs(60))
-        .expect("v2 got every request");
-    let summary = agent.stop(libc::SIGTERM).expect("stop");
+    let line = run_load(
+        scenario.client.ns(),
+        &[
+            "--rate",
+            "200",
+            "--connections",
+            "16",
+            "--seconds",
+            "5",
+            "--host",
+            "httpbin:8000",
+            &format!("http://{VIP}:8000/large-answer"),
+        ],
+    )
+    .expect("mirror-load");
+    let (v1_count, records, summary) = v2_caught_up(&v1_sink, &v2, agent);
     eprintln!(
         "load: {line}; v1 {v1_count}, v2 {}; agent: {summary}",
         records.len()

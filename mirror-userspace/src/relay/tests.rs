@@ -638,20 +638,27 @@ async fn a_reset_mid_request_is_unanswered_and_not_sent_again() {
     bed.relay.shutdown(Duration::from_secs(1)).await;
 }
 
+/// Hands 8 requests on one client connection to a relay replaying to `addr`, where v2 never
+/// takes a connection, and asserts that all 8 are dropped as `shadow_down`: the relay.
+async fn eight_taken_for_down(addr: SocketAddr) -> Relay {
+    let mut relay = Relay::new(config(addr));
+    requests(&mut relay, flow(7), &paths("unheard", 8), 0);
+    settle(&relay, Duration::from_secs(10)).await;
+    assert_eq!(
+        outcomes(&relay.stats()),
+        [("requests", 8), ("dropped", 8), ("dropped_shadow_down", 8)]
+    );
+    relay
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_refusing_v2_drops_requests_as_shadow_down_and_backs_off() {
     let addr = {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         listener.local_addr().unwrap()
     };
-    let mut relay = Relay::new(config(addr));
-    requests(&mut relay, flow(7), &paths("refused", 8), 0);
-    settle(&relay, Duration::from_secs(5)).await;
+    let relay = eight_taken_for_down(addr).await;
     let stats = relay.stats();
-    assert_eq!(
-        outcomes(&stats),
-        [("requests", 8), ("dropped", 8), ("dropped_shadow_down", 8)]
-    );
     // Five refusals in a row, then no more connects during the back-off.
     assert_eq!(stats.connect_failures(ConnectFailure::Refused), 5);
     relay.shutdown(Duration::from_secs(1)).await;
@@ -729,14 +736,8 @@ async fn a_full_accept_queue_while_v2_answers_is_busy_not_down() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn connect_timeouts_with_no_sign_of_life_take_v2_for_down() {
     let (listener, _queued) = full_accept_queue().await;
-    let mut relay = Relay::new(config(listener.local_addr().unwrap()));
-    requests(&mut relay, flow(8), &paths("unheard", 8), 0);
-    settle(&relay, Duration::from_secs(10)).await;
+    let relay = eight_taken_for_down(listener.local_addr().unwrap()).await;
     let stats = relay.stats();
-    assert_eq!(
-        outcomes(&stats),
-        [("requests", 8), ("dropped", 8), ("dropped_shadow_down", 8)]
-    );
     // Five timeouts in a row, then no more connects during the back-off.
     assert_eq!(stats.connect_failures(ConnectFailure::TimedOut), 5);
     assert_eq!(stats.connections_opened.load(Relaxed), 0);
