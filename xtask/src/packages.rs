@@ -35,56 +35,60 @@ struct Need {
     recommends: bool,
 }
 
-const fn need(probe: Probe, package: &'static str, why: &'static str) -> Need {
+/// A program on PATH, from `package`, for `why`.
+const fn program(name: &'static str, package: &'static str, why: &'static str) -> Need {
     Need {
-        probe,
+        probe: Probe::Program(name),
         package,
         why,
         recommends: false,
     }
 }
 
+/// `need`, installed with its recommended packages.
+const fn with_recommends(need: Need) -> Need {
+    Need {
+        recommends: true,
+        ..need
+    }
+}
+
 /// What the namespace test-bed runs: the demo, the tests and the bench all build on it.
 const TESTBED: &[Need] = &[
-    need(
-        Probe::Program("ip"),
-        "iproute2",
-        "namespaces, veths, routes",
-    ),
-    need(Probe::Program("tc"), "iproute2", "qdiscs"),
-    need(Probe::Program("nft"), "nftables", "the services' DNAT"),
-    need(Probe::Program("curl"), "curl", "the client pod's requests"),
-    need(Probe::Program("python3"), "python3", "httpbin"),
-    need(Probe::PythonVenv, "python3-venv", "httpbin's virtualenv"),
+    program("ip", "iproute2", "namespaces, veths, routes"),
+    program("tc", "iproute2", "qdiscs"),
+    program("nft", "nftables", "the services' DNAT"),
+    program("curl", "curl", "the client pod's requests"),
+    program("python3", "python3", "httpbin"),
+    Need {
+        probe: Probe::PythonVenv,
+        package: "python3-venv",
+        why: "httpbin's virtualenv",
+        recommends: false,
+    },
 ];
 
 /// What the tests add to the test-bed: the runtime image is built and run (tests/tests/image.rs).
 const TEST: &[Need] = &[
-    Need {
-        recommends: true,
-        ..need(Probe::Program("podman"), "podman", "the image tests")
-    },
-    Need {
-        recommends: true,
-        ..need(Probe::Program("runc"), "runc", "the image tests' runtime")
-    },
-    need(
-        Probe::Program("redis-server"),
+    with_recommends(program("podman", "podman", "the image tests")),
+    with_recommends(program("runc", "runc", "the image tests' runtime")),
+    program(
+        "redis-server",
         "redis-server",
         "raw TCP mode's v1 and v2 (tests/tests/protocols.rs)",
     ),
-    need(
-        Probe::Program("redis-cli"),
+    program(
+        "redis-cli",
         "redis-tools",
         "MONITOR on raw TCP mode's v1 and v2",
     ),
-    need(
-        Probe::Program("nghttpd"),
+    program(
+        "nghttpd",
         "nghttp2-server",
         "h2c mode's v1 and v2 (tests/tests/protocols.rs)",
     ),
-    need(
-        Probe::Program("nghttp"),
+    program(
+        "nghttp",
         "nghttp2-client",
         "several h2c streams on one connection",
     ),
@@ -92,24 +96,16 @@ const TEST: &[Need] = &[
 
 /// What the bench adds to the test-bed.
 const BENCH: &[Need] = &[
-    need(
-        Probe::Program("nginx"),
-        "nginx",
-        "the fast backend and nginx's mirror",
-    ),
-    need(Probe::Program("wrk"), "wrk", "the saturating load"),
-    need(
-        Probe::Program("bpftool"),
+    program("nginx", "nginx", "the fast backend and nginx's mirror"),
+    program("wrk", "wrk", "the saturating load"),
+    program(
+        "bpftool",
         "bpftool",
         "the kernel program timed in isolation",
     ),
-    need(
-        Probe::Program("h2load"),
-        "nghttp2-client",
-        "the HTTP/2 load (h2load)",
-    ),
-    need(
-        Probe::Program("nghttpd"),
+    program("h2load", "nghttp2-client", "the HTTP/2 load (h2load)"),
+    program(
+        "nghttpd",
         "nghttp2-server",
         "the HTTP/2 backend in v1 and v2",
     ),
