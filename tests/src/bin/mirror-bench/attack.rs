@@ -18,6 +18,7 @@ use mirror_tests::{
 
 use super::agent_summary::AgentStats;
 use super::bed::{Bed, DISCARD_VIP, SERVICE_PORT, SINK_PORT, SINK_VIP};
+use super::mode::start_run;
 
 /// How big each attack is.
 #[derive(Clone, Copy, Debug, serde::Serialize)]
@@ -133,17 +134,13 @@ fn start_agent(bed: &Bed, no_reverse: bool) -> Result<Agent> {
         "--shadow",
         &format!("{}:{SINK_PORT}", bed.v2.ipv4()),
         "--bpf-stats",
-        "--grace-secs",
-        "5",
-        "--log-interval-secs",
-        "3600",
     ]
     .map(str::to_owned)
     .to_vec();
     if no_reverse {
         args.push("--no-reverse".to_owned());
     }
-    Agent::start(bed.testbed.node(), "mirror-attack", &args, "mirroring to")
+    start_run(&bed.testbed, "mirror-attack", args)
 }
 
 fn sink_vip() -> SocketAddrV4 {

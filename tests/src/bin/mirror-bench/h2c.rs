@@ -15,6 +15,7 @@ use anyhow::{bail, Context as _, Result};
 use mirror_tests::{agent::counter, agent::Agent, Host, Netns, Process, Testbed};
 
 use super::envoy::{self, Envoy};
+use super::mode::start_run;
 use super::procstat::group_cpu_seconds;
 
 /// The service VIP leading to v1's nghttpd (the other sections' VIPs are 198.19.0.10-13).
@@ -303,18 +304,8 @@ fn start_agent(bed: &H2Bed, dir: &Path) -> Result<Agent> {
     );
     let path = dir.join("mirror.yaml");
     std::fs::write(&path, config).with_context(|| format!("write {}", path.display()))?;
-    let args: Vec<String> = [
-        "run",
-        "--config",
-        &path.display().to_string(),
-        "--grace-secs",
-        "5",
-        "--log-interval-secs",
-        "3600",
-    ]
-    .map(str::to_owned)
-    .to_vec();
-    Agent::start(bed.testbed.node(), "mirror-run", &args, "mirroring to")
+    let args = ["run", "--config", &path.display().to_string()].map(str::to_owned);
+    start_run(&bed.testbed, "mirror-run", args.to_vec())
 }
 
 /// The plan and what one run offers.

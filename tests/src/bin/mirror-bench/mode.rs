@@ -6,7 +6,7 @@ use std::net::SocketAddr;
 use std::path::Path;
 
 use anyhow::{Context as _, Result};
-use mirror_tests::agent::Agent;
+use mirror_tests::{agent::Agent, Testbed};
 
 use super::bed::{Backend, Bed};
 use super::envoy::{self, Envoy};
@@ -128,15 +128,18 @@ pub fn start_agent_with(
         "--shadow",
         &shadow.to_string(),
         "--bpf-stats",
-        "--grace-secs",
-        "5",
-        "--log-interval-secs",
-        "3600",
     ]
     .map(str::to_owned)
     .to_vec();
     args.extend_from_slice(extra);
-    Agent::start(bed.testbed.node(), "mirror-run", &args, "mirroring to")
+    start_run(&bed.testbed, "mirror-run", args)
+}
+
+/// Starts `mirror run` (as `name`) in the node namespace with `args` and the flags every bench
+/// run of it has: `--grace-secs 5` and `--log-interval-secs 3600`.
+pub fn start_run(testbed: &Testbed, name: &str, mut args: Vec<String>) -> Result<Agent> {
+    args.extend(["--grace-secs", "5", "--log-interval-secs", "3600"].map(str::to_owned));
+    Agent::start(testbed.node(), name, &args, "mirroring to")
 }
 
 impl Component {
