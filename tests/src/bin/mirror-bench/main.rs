@@ -311,7 +311,9 @@ fn main() -> Result<()> {
     let h2_samples = if args.no_h2 {
         None
     } else {
-        let h2 = clock.time("HTTP/2", || h2c::run(&tools.envoy, &out.join("h2c"), h2_plan))?;
+        let h2 = clock.time("HTTP/2", || {
+            h2c::run(&tools.envoy, &out.join("h2c"), h2_plan)
+        })?;
         Some((h2_plan, h2))
     };
     let results = Results {
