@@ -156,7 +156,7 @@ fn assert_v2_got_every_request(v2: &Sink, count: usize, summary: &str) {
 }
 
 #[test]
-fn recorded_capture_replays_every_request_to_v2_as_fast_paced_and_sharded() {
+fn recorded_capture_replays_every_request_to_v2_as_fast_paced_sharded_and_under_a_config() {
     if !require_root() {
         return;
     }
@@ -200,6 +200,26 @@ fn recorded_capture_replays_every_request_to_v2_as_fast_paced_and_sharded() {
         Some(0),
         "{summary}"
     );
+
+    // Sharded under a config file (a policy dispatcher per thread): the same requests.
+    let config = scenario.testbed.log_dir().join("replay.yaml");
+    std::fs::write(
+        &config,
+        format!(
+            "interfaces: [{iface}]\npolicies:\n- name: replayed\n  target: {{address: {VIP}, \
+             port: 8000}}\n  mirrors:\n  - backend: {shadow}\n",
+            iface = scenario.client.node_ifname(),
+        ),
+    )
+    .expect("write config");
+    let config = config.display().to_string();
+    let summary = replay(
+        &scenario,
+        &pcap,
+        &["--config", &config, "--capture-threads", "2"],
+    );
+    assert_v2_got_every_request(&v2, 4 * REQUESTS.len(), &summary);
+    assert_eq!(counter(&summary, "threads"), Some(2), "{summary}");
 }
 
 /// Writes the packets of `file` that come from the client (not from VIP:8000) to a new file.

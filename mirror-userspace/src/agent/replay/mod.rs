@@ -110,10 +110,10 @@ pub struct ReplayArgs {
     #[arg(long, default_value_t = 10)]
     pub grace_secs: u64,
     /// Shard the pipeline over this many threads, by client address, behind one reader (as
-    /// `mirror run --capture-threads`); each has its own relay with its share of the budgets.
-    /// Without it, one thread reads and runs the pipeline.
-    #[arg(long, value_name = "N", conflicts_with = "config",
-          value_parser = clap::value_parser!(u16).range(1..=256))]
+    /// `mirror run --capture-threads`); each has its own relay (under --config, its own policy
+    /// dispatcher) with its share of the budgets. Without it, one thread reads and runs the
+    /// pipeline.
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u16).range(1..=256))]
     pub capture_threads: Option<u16>,
 }
 
