@@ -13,8 +13,8 @@ use mirror_tests::{
     Httpbin,
 };
 
-/// The capabilities `deploy/base/daemonset.yaml` adds, and the reason for each.
-const DAEMONSET_CAPABILITIES: &[&str] = &[
+/// The capabilities the agent refuses to start without, and the reason for each.
+const REQUIRED_CAPABILITIES: &[&str] = &[
     // bpf(2): create the maps, load the programs.
     "BPF",
     // With BPF, the pair the kernel treats as a trusted BPF loader; the agent asks for both.
@@ -22,6 +22,11 @@ const DAEMONSET_CAPABILITIES: &[&str] = &[
     // Attaching TC programs (TCX links or clsact + netlink filters), SO_MARK on shadow sockets.
     "NET_ADMIN",
 ];
+
+/// The capabilities `deploy/base/daemonset.yaml` adds: the required ones, and SYS_NICE, with
+/// which the relay's threads may go back from `--relay-nice` to the agent's niceness when
+/// the relay falls behind (without it the relay never yields).
+const DAEMONSET_CAPABILITIES: &[&str] = &["BPF", "PERFMON", "NET_ADMIN", "SYS_NICE"];
 
 fn run_args(scenario: &Scenario) -> Vec<String> {
     [
@@ -130,8 +135,8 @@ fn each_capability_and_the_seccomp_exemption_is_needed() {
         assert!(!status.success(), "{why}: the agent started anyway");
         stderr
     };
-    for missing in DAEMONSET_CAPABILITIES {
-        let granted: Vec<&str> = DAEMONSET_CAPABILITIES
+    for missing in REQUIRED_CAPABILITIES {
+        let granted: Vec<&str> = REQUIRED_CAPABILITIES
             .iter()
             .copied()
             .filter(|cap| cap != missing)

@@ -11,6 +11,7 @@ pub mod kubernetes;
 mod link_events;
 pub(crate) mod mirror_stats;
 mod pipeline_cells;
+mod relay_priority;
 pub mod replay;
 pub mod run;
 mod run_shards;

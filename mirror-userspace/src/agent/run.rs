@@ -28,6 +28,7 @@ use super::{
     kubernetes::{self, AgentParts, KubernetesError, KubernetesOptions},
     mirror_stats::{PolicySource, RelaySource},
     pipeline_cells::PipelineCells,
+    relay_priority::{Governor, RelayThreads},
     run_shards,
     shards::EventSink,
 };
@@ -47,7 +48,7 @@ use crate::{
         status::{short_line, status_line},
         Registry,
     },
-    relay::{raise_fd_limit, FdLimitError, H2cMirror, Relay, RelayConfig, Shadow},
+    relay::{held_bytes, raise_fd_limit, FdLimitError, H2cMirror, Relay, RelayConfig, Shadow},
     shutdown::shutdown_signal,
 };
 
@@ -147,15 +148,15 @@ pub struct RunArgs {
     /// connection per request, nice 10 mirrored 47% of requests and nice 0 all of them.
     #[arg(long, default_value_t = 0, value_parser = clap::value_parser!(i32).range(0..=19))]
     pub nice: i32,
-    /// Niceness of the relay's threads alone (those that send to v2), at least --nice: the
-    /// capture thread keeps draining the ring while the sending yields the CPU to the node's
-    /// workloads; held requests are bounded by --max-inflight-mib like any backlog. Measured
-    /// (`cargo xtask bench --latency-rate 40000 --rate-rounds 3`, half of what 2 cores carry):
-    /// the primary's p99 was x1.53 of the ideal mirror's at 10, x82 at 0 (stalls of 50 ms to
-    /// 1.4 s while the relay's bursts took the CPU from v1), every request mirrored in both.
-    /// Not the default: it yields to every workload, so on a busy node the relay falls behind
-    /// (the relay test at 10k connections a second lost requests at 10 on 2 loaded cores).
-    #[arg(long, default_value_t = 0, value_parser = clap::value_parser!(i32).range(0..=19))]
+    /// Niceness of the relay's threads (those that send to v2) while the relay keeps up: the
+    /// capture thread keeps draining the ring at --nice while the sending yields the CPU to the
+    /// node's workloads. Once the relay holds a sixteenth of --max-inflight-mib for v2 it has
+    /// fallen behind, and its threads compete at --nice until it holds under a sixty-fourth
+    /// (`agent/relay_priority.rs`; `mirror_relay_priority_competing`). So a busy node's
+    /// workloads, the primary among them, get the CPU first, and the relay still catches up
+    /// before it would drop. Going back needs CAP_SYS_NICE: without it the relay stays at
+    /// --nice. A value at or below --nice turns this off.
+    #[arg(long, default_value_t = 10, value_parser = clap::value_parser!(i32).range(0..=19))]
     pub relay_nice: i32,
     /// Seed of the per-request sampling decisions (fixed: reproducible runs).
     #[arg(long, default_value_t = 0)]
@@ -244,15 +245,16 @@ pub(super) async fn check_shadow(shadow: &str) {
 
 /// The relay's own runtime: its connection work never takes the capture thread. `nice`: its
 /// threads' niceness (None: the caller's).
-pub(super) fn relay_runtime(nice: Option<i32>) -> std::io::Result<tokio::runtime::Runtime> {
+pub(super) fn relay_runtime(
+    threads: Option<Arc<RelayThreads>>,
+) -> std::io::Result<tokio::runtime::Runtime> {
     let mut builder = tokio::runtime::Builder::new_multi_thread();
     builder.worker_threads(2).thread_name("mirror-relay");
-    if let Some(nice) = nice {
-        builder.on_thread_start(move || {
-            if let Err(error) = set_nice(nice) {
-                tracing::warn!(%error, nice, "cannot set the relay thread's niceness");
-            }
-        });
+    if let Some(threads) = threads {
+        let stopped = Arc::clone(&threads);
+        builder
+            .on_thread_start(move || threads.thread_started())
+            .on_thread_stop(move || stopped.thread_stopped());
     }
     builder.enable_all().build()
 }
@@ -446,8 +448,11 @@ pub async fn run(args: RunArgs) -> Result<(), RunError> {
     health.attached(&capture.ifaces);
     // Relays (and the dispatcher's, made and replaced on reloads) spawn their tasks on a
     // runtime of their own: enter it wherever one is made.
-    let relay_nice = (args.relay_nice > args.nice).then_some(args.relay_nice);
-    let relay_runtime = relay_runtime(relay_nice).map_err(RunError::Runtime)?;
+    let relay_threads = (args.relay_nice > args.nice)
+        .then(|| RelayThreads::new(args.relay_nice, args.nice))
+        .flatten();
+    let relay_runtime = relay_runtime(relay_threads.clone()).map_err(RunError::Runtime)?;
+    let mut relay_priority = Governor::new(args.max_inflight_mib.saturating_mul(1 << 20));
     let intake = Arc::new(Intake::default());
     let cells = Arc::new(PipelineCells::default());
     let on_relay_runtime = relay_runtime.enter();
@@ -530,6 +535,9 @@ pub async fn run(args: RunArgs) -> Result<(), RunError> {
     registry.register("bpf", Arc::new(bpf));
     registry.register("ring", session.ring_fill());
     registry.register("agent", health.clone());
+    if let Some(threads) = &relay_threads {
+        registry.register("relay_priority", threads.clone());
+    }
     if let Some(access_log) = access_log {
         registry.register("access_log", access_log);
     }
@@ -588,6 +596,10 @@ pub async fn run(args: RunArgs) -> Result<(), RunError> {
         }
         if let Some(shards) = &mut shards {
             shards.flush();
+        }
+        if let (Some(threads), Some(level)) = (&relay_threads, relay_priority.observe(held_bytes()))
+        {
+            threads.set(level);
         }
         // Let the runtime's own work (timers, signals) in between batches.
         tokio::task::yield_now().await;

@@ -9,6 +9,7 @@
 //! capture never waits behind it) and take connections to v2 from a pool (`pool`), writing
 //! the requests of a client connection in order, back to back when it has several (`flow`).
 
+mod backlog;
 mod conn;
 mod flow;
 mod grpc_methods;
@@ -29,16 +30,17 @@ use tokio::{
     task::{JoinHandle, JoinSet},
 };
 
-use self::{
-    flow::{Cancel, Piece},
-    pool::Pool,
-    ticket::{Budget, Ticket},
-};
 pub use self::{
+    backlog::held_bytes,
     h2c::H2cMirror,
     limits::{raise_fd_limit, FdLimitError},
     resolve::{Shadow, ShadowError},
     stats::{ConnectFailure, DropReason, Outcome, RelayStats, Unanswered},
+};
+use self::{
+    flow::{Cancel, Piece},
+    pool::Pool,
+    ticket::{Budget, Ticket},
 };
 use crate::observe::access_log::AccessLog;
 use mirror_cores::{flow::FlowKey, http::ResponseFramer, pipeline::Event};

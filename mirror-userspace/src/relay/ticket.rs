@@ -14,7 +14,10 @@ use std::{
 
 use bytes::Bytes;
 
-use super::stats::{DropReason, Outcome, RelayStats, STREAM_TAKEN};
+use super::{
+    backlog,
+    stats::{DropReason, Outcome, RelayStats, STREAM_TAKEN},
+};
 use crate::observe::access_log::{AccessLog, Entry};
 
 /// One mirrored request's claim to exactly one outcome.
@@ -194,6 +197,7 @@ impl Budget {
             held.owed = held.owed.saturating_sub(owed_now) + self.owed(total);
             held.sources.insert(source, total);
             self.stats.queued_bytes.store(after, Relaxed);
+            backlog::add(charge);
         }
         Ok(Chunk {
             bytes,
@@ -226,6 +230,7 @@ impl Budget {
         self.stats
             .queued_bytes
             .store(used.saturating_sub(was - now), Relaxed);
+        backlog::remove(was - now);
     }
 
     fn lock(&self) -> MutexGuard<'_, Held> {
