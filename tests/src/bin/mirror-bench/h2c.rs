@@ -51,7 +51,7 @@ impl H2Plan {
         rate_fractions: &[0.1],
     };
     pub const FULL: H2Plan = H2Plan {
-        seconds: 6,
+        seconds: 3,
         rounds: 2,
         clients: 8,
         streams: 10,

@@ -49,10 +49,12 @@ struct BenchArgs {
     #[arg(long, conflicts_with = "smoke")]
     micro: bool,
     /// Rounds: every mode runs once per round, modes interleaved, so each runs this many times.
-    #[arg(long, default_value_t = 2)]
+    /// One by default, so that a first full run (release build included) stays under 15
+    /// minutes; 2 or more average the saturation runs' noise out.
+    #[arg(long, default_value_t = 1)]
     rounds: u32,
-    /// Seconds of load per run (4: a load run then costs about 11 s with the modes' start,
-    /// stop and drain, so a first full run stays under 15 minutes).
+    /// Seconds of load per run (4: a load run then costs about 5 s with the modes' start,
+    /// stop and drain).
     #[arg(long, default_value_t = 4)]
     seconds: u64,
     /// Fixed-rate runs offer these fractions of what the node carried at saturation with
@@ -63,8 +65,7 @@ struct BenchArgs {
     #[arg(long, value_delimiter = ',', default_values_t = [0.5])]
     httpbin_rate_fractions: Vec<f64>,
     /// Rounds of the fixed-rate runs (each round runs every mode at every rate). One by
-    /// default, so that a first full run stays under 15 minutes; the saturation runs, whose
-    /// ratios are noisier, get --rounds.
+    /// default, so that a first full run stays under 15 minutes.
     #[arg(long, default_value_t = 1)]
     rate_rounds: u32,
     /// Run only the capture-path measurement (record real traffic, replay it with `mirror
@@ -100,7 +101,7 @@ struct BenchArgs {
     /// "--poll-ms 1"), to compare agent settings.
     #[arg(long, allow_hyphen_values = true, default_value = "")]
     agent_args: String,
-    /// Skip the HTTP/2 section in a full run (about 7 minutes of it).
+    /// Skip the HTTP/2 section in a full run (about a minute and a half of it).
     #[arg(long, conflicts_with = "h2_only")]
     no_h2: bool,
     /// Run only the attack mix and the cost of capturing v1's direction (full size, or the
