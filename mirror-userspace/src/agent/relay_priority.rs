@@ -7,11 +7,14 @@
 //! at 1.5 times with the relay's threads at nice 10. But a relay that always yields falls
 //! behind whenever the node is busy with anything, not only the primary, and then drops (the
 //! relay test at 10,000 connections a second lost requests at nice 10 beside two busy loops,
-//! none at nice 0). So the niceness follows the relay's backlog (bytes held for v2,
-//! [`held_bytes`](crate::relay::held_bytes)): from a sixteenth of the in-flight budget on (4
-//! MiB of the default 64: some 16,000 small requests, 0.4 s of lag at 40,000 a second), the
-//! threads compete at the agent's niceness, and they yield again once the backlog is under a
-//! sixty-fourth. Between the two, the level stays (no flapping on a backlog near one mark).
+//! none at nice 0). So the niceness follows the relay's backlog
+//! ([`held_bytes`](crate::relay::held_bytes) held for v2, and
+//! [`leased_connections`](crate::relay::leased_connections): client connections holding or
+//! waiting for a connection to v2, what grows with a connection per request): from a
+//! sixteenth of the in-flight budget (4 MiB of the default 64: some 16,000 small requests,
+//! 0.4 s of lag at 40,000 a second) or of the shadow connections (256 of 4,096) on, the
+//! threads compete at the agent's niceness, and they yield again once both are under a
+//! sixty-fourth. Between the marks, the level stays (no flapping on a backlog near one).
 //!
 //! Going back to a lower niceness needs CAP_SYS_NICE (or an RLIMIT_NICE that allows it). The
 //! agent checks that at start on a thread of its own; without it the relay never yields,
@@ -33,29 +36,58 @@ pub enum Level {
     Compete,
 }
 
-/// Which level a backlog calls for, with hysteresis (sans-IO: bytes in, a level out).
+/// What the relay holds: bytes for v2, and client connections on or waiting for a
+/// connection to v2.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Backlog {
+    pub bytes: usize,
+    pub connections: usize,
+}
+
+impl Backlog {
+    /// The relay's backlog now, over every relay of the process.
+    pub fn now() -> Backlog {
+        Backlog {
+            bytes: crate::relay::held_bytes(),
+            connections: crate::relay::leased_connections(),
+        }
+    }
+
+    fn reaches(self, mark: Backlog) -> bool {
+        self.bytes >= mark.bytes || self.connections >= mark.connections
+    }
+}
+
+/// Which level a backlog calls for, with hysteresis (sans-IO: a backlog in, a level out).
 #[derive(Debug)]
 pub struct Governor {
-    compete_from: usize,
-    yield_below: usize,
+    compete_from: Backlog,
+    yield_below: Backlog,
     level: Level,
 }
 
 impl Governor {
-    /// For an in-flight budget of `budget_bytes` (the relay drops what does not fit in it).
-    pub fn new(budget_bytes: usize) -> Governor {
+    /// For the relay's limits (what it drops beyond): its in-flight budget and shadow
+    /// connections.
+    pub fn new(limits: Backlog) -> Governor {
         Governor {
-            compete_from: (budget_bytes / 16).max(1),
-            yield_below: budget_bytes / 64,
+            compete_from: Backlog {
+                bytes: (limits.bytes / 16).max(1),
+                connections: (limits.connections / 16).max(1),
+            },
+            yield_below: Backlog {
+                bytes: (limits.bytes / 64).max(1),
+                connections: (limits.connections / 64).max(1),
+            },
             level: Level::Yield,
         }
     }
 
-    /// The level for a backlog of `held` bytes, if it is not the current one.
-    pub fn observe(&mut self, held: usize) -> Option<Level> {
+    /// The level for `backlog`, if it is not the current one.
+    pub fn observe(&mut self, backlog: Backlog) -> Option<Level> {
         let next = match self.level {
-            Level::Yield if held >= self.compete_from => Level::Compete,
-            Level::Compete if held < self.yield_below => Level::Yield,
+            Level::Yield if backlog.reaches(self.compete_from) => Level::Compete,
+            Level::Compete if !backlog.reaches(self.yield_below) => Level::Yield,
             _ => return None,
         };
         self.level = next;
@@ -162,7 +194,8 @@ impl Source for RelayThreads {
         out(Sample::gauge(
             "competing",
             "1 while the relay's threads run at the agent's niceness because the relay fell \
-             behind (a sixteenth of the in-flight budget held), 0 while they yield at --relay-nice.",
+             behind (a sixteenth of its in-flight bytes or shadow connections held), 0 while \
+             they yield at --relay-nice.",
             u64::from(self.competing.load(Relaxed)),
         ));
         out(Sample::counter(
@@ -208,29 +241,72 @@ fn set_nice_of(tid: libc::pid_t, nice: i32) -> std::io::Result<()> {
 mod tests {
     use super::*;
 
+    fn bytes(bytes: usize) -> Backlog {
+        Backlog {
+            bytes,
+            connections: 0,
+        }
+    }
+
+    fn connections(connections: usize) -> Backlog {
+        Backlog {
+            bytes: 0,
+            connections,
+        }
+    }
+
+    const LIMITS: Backlog = Backlog {
+        bytes: 64 << 20,
+        connections: 4096,
+    };
+
     #[test]
     fn the_relay_competes_from_a_sixteenth_of_the_budget_and_yields_under_a_sixty_fourth() {
-        let mut governor = Governor::new(64 << 20);
-        assert_eq!(governor.observe(0), None, "it starts yielding");
-        assert_eq!(governor.observe((4 << 20) - 1), None);
-        assert_eq!(governor.observe(4 << 20), Some(Level::Compete));
-        assert_eq!(governor.observe(64 << 20), None);
+        let mut governor = Governor::new(LIMITS);
+        assert_eq!(governor.observe(bytes(0)), None, "it starts yielding");
+        assert_eq!(governor.observe(bytes((4 << 20) - 1)), None);
+        assert_eq!(governor.observe(bytes(4 << 20)), Some(Level::Compete));
+        assert_eq!(governor.observe(bytes(64 << 20)), None);
         // Between the marks the level stays, whichever way the backlog moves.
-        assert_eq!(governor.observe(2 << 20), None);
-        assert_eq!(governor.observe(1 << 20), None);
-        assert_eq!(governor.observe((1 << 20) - 1), Some(Level::Yield));
-        assert_eq!(governor.observe(2 << 20), None);
-        assert_eq!(governor.observe(5 << 20), Some(Level::Compete));
+        assert_eq!(governor.observe(bytes(2 << 20)), None);
+        assert_eq!(governor.observe(bytes(1 << 20)), None);
+        assert_eq!(governor.observe(bytes((1 << 20) - 1)), Some(Level::Yield));
+        assert_eq!(governor.observe(bytes(2 << 20)), None);
+        assert_eq!(governor.observe(bytes(5 << 20)), Some(Level::Compete));
     }
 
     #[test]
-    fn a_tiny_budget_still_has_two_marks() {
-        let mut governor = Governor::new(1);
-        assert_eq!(governor.observe(1), Some(Level::Compete));
-        assert_eq!(governor.observe(0), None, "0 is not under 1/64 of 1");
-        let mut governor = Governor::new(64);
-        assert_eq!(governor.observe(4), Some(Level::Compete));
-        assert_eq!(governor.observe(0), Some(Level::Yield));
+    fn connections_waiting_for_v2_count_like_bytes_and_both_must_fall_to_yield() {
+        let mut governor = Governor::new(LIMITS);
+        assert_eq!(governor.observe(connections(255)), None);
+        assert_eq!(governor.observe(connections(256)), Some(Level::Compete));
+        assert_eq!(governor.observe(connections(63)), Some(Level::Yield));
+        assert_eq!(
+            governor.observe(Backlog {
+                bytes: 4 << 20,
+                connections: 0
+            }),
+            Some(Level::Compete)
+        );
+        // Few connections, but the bytes still above their low mark: it keeps competing.
+        assert_eq!(
+            governor.observe(Backlog {
+                bytes: 1 << 20,
+                connections: 10
+            }),
+            None
+        );
+        assert_eq!(governor.observe(connections(63)), Some(Level::Yield));
+    }
+
+    #[test]
+    fn tiny_limits_still_have_two_marks() {
+        let mut governor = Governor::new(Backlog {
+            bytes: 1,
+            connections: 1,
+        });
+        assert_eq!(governor.observe(bytes(1)), Some(Level::Compete));
+        assert_eq!(governor.observe(bytes(0)), Some(Level::Yield));
     }
 
     #[test]

@@ -28,7 +28,7 @@ use super::{
     kubernetes::{self, AgentParts, KubernetesError, KubernetesOptions},
     mirror_stats::{PolicySource, RelaySource},
     pipeline_cells::PipelineCells,
-    relay_priority::{Governor, RelayThreads},
+    relay_priority::{Backlog, Governor, RelayThreads},
     run_shards,
     shards::EventSink,
 };
@@ -48,7 +48,7 @@ use crate::{
         status::{short_line, status_line},
         Registry,
     },
-    relay::{held_bytes, raise_fd_limit, FdLimitError, H2cMirror, Relay, RelayConfig, Shadow},
+    relay::{raise_fd_limit, FdLimitError, H2cMirror, Relay, RelayConfig, Shadow},
     shutdown::shutdown_signal,
 };
 
@@ -150,8 +150,9 @@ pub struct RunArgs {
     pub nice: i32,
     /// Niceness of the relay's threads (those that send to v2) while the relay keeps up: the
     /// capture thread keeps draining the ring at --nice while the sending yields the CPU to the
-    /// node's workloads. Once the relay holds a sixteenth of --max-inflight-mib for v2 it has
-    /// fallen behind, and its threads compete at --nice until it holds under a sixty-fourth
+    /// node's workloads. Once the relay holds a sixteenth of --max-inflight-mib for v2, or a
+    /// sixteenth of --max-shadow-connections are held or awaited by client connections, it has
+    /// fallen behind, and its threads compete at --nice until both are under a sixty-fourth
     /// (`agent/relay_priority.rs`; `mirror_relay_priority_competing`). So a busy node's
     /// workloads, the primary among them, get the CPU first, and the relay still catches up
     /// before it would drop. Going back needs CAP_SYS_NICE: without it the relay stays at
@@ -452,7 +453,10 @@ pub async fn run(args: RunArgs) -> Result<(), RunError> {
         .then(|| RelayThreads::new(args.relay_nice, args.nice))
         .flatten();
     let relay_runtime = relay_runtime(relay_threads.clone()).map_err(RunError::Runtime)?;
-    let mut relay_priority = Governor::new(args.max_inflight_mib.saturating_mul(1 << 20));
+    let mut relay_priority = Governor::new(Backlog {
+        bytes: args.max_inflight_mib.saturating_mul(1 << 20),
+        connections: args.max_shadow_connections,
+    });
     let intake = Arc::new(Intake::default());
     let cells = Arc::new(PipelineCells::default());
     let on_relay_runtime = relay_runtime.enter();
@@ -597,7 +601,8 @@ pub async fn run(args: RunArgs) -> Result<(), RunError> {
         if let Some(shards) = &mut shards {
             shards.flush();
         }
-        if let (Some(threads), Some(level)) = (&relay_threads, relay_priority.observe(held_bytes()))
+        if let (Some(threads), Some(level)) =
+            (&relay_threads, relay_priority.observe(Backlog::now()))
         {
             threads.set(level);
         }

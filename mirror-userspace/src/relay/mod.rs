@@ -31,7 +31,7 @@ use tokio::{
 };
 
 pub use self::{
-    backlog::held_bytes,
+    backlog::{held_bytes, leased_connections},
     h2c::H2cMirror,
     limits::{raise_fd_limit, FdLimitError},
     resolve::{Shadow, ShadowError},

@@ -31,6 +31,7 @@ use tokio::{
 };
 
 use super::{
+    backlog,
     conn::{self, Conn, Slot},
     resolve::Resolver,
     stats::{ConnectFailure, DropReason, RelayStats},
@@ -113,6 +114,7 @@ impl Pool {
             return Err(DropReason::SourceConnections);
         }
         *held += 1;
+        backlog::lease();
         Ok(Lease {
             in_use: Arc::clone(&self.in_use),
             source,
@@ -367,6 +369,7 @@ struct Lease {
 
 impl Drop for Lease {
     fn drop(&mut self) {
+        backlog::release();
         let mut in_use = lock(&self.in_use);
         if let Some(held) = in_use.get_mut(&self.source) {
             *held = held.saturating_sub(1);
