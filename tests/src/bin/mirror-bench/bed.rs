@@ -140,6 +140,25 @@ impl Bed {
         Ok(())
     }
 
+    /// Ends the TIME_WAIT sockets earlier runs left in every namespace (`ss -K`), so that a run
+    /// measures its own load, not the ports its predecessors hold: under the kernel's default
+    /// sysctls (no TIME_WAIT reuse, 28k ports) the proxies' and the connection-per-request runs
+    /// before it filled the node's port range, and every later connect from the node (the
+    /// agent's to v2, the ideal's second load) crawled (the close run there mirrored 60% after
+    /// them and 100% on a clean bed).
+    pub fn forget_time_wait(&self) -> Result<()> {
+        for ns in [
+            self.testbed.node(),
+            self.client.ns(),
+            self.v1.ns(),
+            self.v2.ns(),
+        ] {
+            ns.exec_ok(&["ss", "-K", "state", "time-wait"])
+                .with_context(|| format!("ss -K state time-wait in {}", ns.name()))?;
+        }
+        Ok(())
+    }
+
     /// The primary's service address for `backend` (what baseline and mirror runs load).
     pub fn service(&self, backend: Backend) -> SocketAddr {
         SocketAddr::new(backend.vip().into(), SERVICE_PORT)

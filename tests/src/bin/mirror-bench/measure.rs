@@ -75,6 +75,7 @@ const DRAIN_TIMEOUT: Duration = Duration::from_secs(15);
 
 pub fn run(bed: &Bed, plan: &Plan<'_>, dir: &Path) -> Result<Sample> {
     let (backend, mode) = (plan.backend, plan.mode);
+    bed.forget_time_wait()?;
     let component = mode.start(bed, backend, plan.envoy, plan.agent_args, dir)?;
     let v1_from = bed.log_end(backend, 0)?;
     let v2_from = bed.log_end(backend, 1)?;
