@@ -167,10 +167,10 @@ pub struct RunArgs {
     /// own policy dispatcher: a relay per mirror) and its share of the connection and byte
     /// budgets (see `agent/shards.rs`); every reload reaches every thread, and the counters
     /// are the threads' sums under the same names and labels. 1 by default, not the
-    /// node's cores: one thread carries 785-839k requests per CPU second (`cargo xtask bench
+    /// node's cores: one thread carries 716-839k requests per CPU second (`cargo xtask bench
     /// --capture-path`), eight to ten times what 2 cores serve, and sharding costs the reader's
-    /// batch copy (674-715k per CPU second); end to end at saturation on 2 cores two threads
-    /// carried 96.7k req/s against 94.9k on one in one run, and dropped records from full
+    /// batch copy (618-715k per CPU second); end to end at saturation on 2 cores two threads
+    /// carried 89.1k req/s against 87.3k on one in one run, and dropped records from full
     /// queues in another (`--memory`). More threads pay only past ~700k requests a second.
     #[arg(long, default_value_t = 1,
           value_parser = clap::value_parser!(u16).range(1..=256))]
