@@ -449,16 +449,9 @@ fn sections_only(args: &BenchArgs, started: Instant) -> Result<()> {
         command: command_line(),
         machine: machine(),
         seconds: started.elapsed().as_secs_f64(),
-        sections: Vec::new(),
-        samples: Vec::new(),
-        unmatched: None,
-        isolated: None,
         capture_path,
         memory,
-        large: None,
-        attacks: None,
-        h2c: None,
-        micro: Vec::new(),
+        ..Results::default()
     };
     println!("{}", report::markdown(&results));
     Ok(())
@@ -497,16 +490,8 @@ fn latency_only(
         command: command_line(),
         machine: machine(),
         seconds: started.elapsed().as_secs_f64(),
-        sections: Vec::new(),
         samples,
-        unmatched: None,
-        isolated: None,
-        capture_path: None,
-        memory: Vec::new(),
-        large: None,
-        attacks: None,
-        micro: Vec::new(),
-        h2c: None,
+        ..Results::default()
     };
     println!("{}", report::markdown(&results));
     Ok(())

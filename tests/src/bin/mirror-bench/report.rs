@@ -18,7 +18,7 @@ use super::mode::{Mode, MODES};
 use super::unmatched::Unmatched;
 
 /// Everything one `cargo xtask bench` measured.
-#[derive(Debug, serde::Serialize)]
+#[derive(Debug, Default, serde::Serialize)]
 pub struct Results {
     pub command: String,
     pub machine: String,
