@@ -245,8 +245,8 @@ pub(super) async fn check_shadow(shadow: &str) {
     }
 }
 
-/// The relay's own runtime: its connection work never takes the capture thread. `nice`: its
-/// threads' niceness (None: the caller's).
+/// The relay's own runtime: its connection work never takes the capture thread. `threads`:
+/// what registers each of its threads and sets their niceness (None: the caller's, unchanged).
 pub(super) fn relay_runtime(
     threads: Option<Arc<RelayThreads>>,
 ) -> std::io::Result<tokio::runtime::Runtime> {
